@@ -1,0 +1,33 @@
+"""The console script end to end, as a user runs it."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+# the installed console script: beside this Python (a venv), else on PATH
+CLI = shutil.which('subspace-opt', path=str(Path(sys.executable).parent)) or shutil.which('subspace-opt')
+
+
+def test_spectrum_writes_table_figure_and_config(tmp_path):
+    cmd = [CLI, 'spectrum', '--k', '4', '--hidden', '16', '--train-steps', '30',
+           '--out', str(tmp_path), '--device', 'cpu']
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    run = next(tmp_path.iterdir())
+    assert f"run folder: {run}" in out.stdout
+    table = pd.read_csv(run / 'spectrum.csv')
+    assert list(table.columns) == ['i', 'eigenvalue', 'rel_residual', 'lr_x_eigenvalue'] and len(table) == 4
+    assert table.eigenvalue.is_monotonic_decreasing and (table.rel_residual <= 1e-6).all()
+    assert (run / 'spectrum.png').stat().st_size > 10_000
+    cfg = json.loads((run / 'config.json').read_text())
+    assert cfg['config']['k'] == 4 and cfg['config']['converged'] and cfg['environment']['device'] == 'cpu'
+
+
+def test_help_and_bad_arguments():
+    help_out = subprocess.run([CLI, 'spectrum', '--help'], capture_output=True, text=True)
+    assert help_out.returncode == 0 and '--solver' in help_out.stdout
+    bad = subprocess.run([CLI, 'spectrum', '--solver', 'arpack'], capture_output=True, text=True)
+    assert bad.returncode == 2 and "invalid choice: 'arpack'" in bad.stderr
