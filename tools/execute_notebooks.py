@@ -3,10 +3,12 @@
     python tools/execute_notebooks.py nbs/benchmarks/B01_lanczos_vs_eigsh.ipynb            # in place
     python tools/execute_notebooks.py nbs/benchmarks/*.ipynb --out-dir /tmp/executed        # elsewhere
 
-Used to produce the executed notebooks the docs show (on a CUDA GPU when one is available). Run `nbdev_clean`
-afterwards to strip metadata. Stops at the first failing cell and exits non-zero.
+Used to produce the executed notebooks the docs show (on a CUDA GPU when one is available). Without a GPU, cells
+flagged `#| cuda` are skipped (say `--skip-flags` to choose). Run `nbdev_clean` afterwards to strip metadata. Stops at
+the first failing cell and exits non-zero.
 """
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
@@ -15,18 +17,27 @@ from execnb.nbio import write_nb
 from execnb.shell import CaptureShell
 
 
+def has_flag(cell, flags):
+    "Whether a code cell carries one of the nbdev test flags (`#| cuda`, `#| slow`, ...)."
+    return cell.cell_type == 'code' and any(re.match(rf'^\s*#\s*\|\s*{f}\s*$', line) for line in cell.source.splitlines() for f in flags)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('notebooks', nargs='+', type=Path)
     ap.add_argument('--out-dir', type=Path, default=None, help='write executed copies here instead of in place')
+    ap.add_argument('--skip-flags', nargs='*', default=None, help='skip cells with these flags (default: cuda without a GPU)')
     args = ap.parse_args(argv)
+    if args.skip_flags is None:
+        import torch
+        args.skip_flags = [] if torch.cuda.is_available() else ['cuda']
     for src in args.notebooks:
         dest = src if args.out_dir is None else args.out_dir / src.name
         dest.parent.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         shell = CaptureShell()
         try:
-            shell.execute(src, dest, exc_stop=True)
+            shell.execute(src, dest, exc_stop=True, preproc=lambda c: has_flag(c, args.skip_flags))
         except Exception:
             print(shell.prettytb(fname=src), file=sys.stderr)
             return 1
