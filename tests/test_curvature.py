@@ -122,3 +122,34 @@ def test_refuses_drop_last_and_bad_input():
         op @ torch.ones(op.shape[0] + 1)
     with pytest.raises(ValueError, match="got \\(3, 2, 1\\)"):
         op @ torch.ones(3, 2, 1)
+
+
+class _FirstOrderTanh(torch.autograd.Function):
+    "tanh whose backward cannot be differentiated again and which has no forward-mode rule."
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.tanh()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * (1 - x.tanh() ** 2)
+
+
+class _FirstOrderNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(4, 5), torch.nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.b(_FirstOrderTanh.apply(self.a(x)))
+
+
+def test_refuses_model_without_second_derivatives():
+    _, data = CASES[0].build()
+    with pytest.raises(RuntimeError, match=r"`method='auto'`: no autodiff method gives exact second derivatives"):
+        HessianOperator(_FirstOrderNet().double(), 'mse', data)
+    with pytest.raises(RuntimeError, match=r"double backward does not reach parameters \['a.weight', 'a.bias'\]"):
+        GGNOperator(_FirstOrderNet().double(), 'ce', data, method='reverse')
