@@ -5,10 +5,13 @@ weighting across batches is always exercised. Importable from notebooks and from
 """
 from dataclasses import dataclass
 from typing import Callable
+import pytest
 import torch
 from torch import nn
 
 DEVICES = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
+# the same, as pytest parameters: CUDA ones carry the `cuda` mark (`pytest -m cuda` runs only them)
+DEVICE_PARAMS = [pytest.param(d, marks=pytest.mark.cuda) if d == 'cuda' else d for d in DEVICES]
 
 
 @dataclass

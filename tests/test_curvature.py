@@ -2,16 +2,12 @@
 import numpy as np
 import pytest
 import torch
-from cases import CASES, DEVICES
+from cases import CASES, DEVICE_PARAMS
 from subspace_opt.curvature import FunctionalHessianOperator, GGNOperator, HessianOperator, as_batches
 from subspace_opt.dense_reference import F32_RTOL, F64_RTOL, dense_functional_hessian, dense_ggn, dense_hessian, rel_err
 
 OPERATORS = {'hessian': (HessianOperator, dense_hessian), 'ggn': (GGNOperator, dense_ggn),
              'functional': (FunctionalHessianOperator, dense_functional_hessian)}
-
-
-def _device_param(d):
-    return pytest.param(d, marks=pytest.mark.cuda) if d == 'cuda' else d
 
 
 @pytest.fixture(scope='module')
@@ -27,7 +23,7 @@ def _dense(cache, case, name):
     return cache[case.id, name]
 
 
-@pytest.mark.parametrize('device', [_device_param(d) for d in DEVICES])
+@pytest.mark.parametrize('device', DEVICE_PARAMS)
 @pytest.mark.parametrize('name', list(OPERATORS))
 @pytest.mark.parametrize('method', ['forward', 'reverse'])
 @pytest.mark.parametrize('case', CASES, ids=[c.id for c in CASES])
@@ -44,7 +40,7 @@ def test_operator_matches_dense(case, name, method, device, dense_cache):
     assert rel_err(torch.from_numpy(op.to_scipy().matvec(V[:, 1].numpy())), M @ V[:, 1]) <= F64_RTOL
 
 
-@pytest.mark.parametrize('device', [_device_param(d) for d in DEVICES])
+@pytest.mark.parametrize('device', DEVICE_PARAMS)
 @pytest.mark.parametrize('case', CASES, ids=[c.id for c in CASES])
 def test_algebra_and_chunking(case, device, dense_cache):
     "H − G through operator algebra equals the functional Hessian; chunking by batch_size changes nothing."
@@ -59,7 +55,7 @@ def test_algebra_and_chunking(case, device, dense_cache):
         assert rel_err(chunked @ I, _dense(dense_cache, case, 'hessian')) <= F64_RTOL
 
 
-@pytest.mark.parametrize('device', [_device_param(d) for d in DEVICES])
+@pytest.mark.parametrize('device', DEVICE_PARAMS)
 @pytest.mark.parametrize('case', CASES[:2] + CASES[5:6], ids=[c.id for c in CASES[:2] + CASES[5:6]])
 def test_float32_matches_dense(case, device, dense_cache):
     "A float32 model's operators agree with the float64 dense matrices to float32 accuracy."

@@ -1,7 +1,7 @@
 """The eigensolvers against torch.linalg.eigh of dense float64 Hessians, and against each other, on every device."""
 import pytest
 import torch
-from cases import CASES, DEVICES
+from cases import CASES, DEVICE_PARAMS
 from subspace_opt.curvature import GGNOperator, HessianOperator
 from subspace_opt.dense_reference import EIG_RTOL, MIN_COSINE, dense_ggn, dense_hessian
 from subspace_opt.lanczos import block_lanczos, lanczos, principal_cosines, scipy_eigsh
@@ -18,11 +18,7 @@ def _well_posed_k(evals, candidates=range(2, 6)):
     return max(candidates, key=lambda k: (lam[k - 1] - lam[k]) / lam[0].abs())
 
 
-def _device_param(d):
-    return pytest.param(d, marks=pytest.mark.cuda) if d == 'cuda' else d
-
-
-@pytest.mark.parametrize('device', [_device_param(d) for d in DEVICES])
+@pytest.mark.parametrize('device', DEVICE_PARAMS)
 @pytest.mark.parametrize('solver', list(SOLVERS))
 @pytest.mark.parametrize('case', CASES[:7], ids=[c.id for c in CASES[:7]])
 def test_solver_matches_eigh(case, solver, device):
@@ -42,7 +38,7 @@ def test_solver_matches_eigh(case, solver, device):
     assert (gram - torch.eye(k, dtype=gram.dtype, device=device)).abs().max() <= 1e-10
 
 
-@pytest.mark.parametrize('device', [_device_param(d) for d in DEVICES])
+@pytest.mark.parametrize('device', DEVICE_PARAMS)
 def test_ggn_smallest_and_magnitude(device):
     "'SA' and 'LM' on the (positive semi-definite) GGN and the (indefinite) Hessian."
     case = CASES[1]
@@ -58,7 +54,7 @@ def test_ggn_smallest_and_magnitude(device):
     assert (res.eigenvalues.cpu() - top_mag).abs().max() <= EIG_RTOL * eh.abs().max()
 
 
-@pytest.mark.parametrize('device', [_device_param(d) for d in DEVICES])
+@pytest.mark.parametrize('device', DEVICE_PARAMS)
 def test_float32_model_solvers_agree(device):
     "On a float32 model the Lanczos and eigsh eigenvalues agree to float32 accuracy."
     model, data = CASES[5].build(device, torch.float32)
