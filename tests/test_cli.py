@@ -31,3 +31,17 @@ def test_help_and_bad_arguments():
     assert help_out.returncode == 0 and '--solver' in help_out.stdout
     bad = subprocess.run([CLI, 'spectrum', '--solver', 'arpack'], capture_output=True, text=True)
     assert bad.returncode == 2 and "invalid choice: 'arpack'" in bad.stderr
+
+
+def test_demo_at_reduced_size(tmp_path):
+    out = subprocess.run([CLI, 'demo', '--steps', '50', '--out', str(tmp_path), '--device', 'cpu'], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    run = next(tmp_path.iterdir())
+    summary = pd.read_csv(run / 'summary.csv')
+    assert list(summary.method) == ['sgd', 'dom-sgd', 'bulk-sgd', 'damped-dominant-0.5']
+    assert {'final_train_loss', 'final_test_acc', 'steps_to_threshold', 'ms_per_step'} <= set(summary.columns)
+    for fig in ('loss.png', 'test_acc.png', 'sharpness.png'):
+        assert (run / fig).stat().st_size > 10_000
+    assert 'bulk-sgd' in out.stdout and f'run folder: {run}' in out.stdout
+    replot = subprocess.run([CLI, 'plot', str(run)], capture_output=True, text=True, timeout=300)
+    assert replot.returncode == 0 and 'loss.png' in replot.stdout
