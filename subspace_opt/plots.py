@@ -4,7 +4,6 @@
 
 # %% ../nbs/08_plots.ipynb #db889467
 from __future__ import annotations
-import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd

@@ -5,7 +5,6 @@
 # %% ../nbs/06a_sweep.ipynb #620b4397
 from __future__ import annotations
 import copy, itertools, json, multiprocessing as mp
-from dataclasses import asdict
 from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
