@@ -51,7 +51,7 @@ class ProjectedOptimizer(torch.optim.Optimizer):
         self.dom, self.bulk = _check_coef('dom', dom), _check_coef('bulk', bulk)
         self.params = _check_params(base, subspace)
         self.start_step, self.switch_threshold, self.switch_ema = start_step, switch_threshold, switch_ema
-        self.n_steps, self.switch_step, self.ema, self.last = 0, None, 0.0, {}
+        self.n_steps, self.switch_step, self.ema, self.last, self.last_update = 0, None, 0.0, {}, None
 
     param_groups = property(lambda self: self.base.param_groups)
     state = property(lambda self: self.base.state)
@@ -110,6 +110,7 @@ def _diagnose(self: ProjectedOptimizer, U, g, delta):
     self.last = dict(chi_grad=alignment(U, g), chi_update=alignment(U, delta),
                      lr_x_lambda1=self.param_groups[0]['lr'] * self.subspace.eigenvalues[0],
                      eff_lr_dom=-(dd @ gd) / gd2, eff_lr_bulk=-((delta @ g) - (dd @ gd)) / gb2)
+    self.last_update = delta  # the applied step, for the runner's leakage measurement
 
 # %% ../nbs/03_optim.ipynb #c21b1294
 def dom_sgd(base, subspace, **kw):

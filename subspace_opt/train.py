@@ -187,6 +187,10 @@ def measure(cfg, model, opt, log_sub, data, step: int):  # the run's objects and
                chi_full_grad=alignment(log_sub.basis, log_sub.op.gradient()).item())
     diag = opt.last if opt.switch_step is not None else {}
     row.update({k: float(diag[k]) if k in diag else float('nan') for k in ('chi_grad', 'chi_update', 'eff_lr_dom', 'eff_lr_bulk')})
+    upd = opt.last_update if diag else None
+    row['leakage'] = float('nan') if upd is None else alignment(log_sub.basis, upd.to(log_sub.basis.dtype)).item()
+    row['drift'] = opt.subspace.info.get('drift') if diag else float('nan')
+    row['drift'] = float('nan') if row['drift'] is None else row['drift']
     return row
 
 # %% ../nbs/06_train.ipynb #19ec473a
