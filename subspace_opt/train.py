@@ -232,11 +232,35 @@ def _diverged(cfg, row, initial):
     if not math.isfinite(row['train_loss']): return 'non-finite train loss'
     return f"train loss above {cfg.diverge_factor:g}x its initial value" if row['train_loss'] > cfg.diverge_factor * initial else ''
 
+# %% ../nbs/06_train.ipynb #f2afc200
+def _flat(d, prefix=''):
+    "Nested dict -> {dotted key: value}."
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v: out.update(_flat(v, f'{prefix}{k}.'))
+        else: out[f'{prefix}{k}'] = v
+    return out
+
+def _run_spec(cfg: ExperimentConfig, method: MethodConfig, seed: int):
+    "What determines a run's trajectory and rows: the configuration without its name, other methods and seeds; the method; the seed."
+    c = {k: v for k, v in asdict(cfg).items() if k not in ('name', 'methods', 'seeds')}
+    return json.loads(json.dumps(dict(config=c, method=asdict(method), seed=seed), default=str))
+
+def _claim(run_dir: Path, spec: dict):
+    "Record `spec` in `run_dir/run.json`, or check that the folder holds a run of that same specification."
+    path = run_dir / 'run.json'
+    if not path.exists(): path.write_text(json.dumps(spec, indent=2)); return
+    old, new = _flat(json.loads(path.read_text())), _flat(spec)
+    diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    if diff: raise ConfigError(f"{run_dir} holds a run of another configuration (differs in {', '.join(diff)}); "
+                               "delete that folder or choose another out_dir")
+
 # %% ../nbs/06_train.ipynb #66632a21
 def run_one(cfg: ExperimentConfig, method: MethodConfig, seed: int,  # what to run
             run_dir: str | Path, data, progress: bool = True):  # where its files go; its TaskData; progress bar
     "Train one (method, seed) run resumably, appending rows to `run_dir/rows.csv`; return its rows."
     run_dir = Path(run_dir); run_dir.mkdir(parents=True, exist_ok=True)
+    _claim(run_dir, _run_spec(cfg, method, seed))
     rows, ckpt, done = run_dir / 'rows.csv', run_dir / 'checkpoint.pt', run_dir / 'done.json'
     if done.exists(): return pd.read_csv(rows)
     model, opt, log_sub = build_run(cfg, method, seed, data)
