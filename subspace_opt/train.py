@@ -107,6 +107,7 @@ class ExperimentConfig:
     seeds: list = field(default_factory=lambda: [0])  # one run per method and seed
     log_every: int = 10  # measure every N steps
     checkpoint_every: int = 100  # checkpoint every N steps
+    snapshot_every: int | None = None  # also keep the weights every N steps (and at 0) in snapshots/, for analysis along the trajectory
     diverge_factor: float = 10.0  # a train loss above this multiple of the initial one is divergence
     device: str | None = None  # torch device (default: CUDA when present)
 
@@ -222,6 +223,11 @@ def _restore(path, model, opt, log_sub, gen):
     model.load_state_dict(c['model']); opt.load_state_dict(c['opt']); log_sub.load_state_dict(c['log_sub']); gen.set_state(c['gen'])
     return c['state']
 
+def _snapshot(cfg, run_dir, model, step):
+    "Keep the weights at `step` in `run_dir/snapshots/step<step>.pt` when `cfg.snapshot_every` asks for it."
+    if cfg.snapshot_every and step % cfg.snapshot_every == 0:
+        (run_dir / 'snapshots').mkdir(exist_ok=True); _save(run_dir / 'snapshots' / f'step{step:07d}.pt', model.state_dict())
+
 def _next_batch(state, gen, n, b):
     "The next mini-batch indices: a fresh seeded permutation whenever fewer than b indices remain in the epoch."
     if len(state['order']) < b: state['order'] = torch.randperm(n, generator=gen).tolist()
@@ -232,7 +238,7 @@ def _diverged(cfg, row, initial):
     if not math.isfinite(row['train_loss']): return 'non-finite train loss'
     return f"train loss above {cfg.diverge_factor:g}x its initial value" if row['train_loss'] > cfg.diverge_factor * initial else ''
 
-# %% ../nbs/06_train.ipynb #f2afc200
+# %% ../nbs/06_train.ipynb #aba67aa2
 def _flat(d, prefix=''):
     "Nested dict -> {dotted key: value}."
     out = {}
@@ -269,7 +275,7 @@ def run_one(cfg: ExperimentConfig, method: MethodConfig, seed: int,  # what to r
     else:
         rows.unlink(missing_ok=True)
         row = measure(cfg, model, opt, log_sub, data, 0); state['initial'] = row['train_loss']
-        _append(rows, {**tag, **row, 'diverged': False, 'reason': ''})
+        _append(rows, {**tag, **row, 'diverged': False, 'reason': ''}); _snapshot(cfg, run_dir, model, 0)
     (X, y), reason, t0, start = data.train, '', time.perf_counter(), state['step']
     with tqdm(total=cfg.steps, initial=state['step'], desc=f'{method.name} seed {seed}', disable=not progress) as bar:
         while state['step'] < cfg.steps and not reason:
@@ -280,7 +286,7 @@ def run_one(cfg: ExperimentConfig, method: MethodConfig, seed: int,  # what to r
             loss = loss_sum(out, prepare_targets(y[idx], cfg.loss, out.shape[1], out.dtype), cfg.loss) / len(idx)
             if not torch.isfinite(loss):
                 reason = 'non-finite mini-batch loss'; _append(rows, {**tag, 'step': state['step'] + 1, 'diverged': True, 'reason': reason}); break
-            loss.backward(); opt.step(); state['step'] += 1; bar.update()
+            loss.backward(); opt.step(); state['step'] += 1; bar.update(); _snapshot(cfg, run_dir, model, state['step'])
             if state['step'] % cfg.log_every == 0 or state['step'] == cfg.steps:
                 row = measure(cfg, model, opt, log_sub, data, state['step']); reason = _diverged(cfg, row, state['initial'])
                 _append(rows, {**tag, **row, 'diverged': bool(reason), 'reason': reason})
