@@ -4,8 +4,10 @@
 
 # %% ../nbs/00_curvature.ipynb #20db774d
 from __future__ import annotations
+import time
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from fastcore.basics import patch
 from scipy.sparse.linalg import LinearOperator
@@ -14,7 +16,8 @@ from torch.func import functional_call, grad, jvp, vjp, vmap
 # %% auto #0
 __all__ = ['LOSSES', 'METHODS', 'check_loss', 'loss_sum', 'prepare_targets', 'loss_hessian_product', 'as_batches',
            'TorchLinearOperator', 'LinearCombinationOperator', 'params_to_vector', 'check_deterministic',
-           'CurvatureOperator', 'grad_rows', 'HessianOperator', 'GGNOperator', 'FunctionalHessianOperator']
+           'resolve_group', 'all_reduce_sum', 'gather_meta', 'check_agree', 'CurvatureOperator', 'grad_rows',
+           'HessianOperator', 'GGNOperator', 'FunctionalHessianOperator']
 
 # %% ../nbs/00_curvature.ipynb #54ecd9db
 LOSSES = ('mse', 'ce')
@@ -60,7 +63,8 @@ def loss_hessian_product(out: torch.Tensor,  # model outputs (n, C) where the lo
 
 # %% ../nbs/00_curvature.ipynb #4e1465dd
 def as_batches(data,  # an (X, y) pair of tensors, or an iterable of (X, y) batches
-               batch_size: int | None = None):  # split batches into chunks of at most this many samples
+               batch_size: int | None = None,  # split batches into chunks of at most this many samples
+               allow_empty: bool = False):  # return [] for data without samples (one rank's empty shard)
     "Materialise `data` as a fixed list of non-empty `(X, y)` batches of at most `batch_size` samples."
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"`batch_size` must be None or an int >= 1, got {batch_size!r}")
@@ -74,7 +78,7 @@ def as_batches(data,  # an (X, y) pair of tensors, or an iterable of (X, y) batc
         if len(X) != len(y): raise ValueError(f"`data`: X and y differ in length ({len(X)} vs {len(y)})")
         step = batch_size or max(len(X), 1)
         batches += [(X[i:i + step], y[i:i + step]) for i in range(0, len(X), step)]
-    if not batches: raise ValueError("`data` holds no samples")
+    if not batches and not allow_empty: raise ValueError("`data` holds no samples")
     return batches
 
 # %% ../nbs/00_curvature.ipynb #1c6884e7
@@ -152,6 +156,41 @@ def check_deterministic(forward,  # forward(X) -> outputs, on copies of the mode
         raise ValueError("model outputs depend on the batch (a sample's output changes with its batch-mates, "
                          "as in train-mode BatchNorm): call `model.eval()` or remove BatchNorm")
 
+# %% ../nbs/00_curvature.ipynb #6610d9aa
+def resolve_group(process_group=None):  # None: the default group if torch.distributed is initialised; a ProcessGroup; False: local
+    "The process group whose ranks share an operator's data, or None for a single-process operator."
+    if process_group is False: return None
+    ready = dist.is_available() and dist.is_initialized()
+    if process_group is None: return dist.group.WORLD if ready else None
+    if not ready: raise RuntimeError("`process_group` was given but torch.distributed is not initialised: call "
+                                     "torch.distributed.init_process_group (or subspace_opt.distributed.init_from_env) first")
+    return process_group
+
+def all_reduce_sum(t: torch.Tensor,  # tensor to sum in place over the ranks
+                   group=None):  # a process group from `resolve_group` (None: leave `t` as it is)
+    "Sum `t` in place over the ranks of `group` with one all-reduce, and return it."
+    if group is not None: dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
+    return t
+
+def gather_meta(group, **meta):  # a process group (or None); picklable facts about this rank
+    "The `meta` dicts of every rank of `group`, in rank order (one `all_gather_object`); `[meta]` without a group."
+    if group is None: return [meta]
+    out = [None] * dist.get_world_size(group)
+    dist.all_gather_object(out, meta, group=group)
+    return out
+
+# %% ../nbs/00_curvature.ipynb #8a738108
+def check_agree(metas: list,  # `gather_meta` output, one dict per rank
+                key: str,  # the fact that must be equal on every rank
+                what: str,  # how to name it in the message
+                ranks: list | None = None):  # the ranks of `metas` (default 0, 1, ...)
+    "Raise a `ValueError` listing each rank's value unless all ranks agree on `metas[r][key]`; return the value."
+    vals, ranks = [m[key] for m in metas], ranks or list(range(len(metas)))
+    if any(v != vals[0] for v in vals):
+        raise ValueError(f"ranks disagree on {what} (" + ", ".join(f"rank {r}: {v}" for r, v in zip(ranks, vals))
+                         + "): build the operator on every rank from the same model, dtype and device type")
+    return vals[0]
+
 # %% ../nbs/00_curvature.ipynb #6a5235e1
 METHODS = ('auto', 'forward', 'reverse')  # autodiff methods of the curvature products
 
@@ -161,25 +200,43 @@ class CurvatureOperator(TorchLinearOperator):
     def __init__(self,
                  model: torch.nn.Module,  # network f(x; θ) returning outputs of shape (n, C)
                  loss: str,  # 'mse' or 'ce'
-                 data,  # an (X, y) pair or an iterable of (X, y) batches, fixed at construction
+                 data,  # an (X, y) pair or an iterable of (X, y) batches, fixed at construction (this rank's shard)
                  batch_size: int | None = None,  # split the data into chunks of at most this many samples
                  method: str = 'auto',  # 'reverse' (double backward), 'forward' (forward-over-reverse) or 'auto'
-                 check_determinism: bool = True):  # refuse models whose outputs are not deterministic
+                 check_determinism: bool = True,  # refuse models whose outputs are not deterministic
+                 process_group=None):  # ranks sharing the data: None (default group if initialised), a group, or False
         if method not in METHODS: raise ValueError(f"`method` must be one of {METHODS}, got {method!r}")
-        self.model, self.loss = model, check_loss(loss)
+        self.model, self.loss, self.group = model, check_loss(loss), resolve_group(process_group)
         trainable = [(n, q) for n, q in model.named_parameters() if q.requires_grad]
         if not trainable: raise ValueError("`model` has no trainable parameters (none with requires_grad=True)")
         self.names, self.shapes = [n for n, _ in trainable], [q.shape for _, q in trainable]
         self.sizes = [q.numel() for _, q in trainable]
         super().__init__((sum(self.sizes),) * 2, trainable[0][1].dtype, trainable[0][1].device)
-        raw = [(self._input(X), y.to(self.device)) for X, y in as_batches(data, batch_size)]
-        out = self._forward(self._params(), raw[0][0][:2], copy=True)
-        if out.ndim != 2: raise ValueError(f"`model` must return outputs of shape (n, C), got {tuple(out.shape)}")
-        self.n_outputs = out.shape[1]
+        raw = [(self._input(X), y.to(self.device)) for X, y in as_batches(data, batch_size, allow_empty=self.group is not None)]
+        self.n_outputs = self.method = None
+        if raw:
+            out = self._forward(self._params(), raw[0][0][:2], copy=True)
+            if out.ndim != 2: raise ValueError(f"`model` must return outputs of shape (n, C), got {tuple(out.shape)}")
+            self.n_outputs = out.shape[1]
         self.batches = [(X, prepare_targets(y, loss, self.n_outputs, self.dtype)) for X, y in raw]
-        self.n = sum(len(X) for X, _ in self.batches)
-        if check_determinism: check_deterministic(lambda X: self._forward(self._params(), X, copy=True), raw[0][0][:16])
-        self.method = self._pick_method(method)
+        self.n_local = sum(len(X) for X, _ in self.batches)
+        if check_determinism and raw: check_deterministic(lambda X: self._forward(self._params(), X, copy=True), raw[0][0][:16])
+        if raw: self.method = self._pick_method(method)
+        self._join()
+
+# %% ../nbs/00_curvature.ipynb #cd47927e
+@patch
+def _join(self: CurvatureOperator):
+    "Check the model, dtype and device type agree across the group's ranks; set the global sample count `n`."
+    metas = gather_meta(self.group, p=self.shape[0], shapes=[tuple(s) for s in self.shapes], dtype=str(self.dtype),
+                        device=self.device.type, n=self.n_local, n_outputs=self.n_outputs, method=self.method)
+    for key, what in (('p', 'the parameter count p'), ('shapes', 'the parameter shapes'), ('dtype', 'the dtype'), ('device', 'the device type')):
+        check_agree(metas, key, what)
+    full = [(r, m) for r, m in enumerate(metas) if m['n']]
+    if not full: raise ValueError(f"`data` holds no samples on any of the {len(metas)} ranks")
+    n_outputs = check_agree([m for _, m in full], 'n_outputs', "the model's output count C", [r for r, _ in full])
+    if self.n_outputs is None: self.n_outputs, self.method = n_outputs, full[0][1]['method']
+    self.n, self.comm_seconds, self.n_reductions = sum(m['n'] for m in metas), 0.0, 0
 
 # %% ../nbs/00_curvature.ipynb #5e0cb4ba
 @patch
@@ -207,19 +264,51 @@ def _rows(self: CurvatureOperator, Vt):  # (b, p) -> per-parameter blocks (b, *s
 @patch
 def _matmat(self: CurvatureOperator, V):
     Vt = V.T.contiguous()  # one contiguous row per vector
-    with torch.enable_grad(): total = sum(self._batch_matmat(X, t, Vt) for X, t in self.batches)
-    return (total / self.n).T
+    total = torch.zeros_like(Vt)
+    with torch.enable_grad():
+        for X, t in self.batches: total = total + self._batch_matmat(X, t, Vt)
+    return (self._reduce(total) / self.n).T
+
+# %% ../nbs/00_curvature.ipynb #f907518c
+@patch
+def _reduce(self: CurvatureOperator, t):
+    "Sum `t` over the group's ranks (one all-reduce, timed in `comm_seconds`); unchanged on a single process."
+    if self.group is None: return t
+    if t.is_cuda: torch.cuda.synchronize(t.device)
+    t0 = time.perf_counter()
+    all_reduce_sum(t, self.group)
+    if t.is_cuda: torch.cuda.synchronize(t.device)
+    self.comm_seconds += time.perf_counter() - t0; self.n_reductions += 1
+    return t
+
+@patch
+def broadcast(self: TorchLinearOperator, t: torch.Tensor):  # a tensor on the operator's device
+    "`t` as the first rank of the operator's group holds it (here: unchanged; data-parallel operators override it)."
+    return t
+
+@patch
+def broadcast(self: CurvatureOperator, t: torch.Tensor):  # a tensor on the operator's device, same shape on every rank
+    "`t` as the first rank of the operator's group holds it, on every rank (unchanged on a single process)."
+    if self.group is None: return t
+    t = t.contiguous()
+    dist.broadcast(t, src=dist.get_global_rank(self.group, 0), group=self.group)
+    return t
+
+@patch
+def broadcast(self: LinearCombinationOperator, t: torch.Tensor):  # a tensor on the operator's device
+    "`t` as the first rank of its first term's group holds it."
+    return self.terms[0][1].broadcast(t)
 
 # %% ../nbs/00_curvature.ipynb #5a9528e5
 @patch
 def gradient(self: CurvatureOperator):
-    "The gradient (p,) of the mean loss over the operator's data, at the model's current parameters."
-    live, total = self._live(), 0
+    "The gradient (p,) of the mean loss over the operator's data (all ranks' shards), at the model's current parameters."
+    live, total = self._live(), torch.zeros(self.shape[0], dtype=self.dtype, device=self.device)
     with torch.enable_grad():
         for X, t in self.batches:
             gs = torch.autograd.grad(loss_sum(self.model(X), t, self.loss), live, allow_unused=True, materialize_grads=True)
             total = total + torch.cat([g.reshape(-1) for g in gs])
-    return (total / self.n).detach()
+    return (self._reduce(total) / self.n).detach()
 
 # %% ../nbs/00_curvature.ipynb #c543245d
 @patch

@@ -82,12 +82,13 @@ def refresh(self: DominantSubspace, op=None):  # operator for this refresh only 
     cold = self.eigvecs is None or bool(self.cold_every and self.n_refreshes % self.cold_every == 0)
     res = _solve(self, op, cold)
     if not cold and res.residuals.max() > self.restart_tol: res, cold = _solve(self, op, True), True
-    prev = self.basis
-    self.eigvecs, self.eigenvalues, self.residuals = res.eigenvectors, res.eigenvalues, res.residuals
+    prev, bc = self.basis, getattr(op, 'broadcast', None)  # data-parallel operators: every rank takes the first rank's copy
+    sync = (lambda t: t) if bc is None else (lambda t: bc(t.to(op.device)).to(t.device))
+    self.eigvecs, self.eigenvalues, self.residuals = sync(res.eigenvectors), sync(res.eigenvalues), sync(res.residuals)
     self.n_matvecs += res.n_matvecs; self.n_refreshes += 1
     drift = None if prev is None else ((prev.T @ self.basis).norm() ** 2 / self.k).item()
     self.info = dict(refresh=self.n_refreshes, cold=cold, n_matvecs=res.n_matvecs, seconds=time.perf_counter() - t0,
-                     drift=drift, max_residual=res.residuals.max().item(), eigenvalues=res.eigenvalues.tolist())
+                     drift=drift, max_residual=self.residuals.max().item(), eigenvalues=self.eigenvalues.tolist())
     return self.info
 
 @patch
