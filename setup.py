@@ -17,6 +17,8 @@ py_versions = '3.11 3.12 3.13'.split()
 
 requirements = shlex.split(cfg.get('requirements', ''))
 dev_requirements = shlex.split(cfg.get('dev_requirements', ''))
+# the docs site (python tools/build_docs.py) and its browser test: Sphinx, myst-nb, the theme, MathJax, selenium
+docs_requirements = shlex.split(cfg.get('docs_requirements', ''))
 lic = licenses[cfg['license']]
 min_python = cfg['min_python']
 lic_name, lic_classifier = lic
@@ -33,7 +35,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=['subspace_opt', 'subspace_opt.*']),
     include_package_data=True,
     install_requires=requirements,
-    extras_require={'dev': dev_requirements},
+    extras_require={'dev': dev_requirements, 'docs': docs_requirements},
     python_requires='>=' + cfg['min_python'],
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',

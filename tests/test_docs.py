@@ -1,0 +1,254 @@
+"""The built docs site (`python tools/build_docs.py` -> `_site/`), checked in headless Chromium and against the package.
+
+- every page loads with no console error, no failed resource load and no request leaving the site (it works offline);
+- math is typeset by the bundled MathJax on every page that has math;
+- every image on every page is decoded (naturalWidth > 0), and every experiment page shows at least one figure;
+- every internal link resolves: the target file exists and, for `page.html#anchor`, the anchor is an id on that page;
+- Sphinx's search finds an API name;
+- docs coverage (STYLE.md H15): every name in every module's `__all__` is documented — a function or class has an
+  API entry (a heading from `show_doc`), any other name (a constant) appears as code on its module's page.
+
+The browser checks skip when the site has not been built, or when Chromium, chromedriver or selenium is missing;
+`.ci/run` installs all of them and builds the site first, so in CI they run.
+"""
+import functools
+import html.parser
+import http.server
+import importlib
+import json
+import os
+import re
+import shutil
+import threading
+from pathlib import Path
+from urllib.parse import urldefrag, urlsplit, unquote
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SITE = ROOT / '_site'
+PAGE_LOAD_S = 60   # generous: a shared 2-core machine; a page that loads at all loads in well under a second
+
+IN_CI = os.environ.get('CI') == 'true'   # .ci/run builds the site and installs the browser: there nothing may skip
+
+
+def _needs(missing):
+    "Skip when `missing` (a reason) is set; in CI, fail instead."
+    if not missing or not IN_CI: return pytest.mark.skipif(bool(missing), reason=str(missing))
+    name = f'_fail_{len(_FAILS)}'
+
+    @pytest.fixture
+    def fail(): pytest.fail(f'CI=true but {missing}')
+    _FAILS.append(name)
+    globals()[name] = fail
+    return pytest.mark.usefixtures(name)
+
+
+_FAILS = []
+needs_site = _needs(None if (SITE / 'index.html').exists() else
+                    f'docs site not built ({SITE}/index.html missing): run `python tools/build_docs.py`')
+
+
+def site_pages():
+    "Every HTML page of the site (Sphinx's own static and source folders excluded)."
+    return sorted(p.relative_to(SITE).as_posix() for p in SITE.rglob('*.html')
+                  if p.relative_to(SITE).parts[0] not in ('_static', '_sources', '_images'))
+
+
+# --- docs coverage: no browser needed ------------------------------------------------------------------------------
+
+class _Text(html.parser.HTMLParser):
+    "Heading texts (h1-h6, and myst-nb's rubrics: headings inside outputs, as show_doc writes them) and code texts."
+    def __init__(self):
+        super().__init__()
+        self.headings, self.code, self._stack = [], [], []
+
+    def handle_starttag(self, tag, attrs):
+        if re.fullmatch(r'h[1-6]|code', tag) or (tag == 'p' and 'rubric' in (dict(attrs).get('class') or '').split()):
+            self._stack.append([tag, ''])
+        elif tag == 'a' and ('class', 'headerlink') in attrs and self._stack: self._stack.append(['skip', ''])
+
+    def handle_endtag(self, tag):
+        if not self._stack: return
+        if self._stack[-1][0] == 'skip' and tag == 'a': self._stack.pop(); return
+        if self._stack[-1][0] != tag: return
+        t, text = self._stack.pop()
+        (self.code if t == 'code' else self.headings).append(' '.join(text.split()))
+        if self._stack and self._stack[-1][0] != 'skip': self._stack[-1][1] += text
+
+    def handle_data(self, data):
+        if self._stack and self._stack[-1][0] != 'skip': self._stack[-1][1] += data
+
+
+@functools.cache
+def page_text(rel):
+    p = _Text()
+    p.feed((SITE / rel).read_text(encoding='utf-8'))
+    return p
+
+
+def module_pages():
+    "Module name -> the site page of the notebook that exports it (from nbdev's `_modidx`)."
+    from subspace_opt._modidx import d
+    pages = {}
+    for mod, syms in d['syms'].items():
+        for url in syms.values():
+            pages[mod] = urlsplit(url[0]).path.rsplit('/', 1)[-1]
+            break
+    return pages
+
+
+def undocumented():
+    """Names in some module's `__all__` without an API entry on their module's page, as 'module.name' strings.
+
+    An API entry is a heading with the name: nbdev's `show_doc` writes one for every exported function and class
+    (and for methods shown explicitly), the docs build one for every exported constant."""
+    missing = []
+    for mod, page in sorted(module_pages().items()):
+        heads = set(page_text(page).headings) if (SITE / page).exists() else set()
+        missing += [f'{mod}.{name}' for name in getattr(importlib.import_module(mod), '__all__', []) if name not in heads]
+    return missing
+
+
+@needs_site
+def test_docs_cover_every_public_name():
+    pages = site_pages()
+    mods = module_pages()
+    assert mods, 'no modules in subspace_opt._modidx: run nbdev_export'
+    absent = sorted({p for p in mods.values() if p not in pages})
+    assert not absent, f'modules without a page in the site: {absent}'
+    missing = undocumented()
+    assert not missing, f'public names missing from the docs (no show_doc entry / not on their page): {missing}'
+
+
+# --- the browser ---------------------------------------------------------------------------------------------------
+
+def _browser_missing():
+    try: import selenium  # noqa: F401
+    except ImportError: return 'selenium not installed: pip install -e ".[docs]"'
+    for exe in ('chromium', 'chromedriver'):
+        if not shutil.which(exe): return f'{exe} not found: apt-get install -y chromium chromium-driver'
+    return None
+
+
+needs_browser = _needs(_browser_missing())
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *a): pass
+
+
+@pytest.fixture(scope='module')
+def server():
+    "The site served over HTTP on localhost, as a user would host it (fonts and scripts load as they do online)."
+    httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), functools.partial(_Quiet, directory=str(SITE)))
+    t = threading.Thread(target=httpd.serve_forever, daemon=True)
+    t.start()
+    yield f'http://127.0.0.1:{httpd.server_address[1]}/'
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture(scope='module')
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = shutil.which('chromium')
+    for a in ('--headless=new', '--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage', '--disable-background-networking',
+              '--disable-component-update', '--disable-sync', '--window-size=1280,900'):
+        opts.add_argument(a)
+    opts.set_capability('goog:loggingPrefs', {'browser': 'ALL'})
+    drv = webdriver.Chrome(service=Service(shutil.which('chromedriver')), options=opts)
+    drv.set_page_load_timeout(PAGE_LOAD_S)
+    drv.set_script_timeout(PAGE_LOAD_S)
+    yield drv
+    drv.quit()
+
+
+_VISIT = """
+const done = arguments[arguments.length - 1];
+(async () => {
+  // math: wait for MathJax to typeset, when the page loads it
+  let math = document.querySelectorAll('.math').length, typeset = -1;
+  if (window.MathJax && MathJax.startup && MathJax.startup.promise) {
+    await MathJax.startup.promise;
+    typeset = document.querySelectorAll('mjx-container').length;
+  }
+  // images: force loading, then decode each one
+  const imgs = [...document.images];
+  imgs.forEach(i => { i.loading = 'eager'; });
+  const decoded = await Promise.all(imgs.map(i => i.decode().then(() => [i.src, i.naturalWidth], () => [i.src, 0])));
+  const figures = document.querySelectorAll('.cell_output img, .output img').length;
+  const links = [...document.querySelectorAll('a[href]')].map(a => a.href);
+  const ids = [...document.querySelectorAll('[id], a[name]')].map(e => e.id || e.getAttribute('name'));
+  const resources = performance.getEntriesByType('resource').map(e => e.name);
+  done({math, typeset, decoded, figures, links, ids, resources, title: document.title});
+})().catch(e => done({error: String(e)}));
+"""
+
+
+@pytest.fixture(scope='module')
+def visited(server, browser):
+    "Every page visited once: what the page loaded, logged, showed and linked to."
+    out = {}
+    browser.get_log('browser')   # drop anything logged before the first page
+    for rel in site_pages():
+        browser.get(server + rel)
+        info = browser.execute_async_script(_VISIT)
+        info['log'] = [e for e in browser.get_log('browser') if e['level'] in ('SEVERE', 'WARNING')]
+        out[rel] = info
+    return out
+
+
+@needs_site
+@needs_browser
+def test_every_page_loads_without_errors(visited, server):
+    bad = {}
+    for rel, info in visited.items():
+        problems = []
+        if 'error' in info: problems.append('script: ' + info['error'])
+        problems += [f"console {e['level']}: {e['message']}" for e in info.get('log', []) if e['level'] == 'SEVERE']
+        problems += [f'request leaves the site: {r}' for r in info.get('resources', []) if not r.startswith((server, 'data:', 'blob:'))]
+        if info.get('math') and info.get('typeset', -1) <= 0:
+            problems.append(f"{info['math']} math elements but MathJax typeset nothing")
+        if problems: bad[rel] = problems
+    assert visited and 'index.html' in visited
+    assert not bad, json.dumps(bad, indent=1)
+
+
+@needs_site
+@needs_browser
+def test_every_image_decodes_and_experiments_show_figures(visited):
+    broken = {rel: [s for s, w in info['decoded'] if not w] for rel, info in visited.items()}
+    broken = {k: v for k, v in broken.items() if v}
+    assert not broken, f'images that did not load or decode: {broken}'
+    experiments = [rel for rel in visited if rel.startswith('experiments/') and rel != 'experiments/index.html']
+    bare = [rel for rel in experiments if visited[rel]['figures'] < 1]
+    assert not bare, f'experiment pages without a figure: {bare}'
+
+
+@needs_site
+@needs_browser
+def test_internal_links_resolve(visited, server):
+    ids = {rel: set(info['ids']) for rel, info in visited.items()}
+    bad = set()
+    for rel, info in visited.items():
+        for href in info['links']:
+            if not href.startswith(server): continue      # other hosts (the source on GitHub, papers): not ours to check
+            url, frag = urldefrag(href)
+            target = unquote(url[len(server):].split('?')[0]) or 'index.html'
+            if target.endswith('/'): target += 'index.html'
+            if not (SITE / target).is_file(): bad.add(f'{rel} -> {target}: no such file')
+            elif frag and target in ids and unquote(frag) not in ids[target]: bad.add(f'{rel} -> {target}#{frag}: no such anchor')
+    assert not bad, '\n'.join(sorted(bad))
+
+
+@needs_site
+@needs_browser
+def test_search_finds_api_names(server, browser):
+    from selenium.webdriver.support.ui import WebDriverWait
+    browser.get(server + 'search.html?q=lanczos')
+    found = WebDriverWait(browser, PAGE_LOAD_S).until(
+        lambda d: d.execute_script("return [...document.querySelectorAll('#search-results li a')].map(a => a.href)"))
+    assert any(h.split('#')[0].endswith('lanczos.html') for h in found), found

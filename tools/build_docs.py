@@ -1,0 +1,289 @@
+"""Build the documentation site from the notebooks: nbdev's processing, then Sphinx (myst-nb, sphinx-book-theme).
+
+    pip install -e ".[dev,docs]"        # once: Sphinx, myst-nb, the theme, MathJax (a PyPI package) and selenium
+    python tools/build_docs.py          # -> _site/index.html (open it, or `python -m http.server -d _site`)
+
+1. **nbdev's processing** (what `nbdev_docs` does before it hands over to Quarto, which cannot be installed here):
+   every notebook under `nbs/` goes through `nbdev.processors.FilterDefaults` — `show_doc` cells inserted for every
+   export and executed, `#| hide` and `#| export` cells removed, backticked names linked — into `_proc/nbs/`.
+   Saved outputs are kept as they are: **no notebook is executed**, only the cells `show_doc` needs (exports, imports).
+2. **Translation for Sphinx** into `_proc/site/`: nbdev's frontmatter becomes the page title, the Quarto cell options
+   it leaves (`#| echo: false`, `#| output: asis`) become myst-nb tags, its absolute links to the doc host become
+   relative links inside the site, and the home page (`index.ipynb`) gets the navigation: API reference (`nbs/0*`),
+   experiments (`nbs/experiments/E*`) and benchmarks (`nbs/benchmarks/*`), each picked up by glob.
+3. **Sphinx** (`docs/conf.py`) renders saved outputs only (`nb_execution_mode = "off"`), with MathJax served from the
+   site itself (copied from the `django-static-mathjax` wheel; no CDN) and Sphinx's own offline search, into `_site/`.
+   Sphinx runs with `-W --keep-going`: any warning (a broken reference, an unrenderable output, a page outside the
+   navigation) fails the build; the few harmless ones are silenced, with reasons, in `docs/conf.py`.
+
+Exits non-zero on any failure. `--jobs N` processes N notebooks at a time (default 2).
+"""
+import argparse
+import json
+import multiprocessing
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+NBS = ROOT / 'nbs'
+PROC = ROOT / '_proc' / 'nbs'      # nbdev-processed notebooks
+SRC = ROOT / '_proc' / 'site'      # Sphinx source tree
+SITE = ROOT / '_site'              # the built site
+CONF = ROOT / 'docs'               # conf.py
+DOC_HOST = 'https://subspace-opt.github.io/subspace_opt/'   # nbdev's doc_host + doc_baseurl (settings.ini)
+SECTIONS = [  # (caption, glob under nbs/, folder in the site)
+    ('API reference', '[0-9]*.ipynb', ''),
+    ('Experiments', 'experiments/E*.ipynb', 'experiments'),
+    ('Benchmarks', 'benchmarks/*.ipynb', 'benchmarks'),
+]
+
+
+def notebooks():
+    "Notebooks that make the site: the home page, then every section's glob, each in file-name order."
+    found = [NBS / 'index.ipynb'] + [p for _, g, _ in SECTIONS for p in sorted(NBS.glob(g))]
+    return [p for p in found if p.exists() and not p.name.startswith(('_', '.'))]
+
+
+# --- 1. nbdev's processing ------------------------------------------------------------------------------------------
+
+def nbdev_process(src, dst):
+    """Run nbdev's docs processors on notebook `src`, write the result to `dst`; return warnings (list of str).
+
+    Runs in a worker process, as nbdev's own `proc_nbs` does. One
+    deviation from nbdev: a cell that nbdev executes only because it holds an import *and other code* (nbdev warns
+    about those, see its FAQ) may fail there — it ran with the cells before it that nbdev does not execute — and
+    that failure is reported instead of stopping the build; its saved outputs are what the page shows anyway. A
+    failing export or `show_doc` cell still stops the build, since its page would be wrong.
+    """
+    t0, main_module = time.perf_counter(), sys.modules['__main__']
+    os.environ['IN_TEST'] = '1'
+    import warnings as _w
+    from execnb.nbio import read_nb, write_nb
+    from nbdev import processors as P
+    found = []
+    AddConstantDocs = _constant_docs()
+
+    class TolerantExecShowDocs(P.exec_show_docs):
+        def __call__(self, cell):
+            try: super().__call__(cell)
+            except Exception:
+                if cell.directives_.keys() & {'export', 'exports', 'exporti', 'exec_doc'} or P._show_docs(cell.parsed_() or []):
+                    raise
+                found.append(f'{src.relative_to(ROOT)}: cell {cell.idx_} (imports + other code) failed in nbdev\'s '
+                             f'show_doc pass: {self.k.exc!r}; its saved outputs are shown')
+                self.k.exc = None
+
+    class Procs(P.FilterDefaults):
+        def base_procs(self):
+            procs = [TolerantExecShowDocs if p is P.exec_show_docs else p for p in super().base_procs()]
+            return procs[:procs.index(P.add_show_docs) + 1] + [AddConstantDocs] + procs[procs.index(P.add_show_docs) + 1:]
+
+    with _w.catch_warnings():
+        _w.filterwarnings('ignore', message='Found cells containing imports and other code')
+        nb = read_nb(src)
+        Procs()(nb)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    write_nb(nb, dst)
+    sys.modules['__main__'] = main_module   # IPython's shell replaced it; the pool's next task is unpickled from it
+    return found + [f'{src.relative_to(ROOT)}: processed in {time.perf_counter() - t0:.1f} s']
+
+
+def _constant_docs():
+    "An nbdev processor that documents exported constants, as nbdev's `add_show_docs` documents functions and classes."
+    import ast
+    from execnb.nbio import mk_cell
+    from nbdev import processors as P
+
+    class AddConstantDocs(P.Processor):
+        """After each exported cell, an API entry for every public name it assigns at top level (`WHICH = (...)`):
+        a rubric with the name, like `show_doc`'s heading, and the assignment's source. nbdev exports these names in
+        `__all__` but writes no docs for them; the docs-coverage test wants every name in `__all__` documented."""
+        def begin(self):
+            cells = self.nb.cells
+            for cell in [c for c in cells if P._want_doc(c)]:
+                try: tree = ast.parse(cell.source)
+                except SyntaxError: continue
+                entries = []
+                for node in tree.body:
+                    targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+                    for t in targets:
+                        if isinstance(t, ast.Name) and not t.id.startswith('_'):
+                            code = ast.get_source_segment(cell.source, node, padded=True)
+                            entries.append(f'```{{rubric}} {t.id}\n```\n```python\n{code}\n```')
+                if entries:
+                    i = next(i for i, c in enumerate(cells) if c is cell)
+                    cells.insert(i + 1, mk_cell('\n\n'.join(entries), cell_type='markdown'))
+    return AddConstantDocs
+
+
+def process_all(paths, jobs):
+    if PROC.exists(): shutil.rmtree(PROC)
+    todo = [(p, PROC / p.relative_to(NBS)) for p in paths]
+    ctx = multiprocessing.get_context('spawn')
+    with ProcessPoolExecutor(jobs, mp_context=ctx) as ex:
+        return [w for ws in ex.map(nbdev_process, *zip(*todo)) for w in ws]
+
+
+# --- 2. translation for Sphinx --------------------------------------------------------------------------------------
+
+_QUARTO_TAGS = {('echo', 'false'): 'remove-input', ('output', 'false'): 'remove-output', ('include', 'false'): 'remove-cell'}
+_re_opt = re.compile(r'^\s*#\|\s*([\w-]+)\s*:?\s*(.*?)\s*$')
+_re_rule = re.compile(r'^---\s*$\n?', re.M)  # show_doc's leading rule: docutils allows none inside an output
+_re_attrs = re.compile(r'(\]\([^)\s]*\))\{[^}\n]*\}')   # pandoc/Quarto link attributes: [source](url){target=...}
+
+
+def page_name(proc_nb, rel):
+    "Site path (no suffix) of a processed notebook: nbdev's `output-file` (`01_lanczos` -> `lanczos`) in its folder."
+    fm = frontmatter(proc_nb)
+    stem = Path(fm['output-file']).stem if 'output-file' in fm else rel.stem
+    if rel.parent == Path('.') and rel.stem == 'index': stem = 'index'
+    return (rel.parent / stem).as_posix()
+
+
+def frontmatter(nb):
+    "The YAML frontmatter nbdev writes into a leading raw cell, as a dict of strings (one level, folded lines joined)."
+    cells = nb['cells']
+    if not cells or cells[0]['cell_type'] != 'raw': return {}
+    import yaml
+    text = ''.join(cells[0]['source']).strip()
+    if not text.startswith('---'): return {}
+    return {k: str(v) for k, v in (yaml.safe_load(text.strip('-\n')) or {}).items()}
+
+
+def relink(text, depth):
+    "nbdev's absolute links to the doc host -> relative links inside the site; strip pandoc link attributes."
+    up = '../' * depth
+    text = re.sub(re.escape(DOC_HOST) + r'([\w./-]*)', lambda m: up + (m.group(1) or 'index.html'), text)
+    return _re_attrs.sub(r'\1', text)
+
+
+_re_head = re.compile(r'^#{1,6} +([\w.]+) *$', re.M)
+
+
+def anchor(md):
+    """Give each show_doc heading the anchor nbdev's links point at (`#dominantsubspace.refresh`: the name, lower
+    case) where the anchors Sphinx makes differ (`dominantsubspace-refresh`, `dominantsubspacerefresh`)."""
+    def add(m):
+        want = m[1].lower()
+        if re.fullmatch(r'[\w-]+', want): return m[0]   # MyST's heading anchor is already exactly this
+        return f'<span id="{want}"></span>\n\n{m[0]}'
+    return _re_head.sub(add, md)
+
+
+def _md_cell(source, id): return {'cell_type': 'markdown', 'id': id, 'metadata': {}, 'source': source}
+
+
+def translate(nb, name, toc=None):
+    "Turn an nbdev-processed notebook (dict) into one myst-nb renders: title, tags for Quarto options, relative links."
+    fm = frontmatter(nb)
+    cells = nb['cells'][1:] if fm else nb['cells']
+    depth = name.count('/')
+    head = []
+    if 'title' in fm:
+        head.append('# ' + fm['title'] + ('\n\n> ' + fm['description'] if fm.get('description') else ''))
+    out = [_md_cell(h, f'title{i}') for i, h in enumerate(head)]
+    for c in cells:
+        src = ''.join(c['source']) if isinstance(c['source'], list) else c['source']
+        c = dict(c, metadata=dict(c.get('metadata', {})))
+        if c['cell_type'] == 'code':
+            lines, tags = src.splitlines(), list(c['metadata'].get('tags', []))
+            while lines and lines[0].lstrip().startswith('#|'):
+                m = _re_opt.match(lines.pop(0))
+                if m and (m[1], m[2].lower()) in _QUARTO_TAGS: tags.append(_QUARTO_TAGS[m[1], m[2].lower()])
+            src = '\n'.join(lines)
+            if tags: c['metadata']['tags'] = sorted(set(tags))
+            for o in c.get('outputs', []):
+                md = o.get('data', {}).get('text/markdown')
+                if md is not None: o['data']['text/markdown'] = anchor(_re_rule.sub('', relink(''.join(md), depth)))
+        elif c['cell_type'] == 'markdown':
+            src = relink(src, depth)
+        elif c['cell_type'] == 'raw':
+            continue
+        c['source'] = src
+        out.append(c)
+    if toc: out.append(_md_cell(toc, 'toctree'))
+    nb = dict(nb, cells=out)
+    nb['metadata'] = {'kernelspec': {'name': 'python3', 'display_name': 'Python 3', 'language': 'python'},
+                      'language_info': {'name': 'python'}}
+    return nb
+
+
+def toctree(sections):
+    "MyST toctree blocks for the home page, one per non-empty section (hidden: the theme's sidebar shows them)."
+    blocks = []
+    for caption, pages in sections:
+        if pages:
+            blocks.append('```{toctree}\n:caption: ' + caption + '\n:hidden:\n:maxdepth: 1\n\n' + '\n'.join(pages) + '\n```')
+    return '\n\n'.join(blocks)
+
+
+def copy_mathjax(dst):
+    "MathJax 3 (CommonHTML output, TeX input) from the `django-static-mathjax` wheel into `dst`: math renders offline."
+    import mathjax
+    es5 = Path(mathjax.__file__).parent / 'static' / 'mathjax' / 'es5'
+    if not (es5 / 'tex-chtml.js').exists():
+        raise SystemExit(f'MathJax not found at {es5}: install the docs extra (pip install -e ".[docs]")')
+    keep = {'tex-chtml.js', 'input', 'output', 'ui', 'a11y', 'sre', 'adaptors'}
+    shutil.copytree(es5, dst, ignore=lambda d, names: [n for n in names if Path(d) == es5 and n not in keep])
+
+
+def write_sources(paths):
+    if SRC.exists(): shutil.rmtree(SRC)
+    pages, names = {}, {}
+    for p in paths:
+        rel = p.relative_to(NBS)
+        nb = json.loads((PROC / rel).read_text(encoding='utf-8'))
+        names[p] = page_name(nb, rel)
+        pages[p] = nb
+    sections = [(cap, [names[p] for p in paths if p in set(NBS.glob(g))]) for cap, g, _ in SECTIONS]
+    for p, nb in pages.items():
+        name = names[p]
+        out = translate(nb, name, toc=toctree(sections) if name == 'index' else None)
+        dst = SRC / (name + '.ipynb')
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.write_text(json.dumps(out, indent=1, ensure_ascii=False), encoding='utf-8')
+    copy_mathjax(SRC / '_static' / 'mathjax')
+    return names
+
+
+# --- 3. Sphinx ------------------------------------------------------------------------------------------------------
+
+def sphinx(jobs):
+    "Sphinx into `_proc/html` (myst-nb writes figures beside its output folder), then moved to `_site/`."
+    out = ROOT / '_proc' / 'html'
+    for d in (out, ROOT / '_proc' / 'doctrees', ROOT / '_proc' / 'jupyter_execute', SITE):
+        if d.exists(): shutil.rmtree(d)
+    cmd = [sys.executable, '-m', 'sphinx', '-b', 'html', '-W', '--keep-going', '-q', '-j', str(jobs),
+           '-c', str(CONF), '-d', str(ROOT / '_proc' / 'doctrees'), str(SRC), str(out)]
+    rc = subprocess.run(cmd, cwd=ROOT).returncode
+    if rc == 0: shutil.move(out, SITE)
+    return rc
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('--jobs', type=int, default=2, help='notebooks processed at a time, and Sphinx workers')
+    args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    paths = notebooks()
+    warns = process_all(paths, args.jobs)
+    for w in warns: print('note:', w)
+    t1 = time.perf_counter()
+    names = write_sources(paths)
+    print(f'nbdev processing: {len(paths)} notebooks in {t1 - t0:.1f} s')
+    rc = sphinx(args.jobs)
+    if rc:
+        print(f'FAIL: sphinx-build exited {rc} (warnings are errors: see above)', file=sys.stderr)
+        return rc
+    print(f'site: {SITE / "index.html"} ({len(names)} pages from notebooks, {time.perf_counter() - t0:.1f} s in all)')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
