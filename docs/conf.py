@@ -40,6 +40,7 @@ html_theme_options = {
     'use_download_button': False,
     'use_fullscreen_button': False,
 }
+html_css_files = ['site.css']
 html_favicon = 'favicon.svg'           # without one the browser asks for /favicon.ico, a 404 on every host
 html_context = {'default_mode': 'light'}  # the theme logs an error for an unset colour mode on a first visit
 html_last_updated_fmt = None

@@ -15,6 +15,7 @@ import functools
 import html.parser
 import http.server
 import importlib
+import importlib.util
 import json
 import os
 import re
@@ -124,8 +125,7 @@ def test_docs_cover_every_public_name():
 # --- the browser ---------------------------------------------------------------------------------------------------
 
 def _browser_missing():
-    try: import selenium  # noqa: F401
-    except ImportError: return 'selenium not installed: pip install -e ".[docs]"'
+    if importlib.util.find_spec('selenium') is None: return 'selenium not installed: pip install -e ".[docs]"'
     for exe in ('chromium', 'chromedriver'):
         if not shutil.which(exe): return f'{exe} not found: apt-get install -y chromium chromium-driver'
     return None

@@ -176,6 +176,14 @@ def anchor(md):
     return _re_head.sub(add, md)
 
 
+_re_source = re.compile(r'^\[source\]\((\S+)\)[ \t]*\n+(#{1,6} .*\n)', re.M)
+
+
+def source_link(md):
+    "show_doc's `[source](url)` line, which Quarto floats beside the heading: after the heading, styled (site.css)."
+    return _re_source.sub(lambda m: f'{m[2]}\n<p class="api-source"><a href="{m[1]}">source</a></p>\n\n', md)
+
+
 def _md_cell(source, id): return {'cell_type': 'markdown', 'id': id, 'metadata': {}, 'source': source}
 
 
@@ -200,7 +208,7 @@ def translate(nb, name, toc=None):
             if tags: c['metadata']['tags'] = sorted(set(tags))
             for o in c.get('outputs', []):
                 md = o.get('data', {}).get('text/markdown')
-                if md is not None: o['data']['text/markdown'] = anchor(_re_rule.sub('', relink(''.join(md), depth)))
+                if md is not None: o['data']['text/markdown'] = source_link(anchor(_re_rule.sub('', relink(''.join(md), depth))))
         elif c['cell_type'] == 'markdown':
             src = relink(src, depth)
         elif c['cell_type'] == 'raw':
@@ -249,6 +257,7 @@ def write_sources(paths):
         dst.parent.mkdir(parents=True, exist_ok=True)
         dst.write_text(json.dumps(out, indent=1, ensure_ascii=False), encoding='utf-8')
     copy_mathjax(SRC / '_static' / 'mathjax')
+    shutil.copy(CONF / 'site.css', SRC / '_static' / 'site.css')
     return names
 
 
