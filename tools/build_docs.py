@@ -279,6 +279,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--jobs', type=int, default=2, help='notebooks processed at a time, and Sphinx workers')
     args = ap.parse_args(argv)
+    os.chdir(ROOT)   # nbdev finds settings.ini from the working directory
     t0 = time.perf_counter()
     paths = notebooks()
     warns = process_all(paths, args.jobs)
