@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 from .curvature import HessianOperator
 from .data import default_device, load_digits
+from .distributed import init_from_env, rank
 from .lanczos import block_lanczos, lanczos, scipy_eigsh
 from .models import mlp
 from .plots import plot_curves, plot_heatmap, plot_sharpness, plot_spectrum
@@ -144,7 +145,9 @@ def _job(a):
         cfg = load_config(a.config)
         if a.device: cfg.device = a.device
         path = Path(a.out or Path('runs') / cfg.name)
+        init_from_env()  # under torchrun: join the process group (gloo on CPU, nccl on CUDA); else a no-op
         results = run_experiment(cfg, path)
+        if rank() > 0: return 0
         plot_run(path); _show(results.groupby('method', sort=False).tail(1)[['method', 'seed', 'step', 'train_loss', 'test_acc', 'diverged']])
         print(f"\nresults: {path / 'results.csv'}\nrun folder: {path}")
     elif a.job == 'sweep':
@@ -167,3 +170,6 @@ def main(argv=None):  # command-line arguments (default: sys.argv[1:])
     try: return _job(a)
     except (ConfigError, FileNotFoundError) as e:
         print(f"subspace-opt {a.job}: error: {e}", file=sys.stderr); return 2
+
+# %% ../nbs/09_cli.ipynb #6fe61703
+if __name__ == '__main__' and '__file__' in globals(): sys.exit(main())  # `python -m subspace_opt.cli`, not a notebook

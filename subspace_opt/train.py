@@ -11,11 +11,13 @@ from pathlib import Path
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
-from .curvature import LOSSES, HessianOperator, check_loss, loss_sum, prepare_targets
+from torch.nn.parallel import DistributedDataParallel
+from .curvature import LOSSES, HessianOperator, all_reduce_sum, check_loss, loss_sum, prepare_targets, resolve_group
 from .subspace import DominantSubspace, alignment
 from .optim import MODES, ProjectedOptimizer
 from .data import TASKS, default_device, load_task
 from .models import ACTIVATIONS, cnn, mlp
+from .distributed import barrier, local_loss_scale, rank, shard, world_size
 
 # %% auto #0
 __all__ = ['ACCEPTED', 'evaluate', 'sgd_steps', 'ConfigError', 'MethodConfig', 'SubspaceConfig', 'ExperimentConfig',
@@ -170,11 +172,11 @@ def build_run(cfg: ExperimentConfig, method: MethodConfig, seed: int, data):  # 
     ps, m = model.parameters(), method
     base = {'sgd': lambda: torch.optim.SGD(ps, lr=m.lr), 'momentum': lambda: torch.optim.SGD(ps, lr=m.lr, momentum=m.momentum),
             'adam': lambda: torch.optim.Adam(ps, lr=m.lr)}[m.base]()
-    hdata = data.train if cfg.subspace.hessian_data != 'subsample' else (data.X_train[:cfg.subspace.n_hessian], data.y_train[:cfg.subspace.n_hessian])
+    hdata = shard(data.train if cfg.subspace.hessian_data != 'subsample' else (data.X_train[:cfg.subspace.n_hessian], data.y_train[:cfg.subspace.n_hessian]))
     k, s = cfg.subspace.k or data.n_classes, cfg.subspace
     track = lambda op, T: DominantSubspace(op, k=k, refresh_every=T, n_eigs=s.n_eigs, tol=s.tol, seed=seed, cold_every=1 if s.solver == 'cold' else None)
     opt = ProjectedOptimizer(base, track(HessianOperator(model, cfg.loss, hdata), s.refresh_every), m.dom, m.bulk, m.mode, m.start_step)
-    return model, opt, track(HessianOperator(model, cfg.loss, data.train), 1)
+    return model, opt, track(HessianOperator(model, cfg.loss, shard(data.train)), 1)  # shard: this rank's part (all of it on one process)
 
 # %% ../nbs/06_train.ipynb #f6095102
 def measure(cfg, model, opt, log_sub, data, step: int):  # the run's objects and the step number
@@ -197,12 +199,14 @@ def measure(cfg, model, opt, log_sub, data, step: int):  # the run's objects and
 # %% ../nbs/06_train.ipynb #19ec473a
 def _append(path: Path, row: dict):
     "Append one row as one complete CSV line, in the header's column order (the first row writes the header)."
+    if rank(): return  # data-parallel runs: rank 0 writes
     df, new = pd.DataFrame([row]), not path.exists()
     if not new: df = df.reindex(columns=path.open().readline().strip().split(','))
     with open(path, 'a') as f: f.write(df.to_csv(index=False, header=new)); f.flush()
 
 def _rows_until(path: Path, step: int):
     "Rows of `path` up to `step`, ignoring a last line cut off by an interruption; rewrites the file."
+    if rank(): return
     if not path.exists(): return
     text = path.read_text()
     text = text[:text.rfind('\n') + 1]
@@ -212,6 +216,7 @@ def _rows_until(path: Path, step: int):
     for r in rows.to_dict('records'): _append(path, r)
 
 def _save(path: Path, state: dict):
+    if rank(): return
     tmp = path.with_suffix('.tmp'); torch.save(state, tmp); os.replace(tmp, path)
 
 # %% ../nbs/06_train.ipynb #f22bc78c
@@ -261,15 +266,38 @@ def _claim(run_dir: Path, spec: dict):
     if diff: raise ConfigError(f"{run_dir} holds a run of another configuration (differs in {', '.join(diff)}); "
                                "delete that folder or choose another out_dir")
 
+# %% ../nbs/06_train.ipynb #d4ed39d0
+def _claim_all(run_dir: Path, spec: dict):
+    "`_claim` for every rank: rank 0 records a new run; every rank checks an existing one, so all raise together."
+    barrier(); existed = (run_dir / 'run.json').exists(); barrier()
+    if existed or rank() == 0: _claim(run_dir, spec)
+
+def _ddp(model):
+    "`model` in DistributedDataParallel (gradients averaged over ranks) when several ranks share the run; else itself."
+    if world_size() == 1: return model
+    dev = next(model.parameters()).device
+    return DistributedDataParallel(model, device_ids=[dev] if dev.type == 'cuda' else None)
+
+def _batch_loss(out, y, loss: str, global_batch: int):
+    "The loss to back-propagate: the mini-batch mean on one process; under DDP this rank's share w/|S| · Σ_local."
+    total = loss_sum(out, prepare_targets(y, loss, out.shape[1], out.dtype), loss)
+    return total / global_batch if world_size() == 1 else total * local_loss_scale(global_batch)
+
+def _finite_everywhere(loss):
+    "Whether the mini-batch loss is finite on every rank (one small all-reduce under torch.distributed)."
+    bad = (~torch.isfinite(loss.detach())).to(loss.dtype).reshape(1)
+    return all_reduce_sum(bad, resolve_group()).item() == 0
+
 # %% ../nbs/06_train.ipynb #66632a21
 def run_one(cfg: ExperimentConfig, method: MethodConfig, seed: int,  # what to run
             run_dir: str | Path, data, progress: bool = True):  # where its files go; its TaskData; progress bar
     "Train one (method, seed) run resumably, appending rows to `run_dir/rows.csv`; return its rows."
     run_dir = Path(run_dir); run_dir.mkdir(parents=True, exist_ok=True)
-    _claim(run_dir, _run_spec(cfg, method, seed))
+    _claim_all(run_dir, _run_spec(cfg, method, seed))
     rows, ckpt, done = run_dir / 'rows.csv', run_dir / 'checkpoint.pt', run_dir / 'done.json'
     if done.exists(): return pd.read_csv(rows)
     model, opt, log_sub = build_run(cfg, method, seed, data)
+    net = _ddp(model)
     gen, state, tag = torch.Generator().manual_seed(seed), dict(step=0, order=[], initial=None), dict(experiment=cfg.name, method=method.name, seed=seed)
     if ckpt.exists(): state = _restore(ckpt, model, opt, log_sub, gen); _rows_until(rows, state['step'])
     else:
@@ -277,21 +305,22 @@ def run_one(cfg: ExperimentConfig, method: MethodConfig, seed: int,  # what to r
         row = measure(cfg, model, opt, log_sub, data, 0); state['initial'] = row['train_loss']
         _append(rows, {**tag, **row, 'diverged': False, 'reason': ''}); _snapshot(cfg, run_dir, model, 0)
     (X, y), reason, t0, start = data.train, '', time.perf_counter(), state['step']
-    with tqdm(total=cfg.steps, initial=state['step'], desc=f'{method.name} seed {seed}', disable=not progress) as bar:
+    with tqdm(total=cfg.steps, initial=state['step'], desc=f'{method.name} seed {seed}', disable=not progress or rank() > 0) as bar:
         while state['step'] < cfg.steps and not reason:
             idx = _next_batch(state, gen, len(X), cfg.batch_size)
-            if cfg.subspace.hessian_data == 'minibatch': opt.subspace.op = HessianOperator(model, cfg.loss, (X[idx], y[idx]), check_determinism=False)
+            local = shard(idx)  # this rank's slice of the global mini-batch
+            if cfg.subspace.hessian_data == 'minibatch': opt.subspace.op = HessianOperator(model, cfg.loss, (X[local], y[local]), check_determinism=False)
             opt.zero_grad()
-            out = model(X[idx])
-            loss = loss_sum(out, prepare_targets(y[idx], cfg.loss, out.shape[1], out.dtype), cfg.loss) / len(idx)
-            if not torch.isfinite(loss):
+            loss = _batch_loss(net(X[local]), y[local], cfg.loss, len(idx))
+            if not _finite_everywhere(loss):
                 reason = 'non-finite mini-batch loss'; _append(rows, {**tag, 'step': state['step'] + 1, 'diverged': True, 'reason': reason}); break
             loss.backward(); opt.step(); state['step'] += 1; bar.update(); _snapshot(cfg, run_dir, model, state['step'])
             if state['step'] % cfg.log_every == 0 or state['step'] == cfg.steps:
                 row = measure(cfg, model, opt, log_sub, data, state['step']); reason = _diverged(cfg, row, state['initial'])
                 _append(rows, {**tag, **row, 'diverged': bool(reason), 'reason': reason})
             if state['step'] % cfg.checkpoint_every == 0 and not reason: _checkpoint(ckpt, model, opt, log_sub, gen, state)
-    done.write_text(json.dumps(dict(steps=state['step'], reason=reason, seconds_per_step=(time.perf_counter() - t0) / max(state['step'] - start, 1))))
+    if rank() == 0: done.write_text(json.dumps(dict(steps=state['step'], reason=reason, seconds_per_step=(time.perf_counter() - t0) / max(state['step'] - start, 1))))
+    barrier()  # rank 0 has written every row
     return pd.read_csv(rows)
 
 # %% ../nbs/06_train.ipynb #013823d9
@@ -314,10 +343,10 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, progress: bool = 
     out, dev = Path(out_dir), torch.device(cfg.device or default_device())
     out.mkdir(parents=True, exist_ok=True)
     data = load_experiment_data(cfg, dev)
-    (out / 'config.json').write_text(json.dumps({'config': asdict(cfg), 'environment': environment(dev)}, indent=2))
+    if rank() == 0: (out / 'config.json').write_text(json.dumps({'config': asdict(cfg), 'environment': environment(dev), 'world_size': world_size()}, indent=2))
     frames = [run_one(cfg, m, s, out / 'runs' / f'{m.name}-seed{s}', data, progress) for m in cfg.methods for s in cfg.seeds]
     results = pd.concat(frames, ignore_index=True)
-    results.to_csv(out / 'results.csv', index=False)
+    if rank() == 0: results.to_csv(out / 'results.csv', index=False)
     return results
 
 # %% ../nbs/06_train.ipynb #2829550e
