@@ -20,7 +20,7 @@ nb_execution_mode = 'off'               # never execute during the build: pages 
 nb_render_markdown_format = 'myst'      # show_doc's markdown outputs hold tables and math: parse them as MyST
 nb_merge_streams = True
 myst_enable_extensions = ['dollarmath', 'amsmath', 'colon_fence', 'attrs_inline']
-myst_heading_anchors = 3
+myst_heading_anchors = 4            # show_doc: ### functions and classes, #### methods
 # Links in the notebooks are plain URLs: nbdev writes absolute links to its doc host, which the build rewrites to
 # relative .html links inside the site. MyST would try to resolve those as documents and warn; treating all links as
 # URLs keeps them as written, and tests/test_docs.py checks in the browser that every internal link resolves.

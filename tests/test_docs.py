@@ -59,7 +59,7 @@ def site_pages():
 # --- docs coverage: no browser needed ------------------------------------------------------------------------------
 
 class _Text(html.parser.HTMLParser):
-    "Heading texts (h1-h6, and myst-nb's rubrics: headings inside outputs, as show_doc writes them) and code texts."
+    "Heading texts (h1-h6, and rubrics: myst-nb's rendering of a heading inside an output) and code texts."
     def __init__(self):
         super().__init__()
         self.headings, self.code, self._stack = [], [], []

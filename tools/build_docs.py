@@ -102,7 +102,7 @@ def _constant_docs():
 
     class AddConstantDocs(P.Processor):
         """After each exported cell, an API entry for every public name it assigns at top level (`WHICH = (...)`):
-        a rubric with the name, like `show_doc`'s heading, and the assignment's source. nbdev exports these names in
+        a heading with the name, like `show_doc`'s, and the assignment's source. nbdev exports these names in
         `__all__` but writes no docs for them; the docs-coverage test wants every name in `__all__` documented."""
         def begin(self):
             cells = self.nb.cells
@@ -115,7 +115,7 @@ def _constant_docs():
                     for t in targets:
                         if isinstance(t, ast.Name) and not t.id.startswith('_'):
                             code = ast.get_source_segment(cell.source, node, padded=True)
-                            entries.append(f'```{{rubric}} {t.id}\n```\n```python\n{code}\n```')
+                            entries.append(f'### {t.id}\n\n```python\n{code}\n```')
                 if entries:
                     i = next(i for i, c in enumerate(cells) if c is cell)
                     cells.insert(i + 1, mk_cell('\n\n'.join(entries), cell_type='markdown'))
@@ -209,6 +209,12 @@ def translate(nb, name, toc=None):
             for o in c.get('outputs', []):
                 md = o.get('data', {}).get('text/markdown')
                 if md is not None: o['data']['text/markdown'] = source_link(anchor(_re_rule.sub('', relink(''.join(md), depth))))
+            doc = [o['data']['text/markdown'] for o in c.get('outputs', []) if 'text/markdown' in o.get('data', {})]
+            if src.lstrip().startswith('show_doc(') and 'remove-input' in tags and len(doc) == 1:
+                # an API entry: its markdown becomes part of the page, as on nbdev's Quarto site, so the entry's
+                # heading is a real section (in the page's contents, linkable, found by search)
+                out.append(_md_cell(doc[0], c.get('id', f'doc{len(out)}')))
+                continue
         elif c['cell_type'] == 'markdown':
             src = relink(src, depth)
         elif c['cell_type'] == 'raw':
