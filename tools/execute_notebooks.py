@@ -4,10 +4,11 @@
     python tools/execute_notebooks.py nbs/benchmarks/*.ipynb --out-dir /tmp/executed        # elsewhere
 
 Used to produce the executed notebooks the docs show (on a CUDA GPU when one is available). Without a GPU, cells
-flagged `#| cuda` are skipped (say `--skip-flags` to choose). Run `nbdev_clean` afterwards to strip metadata. Stops at
-the first failing cell and exits non-zero.
+flagged `#| cuda` are skipped (say `--skip-flags` to choose). Run `nbdev_clean` afterwards to strip metadata. Each notebook
+runs in its own folder, as under `nbdev_test`. Stops at the first failing cell and exits non-zero.
 """
 import argparse
+import os
 import re
 import sys
 import time
@@ -31,16 +32,21 @@ def main(argv=None):
     if args.skip_flags is None:
         import torch
         args.skip_flags = [] if torch.cuda.is_available() else ['cuda']
+    home = Path.cwd()
     for src in args.notebooks:
-        dest = src if args.out_dir is None else args.out_dir / src.name
+        src = src.resolve()
+        dest = src if args.out_dir is None else (args.out_dir.resolve() / src.name)
         dest.parent.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         shell = CaptureShell()
+        os.chdir(src.parent)  # as nbdev_test does: relative paths in a notebook (e.g. runs/) are relative to its folder
         try:
             shell.execute(src, dest, exc_stop=True, preproc=lambda c: has_flag(c, args.skip_flags))
         except Exception:
             print(shell.prettytb(fname=src), file=sys.stderr)
             return 1
+        finally:
+            os.chdir(home)
         print(f"{src} -> {dest} ({time.perf_counter() - t0:.1f} s)")
     return 0
 
