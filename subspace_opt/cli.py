@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 from .curvature import HessianOperator
 from .data import default_device, load_digits
-from .distributed import init_from_env, rank
+from .distributed import init_from_env, rank, shutdown
 from .lanczos import block_lanczos, lanczos, scipy_eigsh
 from .models import mlp
 from .plots import plot_curves, plot_heatmap, plot_sharpness, plot_spectrum
@@ -146,8 +146,9 @@ def _job(a):
         if a.device: cfg.device = a.device
         path = Path(a.out or Path('runs') / cfg.name)
         init_from_env()  # under torchrun: join the process group (gloo on CPU, nccl on CUDA); else a no-op
-        results = run_experiment(cfg, path)
-        if rank() > 0: return 0
+        try: results = run_experiment(cfg, path)
+        finally: me = rank(); shutdown()  # leave the process group cleanly (a gloo group left to exit can abort)
+        if me > 0: return 0
         plot_run(path); _show(results.groupby('method', sort=False).tail(1)[['method', 'seed', 'step', 'train_loss', 'test_acc', 'diverged']])
         print(f"\nresults: {path / 'results.csv'}\nrun folder: {path}")
     elif a.job == 'sweep':

@@ -11,8 +11,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 # %% auto #0
-__all__ = ['default_backend', 'rank', 'world_size', 'barrier', 'init_from_env', 'shard_bounds', 'shard', 'local_loss_scale',
-           'free_port', 'run_processes']
+__all__ = ['default_backend', 'rank', 'world_size', 'barrier', 'shutdown', 'init_from_env', 'shard_bounds', 'shard',
+           'local_loss_scale', 'free_port', 'run_processes']
 
 # %% ../nbs/05a_distributed.ipynb #589342da
 def default_backend():
@@ -30,6 +30,10 @@ def world_size() -> int:
 def barrier():
     "Wait for every rank of the default group (nothing to wait for on one process)."
     if world_size() > 1: dist.barrier()
+
+def shutdown():
+    "Destroy the default process group, if one is initialised (the last call of a torchrun program)."
+    if dist.is_available() and dist.is_initialized(): dist.destroy_process_group()
 
 # %% ../nbs/05a_distributed.ipynb #f0536842
 def init_from_env(backend: str | None = None):  # 'gloo', 'nccl' or None for `default_backend()`

@@ -68,13 +68,33 @@ def _rel(a, b): return ((a - b).norm() / b.norm()).item()
 def _same_space(U, W): return (U @ U.T - W @ W.T).norm().item()  # sign-free comparison of two orthonormal bases
 
 
-def _both_losses(sizes): return {loss: _products(sizes, loss) for loss in ('mse', 'ce')}
+def _groups(sizes):
+    "An explicit subgroup of ranks 0 and 1, and a local operator (`process_group=False`), on this rank's shard."
+    import torch.distributed as dist
+    X, y, model = _task()
+    sub, data = dist.new_group([0, 1]), _my_shard(X, y, sizes)  # new_group: called on every rank
+    V = torch.eye(sum(q.numel() for q in model.parameters()), 2, dtype=torch.float64)
+    pair = HessianOperator(model, 'mse', data, process_group=sub) @ V if rank() < 2 else None
+    return pair, HessianOperator(model, 'mse', data, process_group=False) @ V
+
+
+def _both_losses(sizes):
+    out = {loss: _products(sizes, loss) for loss in ('mse', 'ce')}
+    if len(sizes) == 3: out['groups'] = _groups(sizes)
+    return out
 
 
 @pytest.mark.parametrize('world', [2, 3], ids=['2procs', '3procs'])
 def test_products_and_solvers_match_single_process(world):
     results = run_processes(_both_losses, world, (SIZES[world],))
     for loss in ('mse', 'ce'): _check_products([res[loss] for res in results], _reference(loss), world)
+    if world == 3:  # an explicit process group sums over its ranks only; process_group=False stays on this rank
+        X, y, model = _task()
+        V, (a, b, c) = torch.eye(sum(q.numel() for q in model.parameters()), 2, dtype=torch.float64), SIZES[3]
+        ref = lambda lo, hi: HessianOperator(model, 'mse', (X[lo:hi], y[lo:hi])) @ V
+        for r in (0, 1): assert _rel(results[r]['groups'][0], ref(0, a + b)) <= OP_RTOL
+        assert results[2]['groups'][0] is None
+        for r, (lo, hi) in enumerate([(0, a), (a, a + b), (a + b, a + b + c)]): assert _rel(results[r]['groups'][1], ref(lo, hi)) <= OP_RTOL
 
 
 def _check_products(ranks, ref, world):
