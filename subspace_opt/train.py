@@ -179,12 +179,16 @@ def build_run(cfg: ExperimentConfig, method: MethodConfig, seed: int, data):  # 
     return model, opt, track(HessianOperator(model, cfg.loss, shard(data.train)), 1)  # shard: this rank's part (all of it on one process)
 
 # %% ../nbs/06_train.ipynb #f6095102
-def measure(cfg, model, opt, log_sub, data, step: int):  # the run's objects and the step number
-    "One row of measurements at `step`."
+def measure(cfg, model, opt, log_sub, data, step: int,  # the run's objects and the step number
+            initial: float | None = None):  # the initial train loss, to recognise divergence
+    "One row of measurements at `step`; the curvature columns stay empty once the run has diverged."
     train_loss, train_acc = evaluate(model, cfg.loss, data.train)
     test_loss, test_acc = evaluate(model, cfg.loss, data.test)
+    lr = opt.param_groups[0]['lr']
+    if initial is not None and _diverged(cfg, dict(train_loss=train_loss), initial):  # no eigensolve on a blown-up model:
+        return dict(step=step, train_loss=train_loss, train_acc=train_acc, test_loss=test_loss, test_acc=test_acc, lr=lr)  # it may not converge
     log_sub.refresh()
-    lam, lr = log_sub.eigenvalues.tolist(), opt.param_groups[0]['lr']
+    lam = log_sub.eigenvalues.tolist()
     row = dict(step=step, train_loss=train_loss, train_acc=train_acc, test_loss=test_loss, test_acc=test_acc, lr=lr,
                **{f'lambda_{i + 1}': v for i, v in enumerate(lam)}, lr_x_lambda1=lr * lam[0],
                chi_full_grad=alignment(log_sub.basis, log_sub.op.gradient()).item())
@@ -316,7 +320,7 @@ def run_one(cfg: ExperimentConfig, method: MethodConfig, seed: int,  # what to r
                 reason = 'non-finite mini-batch loss'; _append(rows, {**tag, 'step': state['step'] + 1, 'diverged': True, 'reason': reason}); break
             loss.backward(); opt.step(); state['step'] += 1; bar.update(); _snapshot(cfg, run_dir, model, state['step'])
             if state['step'] % cfg.log_every == 0 or state['step'] == cfg.steps:
-                row = measure(cfg, model, opt, log_sub, data, state['step']); reason = _diverged(cfg, row, state['initial'])
+                row = measure(cfg, model, opt, log_sub, data, state['step'], state['initial']); reason = _diverged(cfg, row, state['initial'])
                 _append(rows, {**tag, **row, 'diverged': bool(reason), 'reason': reason})
             if state['step'] % cfg.checkpoint_every == 0 and not reason: _checkpoint(ckpt, model, opt, log_sub, gen, state)
     if rank() == 0: done.write_text(json.dumps(dict(steps=state['step'], reason=reason, seconds_per_step=(time.perf_counter() - t0) / max(state['step'] - start, 1))))
