@@ -146,8 +146,8 @@ def config_from_dict(d: dict):  # plain data, e.g. parsed JSON or YAML
     if not cfg.methods: raise ConfigError("`config.methods` must list at least one method")
     cfg.methods = [_build(MethodConfig, m, f'config.methods[{i}]') for i, m in enumerate(cfg.methods)]
     if len({m.name for m in cfg.methods}) < len(cfg.methods): raise ConfigError("`config.methods` names must be unique")
-    for key in ('steps', 'batch_size', 'log_every', 'checkpoint_every'):
-        if getattr(cfg, key) < 1: raise ConfigError(f"`config.{key}` must be >= 1, got {getattr(cfg, key)}")
+    for key in ('steps', 'batch_size', 'log_every', 'checkpoint_every', 'snapshot_every'):
+        if getattr(cfg, key) is not None and getattr(cfg, key) < 1: raise ConfigError(f"`config.{key}` must be >= 1, got {getattr(cfg, key)}")
     if not cfg.seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in cfg.seeds):
         raise ConfigError(f"`config.seeds` must be a non-empty list of ints, got {cfg.seeds!r}")
     return cfg
