@@ -4,14 +4,14 @@
 
 # %% ../nbs/09_cli.ipynb #1d323c44
 from __future__ import annotations
-import argparse, json, sys, time
+import argparse, json, sys, time, traceback
 from datetime import datetime
 from pathlib import Path
 import pandas as pd
 import torch
 from .curvature import HessianOperator
 from .data import default_device, load_digits
-from .distributed import init_from_env, rank, shutdown
+from .distributed import finish, init_from_env, rank, shutdown
 from .lanczos import block_lanczos, lanczos, scipy_eigsh
 from .models import mlp
 from .plots import plot_curves, plot_heatmap, plot_sharpness, plot_spectrum
@@ -145,9 +145,9 @@ def _job(a):
         cfg = load_config(a.config)
         if a.device: cfg.device = a.device
         path = Path(a.out or Path('runs') / cfg.name)
-        init_from_env()  # under torchrun: join the process group (gloo on CPU, nccl on CUDA); else a no-op
+        a.distributed = init_from_env()  # under torchrun: join the process group (gloo on CPU, nccl on CUDA); else a no-op
         try: results = run_experiment(cfg, path)
-        finally: me = rank(); shutdown()  # leave the process group cleanly (a gloo group left to exit can abort)
+        finally: me = rank(); shutdown()  # every rank leaves the group once the run is written
         if me > 0: return 0
         plot_run(path); _show(results.groupby('method', sort=False).tail(1)[['method', 'seed', 'step', 'train_loss', 'test_acc', 'diverged']])
         print(f"\nresults: {path / 'results.csv'}\nrun folder: {path}")
@@ -168,9 +168,14 @@ def _job(a):
 def main(argv=None):  # command-line arguments (default: sys.argv[1:])
     "Entry point of the `subspace-opt` console script; bad input exits with status 2 and a one-line message."
     a = _parser().parse_args(argv)
-    try: return _job(a)
+    try: code = _job(a)
     except (ConfigError, FileNotFoundError) as e:
-        print(f"subspace-opt {a.job}: error: {e}", file=sys.stderr); return 2
+        print(f"subspace-opt {a.job}: error: {e}", file=sys.stderr); code = 2
+    except BaseException:
+        if not getattr(a, 'distributed', False): raise
+        traceback.print_exc(); code = 1
+    if getattr(a, 'distributed', False): finish(code)  # under torchrun: exit without interpreter teardown (`finish`)
+    return code
 
 # %% ../nbs/09_cli.ipynb #6fe61703
 if __name__ == '__main__' and '__file__' in globals(): sys.exit(main())  # `python -m subspace_opt.cli`, not a notebook

@@ -11,8 +11,9 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['INSTALL_HINTS', 'TASKS', 'default_device', 'TaskData', 'load_digits', 'find_data', 'read_idx', 'task_from_arrays',
-           'load_fashion_mnist', 'load_mnist', 'load_cifar10', 'gaussian_mixture', 'teacher_student', 'load_task']
+__all__ = ['INSTALL_HINTS', 'DATA_MARKERS', 'TASKS', 'default_device', 'TaskData', 'load_digits', 'data_places', 'find_data',
+           'data_available', 'read_idx', 'task_from_arrays', 'load_fashion_mnist', 'load_mnist', 'load_cifar10',
+           'gaussian_mixture', 'teacher_student', 'load_task']
 
 # %% ../nbs/04_data.ipynb #04441b7f
 def default_device() -> torch.device:
@@ -63,16 +64,32 @@ INSTALL_HINTS = {'fashion-mnist': 'apt-get install dataset-fashion-mnist (Debian
                  'mnist': 'put train-images-idx3-ubyte.gz and the three other IDX files in a folder and pass data_dir',
                  'cifar10': "put the 'cifar-10-batches-py' folder in a folder and pass data_dir"}
 
-def find_data(name: str,  # data set name, e.g. 'fashion-mnist'
-              markers,  # file names, any of which marks the data set's folder
-              data_dir: str | Path | None = None):  # a folder to look in first
-    "The first folder holding one of `markers` among data_dir, $SUBSPACE_OPT_DATA[/name], /usr/share/datasets/name."
+DATA_MARKERS = {'fashion-mnist': ['train-labels-idx1-ubyte.gz', 'train-labels-idx1-ubyte'],
+                'mnist': ['train-labels-idx1-ubyte.gz', 'train-labels-idx1-ubyte'],
+                'cifar10': ['cifar-10-batches-py/test_batch', 'test_batch']}
+
+def data_places(name: str,  # data set name, e.g. 'fashion-mnist'
+                data_dir: str | Path | None = None):  # a folder to look in first
+    "Folders searched for data set `name`: data_dir, then each $SUBSPACE_OPT_DATA folder and its `name` sub-folder."
     env = os.environ.get('SUBSPACE_OPT_DATA')
-    places = [Path(p) for p in (data_dir, env, env and Path(env) / name, f'/usr/share/datasets/{name}') if p]
+    roots = [f'/usr/share/datasets/{name}'] if env is None else [p for p in env.split(os.pathsep) if p]
+    return [Path(p) for p in [data_dir] if p] + [q for r in roots for q in (Path(r), Path(r) / name)]
+
+def find_data(name: str,  # data set name, e.g. 'fashion-mnist'
+              markers=None,  # file names, any of which marks the data set's folder (default: `DATA_MARKERS[name]`)
+              data_dir: str | Path | None = None):  # a folder to look in first
+    "The first of `data_places(name, data_dir)` that holds one of `markers`; a one-line error if none does."
+    markers, places = markers or DATA_MARKERS[name], data_places(name, data_dir)
     for place in places:
         if any((place / m).exists() for m in markers): return place
-    raise FileNotFoundError(f"{name} not found: looked for {markers[0]} in {', '.join(map(str, places))}; "
-                            f"{INSTALL_HINTS.get(name, 'pass data_dir')}")
+    where = ', '.join(map(str, places)) or 'nowhere ($SUBSPACE_OPT_DATA is set and empty)'
+    raise FileNotFoundError(f"{name} not found: looked for {markers[0]} in {where}; {INSTALL_HINTS.get(name, 'pass data_dir')}")
+
+def data_available(name: str,  # a key of `DATA_MARKERS`
+                   data_dir: str | Path | None = None):  # a folder to look in first
+    "Whether data set `name` is installed where its loader looks (no error, nothing read)."
+    try: return bool(find_data(name, data_dir=data_dir))
+    except FileNotFoundError: return False
 
 def read_idx(path: str | Path):  # an IDX file, gzipped or not
     "The array stored in an IDX file (the MNIST format): uint8 images (n, h, w) or labels (n,)."
@@ -97,7 +114,7 @@ def task_from_arrays(name: str, X_train, y_train, X_test, y_test,  # numpy array
 
 # %% ../nbs/04_data.ipynb #4e197710
 def _load_idx(name, n_train, n_test, data_dir, flatten, device, dtype):
-    folder = find_data(name, ['train-labels-idx1-ubyte.gz', 'train-labels-idx1-ubyte'], data_dir)
+    folder = find_data(name, data_dir=data_dir)
     ext = '.gz' if (folder / 'train-labels-idx1-ubyte.gz').exists() else ''
     parts = [read_idx(folder / f'{part}{ext}') for part in
              ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte', 't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte')]
@@ -122,7 +139,7 @@ def load_cifar10(n_train: int | None = 5000, n_test: int | None = None,  # first
                  data_dir=None,  # folder holding 'cifar-10-batches-py' (or the batches themselves)
                  flatten: bool = False, device=None, dtype: torch.dtype = torch.float32):  # layout and placement
     "CIFAR-10 from local python-version batches as a `TaskData`; never downloads."
-    folder = find_data('cifar10', ['cifar-10-batches-py/test_batch', 'test_batch'], data_dir)
+    folder = find_data('cifar10', data_dir=data_dir)
     folder = folder / 'cifar-10-batches-py' if (folder / 'cifar-10-batches-py').exists() else folder
     def batch(f):
         with open(folder / f, 'rb') as fh: d = pickle.load(fh, encoding='bytes')

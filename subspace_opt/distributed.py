@@ -4,15 +4,15 @@
 
 # %% ../nbs/05a_distributed.ipynb #fedd6632
 from __future__ import annotations
-import os, pickle, socket, tempfile
+import gc, logging, os, pickle, socket, sys, tempfile
 from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 # %% auto #0
-__all__ = ['default_backend', 'rank', 'world_size', 'barrier', 'shutdown', 'init_from_env', 'shard_bounds', 'shard',
-           'local_loss_scale', 'free_port', 'run_processes']
+__all__ = ['default_backend', 'rank', 'world_size', 'barrier', 'init_from_env', 'gloo_threads', 'shutdown', 'finish',
+           'shard_bounds', 'shard', 'local_loss_scale', 'free_port', 'run_processes']
 
 # %% ../nbs/05a_distributed.ipynb #589342da
 def default_backend():
@@ -31,10 +31,6 @@ def barrier():
     "Wait for every rank of the default group (nothing to wait for on one process)."
     if world_size() > 1: dist.barrier()
 
-def shutdown():
-    "Destroy the default process group, if one is initialised (the last call of a torchrun program)."
-    if dist.is_available() and dist.is_initialized(): dist.destroy_process_group()
-
 # %% ../nbs/05a_distributed.ipynb #f0536842
 def init_from_env(backend: str | None = None):  # 'gloo', 'nccl' or None for `default_backend()`
     "Initialise the default process group from torchrun's environment; return whether this run is distributed."
@@ -47,6 +43,31 @@ def init_from_env(backend: str | None = None):  # 'gloo', 'nccl' or None for `de
     if backend == 'nccl': torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)))
     dist.init_process_group(backend, init_method='env://')
     return True
+
+# %% ../nbs/05a_distributed.ipynb #6c3d30d7
+def gloo_threads() -> list[str]:
+    "Names of this process's gloo threads, from /proc (Linux; [] elsewhere): non-empty while a gloo group lives."
+    try: tasks = os.listdir('/proc/self/task')
+    except OSError: return []
+    names = []
+    for t in tasks:
+        try: names.append(Path(f'/proc/self/task/{t}/comm').read_text().strip())
+        except OSError: pass  # the thread ended while we looked
+    return sorted(n for n in names if n.startswith(('pt_gloo', 'gloo_')))
+
+def shutdown():
+    "Free garbage that may reference the default process group, then destroy it (if one is initialised)."
+    if dist.is_available() and dist.is_initialized():
+        gc.collect(); dist.destroy_process_group(); gc.collect()
+
+def finish(code: int = 0):  # exit status of the process
+    "End a torch.distributed program: `shutdown()`, flush the output, and exit without interpreter teardown."
+    shutdown()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try: stream.flush()
+        except (OSError, ValueError): pass  # a closed or broken stream has nothing left to write
+    os._exit(code)
 
 # %% ../nbs/05a_distributed.ipynb #5ee9b72f
 def shard_bounds(n: int,  # samples to split
@@ -87,8 +108,9 @@ def _worker(r, fn, args, nprocs, port, out, threads):
     torch.set_num_threads(threads)
     dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=r, world_size=nprocs)
     try: result = fn(*args)
-    finally: dist.destroy_process_group()
+    except BaseException: shutdown(); raise  # torch's spawn wrapper sends the traceback to the parent
     Path(out, f'{r}.pkl').write_bytes(pickle.dumps(result))
+    finish(0)  # see "Ending a distributed program"
 
 def run_processes(fn,  # importable function run on every rank with `args`; its return value must pickle
                   nprocs: int,  # number of processes (ranks)

@@ -126,13 +126,14 @@ class Shares:
     stderr: float  # standard error of `total` (0.0 when exact)
     method: str  # how the bulk part was computed
     n_matvecs: int  # operator-vector products used
+    parts: tuple  # (dom, cross, bulk) in the units of `total`: defined even where the total vanishes
 
     def keys(self): return ('dom', 'cross', 'bulk')
     def __getitem__(self, key): return getattr(self, key) if key in self.keys() else {}[key]
 
 def _ratios(parts, total):
-    "Shares of `total`; NaN when it is 0 (e.g. tr(H_F) of a ReLU network, whose diagonal second derivatives vanish)."
-    return [x / total if total != 0 else float('nan') for x in parts]
+    "Shares of `total`; NaN when it vanishes against its parts (tr(H_F) of a ReLU network: its parts cancel to round-off)."
+    return [x / total if abs(total) > 1e-12 * sum(map(abs, parts)) else float('nan') for x in parts]
 
 def _check_basis(M, U):
     if not (isinstance(U, torch.Tensor) and U.ndim == 2 and U.shape[0] == M.shape[0] and 1 <= U.shape[1] < M.shape[0]):
@@ -155,8 +156,8 @@ def curvature_energy(M,  # symmetric operator (H, G, H_F) or tensor (p, p)
     dom = ((U.T @ MU).double() ** 2).sum().item()
     cross = 2 * ((MU.double() ** 2).sum().item() - dom)
     bulk = estimate_quadratic(BulkOperator(M, U), 'frobenius', method, n_probes, seed, max_exact)
-    total = dom + cross + max(bulk.value, 0.0)
-    return Shares(*_ratios((dom, cross, max(bulk.value, 0.0)), total), total, bulk.stderr, bulk.method, U.shape[1] + bulk.n_matvecs)
+    parts = (dom, cross, max(bulk.value, 0.0))
+    return Shares(*_ratios(parts, sum(parts)), sum(parts), bulk.stderr, bulk.method, U.shape[1] + bulk.n_matvecs, parts)
 
 def trace_shares(M,  # symmetric operator or tensor (p, p); most meaningful for G (positive semi-definite)
                  U: torch.Tensor,  # (p, k) orthonormal basis
@@ -165,9 +166,9 @@ def trace_shares(M,  # symmetric operator or tensor (p, p); most meaningful for 
     U = _check_basis(M, U)
     dom = (U.double() * (M @ U).double()).sum().item()
     bulk = estimate_quadratic(BulkOperator(M, U), 'trace', method, n_probes, seed, max_exact)
-    total = dom + bulk.value
-    d, b = _ratios((dom, bulk.value), total)
-    return Shares(d, 0.0, b, total, bulk.stderr, bulk.method, U.shape[1] + bulk.n_matvecs)
+    parts = (dom, 0.0, bulk.value)
+    d, _, b = _ratios(parts, dom + bulk.value)
+    return Shares(d, 0.0, b, dom + bulk.value, bulk.stderr, bulk.method, U.shape[1] + bulk.n_matvecs, parts)
 
 # %% ../nbs/07_ggn.ipynb #33b71a2f
 def rayleigh_quotients(U: torch.Tensor,  # (p, k) orthonormal columns, e.g. the top eigenvectors of H

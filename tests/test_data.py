@@ -2,13 +2,11 @@
 import os
 import pytest
 import torch
-from subspace_opt.data import load_fashion_mnist, load_task
-
-needs_fashion = pytest.mark.skipif(not os.environ.get('CI') and not os.path.exists('/usr/share/datasets/fashion-mnist'),
-                                   reason='Fashion-MNIST not installed (apt-get install dataset-fashion-mnist); required in CI')
+from optional_data import needs_data
+from subspace_opt.data import find_data, load_fashion_mnist, load_task
 
 
-@needs_fashion
+@needs_data('fashion-mnist')
 def test_fashion_mnist_first_n_protocol():
     full = load_fashion_mnist(n_train=None, device='cpu')
     assert full.X_train.shape == (60000, 784) and full.X_test.shape == (10000, 784) and full.n_classes == 10
@@ -21,11 +19,10 @@ def test_fashion_mnist_first_n_protocol():
     assert img.X_train.shape == (3, 1, 28, 28) and torch.equal(img.X_train.reshape(3, -1), sub.X_train[:3])
 
 
+@needs_data('fashion-mnist')
 def test_fashion_mnist_from_data_dir_and_env(tmp_path, monkeypatch):
     "The same files found through data_dir and through $SUBSPACE_OPT_DATA/fashion-mnist."
-    src = '/usr/share/datasets/fashion-mnist'
-    if not os.path.exists(src):
-        pytest.skip('Fashion-MNIST not installed')
+    src = find_data('fashion-mnist')
     (tmp_path / 'fashion-mnist').mkdir()
     for f in os.listdir(src):
         (tmp_path / 'fashion-mnist' / f).symlink_to(os.path.join(src, f))
@@ -37,8 +34,11 @@ def test_fashion_mnist_from_data_dir_and_env(tmp_path, monkeypatch):
 
 def test_missing_data_says_where_it_looked(tmp_path, monkeypatch):
     monkeypatch.setenv('SUBSPACE_OPT_DATA', str(tmp_path))
-    with pytest.raises(FileNotFoundError, match=rf"mnist not found: looked for .* in {tmp_path}, {tmp_path}, {tmp_path}/mnist"):
+    with pytest.raises(FileNotFoundError, match=rf"mnist not found: looked for .* in {tmp_path}, {tmp_path}, {tmp_path}/mnist;"):
         load_task('mnist', data_dir=tmp_path)
+    monkeypatch.setenv('SUBSPACE_OPT_DATA', '')  # set and empty: nothing is installed, not even Debian's folder counts
+    with pytest.raises(FileNotFoundError, match=r"looked for .* in nowhere \(\$SUBSPACE_OPT_DATA is set and empty\); apt-get"):
+        load_task('fashion-mnist')
     with pytest.raises(ValueError, match="unknown data set 'svhn'"):
         load_task('svhn')
 

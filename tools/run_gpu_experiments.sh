@@ -6,12 +6,14 @@
 #
 #     tools/run_gpu_experiments.sh [--wheels DIR] [--data DIR] [NOTEBOOK ...]
 #
-#   --wheels DIR  wheels adding nbdev/execnb/IPython to a machine that lacks them (default: $GPU_WHEELS, else
-#                 ../shared/gpu-wheels beside the repository); skipped when `import nbdev, execnb` already works.
-#                 They are installed with `pip --no-index --no-deps --target` into a private folder (never into the
-#                 system's site-packages) that is put on PYTHONPATH together with the repository.
-#   --data DIR    folder holding Fashion-MNIST's four IDX .gz files (default: $SUBSPACE_OPT_DATA, else the loader's
-#                 own search: /usr/share/datasets/fashion-mnist); exported as SUBSPACE_OPT_DATA.
+#   --wheels DIR  optional: a folder of wheels adding nbdev/execnb/IPython, for a GPU machine without network that
+#                 lacks them (default: $GPU_WHEELS); not needed where `pip install -e ".[dev]"` was run, and skipped
+#                 whenever `import nbdev, execnb` already works. They are installed with `pip --no-index --no-deps
+#                 --target` into a private folder (never into the system's site-packages) that is put on PYTHONPATH
+#                 together with the repository.
+#   --data DIR    optional: the folder holding Fashion-MNIST's four IDX .gz files, needed only where the data set is
+#                 not where the loader looks by itself ($SUBSPACE_OPT_DATA, else Debian's /usr/share/datasets);
+#                 exported as SUBSPACE_OPT_DATA.
 #   NOTEBOOK ...  run only these notebooks (default: every nbs/experiments/*.ipynb, in name order).
 #
 # Each notebook runs in its own folder (so its `runs/` lands beside it, git-ignored) through tools/execute_notebooks.py,
@@ -23,23 +25,24 @@
 # what the FULL settings should be trimmed from.
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
-WHEELS="${GPU_WHEELS:-$REPO/../shared/gpu-wheels}"
+WHEELS="${GPU_WHEELS:-}"
 DATA="${SUBSPACE_OPT_DATA:-}"
 NBS=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --wheels) WHEELS="$2"; shift 2 ;;
     --data) DATA="$2"; shift 2 ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^set -e/{/^set -e/!p}' "$0"; exit 0 ;;
     *) NBS+=("$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"); shift ;;
   esac
 done
 cd "$REPO"
 PY="${PYTHON:-python3}"
+[ -n "${PYTHON:-}" ] || [ ! -x "$REPO/.venv/bin/python" ] || PY="$REPO/.venv/bin/python"  # the README's environment
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 
 if ! "$PY" -c "import nbdev, execnb, IPython" 2>/dev/null; then
-  [ -d "$WHEELS" ] || { echo "FAIL: nbdev/execnb are missing and no wheel folder at $WHEELS (pass --wheels DIR)" >&2; exit 1; }
+  [ -n "$WHEELS" ] && [ -d "$WHEELS" ] || { echo "FAIL: nbdev/execnb are missing: pip install -e '.[dev]', or pass --wheels DIR (their wheel files, offline)" >&2; exit 1; }
   SITE="$(mktemp -d /tmp/subspace-opt-site.XXXXXX)"
   "$PY" -m pip install -q --no-index --no-deps --target "$SITE" "$WHEELS"/*.whl
   export PYTHONPATH="$SITE:$PYTHONPATH"
