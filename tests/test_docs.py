@@ -5,7 +5,7 @@
 - every image on every page is decoded (naturalWidth > 0), and every experiment page shows at least one figure;
 - every internal link resolves: the target file exists and, for `page.html#anchor`, the anchor is an id on that page;
 - Sphinx's search finds an API name;
-- docs coverage (STYLE.md H15): every name in every module's `__all__` is documented — a function or class has an
+- docs coverage: every name in every module's `__all__` is documented — a function or class has an
   API entry (a heading from `show_doc`), any other name (a constant) appears as code on its module's page.
 
 The browser checks skip when the site has not been built, or when Chromium, chromedriver or selenium is missing;

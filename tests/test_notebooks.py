@@ -1,4 +1,4 @@
-"""House rules of the notebooks that a reader relies on (STYLE.md H13, H14), checked on the sources."""
+"""House rules of the notebooks that a reader relies on (flagged cells, the experiment template), checked on the sources."""
 import json
 import re
 from pathlib import Path
@@ -18,7 +18,7 @@ def _flags(src):
     return {m.group(1) for m in re.finditer(r'^\s*#\s*\|\s*(\w+)\s*$', src, re.M)}
 
 
-def test_every_experiment_of_spec_has_a_notebook():
+def test_every_experiment_of_the_method_has_a_notebook():
     ids = {int(re.match(r'E(\d+)', p.name).group(1)) for p in EXPERIMENTS}
     assert set(range(1, 11)) - {11} <= ids, f'missing experiments: {sorted(set(range(1, 11)) - ids)}'  # E11 (seeds) lives in E01
 
@@ -41,7 +41,13 @@ def test_experiment_template(path):
 
 @pytest.mark.parametrize('path', ALL, ids=[str(p.relative_to(NBS)) for p in ALL])
 def test_flagged_cells_are_skippable(path):
-    "A `cuda`/`slow` cell is skipped by the default test run, so it must not hold imports, exports or show_doc (H13)."
+    "A `cuda`/`slow` cell is skipped by the default test run, so it must not hold imports, exports or show_doc."
     for t, s in _cells(path):
         if t == 'code' and _flags(s) & {'cuda', 'slow'}:
             assert not re.search(r'^\s*(import|from \S+ import) ', s, re.M) and 'export' not in _flags(s) and 'show_doc' not in s, s[:200]
+
+
+@pytest.mark.parametrize('path', ALL, ids=[str(p.relative_to(NBS)) for p in ALL])
+def test_notebooks_name_their_kernel(path):
+    "JupyterLab starts the kernel a notebook names; without one it stops every reader at a 'Select Kernel' dialog."
+    assert json.loads(path.read_text())['metadata'].get('kernelspec', {}).get('name') == 'python3'
