@@ -165,6 +165,20 @@ def relink(text, depth):
     return _re_attrs.sub(r'\1', text)
 
 
+_re_nblink = re.compile(r'\]\((?![a-z]+:)([^)\s#]+\.ipynb)(#[^)\s]*)?\)')
+
+
+def nb_links(text, rel, pages):
+    """Relative links between notebooks (`[the method](method.ipynb)`, which JupyterLab follows) -> relative links
+    between their pages; `rel` is this notebook's path under nbs/, `pages` maps notebook paths to page names."""
+    def sub(m):
+        page = pages.get((NBS / rel.parent / m[1]).resolve())
+        if page is None: return m[0]
+        here = pages[(NBS / rel).resolve()]
+        return f"]({os.path.relpath(page + '.html', os.path.dirname(here) or '.')}{m[2] or ''})"
+    return _re_nblink.sub(sub, text)
+
+
 _re_head = re.compile(r'^#{1,6} +([\w.]+) *$', re.M)
 
 
@@ -189,8 +203,9 @@ def source_link(md):
 def _md_cell(source, id): return {'cell_type': 'markdown', 'id': id, 'metadata': {}, 'source': source}
 
 
-def translate(nb, name, toc=None):
-    "Turn an nbdev-processed notebook (dict) into one myst-nb renders: title, tags for Quarto options, relative links."
+def translate(nb, name, toc=None, link=lambda text: text):
+    """Turn an nbdev-processed notebook (dict) into one myst-nb renders: title, tags for Quarto options, relative links
+    (`link` rewrites links between notebooks into links between pages)."""
     fm = frontmatter(nb)
     cells = nb['cells'][1:] if fm else nb['cells']
     depth = name.count('/')
@@ -210,7 +225,7 @@ def translate(nb, name, toc=None):
             if tags: c['metadata']['tags'] = sorted(set(tags))
             for o in c.get('outputs', []):
                 md = o.get('data', {}).get('text/markdown')
-                if md is not None: o['data']['text/markdown'] = source_link(anchor(_re_rule.sub('', relink(''.join(md), depth))))
+                if md is not None: o['data']['text/markdown'] = source_link(anchor(_re_rule.sub('', link(relink(''.join(md), depth)))))
             doc = [o['data']['text/markdown'] for o in c.get('outputs', []) if 'text/markdown' in o.get('data', {})]
             if src.lstrip().startswith('show_doc(') and 'remove-input' in tags and len(doc) == 1:
                 # an API entry: its markdown becomes part of the page, as on nbdev's Quarto site, so the entry's
@@ -218,7 +233,7 @@ def translate(nb, name, toc=None):
                 out.append(_md_cell(doc[0], c.get('id', f'doc{len(out)}')))
                 continue
         elif c['cell_type'] == 'markdown':
-            src = relink(src, depth)
+            src = link(relink(src, depth))
         elif c['cell_type'] == 'raw':
             continue
         c['source'] = src
@@ -258,9 +273,11 @@ def write_sources(paths):
         names[p] = page_name(nb, rel)
         pages[p] = nb
     sections = [(cap, [names[p] for p in paths if p in set(NBS.glob(g))]) for cap, g, _ in SECTIONS]
+    by_path = {p.resolve(): n for p, n in names.items()}
     for p, nb in pages.items():
         name = names[p]
-        out = translate(nb, name, toc=toctree(sections) if name == 'index' else None)
+        link = lambda text, rel=p.relative_to(NBS): nb_links(text, rel, by_path)
+        out = translate(nb, name, toc=toctree(sections) if name == 'index' else None, link=link)
         dst = SRC / (name + '.ipynb')
         dst.parent.mkdir(parents=True, exist_ok=True)
         dst.write_text(json.dumps(out, indent=1, ensure_ascii=False), encoding='utf-8')
