@@ -79,6 +79,8 @@ def find_data(name: str,  # data set name, e.g. 'fashion-mnist'
               markers=None,  # file names, any of which marks the data set's folder (default: `DATA_MARKERS[name]`)
               data_dir: str | Path | None = None):  # a folder to look in first
     "The first of `data_places(name, data_dir)` that holds one of `markers`; a one-line error if none does."
+    if markers is None and name not in DATA_MARKERS:
+        raise ValueError(f"`name` must be one of {', '.join(DATA_MARKERS)} (or give `markers`), got {name!r}")
     markers, places = markers or DATA_MARKERS[name], data_places(name, data_dir)
     for place in places:
         if any((place / m).exists() for m in markers): return place
