@@ -77,17 +77,18 @@ async def _run_cells(base, token, kernel_id, sources):
                 'parent_header': {}, 'metadata': {}, 'channel': 'shell', 'buffers': [],
                 'content': {'code': src, 'silent': False, 'store_history': True, 'user_expressions': {},
                             'allow_stdin': False, 'stop_on_error': True}}))
-            outputs, error = [], None
-            while True:
-                raw = await asyncio.wait_for(ws.read_message(), CELL_S)
+            outputs, error, status, idle = [], None, None, False
+            while status is None or not idle:  # the reply (shell) and the outputs (iopub) come on separate channels:
+                raw = await asyncio.wait_for(ws.read_message(), CELL_S)  # a cell is done at its reply *and* iopub's idle
                 if raw is None: raise ConnectionError('the kernel websocket closed')
                 msg = json.loads(raw)
                 if msg.get('parent_header', {}).get('msg_id') != msg_id: continue
                 kind = msg['msg_type']
                 if kind in ('stream', 'execute_result', 'display_data'): outputs.append(kind)
                 if kind == 'error': error = '\n'.join(msg['content']['traceback'])[-2000:]
-                if kind == 'execute_reply':
-                    results.append((msg['content']['status'], outputs, error)); break
+                if kind == 'execute_reply': status = msg['content']['status']
+                if kind == 'status' and msg['content']['execution_state'] == 'idle': idle = True
+            results.append((status, outputs, error))
     finally:
         ws.close()
     return results
