@@ -45,3 +45,21 @@ def test_demo_at_reduced_size(tmp_path):
     assert 'bulk-sgd' in out.stdout and f'run folder: {run}' in out.stdout
     replot = subprocess.run([CLI, 'plot', str(run)], capture_output=True, text=True, timeout=300)
     assert replot.returncode == 0 and 'loss.png' in replot.stdout
+
+
+def test_a_distributed_run_leaves_through_finish(tmp_path, monkeypatch, capsys):
+    "Under torchrun, `run` ends through `distributed.finish` with its exit status, success or failure (see `finish`)."
+    import subspace_opt.cli as cli
+    codes = []
+    monkeypatch.setattr(cli, 'init_from_env', lambda: True)  # as if launched by torchrun (one process: no group to join)
+    monkeypatch.setattr(cli, 'finish', codes.append)  # the real one ends the process
+    cfg = tmp_path / 'cfg.json'
+    cfg.write_text(json.dumps({"name": "t", "data": "digits", "data_args": {"n_train": 100}, "hidden": [8], "batch_size": 20,
+                               "steps": 4, "log_every": 2, "subspace": {"k": 2}, "device": "cpu",
+                               "methods": [{"name": "sgd", "lr": 0.1}]}))
+    assert cli.main(['run', str(cfg), '--out', str(tmp_path / 'ok')]) == 0 and codes == [0]
+
+    def boom(*a, **k): raise RuntimeError('rank lost')
+    monkeypatch.setattr(cli, 'run_experiment', boom)
+    assert cli.main(['run', str(cfg), '--out', str(tmp_path / 'bad')]) == 1 and codes == [0, 1]
+    assert 'RuntimeError: rank lost' in capsys.readouterr().err  # the traceback is printed before the exit
