@@ -15,16 +15,15 @@ import functools
 import html.parser
 import http.server
 import importlib
-import importlib.util
 import json
 import os
 import re
-import shutil
 import threading
 from pathlib import Path
 from urllib.parse import urldefrag, urlsplit, unquote
 
 import pytest
+from browser import browser_missing, chromium
 
 ROOT = Path(__file__).resolve().parents[1]
 SITE = ROOT / '_site'
@@ -125,14 +124,7 @@ def test_docs_cover_every_public_name():
 
 # --- the browser ---------------------------------------------------------------------------------------------------
 
-def _browser_missing():
-    if importlib.util.find_spec('selenium') is None: return 'selenium not installed: pip install -e ".[docs]"'
-    for exe in ('chromium', 'chromedriver'):
-        if not shutil.which(exe): return f'{exe} not found: apt-get install -y chromium chromium-driver'
-    return None
-
-
-needs_browser = _needs(_browser_missing())
+needs_browser = _needs(browser_missing())
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
@@ -152,17 +144,7 @@ def server():
 
 @pytest.fixture(scope='module')
 def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = shutil.which('chromium')
-    for a in ('--headless=new', '--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage', '--disable-background-networking',
-              '--disable-component-update', '--disable-sync', '--window-size=1280,900'):
-        opts.add_argument(a)
-    opts.set_capability('goog:loggingPrefs', {'browser': 'ALL'})
-    drv = webdriver.Chrome(service=Service(shutil.which('chromedriver')), options=opts)
-    drv.set_page_load_timeout(PAGE_LOAD_S)
-    drv.set_script_timeout(PAGE_LOAD_S)
+    drv = chromium(PAGE_LOAD_S, console_log=True)
     yield drv
     drv.quit()
 

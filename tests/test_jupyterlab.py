@@ -13,6 +13,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 import pytest
+from browser import browser_missing, chromium
 from subspace_opt.distributed import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,26 +111,12 @@ def test_a_library_notebook_opens_and_runs_on_a_real_kernel(lab):
     assert len(results) == len(code) and sum(len(outs) for _, outs, _ in results) >= 2  # the examples print or show
 
 
-def _browser_missing():
-    if not (shutil.which('chromium') and shutil.which('chromedriver')): return 'chromium not found: apt-get install -y chromium chromium-driver'
-    try: import selenium  # noqa: F401 (the docs extra)
-    except ImportError: return 'selenium not installed (pip install -e ".[docs]")'
-
-
-@pytest.mark.skipif(bool(_browser_missing()) and not IN_CI, reason=str(_browser_missing()))
+@pytest.mark.skipif(bool(browser_missing()) and not IN_CI, reason=str(browser_missing()))
 def test_the_lab_page_renders_the_notebook(lab):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.support.ui import WebDriverWait
     base, token = lab
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = shutil.which('chromium')
-    for a in ('--headless=new', '--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage', '--disable-background-networking',
-              '--disable-component-update', '--disable-sync', '--window-size=1280,900'):
-        opts.add_argument(a)
-    drv = webdriver.Chrome(service=Service(shutil.which('chromedriver')), options=opts)
+    drv = chromium(START_S)
     try:
-        drv.set_page_load_timeout(START_S)
         drv.get(f'{base}lab/tree/{NOTEBOOK}?token={token}')
         title = WebDriverWait(drv, START_S).until(lambda d: d.execute_script(
             "const h = [...document.querySelectorAll('.jp-Notebook .jp-MarkdownCell h1')].map(e => e.textContent);"
