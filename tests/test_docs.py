@@ -122,6 +122,23 @@ def test_docs_cover_every_public_name():
                                         f'public names without an entry on their module\'s page: {missing}')
 
 
+@needs_site
+def test_source_links_sit_beside_their_headings():
+    "Every API entry's source link follows its heading (styled `api-source`), never a paragraph of its own above it."
+    stray = {p: n for p in site_pages()
+             if (n := len(re.findall(r'<p><a class="reference external" href="[^"]*">source</a></p>', (SITE / p).read_text())))}
+    assert not stray, f'source links in paragraphs of their own: {stray}'
+    assert sum((SITE / p).read_text().count('class="api-source"') for p in site_pages()) > 50
+
+
+@needs_site
+def test_dunder_headings_read_as_names():
+    "An entry for `__add__` is headed `X.__add__`, not `X.` and a bold 'add'."
+    bold = {p: h for p in site_pages() if (h := re.findall(r'<h[1-6][^>]*>[^<]*<strong>[^<]*</strong>', (SITE / p).read_text()))}
+    assert not bold, bold
+    assert any('TorchLinearOperator.__add__' in page_text(p).headings for p in site_pages())
+
+
 # --- the browser ---------------------------------------------------------------------------------------------------
 
 needs_browser = _needs(browser_missing())

@@ -184,11 +184,12 @@ _re_head = re.compile(r'^#{1,6} +([\w.]+) *$', re.M)
 
 def anchor(md):
     """Give each show_doc heading the anchor nbdev's links point at (`#dominantsubspace.refresh`: the name, lower
-    case) where the anchors Sphinx makes differ (`dominantsubspace-refresh`, `dominantsubspacerefresh`)."""
+    case) where the anchors Sphinx makes differ (`dominantsubspace-refresh`, `dominantsubspacerefresh`), and keep
+    a dunder's underscores literal (`__add__` would render as bold "add")."""
     def add(m):
-        want = m[1].lower()
-        if re.fullmatch(r'[\w-]+', want): return m[0]   # MyST's heading anchor is already exactly this
-        return f'<span id="{want}"></span>\n\n{m[0]}'
+        want, head = m[1].lower(), m[0].replace(m[1], m[1].replace('_', r'\_')) if '__' in m[1] else m[0]
+        if re.fullmatch(r'[\w-]+', want): return head   # MyST's heading anchor is already exactly this
+        return f'<span id="{want}"></span>\n\n{head}'
     return _re_head.sub(add, md)
 
 
@@ -225,7 +226,7 @@ def translate(nb, name, toc=None, link=lambda text: text):
             if tags: c['metadata']['tags'] = sorted(set(tags))
             for o in c.get('outputs', []):
                 md = o.get('data', {}).get('text/markdown')
-                if md is not None: o['data']['text/markdown'] = source_link(anchor(_re_rule.sub('', link(relink(''.join(md), depth)))))
+                if md is not None: o['data']['text/markdown'] = anchor(source_link(_re_rule.sub('', link(relink(''.join(md), depth)))))
             doc = [o['data']['text/markdown'] for o in c.get('outputs', []) if 'text/markdown' in o.get('data', {})]
             if src.lstrip().startswith('show_doc(') and 'remove-input' in tags and len(doc) == 1:
                 # an API entry: its markdown becomes part of the page, as on nbdev's Quarto site, so the entry's
