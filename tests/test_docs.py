@@ -12,6 +12,7 @@ The browser checks skip when the site has not been built, or when Chromium, chro
 `.ci/run` installs all of them and builds the site first, so in CI they run.
 """
 import functools
+import html
 import html.parser
 import http.server
 import importlib
@@ -137,6 +138,29 @@ def test_dunder_headings_read_as_names():
     bold = {p: h for p in site_pages() if (h := re.findall(r'<h[1-6][^>]*>[^<]*<strong>[^<]*</strong>', (SITE / p).read_text()))}
     assert not bold, bold
     assert any('TorchLinearOperator.__add__' in page_text(p).headings for p in site_pages())
+
+
+def _signatures():
+    "The text of every code block on every page, with its page."
+    for p in site_pages():
+        for pre in re.findall(r'<pre>(.*?)</pre>', (SITE / p).read_text(), re.S):
+            yield p, html.unescape(re.sub(r'<[^>]+>', '', pre))
+
+
+@needs_site
+def test_signatures_read_as_written():
+    "Classes as `class Name(`, no `NoneType` nbdev infers from a `None` default, no raw markdown links in code."
+    import inspect
+    from subspace_opt._modidx import d
+    classes = {n for m in d['syms'] for n, o in vars(importlib.import_module(m)).items()
+               if inspect.isclass(o) and o.__module__.startswith('subspace_opt')}
+    sigs = list(_signatures())
+    as_def = [(p, t[:60]) for p, t in sigs if (m := re.match(r'\s*def (\w+)\(', t)) and m[1] in classes]
+    assert not as_def, as_def
+    assert any(t.lstrip().startswith('class DominantSubspace(') for _, t in sigs)
+    assert not [p for p in site_pages() if 'NoneType' in re.sub(r'<[^>]+>', '', (SITE / p).read_text())], 'NoneType shown as a type'
+    raw = [(p, l.strip()) for p, t in sigs for l in t.splitlines() if re.search(r'\]\((https?://|[\w./-]+\.html)', l)]
+    assert not raw, raw
 
 
 # --- the browser ---------------------------------------------------------------------------------------------------

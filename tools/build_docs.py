@@ -201,12 +201,35 @@ def source_link(md):
     return _re_source.sub(lambda m: f'{m[2]}\n<p class="api-source"><a href="{m[1]}">source</a></p>\n\n', md)
 
 
+_re_sig = re.compile(r'^```python\n(.*?)^```', re.M | re.S)
+_re_sig_link = re.compile(r'\[`?([^\]`]+)`?\]\([^)\s]*\)')
+
+
+def package_classes():
+    "Names of the classes the package exports (show_doc writes every signature as `def Name(`)."
+    import importlib, inspect
+    from subspace_opt._modidx import d
+    return {n for mod in d['syms'] for n, o in vars(importlib.import_module(mod)).items()
+            if inspect.isclass(o) and o.__module__.startswith('subspace_opt')}
+
+
+def signature(md, classes):
+    """show_doc's signature block as written: `class Name(` for classes, no `:NoneType` nbdev infers from a `None`
+    default, and no markdown links (which a code block shows as raw text) in the parameter comments."""
+    def fix(m):
+        code = _re_sig_link.sub(r'\1', m[1]).replace(':NoneType=None', '=None')
+        code = re.sub(r'^def (\w+)\(', lambda d: f"{'class' if d[1] in classes else 'def'} {d[1]}(", code)
+        return f'```python\n{code}```'
+    return _re_sig.sub(fix, md)
+
+
 def _md_cell(source, id): return {'cell_type': 'markdown', 'id': id, 'metadata': {}, 'source': source}
 
 
-def translate(nb, name, toc=None, link=lambda text: text):
+def translate(nb, name, toc=None, link=lambda text: text, classes=frozenset()):
     """Turn an nbdev-processed notebook (dict) into one myst-nb renders: title, tags for Quarto options, relative links
-    (`link` rewrites links between notebooks into links between pages)."""
+    (`link` rewrites links between notebooks into links between pages), signatures as written (`classes`: the
+    package's class names)."""
     fm = frontmatter(nb)
     cells = nb['cells'][1:] if fm else nb['cells']
     depth = name.count('/')
@@ -226,7 +249,7 @@ def translate(nb, name, toc=None, link=lambda text: text):
             if tags: c['metadata']['tags'] = sorted(set(tags))
             for o in c.get('outputs', []):
                 md = o.get('data', {}).get('text/markdown')
-                if md is not None: o['data']['text/markdown'] = anchor(source_link(_re_rule.sub('', link(relink(''.join(md), depth)))))
+                if md is not None: o['data']['text/markdown'] = anchor(source_link(signature(_re_rule.sub('', link(relink(''.join(md), depth))), classes)))
             doc = [o['data']['text/markdown'] for o in c.get('outputs', []) if 'text/markdown' in o.get('data', {})]
             if src.lstrip().startswith('show_doc(') and 'remove-input' in tags and len(doc) == 1:
                 # an API entry: its markdown becomes part of the page, as on nbdev's Quarto site, so the entry's
@@ -274,11 +297,11 @@ def write_sources(paths):
         names[p] = page_name(nb, rel)
         pages[p] = nb
     sections = [(cap, [names[p] for p in paths if p in set(NBS.glob(g))]) for cap, g, _ in SECTIONS]
-    by_path = {p.resolve(): n for p, n in names.items()}
+    by_path, classes = {p.resolve(): n for p, n in names.items()}, package_classes()
     for p, nb in pages.items():
         name = names[p]
         link = lambda text, rel=p.relative_to(NBS): nb_links(text, rel, by_path)
-        out = translate(nb, name, toc=toctree(sections) if name == 'index' else None, link=link)
+        out = translate(nb, name, toc=toctree(sections) if name == 'index' else None, link=link, classes=classes)
         dst = SRC / (name + '.ipynb')
         dst.parent.mkdir(parents=True, exist_ok=True)
         dst.write_text(json.dumps(out, indent=1, ensure_ascii=False), encoding='utf-8')
