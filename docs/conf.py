@@ -32,9 +32,11 @@ mathjax3_config = {'tex': {'inlineMath': [['\\(', '\\)']], 'displayMath': [['\\[
 
 # --- look and navigation --------------------------------------------------------------------------------------------
 html_theme = 'sphinx_book_theme'
-html_title = project
 html_static_path = [str(Path(__file__).resolve().parents[1] / '_proc' / 'site' / '_static')]  # the build copies MathJax there
+html_title = f'{project} {release}'
 html_theme_options = {
+    'repository_url': _cfg['git_url'],
+    'use_repository_button': True,
     'show_toc_level': 2,
     'home_page_in_toc': True,
     'use_download_button': False,

@@ -163,6 +163,28 @@ def test_signatures_read_as_written():
     assert not raw, raw
 
 
+@needs_site
+def test_site_names_version_repository_and_changelog():
+    from configparser import ConfigParser
+    cfg = ConfigParser(delimiters=['=']); cfg.read(ROOT / 'settings.ini', encoding='utf-8'); cfg = cfg['DEFAULT']
+    home = (SITE / 'index.html').read_text()
+    assert f"{cfg['lib_name']} {cfg['version']}" in home and f'href="{cfg["git_url"]}"' in home
+    assert 'href="changelog.html"' in home and 'Changelog' in page_text('changelog.html').headings
+
+
+@needs_site
+def test_cuda_only_cells_are_marked():
+    "Each cell that runs only on a CUDA GPU carries a visible note, so a FULL setting does not read as run here."
+    marked = 0
+    for nb in sorted((ROOT / 'nbs' / 'experiments').glob('E*.ipynb')):
+        cells = json.loads(nb.read_text())['cells']
+        want = sum(c['cell_type'] == 'code' and bool(re.search(r'^\s*#\s*\|\s*cuda\s*$', ''.join(c['source']), re.M)) for c in cells)
+        page = SITE / 'experiments' / f'{nb.stem.lower()}.html'
+        assert page.read_text().count('class="cuda-only"') == want, (nb.name, want)
+        marked += want
+    assert marked >= 10
+
+
 # --- the browser ---------------------------------------------------------------------------------------------------
 
 needs_browser = _needs(browser_missing())

@@ -226,10 +226,22 @@ def signature(md, classes):
 def _md_cell(source, id): return {'cell_type': 'markdown', 'id': id, 'metadata': {}, 'source': source}
 
 
-def translate(nb, name, toc=None, link=lambda text: text, classes=frozenset()):
+CUDA_NOTE = ('<p class="cuda-only"><strong>CUDA only.</strong> The next cell runs only where a CUDA GPU is present '
+             '(the tests skip it elsewhere); it selects the FULL setting. The outputs below come from the setting '
+             'and device the page states.</p>')
+
+
+def flagged_ids(path, flag):
+    "Ids of the code cells of notebook `path` that carry the nbdev test flag `flag` (`#| cuda`): nbdev's processing drops it."
+    cells = json.loads(path.read_text(encoding='utf-8'))['cells']
+    return {c.get('id') for c in cells if c['cell_type'] == 'code'
+            and re.search(rf'^\s*#\s*\|\s*{flag}\s*$', ''.join(c['source']), re.M)}
+
+
+def translate(nb, name, toc=None, link=lambda text: text, classes=frozenset(), cuda_ids=frozenset()):
     """Turn an nbdev-processed notebook (dict) into one myst-nb renders: title, tags for Quarto options, relative links
     (`link` rewrites links between notebooks into links between pages), signatures as written (`classes`: the
-    package's class names)."""
+    package's class names), and a visible note before each CUDA-only cell (`cuda_ids`)."""
     fm = frontmatter(nb)
     cells = nb['cells'][1:] if fm else nb['cells']
     depth = name.count('/')
@@ -241,6 +253,7 @@ def translate(nb, name, toc=None, link=lambda text: text, classes=frozenset()):
         src = ''.join(c['source']) if isinstance(c['source'], list) else c['source']
         c = dict(c, metadata=dict(c.get('metadata', {})))
         if c['cell_type'] == 'code':
+            if c.get('id') in cuda_ids: out.append(_md_cell(CUDA_NOTE, f"cuda-{c['id']}"))
             lines, tags = src.splitlines(), list(c['metadata'].get('tags', []))
             while lines and lines[0].lstrip().startswith('#|'):
                 m = _re_opt.match(lines.pop(0))
@@ -296,15 +309,17 @@ def write_sources(paths):
         nb = json.loads((PROC / rel).read_text(encoding='utf-8'))
         names[p] = page_name(nb, rel)
         pages[p] = nb
-    sections = [(cap, [names[p] for p in paths if p in set(NBS.glob(g))]) for cap, g, _ in SECTIONS]
+    sections = [(cap, [names[p] for p in paths if p in set(NBS.glob(g))]) for cap, g, _ in SECTIONS] + [('Project', ['changelog'])]
     by_path, classes = {p.resolve(): n for p, n in names.items()}, package_classes()
     for p, nb in pages.items():
         name = names[p]
         link = lambda text, rel=p.relative_to(NBS): nb_links(text, rel, by_path)
-        out = translate(nb, name, toc=toctree(sections) if name == 'index' else None, link=link, classes=classes)
+        out = translate(nb, name, toc=toctree(sections) if name == 'index' else None, link=link, classes=classes,
+                        cuda_ids=flagged_ids(p, 'cuda'))
         dst = SRC / (name + '.ipynb')
         dst.parent.mkdir(parents=True, exist_ok=True)
         dst.write_text(json.dumps(out, indent=1, ensure_ascii=False), encoding='utf-8')
+    shutil.copy(ROOT / 'CHANGELOG.md', SRC / 'changelog.md')
     copy_mathjax(SRC / '_static' / 'mathjax')
     shutil.copy(CONF / 'site.css', SRC / '_static' / 'site.css')
     return names
