@@ -158,7 +158,8 @@ def test_signatures_read_as_written():
     as_def = [(p, t[:60]) for p, t in sigs if (m := re.match(r'\s*def (\w+)\(', t)) and m[1] in classes]
     assert not as_def, as_def
     assert any(t.lstrip().startswith('class DominantSubspace(') for _, t in sigs)
-    assert not [p for p in site_pages() if 'NoneType' in re.sub(r'<[^>]+>', '', (SITE / p).read_text())], 'NoneType shown as a type'
+    api = sorted(set(module_pages().values()))
+    assert not [p for p in api if 'NoneType' in re.sub(r'<[^>]+>', '', (SITE / p).read_text())], 'NoneType shown as a type'
     raw = [(p, l.strip()) for p, t in sigs for l in t.splitlines() if re.search(r'\]\((https?://|[\w./-]+\.html)', l)]
     assert not raw, raw
 
@@ -183,6 +184,21 @@ def test_cuda_only_cells_are_marked():
         assert page.read_text().count('class="cuda-only"') == want, (nb.name, want)
         marked += want
     assert marked >= 10
+
+
+@needs_site
+def test_experiments_landing_page_lists_every_verdict():
+    "One table: every experiment, linked, with its question, verdict, setting and device."
+    page = (SITE / 'experiments' / 'index.html').read_text()
+    notebooks = sorted((ROOT / 'nbs' / 'experiments').glob('E*.ipynb'))
+    rows = [r for r in re.findall(r'<tr[^>]*>(.*?)</tr>', page, re.S) if '<strong>' in r]
+    assert len(rows) == len(notebooks) >= 10
+    for nb, row in zip(notebooks, rows):
+        cells = re.findall(r'<td[^>]*>(.*?)</td>', row, re.S)
+        assert len(cells) == 5 and f'href="{nb.stem.lower()}.html"' in cells[0], (nb.name, row[:300])
+        assert all(re.sub(r'<[^>]+>', '', c).strip() for c in cells), (nb.name, 'an empty column')
+        assert 'not recorded' not in cells[4], (nb.name, 'no device in the notebook\'s output')
+    assert 'experiments/index.html' in site_pages() and 'href="experiments/index.html"' in (SITE / 'index.html').read_text()
 
 
 # --- the browser ---------------------------------------------------------------------------------------------------

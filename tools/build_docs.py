@@ -10,7 +10,7 @@
 2. **Translation for Sphinx** into `_proc/site/`: nbdev's frontmatter becomes the page title, the Quarto cell options
    it leaves (`#| echo: false`, `#| output: asis`) become myst-nb tags, its absolute links to the doc host become
    relative links inside the site, and the home page (`index.ipynb`) gets the navigation: the method
-   (`nbs/method.ipynb`), API reference (`nbs/0*`), experiments (`nbs/experiments/E*`) and benchmarks
+   (`nbs/method.ipynb`), API reference (`nbs/0*`), experiments (`nbs/experiments/`, landing page first) and benchmarks
    (`nbs/benchmarks/*`), each picked up by glob.
 3. **Sphinx** (`docs/conf.py`) renders saved outputs only (`nb_execution_mode = "off"`), with MathJax served from the
    site itself (copied from the `django-static-mathjax` wheel; no CDN) and Sphinx's own offline search, into `_site/`.
@@ -41,14 +41,14 @@ DOC_HOST = 'https://subspace-opt.github.io/subspace_opt/'   # nbdev's doc_host +
 SECTIONS = [  # (caption, glob under nbs/, folder in the site)
     ('The method', 'method.ipynb', ''),
     ('API reference', '[0-9]*.ipynb', ''),
-    ('Experiments', 'experiments/E*.ipynb', 'experiments'),
+    ('Experiments', 'experiments/[iE]*.ipynb', 'experiments'),  # the landing page (index) first, then E01, E02, ...
     ('Benchmarks', 'benchmarks/*.ipynb', 'benchmarks'),
 ]
 
 
 def notebooks():
-    "Notebooks that make the site: the home page, then every section's glob, each in file-name order."
-    found = [NBS / 'index.ipynb'] + [p for _, g, _ in SECTIONS for p in sorted(NBS.glob(g))]
+    "Notebooks that make the site: the home page, then every section's glob, each in file-name order (index first)."
+    found = [NBS / 'index.ipynb'] + [p for _, g, _ in SECTIONS for p in sorted(NBS.glob(g), key=lambda q: (q.stem != 'index', q.name))]
     return [p for p in found if p.exists() and not p.name.startswith(('_', '.'))]
 
 
