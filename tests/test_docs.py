@@ -245,7 +245,14 @@ const done = arguments[arguments.length - 1];
   const links = [...document.querySelectorAll('a[href]')].map(a => a.href);
   const ids = [...document.querySelectorAll('[id], a[name]')].map(e => e.id || e.getAttribute('name'));
   const resources = performance.getEntriesByType('resource').map(e => e.name);
-  done({math, typeset, decoded, figures, links, ids, resources, title: document.title});
+  // tables: a table wider than the article must sit in a container that scrolls sideways, or it is cut off
+  const article = (document.querySelector('.bd-article') || document.body).getBoundingClientRect().width;
+  const cut = [...document.querySelectorAll('table')].filter(t => {
+    for (let e = t.parentElement; e && e !== document.body; e = e.parentElement)
+      if (['auto', 'scroll'].includes(getComputedStyle(e).overflowX)) return false;
+    return t.getBoundingClientRect().width > article + 1;
+  }).length;
+  done({math, typeset, decoded, figures, links, ids, resources, cut, title: document.title});
 })().catch(e => done({error: String(e)}));
 """
 
@@ -274,6 +281,7 @@ def test_every_page_loads_without_errors(visited, server):
         problems += [f'request leaves the site: {r}' for r in info.get('resources', []) if not r.startswith((server, 'data:', 'blob:'))]
         if info.get('math') and info.get('typeset', -1) <= 0:
             problems.append(f"{info['math']} math elements but MathJax typeset nothing")
+        if info.get('cut'): problems.append(f"{info['cut']} wide tables cut off (no sideways scrolling)")
         if problems: bad[rel] = problems
     assert visited and 'index.html' in visited
     assert not bad, json.dumps(bad, indent=1)
