@@ -48,7 +48,8 @@ SECTIONS = [  # (caption, glob under nbs/, folder in the site)
 
 def notebooks():
     "Notebooks that make the site: the home page, then every section's glob, each in file-name order (index first)."
-    found = [NBS / 'index.ipynb'] + [p for _, g, _ in SECTIONS for p in sorted(NBS.glob(g), key=lambda q: (q.stem != 'index', q.name))]
+    index_first = lambda q: (q.stem != 'index', q.name)
+    found = [NBS / 'index.ipynb'] + [p for _, g, _ in SECTIONS for p in sorted(NBS.glob(g), key=index_first)]
     return [p for p in found if p.exists() and not p.name.startswith(('_', '.'))]
 
 
@@ -232,7 +233,7 @@ CUDA_NOTE = ('<p class="cuda-only"><strong>CUDA only.</strong> The next cell run
 
 
 def flagged_ids(path, flag):
-    "Ids of the code cells of notebook `path` that carry the nbdev test flag `flag` (`#| cuda`): nbdev's processing drops it."
+    "Ids of the code cells of notebook `path` flagged `#| {flag}` (nbdev's processing drops the flag)."
     cells = json.loads(path.read_text(encoding='utf-8'))['cells']
     return {c.get('id') for c in cells if c['cell_type'] == 'code'
             and re.search(rf'^\s*#\s*\|\s*{flag}\s*$', ''.join(c['source']), re.M)}
@@ -262,7 +263,9 @@ def translate(nb, name, toc=None, link=lambda text: text, classes=frozenset(), c
             if tags: c['metadata']['tags'] = sorted(set(tags))
             for o in c.get('outputs', []):
                 md = o.get('data', {}).get('text/markdown')
-                if md is not None: o['data']['text/markdown'] = anchor(source_link(signature(_re_rule.sub('', link(relink(''.join(md), depth))), classes)))
+                if md is None: continue
+                md = link(relink(''.join(md), depth))  # links inside the site
+                o['data']['text/markdown'] = anchor(source_link(signature(_re_rule.sub('', md), classes)))
             doc = [o['data']['text/markdown'] for o in c.get('outputs', []) if 'text/markdown' in o.get('data', {})]
             if src.lstrip().startswith('show_doc(') and 'remove-input' in tags and len(doc) == 1:
                 # an API entry: its markdown becomes part of the page, as on nbdev's Quarto site, so the entry's
@@ -309,7 +312,8 @@ def write_sources(paths):
         nb = json.loads((PROC / rel).read_text(encoding='utf-8'))
         names[p] = page_name(nb, rel)
         pages[p] = nb
-    sections = [(cap, [names[p] for p in paths if p in set(NBS.glob(g))]) for cap, g, _ in SECTIONS] + [('Project', ['changelog'])]
+    sections = [(cap, [names[p] for p in paths if p in set(NBS.glob(g))]) for cap, g, _ in SECTIONS]
+    sections.append(('Project', ['changelog']))
     by_path, classes = {p.resolve(): n for p, n in names.items()}, package_classes()
     for p, nb in pages.items():
         name = names[p]
