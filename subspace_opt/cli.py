@@ -16,46 +16,66 @@ from .lanczos import block_lanczos, lanczos, scipy_eigsh
 from .models import mlp
 from .plots import plot_curves, plot_heatmap, plot_sharpness, plot_spectrum
 from .sweep import load_sweep, run_sweep
-from .train import ConfigError, config_from_dict, environment, evaluate, load_config, run_experiment, sgd_steps, summarize
+from subspace_opt.train import (
+    ConfigError,
+    config_from_dict,
+    environment,
+    evaluate,
+    load_config,
+    run_experiment,
+    sgd_steps,
+    summarize,
+)
 
 # %% auto #0
 __all__ = ['SOLVERS', 'DEMO', 'DEMO_THRESHOLD', 'new_run_dir', 'write_config', 'spectrum', 'plot_run', 'demo', 'main']
 
 # %% ../nbs/09_cli.ipynb #9f3316a7
-def new_run_dir(out: str | Path,  # parent folder
-                job: str):  # job name, the folder's prefix
+def new_run_dir(
+    out: str | Path,  # parent folder
+    job: str,  # job name, the folder's prefix
+):
     "Create and return a fresh folder `out/job-YYYYmmdd-HHMMSS[-N]`."
     base = Path(out) / f"{job}-{datetime.now():%Y%m%d-%H%M%S}"
     path, i = base, 1
-    while path.exists(): path, i = Path(f"{base}-{i}"), i + 1
+    while path.exists():
+        path, i = Path(f"{base}-{i}"), i + 1
     path.mkdir(parents=True)
     return path
 
-def write_config(path: Path,  # run folder
-                 config: dict,  # the job's arguments and results
-                 device):  # the torch device it ran on
+
+def write_config(
+    path: Path,  # run folder
+    config: dict,  # the job's arguments and results
+    device,  # the torch device it ran on
+):
     "Write `config.json` with the job's arguments and the environment it ran in."
-    (path / 'config.json').write_text(json.dumps({'config': config, 'environment': environment(device)}, indent=2, default=str))
+    (path / "config.json").write_text(
+        json.dumps({"config": config, "environment": environment(device)}, indent=2, default=str)
+    )
 
 # %% ../nbs/09_cli.ipynb #793c166a
-SOLVERS = {'lanczos': lanczos, 'block': block_lanczos, 'eigsh': scipy_eigsh}  # the solvers `spectrum` offers
+SOLVERS = {"lanczos": lanczos, "block": block_lanczos, "eigsh": scipy_eigsh}  # the solvers `spectrum` offers
 
 # %% ../nbs/09_cli.ipynb #59a6c91f
-def spectrum(k: int = 10,  # number of eigenpairs
-             hidden=(128, 128),  # hidden layer widths of the MLP
-             activation: str = 'tanh',  # 'tanh', 'relu' or 'gelu'
-             loss: str = 'mse',  # 'mse' or 'ce'
-             train_steps: int = 300,  # SGD steps before measuring
-             lr: float = 0.1,  # SGD learning rate η
-             batch_size: int = 50,  # SGD batch size
-             solver: str = 'lanczos',  # one of `SOLVERS`
-             tol: float = 1e-6,  # relative residual tolerance of the solver
-             seed: int = 0,  # seed of the data split, initialisation and batch order
-             device=None,  # torch device (default: `default_device()`)
-             out: str = 'runs',  # parent folder of the run folder
-             progress: bool = True):  # show the training progress bar
+def spectrum(
+    k: int = 10,  # number of eigenpairs
+    hidden=(128, 128),  # hidden layer widths of the MLP
+    activation: str = "tanh",  # 'tanh', 'relu' or 'gelu'
+    loss: str = "mse",  # 'mse' or 'ce'
+    train_steps: int = 300,  # SGD steps before measuring
+    lr: float = 0.1,  # SGD learning rate η
+    batch_size: int = 50,  # SGD batch size
+    solver: str = "lanczos",  # one of `SOLVERS`
+    tol: float = 1e-6,  # relative residual tolerance of the solver
+    seed: int = 0,  # seed of the data split, initialisation and batch order
+    device=None,  # torch device (default: `default_device()`)
+    out: str = "runs",  # parent folder of the run folder
+    progress: bool = True,  # show the training progress bar
+):
     "Train a digits MLP, compute the top-`k` Hessian eigenpairs, write table + figure; return (run folder, table)."
-    if solver not in SOLVERS: raise ValueError(f"`solver` must be one of {tuple(SOLVERS)}, got {solver!r}")
+    if solver not in SOLVERS:
+        raise ValueError(f"`solver` must be one of {tuple(SOLVERS)}, got {solver!r}")
     config, dev = dict(locals()), torch.device(device or default_device())
     data = load_digits(seed=seed, device=dev)
     model = mlp((64, *hidden, data.n_classes), activation=activation, seed=seed, device=dev)
@@ -63,119 +83,214 @@ def spectrum(k: int = 10,  # number of eigenpairs
     t0 = time.perf_counter()
     res = SOLVERS[solver](HessianOperator(model, loss, data.train), k=k, tol=tol, seed=seed)
     seconds = time.perf_counter() - t0
-    table = pd.DataFrame({'i': range(1, k + 1), 'eigenvalue': res.eigenvalues.cpu().numpy(),
-                          'rel_residual': res.residuals.cpu().numpy()})
-    table['lr_x_eigenvalue'] = lr * table.eigenvalue
-    path = new_run_dir(out, 'spectrum')
-    table.to_csv(path / 'spectrum.csv', index=False)
+    table = pd.DataFrame(
+        {"i": range(1, k + 1), "eigenvalue": res.eigenvalues.cpu().numpy(), "rel_residual": res.residuals.cpu().numpy()}
+    )
+    table["lr_x_eigenvalue"] = lr * table.eigenvalue
+    path = new_run_dir(out, "spectrum")
+    table.to_csv(path / "spectrum.csv", index=False)
     train_loss, train_acc = evaluate(model, loss, data.train)
-    config.update(p=res.eigenvectors.shape[0], n_matvecs=res.n_matvecs, solve_seconds=seconds,
-                  converged=res.converged, train_loss=train_loss, train_acc=train_acc)
+    config.update(
+        p=res.eigenvectors.shape[0],
+        n_matvecs=res.n_matvecs,
+        solve_seconds=seconds,
+        converged=res.converged,
+        train_loss=train_loss,
+        train_acc=train_acc,
+    )
     write_config(path, config, dev)
-    plot_spectrum(table.eigenvalue, table.rel_residual, lr=lr, title=f'digits MLP, top-{k} Hessian eigenvalues').savefig(path / 'spectrum.png', dpi=120)
+    plot_spectrum(
+        table.eigenvalue, table.rel_residual, lr=lr, title=f"digits MLP, top-{k} Hessian eigenvalues"
+    ).savefig(path / "spectrum.png", dpi=120)
     return path, table
 
 # %% ../nbs/09_cli.ipynb #bf899d3b
-DEMO = dict(name='demo', data='digits', hidden=[64, 64], activation='tanh', loss='mse', batch_size=50, steps=400,
-            log_every=25, checkpoint_every=100, subspace=dict(k=10, refresh_every=1),
-            methods=[dict(name='sgd', lr=0.2), dict(name='dom-sgd', dom=1.0, bulk=0.0, lr=0.2),
-                     dict(name='bulk-sgd', dom=0.0, bulk=1.0, lr=0.2), dict(name='damped-dominant-0.5', dom=0.5, bulk=1.0, lr=0.2)])
+DEMO = dict(
+    name="demo",
+    data="digits",
+    hidden=[64, 64],
+    activation="tanh",
+    loss="mse",
+    batch_size=50,
+    steps=400,
+    log_every=25,
+    checkpoint_every=100,
+    subspace=dict(k=10, refresh_every=1),
+    methods=[
+        dict(name="sgd", lr=0.2),
+        dict(name="dom-sgd", dom=1.0, bulk=0.0, lr=0.2),
+        dict(name="bulk-sgd", dom=0.0, bulk=1.0, lr=0.2),
+        dict(name="damped-dominant-0.5", dom=0.5, bulk=1.0, lr=0.2),
+    ],
+)
 DEMO_THRESHOLD = 0.2  # train loss for "steps to threshold"
 
+
 def plot_run(run_dir: str | Path):  # a folder with results.csv
-    "Write loss.png, test_acc.png and sharpness.png (and heatmap.png for a 2-key sweep) for `run_dir`; return their paths."
+    "Write loss.png, test_acc.png, sharpness.png (and heatmap.png for a 2-key sweep) for `run_dir`; return the paths."
     run_dir = Path(run_dir)
-    if not (run_dir / 'results.csv').exists(): raise FileNotFoundError(f"no results.csv in {run_dir}")
-    results, paths = pd.read_csv(run_dir / 'results.csv'), []
-    grid = list(json.loads((run_dir / 'sweep.json').read_text())['grid']) if (run_dir / 'sweep.json').exists() else []
-    figs = [] if grid else [('loss', lambda: plot_curves(results)), ('test_acc', lambda: plot_curves(results, 'test_acc')),
-                            ('sharpness', lambda: plot_sharpness(results))]
-    if len(grid) == 2: figs.append(('heatmap', lambda: plot_heatmap(results, grid[1], grid[0])))
+    if not (run_dir / "results.csv").exists():
+        raise FileNotFoundError(f"no results.csv in {run_dir}")
+    results, paths = pd.read_csv(run_dir / "results.csv"), []
+    grid = list(json.loads((run_dir / "sweep.json").read_text())["grid"]) if (run_dir / "sweep.json").exists() else []
+    figs = (
+        []
+        if grid
+        else [
+            ("loss", lambda: plot_curves(results)),
+            ("test_acc", lambda: plot_curves(results, "test_acc")),
+            ("sharpness", lambda: plot_sharpness(results)),
+        ]
+    )
+    if len(grid) == 2:
+        figs.append(("heatmap", lambda: plot_heatmap(results, grid[1], grid[0])))
     for name, make in figs:
-        make().savefig(run_dir / f'{name}.png', dpi=120); paths.append(run_dir / f'{name}.png')
+        make().savefig(run_dir / f"{name}.png", dpi=120)
+        paths.append(run_dir / f"{name}.png")
     return paths
 
-def demo(out: str = 'runs',  # parent folder of the run folder
-         steps: int = 400,  # optimizer steps per method
-         device=None, progress: bool = True):  # torch device (default: CUDA when present); progress bars
+
+def demo(
+    out: str = "runs",  # parent folder of the run folder
+    steps: int = 400,  # optimizer steps per method
+    device=None,
+    progress: bool = True,  # torch device (default: CUDA when present); progress bars
+):
     "SGD vs Dom-SGD vs Bulk-SGD vs damped dominant on digits; return (run folder, summary table)."
-    cfg = config_from_dict({**DEMO, 'steps': steps, 'device': device})
-    path = new_run_dir(out, 'demo')
+    cfg = config_from_dict({**DEMO, "steps": steps, "device": device})
+    path = new_run_dir(out, "demo")
     summary = summarize(run_experiment(cfg, path, progress), path, DEMO_THRESHOLD)
-    summary.to_csv(path / 'summary.csv', index=False)
+    summary.to_csv(path / "summary.csv", index=False)
     plot_run(path)
     return path, summary
 
 # %% ../nbs/09_cli.ipynb #7443d3a1
 def _parser():
-    p = argparse.ArgumentParser(prog='subspace-opt', description='Sharp and flat directions of the loss Hessian.')
-    sub = p.add_subparsers(dest='job', required=True)
+    p = argparse.ArgumentParser(prog="subspace-opt", description="Sharp and flat directions of the loss Hessian.")
+    sub = p.add_subparsers(dest="job", required=True)
     fmt = argparse.ArgumentDefaultsHelpFormatter
-    d = sub.add_parser('demo', help='SGD vs Dom-SGD vs Bulk-SGD vs an interpolated method on digits (the main job)', formatter_class=fmt)
-    d.add_argument('--steps', type=int, default=400, help='optimizer steps per method')
-    r = sub.add_parser('run', help='run (or resume) the experiment of a JSON/YAML config', formatter_class=fmt)
-    r.add_argument('config', help='experiment configuration (.json, .yaml)')
-    sw = sub.add_parser('sweep', help='run (or resume) a grid of experiments from a JSON/YAML config with a `grid` key', formatter_class=fmt)
-    sw.add_argument('config', help='experiment configuration plus `grid` (dotted key -> list) and optional `workers`')
-    sw.add_argument('--workers', type=int, default=None, help='worker processes (default: the config, else 1)')
-    pl = sub.add_parser('plot', help='figures from a run or sweep folder', formatter_class=fmt)
-    pl.add_argument('run_dir', help='folder holding results.csv')
-    s = sub.add_parser('spectrum', help='top-k Hessian eigenvalues of an MLP on scikit-learn digits', formatter_class=fmt)
-    s.add_argument('--k', type=int, default=10, help='number of eigenpairs')
-    s.add_argument('--hidden', type=int, nargs='+', default=[128, 128], help='hidden layer widths')
-    s.add_argument('--activation', default='tanh', choices=['tanh', 'relu', 'gelu'])
-    s.add_argument('--loss', default='mse', choices=['mse', 'ce'])
-    s.add_argument('--train-steps', type=int, default=300, help='SGD steps before measuring')
-    s.add_argument('--lr', type=float, default=0.1, help='SGD learning rate')
-    s.add_argument('--solver', default='lanczos', choices=list(SOLVERS))
-    s.add_argument('--tol', type=float, default=1e-6, help='relative residual tolerance')
-    s.add_argument('--seed', type=int, default=0)
-    for q in (d, r, sw, s): q.add_argument('--device', default=None, help='torch device (default: cuda if present)')
-    for q in (d, r, sw, s): q.add_argument('--out', default=None, help='output folder (default: runs/)')
+    d = sub.add_parser(
+        "demo",
+        help="SGD vs Dom-SGD vs Bulk-SGD vs an interpolated method on digits (the main job)",
+        formatter_class=fmt,
+    )
+    d.add_argument("--steps", type=int, default=400, help="optimizer steps per method")
+    r = sub.add_parser("run", help="run (or resume) the experiment of a JSON/YAML config", formatter_class=fmt)
+    r.add_argument("config", help="experiment configuration (.json, .yaml)")
+    sw = sub.add_parser(
+        "sweep",
+        help="run (or resume) a grid of experiments from a JSON/YAML config with a `grid` key",
+        formatter_class=fmt,
+    )
+    sw.add_argument("config", help="experiment configuration plus `grid` (dotted key -> list) and optional `workers`")
+    sw.add_argument("--workers", type=int, default=None, help="worker processes (default: the config, else 1)")
+    pl = sub.add_parser("plot", help="figures from a run or sweep folder", formatter_class=fmt)
+    pl.add_argument("run_dir", help="folder holding results.csv")
+    s = sub.add_parser(
+        "spectrum", help="top-k Hessian eigenvalues of an MLP on scikit-learn digits", formatter_class=fmt
+    )
+    s.add_argument("--k", type=int, default=10, help="number of eigenpairs")
+    s.add_argument("--hidden", type=int, nargs="+", default=[128, 128], help="hidden layer widths")
+    s.add_argument("--activation", default="tanh", choices=["tanh", "relu", "gelu"])
+    s.add_argument("--loss", default="mse", choices=["mse", "ce"])
+    s.add_argument("--train-steps", type=int, default=300, help="SGD steps before measuring")
+    s.add_argument("--lr", type=float, default=0.1, help="SGD learning rate")
+    s.add_argument("--solver", default="lanczos", choices=list(SOLVERS))
+    s.add_argument("--tol", type=float, default=1e-6, help="relative residual tolerance")
+    s.add_argument("--seed", type=int, default=0)
+    for q in (d, r, sw, s):
+        q.add_argument("--device", default=None, help="torch device (default: cuda if present)")
+    for q in (d, r, sw, s):
+        q.add_argument("--out", default=None, help="output folder (default: runs/)")
     return p
 
 # %% ../nbs/09_cli.ipynb #5924d1f2
-def _show(table): print(table.to_string(index=False, float_format=lambda x: f'{x:.6g}'))
+def _show(table):
+    print(table.to_string(index=False, float_format=lambda x: f"{x:.6g}"))
+
 
 def _job(a):
-    if a.job == 'demo':
-        path, table = demo(out=a.out or 'runs', steps=a.steps, device=a.device)
-        _show(table); print(f"\nresults: {path / 'results.csv'}\nfigures: {path / 'loss.png'}, {path / 'sharpness.png'}\nrun folder: {path}")
-    elif a.job == 'run':
+    if a.job == "demo":
+        path, table = demo(out=a.out or "runs", steps=a.steps, device=a.device)
+        _show(table)
+        print(
+            f"\nresults: {path / 'results.csv'}"
+            f"\nfigures: {path / 'loss.png'}, {path / 'sharpness.png'}"
+            f"\nrun folder: {path}"
+        )
+    elif a.job == "run":
         cfg = load_config(a.config)
-        if a.device: cfg.device = a.device
-        path = Path(a.out or Path('runs') / cfg.name)
-        a.distributed = init_from_env()  # under torchrun: join the process group (gloo on CPU, nccl on CUDA); else a no-op
-        try: results = run_experiment(cfg, path)
-        finally: me = rank(); shutdown()  # every rank leaves the group once the run is written
-        if me > 0: return 0
-        plot_run(path); _show(results.groupby('method', sort=False).tail(1)[['method', 'seed', 'step', 'train_loss', 'test_acc', 'diverged']])
+        if a.device:
+            cfg.device = a.device
+        path = Path(a.out or Path("runs") / cfg.name)
+        a.distributed = (
+            init_from_env()
+        )  # under torchrun: join the process group (gloo on CPU, nccl on CUDA); else a no-op
+        try:
+            results = run_experiment(cfg, path)
+        finally:
+            me = rank()
+            shutdown()  # every rank leaves the group once the run is written
+        if me > 0:
+            return 0
+        plot_run(path)
+        _show(
+            results.groupby("method", sort=False).tail(1)[
+                ["method", "seed", "step", "train_loss", "test_acc", "diverged"]
+            ]
+        )
         print(f"\nresults: {path / 'results.csv'}\nrun folder: {path}")
-    elif a.job == 'sweep':
+    elif a.job == "sweep":
         base, grid, workers = load_sweep(a.config)
-        if a.device: base['device'] = a.device
-        path = Path(a.out or Path('runs') / f"{base.get('name', 'experiment')}-sweep")
+        if a.device:
+            base["device"] = a.device
+        path = Path(a.out or Path("runs") / f"{base.get('name', 'experiment')}-sweep")
         results = run_sweep(base, grid, path, workers=a.workers or workers)
-        plot_run(path); _show(results.groupby(['method', 'seed', *grid], sort=False).tail(1)[['method', 'seed', *grid, 'step', 'train_loss', 'diverged']])
+        plot_run(path)
+        _show(
+            results.groupby(["method", "seed", *grid], sort=False).tail(1)[
+                ["method", "seed", *grid, "step", "train_loss", "diverged"]
+            ]
+        )
         print(f"\nresults: {path / 'results.csv'}\nrun folder: {path}")
-    elif a.job == 'plot': print('\n'.join(map(str, plot_run(a.run_dir))))
+    elif a.job == "plot":
+        print("\n".join(map(str, plot_run(a.run_dir))))
     else:
-        path, table = spectrum(k=a.k, hidden=tuple(a.hidden), activation=a.activation, loss=a.loss, train_steps=a.train_steps,
-                               lr=a.lr, solver=a.solver, tol=a.tol, seed=a.seed, device=a.device, out=a.out or 'runs')
-        _show(table); print(f"\nresults: {path / 'spectrum.csv'}\nfigure:  {path / 'spectrum.png'}\nrun folder: {path}")
+        path, table = spectrum(
+            k=a.k,
+            hidden=tuple(a.hidden),
+            activation=a.activation,
+            loss=a.loss,
+            train_steps=a.train_steps,
+            lr=a.lr,
+            solver=a.solver,
+            tol=a.tol,
+            seed=a.seed,
+            device=a.device,
+            out=a.out or "runs",
+        )
+        _show(table)
+        print(f"\nresults: {path / 'spectrum.csv'}\nfigure:  {path / 'spectrum.png'}\nrun folder: {path}")
     return 0
+
 
 def main(argv=None):  # command-line arguments (default: sys.argv[1:])
     "Entry point of the `subspace-opt` console script; bad input exits with status 2 and a one-line message."
     a = _parser().parse_args(argv)
-    try: code = _job(a)
+    try:
+        code = _job(a)
     except (ConfigError, FileNotFoundError) as e:
-        print(f"subspace-opt {a.job}: error: {e}", file=sys.stderr); code = 2
+        print(f"subspace-opt {a.job}: error: {e}", file=sys.stderr)
+        code = 2
     except BaseException:
-        if not getattr(a, 'distributed', False): raise
-        traceback.print_exc(); code = 1
-    if getattr(a, 'distributed', False): finish(code)  # under torchrun: exit without interpreter teardown (`finish`)
+        if not getattr(a, "distributed", False):
+            raise
+        traceback.print_exc()
+        code = 1
+    if getattr(a, "distributed", False):
+        finish(code)  # under torchrun: exit without interpreter teardown (`finish`)
     return code
 
 # %% ../nbs/09_cli.ipynb #6fe61703
-if __name__ == '__main__' and '__file__' in globals(): sys.exit(main())  # `python -m subspace_opt.cli`, not a notebook
+if __name__ == "__main__" and "__file__" in globals():
+    sys.exit(main())  # `python -m subspace_opt.cli`, not a notebook

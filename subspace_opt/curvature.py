@@ -20,78 +20,112 @@ __all__ = ['LOSSES', 'METHODS', 'check_loss', 'loss_sum', 'prepare_targets', 'lo
            'HessianOperator', 'GGNOperator', 'FunctionalHessianOperator']
 
 # %% ../nbs/00_curvature.ipynb #54ecd9db
-LOSSES = ('mse', 'ce')
+LOSSES = ("mse", "ce")
+
 
 def check_loss(loss: str):  # loss name to validate
     "Return `loss` if it is one of `LOSSES`, else raise a `ValueError` naming the accepted values."
-    if loss not in LOSSES: raise ValueError(f"`loss` must be one of {LOSSES}, got {loss!r}")
+    if loss not in LOSSES:
+        raise ValueError(f"`loss` must be one of {LOSSES}, got {loss!r}")
     return loss
 
-def loss_sum(out: torch.Tensor,  # model outputs, (n, C)
-             target: torch.Tensor,  # prepared targets: (n, C) floats for 'mse', (n,) labels for 'ce'
-             loss: str):  # 'mse' or 'ce'
+
+def loss_sum(
+    out: torch.Tensor,  # model outputs, (n, C)
+    target: torch.Tensor,  # prepared targets: (n, C) floats for 'mse', (n,) labels for 'ce'
+    loss: str,  # 'mse' or 'ce'
+):
     "Sum over samples of the per-sample loss (½‖f − t‖² or softmax cross-entropy)."
-    if loss == 'mse': return 0.5 * (out - target).pow(2).sum()
-    return F.cross_entropy(out, target, reduction='sum')
+    if loss == "mse":
+        return 0.5 * (out - target).pow(2).sum()
+    return F.cross_entropy(out, target, reduction="sum")
 
 # %% ../nbs/00_curvature.ipynb #a93c977d
-def prepare_targets(y: torch.Tensor,  # integer labels (n,), or float targets (n, C) for 'mse'
-                    loss: str,  # 'mse' or 'ce'
-                    n_outputs: int,  # C, the model's output count
-                    dtype: torch.dtype):  # floating dtype of the model
+def prepare_targets(
+    y: torch.Tensor,  # integer labels (n,), or float targets (n, C) for 'mse'
+    loss: str,  # 'mse' or 'ce'
+    n_outputs: int,  # C, the model's output count
+    dtype: torch.dtype,  # floating dtype of the model
+):
     "Targets in the form `loss_sum` expects: (n, C) floats for 'mse', (n,) int64 labels for 'ce'."
     if y.is_floating_point():
-        if loss == 'ce': raise TypeError("`y` for loss='ce' must hold integer class labels, got float targets; "
-                                         "use loss='mse' for float targets")
+        if loss == "ce":
+            raise TypeError(
+                "`y` for loss='ce' must hold integer class labels, got float targets; use loss='mse' for float targets"
+            )
         if y.ndim != 2 or y.shape[1] != n_outputs:
-            raise ValueError(f"float `y` must have shape (n, {n_outputs}) to match the model's outputs, got {tuple(y.shape)}")
+            raise ValueError(
+                f"float `y` must have shape (n, {n_outputs}) to match the model's outputs, got {tuple(y.shape)}"
+            )
         return y.to(dtype)
-    if y.ndim != 1: raise ValueError(f"integer `y` must be a vector of labels (n,), got shape {tuple(y.shape)}")
+    if y.ndim != 1:
+        raise ValueError(f"integer `y` must be a vector of labels (n,), got shape {tuple(y.shape)}")
     lo, hi = int(y.min()), int(y.max())
     if lo < 0 or hi >= n_outputs:
-        raise ValueError(f"labels in `y` must lie in [0, {n_outputs}) (the model's output count), got range [{lo}, {hi}]")
-    return F.one_hot(y.long(), n_outputs).to(dtype) if loss == 'mse' else y.long()
+        raise ValueError(
+            f"labels in `y` must lie in [0, {n_outputs}) (the model's output count), got range [{lo}, {hi}]"
+        )
+    return F.one_hot(y.long(), n_outputs).to(dtype) if loss == "mse" else y.long()
 
 # %% ../nbs/00_curvature.ipynb #b8970d7a
-def loss_hessian_product(out: torch.Tensor,  # model outputs (n, C) where the loss Hessian is taken
-                         U: torch.Tensor,  # output-space vectors (..., n, C)
-                         loss: str):  # 'mse' or 'ce'
+def loss_hessian_product(
+    out: torch.Tensor,  # model outputs (n, C) where the loss Hessian is taken
+    U: torch.Tensor,  # output-space vectors (..., n, C)
+    loss: str,  # 'mse' or 'ce'
+):
     "Per-sample ∇²_f ℓ · U in closed form: U for 'mse', (diag(p) − p pᵀ) U with p = softmax(out) for 'ce'."
-    if loss == 'mse': return U
+    if loss == "mse":
+        return U
     p = out.softmax(-1)
     return p * U - p * (p * U).sum(-1, keepdim=True)
 
 # %% ../nbs/00_curvature.ipynb #4e1465dd
-def as_batches(data,  # an (X, y) pair of tensors, or an iterable of (X, y) batches
-               batch_size: int | None = None,  # split batches into chunks of at most this many samples
-               allow_empty: bool = False):  # return [] for data without samples (one rank's empty shard)
+def as_batches(
+    data,  # an (X, y) pair of tensors, or an iterable of (X, y) batches
+    batch_size: int | None = None,  # split batches into chunks of at most this many samples
+    allow_empty: bool = False,  # return [] for data without samples (one rank's empty shard)
+):
     "Materialise `data` as a fixed list of non-empty `(X, y)` batches of at most `batch_size` samples."
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"`batch_size` must be None or an int >= 1, got {batch_size!r}")
     if isinstance(data, torch.utils.data.DataLoader) and data.drop_last:
-        raise ValueError("`data` is a DataLoader with drop_last=True, which silently leaves samples out; use drop_last=False")
-    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data): data = [data]
-    try: pairs = [tuple(b) for b in data]
-    except TypeError: raise TypeError(f"`data` must be an (X, y) pair of tensors or an iterable of (X, y) batches, got {type(data).__name__}") from None
+        raise ValueError(
+            "`data` is a DataLoader with drop_last=True, which silently leaves samples out; use drop_last=False"
+        )
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+        data = [data]
+    try:
+        pairs = [tuple(b) for b in data]
+    except TypeError:
+        raise TypeError(
+            f"`data` must be an (X, y) pair of tensors or an iterable of (X, y) batches, got {type(data).__name__}"
+        ) from None
     batches = []
     for X, y in pairs:
-        if len(X) != len(y): raise ValueError(f"`data`: X and y differ in length ({len(X)} vs {len(y)})")
+        if len(X) != len(y):
+            raise ValueError(f"`data`: X and y differ in length ({len(X)} vs {len(y)})")
         step = batch_size or max(len(X), 1)
-        batches += [(X[i:i + step], y[i:i + step]) for i in range(0, len(X), step)]
-    if not batches and not allow_empty: raise ValueError("`data` holds no samples")
+        batches += [(X[i : i + step], y[i : i + step]) for i in range(0, len(X), step)]
+    if not batches and not allow_empty:
+        raise ValueError("`data` holds no samples")
     return batches
 
 # %% ../nbs/00_curvature.ipynb #1c6884e7
 class TorchLinearOperator:
     "A linear map on R^p given by `_matmat` on blocks (p, b); `@` accepts vectors (p,) and blocks (p, b)."
+
     SELF_ADJOINT = True
-    def __init__(self,
-                 shape: tuple,  # (p, p)
-                 dtype: torch.dtype,  # dtype of the vectors it acts on
-                 device: torch.device):  # device of the vectors it acts on
+
+    def __init__(
+        self,
+        shape: tuple,  # (p, p)
+        dtype: torch.dtype,  # dtype of the vectors it acts on
+        device: torch.device,  # device of the vectors it acts on
+    ):
         self.shape, self.dtype, self.device = tuple(shape), dtype, torch.device(device)
 
-    def _matmat(self, V: torch.Tensor) -> torch.Tensor: raise NotImplementedError
+    def _matmat(self, V: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
     def __matmul__(self, v):
         v = torch.as_tensor(v)
@@ -100,40 +134,62 @@ class TorchLinearOperator:
         V = v.to(self.device, self.dtype)
         return self._matmat(V[:, None])[:, 0] if v.ndim == 1 else self._matmat(V)
 
-    def __repr__(self): return f"{type(self).__name__}(shape={self.shape}, dtype={self.dtype}, device={self.device})"
+    def __repr__(self):
+        return f"{type(self).__name__}(shape={self.shape}, dtype={self.dtype}, device={self.device})"
 
 # %% ../nbs/00_curvature.ipynb #a7b20b47
 class LinearCombinationOperator(TorchLinearOperator):
     "The operator Σ_j c_j M_j of operators of one shape; built by `+`, `-` and scalar `*`."
+
     def __init__(self, terms):  # list of (coefficient, operator) pairs
         shapes = {op.shape for _, op in terms}
-        if len(shapes) != 1: raise ValueError(f"operators in a sum must share one shape, got {sorted(shapes)}")
+        if len(shapes) != 1:
+            raise ValueError(f"operators in a sum must share one shape, got {sorted(shapes)}")
         super().__init__(terms[0][1].shape, terms[0][1].dtype, terms[0][1].device)
         self.terms = list(terms)
 
-    def _matmat(self, V): return sum(c * op._matmat(V) for c, op in self.terms)
+    def _matmat(self, V):
+        return sum(c * op._matmat(V) for c, op in self.terms)
 
-def _terms(op): return op.terms if isinstance(op, LinearCombinationOperator) else [(1.0, op)]
+
+def _terms(op):
+    return op.terms if isinstance(op, LinearCombinationOperator) else [(1.0, op)]
+
 
 @patch
-def __add__(self: TorchLinearOperator, other): return LinearCombinationOperator(_terms(self) + _terms(other))
+def __add__(self: TorchLinearOperator, other):
+    return LinearCombinationOperator(_terms(self) + _terms(other))
+
+
 @patch
-def __mul__(self: TorchLinearOperator, c: float): return LinearCombinationOperator([(c * a, op) for a, op in _terms(self)])
+def __mul__(self: TorchLinearOperator, c: float):
+    return LinearCombinationOperator([(c * a, op) for a, op in _terms(self)])
+
+
 @patch
-def __rmul__(self: TorchLinearOperator, c: float): return self * c
+def __rmul__(self: TorchLinearOperator, c: float):
+    return self * c
+
+
 @patch
-def __neg__(self: TorchLinearOperator): return self * -1.0
+def __neg__(self: TorchLinearOperator):
+    return self * -1.0
+
+
 @patch
-def __sub__(self: TorchLinearOperator, other): return self + (-other)
+def __sub__(self: TorchLinearOperator, other):
+    return self + (-other)
 
 # %% ../nbs/00_curvature.ipynb #0c6134f0
 @patch
 def to_scipy(self: TorchLinearOperator) -> LinearOperator:
     "This operator as a `scipy.sparse.linalg.LinearOperator` on numpy arrays (products run in torch)."
+
     def matmat(X):
         X = np.asarray(X)
         V = torch.as_tensor(X.reshape(self.shape[1], -1)).to(self.device, self.dtype)
         return self._matmat(V).cpu().numpy().reshape(X.shape)
+
     np_dtype = torch.empty((), dtype=self.dtype).numpy().dtype
     return LinearOperator(self.shape, matvec=matmat, rmatvec=matmat, matmat=matmat, rmatmat=matmat, dtype=np_dtype)
 
@@ -143,156 +199,233 @@ def params_to_vector(model: torch.nn.Module):  # the network whose trainable par
     return torch.cat([q.detach().reshape(-1) for q in model.parameters() if q.requires_grad])
 
 # %% ../nbs/00_curvature.ipynb #efe89f8c
-def check_deterministic(forward,  # forward(X) -> outputs, on copies of the model's buffers
-                        X: torch.Tensor):  # a probe batch with at least two samples
+def check_deterministic(
+    forward,  # forward(X) -> outputs, on copies of the model's buffers
+    X: torch.Tensor,  # a probe batch with at least two samples
+):
     "Raise a `ValueError` if two passes over `X` differ, or if outputs depend on how `X` is split into batches."
     out = forward(X)
     tol = out.abs().max().item() * torch.finfo(out.dtype).eps ** 0.5 + torch.finfo(out.dtype).tiny
     if (forward(X) - out).abs().max() > tol:
-        raise ValueError("model is non-deterministic (two identical passes differ at the prediction stage): "
-                         "call `model.eval()` or remove Dropout")
+        raise ValueError(
+            "model is non-deterministic (two identical passes differ at the prediction stage): "
+            "call `model.eval()` or remove Dropout"
+        )
     h = len(X) // 2
     if h and (torch.cat([forward(X[:h]), forward(X[h:])]) - out).abs().max() > tol:
-        raise ValueError("model outputs depend on the batch (a sample's output changes with its batch-mates, "
-                         "as in train-mode BatchNorm): call `model.eval()` or remove BatchNorm")
+        raise ValueError(
+            "model outputs depend on the batch (a sample's output changes with its batch-mates, "
+            "as in train-mode BatchNorm): call `model.eval()` or remove BatchNorm"
+        )
 
 # %% ../nbs/00_curvature.ipynb #6610d9aa
-def resolve_group(process_group=None):  # None: the default group if torch.distributed is initialised; a ProcessGroup; False: local
+def resolve_group(
+    process_group=None,  # None: the default group if torch.distributed is initialised; a ProcessGroup; False: local
+):
     "The process group whose ranks share an operator's data, or None for a single-process operator."
-    if process_group is False: return None
+    if process_group is False:
+        return None
     ready = dist.is_available() and dist.is_initialized()
-    if process_group is None: return dist.group.WORLD if ready else None
-    if not ready: raise RuntimeError("`process_group` was given but torch.distributed is not initialised: call "
-                                     "torch.distributed.init_process_group (or subspace_opt.distributed.init_from_env) first")
+    if process_group is None:
+        return dist.group.WORLD if ready else None
+    if not ready:
+        raise RuntimeError(
+            "`process_group` was given but torch.distributed is not initialised: call "
+            "torch.distributed.init_process_group (or subspace_opt.distributed.init_from_env) first"
+        )
     return process_group
 
-def all_reduce_sum(t: torch.Tensor,  # tensor to sum in place over the ranks
-                   group=None):  # a process group from `resolve_group` (None: leave `t` as it is)
+
+def all_reduce_sum(
+    t: torch.Tensor,  # tensor to sum in place over the ranks
+    group=None,  # a process group from `resolve_group` (None: leave `t` as it is)
+):
     "Sum `t` in place over the ranks of `group` with one all-reduce, and return it."
-    if group is not None: dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
+    if group is not None:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
     return t
 
-def gather_meta(group, **meta):  # a process group (or None); picklable facts about this rank
+
+def gather_meta(
+    group,  # a process group (or None)
+    **meta,  # picklable facts about this rank
+):
     "The `meta` dicts of every rank of `group`, in rank order (one `all_gather_object`); `[meta]` without a group."
-    if group is None: return [meta]
+    if group is None:
+        return [meta]
     out = [None] * dist.get_world_size(group)
     dist.all_gather_object(out, meta, group=group)
     return out
 
 # %% ../nbs/00_curvature.ipynb #8a738108
-def check_agree(metas: list,  # `gather_meta` output, one dict per rank
-                key: str,  # the fact that must be equal on every rank
-                what: str,  # how to name it in the message
-                ranks: list | None = None):  # the ranks of `metas` (default 0, 1, ...)
+def check_agree(
+    metas: list,  # `gather_meta` output, one dict per rank
+    key: str,  # the fact that must be equal on every rank
+    what: str,  # how to name it in the message
+    ranks: list | None = None,  # the ranks of `metas` (default 0, 1, ...)
+):
     "Raise a `ValueError` listing each rank's value unless all ranks agree on `metas[r][key]`; return the value."
     vals, ranks = [m[key] for m in metas], ranks or list(range(len(metas)))
     if any(v != vals[0] for v in vals):
-        raise ValueError(f"ranks disagree on {what} (" + ", ".join(f"rank {r}: {v}" for r, v in zip(ranks, vals))
-                         + "): build the operator on every rank from the same model, dtype and device type")
+        raise ValueError(
+            f"ranks disagree on {what} ("
+            + ", ".join(f"rank {r}: {v}" for r, v in zip(ranks, vals))
+            + "): build the operator on every rank from the same model, dtype and device type"
+        )
     return vals[0]
 
 # %% ../nbs/00_curvature.ipynb #6a5235e1
-METHODS = ('auto', 'forward', 'reverse')  # autodiff methods of the curvature products
+METHODS = ("auto", "forward", "reverse")  # autodiff methods of the curvature products
 
 # %% ../nbs/00_curvature.ipynb #0774aec7
 class CurvatureOperator(TorchLinearOperator):
     "A curvature matrix of `model` under `loss` on a fixed data set; subclasses define the per-batch product."
-    def __init__(self,
-                 model: torch.nn.Module,  # network f(x; θ) returning outputs of shape (n, C)
-                 loss: str,  # 'mse' or 'ce'
-                 data,  # an (X, y) pair or an iterable of (X, y) batches, fixed at construction (this rank's shard)
-                 batch_size: int | None = None,  # split the data into chunks of at most this many samples
-                 method: str = 'auto',  # 'reverse' (double backward), 'forward' (forward-over-reverse) or 'auto'
-                 check_determinism: bool = True,  # refuse models whose outputs are not deterministic
-                 process_group=None):  # ranks sharing the data: None (default group if initialised), a group, or False
-        if method not in METHODS: raise ValueError(f"`method` must be one of {METHODS}, got {method!r}")
+
+    def __init__(
+        self,
+        model: torch.nn.Module,  # network f(x; θ) returning outputs of shape (n, C)
+        loss: str,  # 'mse' or 'ce'
+        data,  # an (X, y) pair or an iterable of (X, y) batches, fixed at construction (this rank's shard)
+        batch_size: int | None = None,  # split the data into chunks of at most this many samples
+        method: str = "auto",  # 'reverse' (double backward), 'forward' (forward-over-reverse) or 'auto'
+        check_determinism: bool = True,  # refuse models whose outputs are not deterministic
+        process_group=None,  # ranks sharing the data: None (default group if initialised), a group, or False
+    ):
+        if method not in METHODS:
+            raise ValueError(f"`method` must be one of {METHODS}, got {method!r}")
         self.model, self.loss, self.group = model, check_loss(loss), resolve_group(process_group)
         trainable = [(n, q) for n, q in model.named_parameters() if q.requires_grad]
-        if not trainable: raise ValueError("`model` has no trainable parameters (none with requires_grad=True)")
+        if not trainable:
+            raise ValueError("`model` has no trainable parameters (none with requires_grad=True)")
         self.names, self.shapes = [n for n, _ in trainable], [q.shape for _, q in trainable]
         self.sizes = [q.numel() for _, q in trainable]
         super().__init__((sum(self.sizes),) * 2, trainable[0][1].dtype, trainable[0][1].device)
-        raw = [(self._input(X), y.to(self.device)) for X, y in as_batches(data, batch_size, allow_empty=self.group is not None)]
+        raw = [
+            (self._input(X), y.to(self.device))
+            for X, y in as_batches(data, batch_size, allow_empty=self.group is not None)
+        ]
         self.n_outputs = self.method = None
         if raw:
             out = self._forward(self._params(), raw[0][0][:2], copy=True)
-            if out.ndim != 2: raise ValueError(f"`model` must return outputs of shape (n, C), got {tuple(out.shape)}")
+            if out.ndim != 2:
+                raise ValueError(f"`model` must return outputs of shape (n, C), got {tuple(out.shape)}")
             self.n_outputs = out.shape[1]
         self.batches = [(X, prepare_targets(y, loss, self.n_outputs, self.dtype)) for X, y in raw]
         self.n_local = sum(len(X) for X, _ in self.batches)
-        if check_determinism and raw: check_deterministic(lambda X: self._forward(self._params(), X, copy=True), raw[0][0][:16])
-        if raw: self.method = self._pick_method(method)
+        if check_determinism and raw:
+            check_deterministic(lambda X: self._forward(self._params(), X, copy=True), raw[0][0][:16])
+        if raw:
+            self.method = self._pick_method(method)
         self._join()
 
 # %% ../nbs/00_curvature.ipynb #cd47927e
 @patch
 def _join(self: CurvatureOperator):
     "Check the model, dtype and device type agree across the group's ranks; set the global sample count `n`."
-    metas = gather_meta(self.group, p=self.shape[0], shapes=[tuple(s) for s in self.shapes], dtype=str(self.dtype),
-                        device=self.device.type, n=self.n_local, n_outputs=self.n_outputs, method=self.method)
-    for key, what in (('p', 'the parameter count p'), ('shapes', 'the parameter shapes'), ('dtype', 'the dtype'), ('device', 'the device type')):
+    metas = gather_meta(
+        self.group,
+        p=self.shape[0],
+        shapes=[tuple(s) for s in self.shapes],
+        dtype=str(self.dtype),
+        device=self.device.type,
+        n=self.n_local,
+        n_outputs=self.n_outputs,
+        method=self.method,
+    )
+    for key, what in (
+        ("p", "the parameter count p"),
+        ("shapes", "the parameter shapes"),
+        ("dtype", "the dtype"),
+        ("device", "the device type"),
+    ):
         check_agree(metas, key, what)
-    full = [(r, m) for r, m in enumerate(metas) if m['n']]
-    if not full: raise ValueError(f"`data` holds no samples on any of the {len(metas)} ranks")
-    n_outputs = check_agree([m for _, m in full], 'n_outputs', "the model's output count C", [r for r, _ in full])
-    if self.n_outputs is None: self.n_outputs, self.method = n_outputs, full[0][1]['method']
-    self.n, self.comm_seconds, self.n_reductions = sum(m['n'] for m in metas), 0.0, 0
+    full = [(r, m) for r, m in enumerate(metas) if m["n"]]
+    if not full:
+        raise ValueError(f"`data` holds no samples on any of the {len(metas)} ranks")
+    n_outputs = check_agree([m for _, m in full], "n_outputs", "the model's output count C", [r for r, _ in full])
+    if self.n_outputs is None:
+        self.n_outputs, self.method = n_outputs, full[0][1]["method"]
+    self.n, self.comm_seconds, self.n_reductions = sum(m["n"] for m in metas), 0.0, 0
 
 # %% ../nbs/00_curvature.ipynb #5e0cb4ba
 @patch
-def _input(self: CurvatureOperator, X): return X.to(self.device, self.dtype if X.is_floating_point() else X.dtype)
+def _input(self: CurvatureOperator, X):
+    return X.to(self.device, self.dtype if X.is_floating_point() else X.dtype)
+
+
 @patch
 def _params(self: CurvatureOperator):
     return {n: q.detach() for n, q in self.model.named_parameters() if q.requires_grad}
+
+
 @patch
 def _forward(self: CurvatureOperator, params, X, copy=False):
     consts = {n: q.detach() for n, q in self.model.named_parameters() if not q.requires_grad}
     consts.update((n, b.clone() if copy else b) for n, b in self.model.named_buffers())
     return functional_call(self.model, (params, consts), (X,))
+
+
 @patch
 def _unflatten(self: CurvatureOperator, v):
     return {n: c.view(s) for n, c, s in zip(self.names, v.split(self.sizes), self.shapes)}
+
+
 @patch
-def _flatten(self: CurvatureOperator, d): return torch.cat([d[n].reshape(-1) for n in self.names])
+def _flatten(self: CurvatureOperator, d):
+    return torch.cat([d[n].reshape(-1) for n in self.names])
 
 # %% ../nbs/00_curvature.ipynb #061f0d35
 @patch
-def _live(self: CurvatureOperator): return [q for q in self.model.parameters() if q.requires_grad]
+def _live(self: CurvatureOperator):
+    return [q for q in self.model.parameters() if q.requires_grad]
+
+
 @patch
 def _rows(self: CurvatureOperator, Vt):  # (b, p) -> per-parameter blocks (b, *shape)
     return [c.reshape(len(Vt), *s) for c, s in zip(Vt.split(self.sizes, dim=1), self.shapes)]
+
+
 @patch
 def _matmat(self: CurvatureOperator, V):
     Vt = V.T.contiguous()  # one contiguous row per vector
     total = torch.zeros_like(Vt)
     with torch.enable_grad():
-        for X, t in self.batches: total = total + self._batch_matmat(X, t, Vt)
+        for X, t in self.batches:
+            total = total + self._batch_matmat(X, t, Vt)
     return (self._reduce(total) / self.n).T
 
 # %% ../nbs/00_curvature.ipynb #f907518c
 @patch
 def _reduce(self: CurvatureOperator, t):
     "Sum `t` over the group's ranks (one all-reduce, timed in `comm_seconds`); unchanged on a single process."
-    if self.group is None: return t
-    if t.is_cuda: torch.cuda.synchronize(t.device)
+    if self.group is None:
+        return t
+    if t.is_cuda:
+        torch.cuda.synchronize(t.device)
     t0 = time.perf_counter()
     all_reduce_sum(t, self.group)
-    if t.is_cuda: torch.cuda.synchronize(t.device)
-    self.comm_seconds += time.perf_counter() - t0; self.n_reductions += 1
+    if t.is_cuda:
+        torch.cuda.synchronize(t.device)
+    self.comm_seconds += time.perf_counter() - t0
+    self.n_reductions += 1
     return t
+
 
 @patch
 def broadcast(self: TorchLinearOperator, t: torch.Tensor):  # a tensor on the operator's device
     "`t` as the first rank of the operator's group holds it (here: unchanged; data-parallel operators override it)."
     return t
 
+
 @patch
 def broadcast(self: CurvatureOperator, t: torch.Tensor):  # a tensor on the operator's device, same shape on every rank
     "`t` as the first rank of the operator's group holds it, on every rank (unchanged on a single process)."
-    if self.group is None: return t
+    if self.group is None:
+        return t
     t = t.contiguous()
     dist.broadcast(t, src=dist.get_global_rank(self.group, 0), group=self.group)
     return t
+
 
 @patch
 def broadcast(self: LinearCombinationOperator, t: torch.Tensor):  # a tensor on the operator's device
@@ -302,11 +435,13 @@ def broadcast(self: LinearCombinationOperator, t: torch.Tensor):  # a tensor on 
 # %% ../nbs/00_curvature.ipynb #5a9528e5
 @patch
 def gradient(self: CurvatureOperator):
-    "The gradient (p,) of the mean loss over the operator's data (all ranks' shards), at the model's current parameters."
+    "The gradient (p,) of the mean loss over the operator's data (all ranks' shards), at the current parameters."
     live, total = self._live(), torch.zeros(self.shape[0], dtype=self.dtype, device=self.device)
     with torch.enable_grad():
         for X, t in self.batches:
-            gs = torch.autograd.grad(loss_sum(self.model(X), t, self.loss), live, allow_unused=True, materialize_grads=True)
+            gs = torch.autograd.grad(
+                loss_sum(self.model(X), t, self.loss), live, allow_unused=True, materialize_grads=True
+            )
             total = total + torch.cat([g.reshape(-1) for g in gs])
     return (self._reduce(total) / self.n).detach()
 
@@ -317,47 +452,67 @@ def _check_second_order(self: CurvatureOperator, X, t):
     live = self._live()
     L = loss_sum(self.model(X), t, self.loss)
     g = torch.autograd.grad(L, live, create_graph=True, allow_unused=True)
-    reach = lambda gi, q: gi.requires_grad and torch.autograd.grad(gi.sum(), q, retain_graph=True, allow_unused=True)[0] is not None
+    reach = lambda gi, q: (
+        gi.requires_grad and torch.autograd.grad(gi.sum(), q, retain_graph=True, allow_unused=True)[0] is not None
+    )
     cut = [n for n, gi, q in zip(self.names, g, live) if gi is not None and not reach(gi, q)]
-    if cut: raise RuntimeError(f"double backward does not reach parameters {cut[:3]} (a custom autograd.Function "
-                               "marked once_differentiable, or a detach, cuts second derivatives)")
+    if cut:
+        raise RuntimeError(
+            f"double backward does not reach parameters {cut[:3]} (a custom autograd.Function "
+            "marked once_differentiable, or a detach, cuts second derivatives)"
+        )
+
 
 @patch
 def _pick_method(self: CurvatureOperator, method):
     X, t = (b[:2] for b in self.batches[0])
     V, errors = torch.zeros(1, self.shape[0], dtype=self.dtype, device=self.device), {}
-    for self.method in (('reverse', 'forward') if method == 'auto' else (method,)):
+    for self.method in ("reverse", "forward") if method == "auto" else (method,):
         try:
             with torch.enable_grad():
                 self._batch_matmat(X, t, V)
-                if self.method == 'reverse': self._check_second_order(X, t)
+                if self.method == "reverse":
+                    self._check_second_order(X, t)
             return self.method
-        except (RuntimeError, NotImplementedError) as e: errors[self.method] = e
-    raise RuntimeError(f"`method={method!r}`: no autodiff method gives exact second derivatives of this model: "
-                       + "; ".join(f"{m}: {str(e)[:200]}" for m, e in errors.items()))
+        except (RuntimeError, NotImplementedError) as e:
+            errors[self.method] = e
+    raise RuntimeError(
+        f"`method={method!r}`: no autodiff method gives exact second derivatives of this model: "
+        + "; ".join(f"{m}: {str(e)[:200]}" for m, e in errors.items())
+    )
 
 # %% ../nbs/00_curvature.ipynb #9966b612
-def grad_rows(outputs,  # tensors y_i (with autograd history)
-              inputs,  # tensors x_j to differentiate with respect to
-              rows,  # cotangents, rows[i] of shape (b, *outputs[i].shape)
-              batched: bool | None = None):  # one batched autograd call (default: on CUDA) or a loop over the block
+def grad_rows(
+    outputs,  # tensors y_i (with autograd history)
+    inputs,  # tensors x_j to differentiate with respect to
+    rows,  # cotangents, rows[i] of shape (b, *outputs[i].shape)
+    batched: bool | None = None,  # one batched autograd call (default: on CUDA) or a loop over the block
+):
     "The block of vector-Jacobian products Σ_i (∂y_i/∂x)ᵀ rows[i][r] for r < b, flattened as (b, Σ_j numel(x_j))."
     b, batched = len(rows[0]), rows[0].is_cuda if batched is None else batched
     keep = [i for i, y in enumerate(outputs) if y.requires_grad]
-    if not keep: return torch.zeros(b, sum(x.numel() for x in inputs), dtype=rows[0].dtype, device=rows[0].device)
+    if not keep:
+        return torch.zeros(b, sum(x.numel() for x in inputs), dtype=rows[0].dtype, device=rows[0].device)
     ys, cs = [outputs[i] for i in keep], [rows[i] for i in keep]
     kw = dict(retain_graph=True, allow_unused=True, materialize_grads=True)
-    if batched and b > 1: gs = torch.autograd.grad(ys, inputs, cs, is_grads_batched=True, **kw)
-    else: gs = [torch.stack(g) for g in zip(*(torch.autograd.grad(ys, inputs, [c[r] for c in cs], **kw) for r in range(b)))]
+    if batched and b > 1:
+        gs = torch.autograd.grad(ys, inputs, cs, is_grads_batched=True, **kw)
+    else:
+        gs = [
+            torch.stack(g) for g in zip(*(torch.autograd.grad(ys, inputs, [c[r] for c in cs], **kw) for r in range(b)))
+        ]
     return torch.cat([g.reshape(b, -1) for g in gs], 1)
 
 # %% ../nbs/00_curvature.ipynb #3d23ca0b
 class HessianOperator(CurvatureOperator):
     "Matrix-free Hessian of the mean loss: `op @ v` (p,) or `op @ V` (p, b), one pass over the data per block."
+
     def _batch_matmat(self, X, t, Vt):  # Vt: (b, p) -> (b, p), Hessian of the summed batch loss
-        if self.method == 'reverse':
+        if self.method == "reverse":
             live = self._live()
-            g = torch.autograd.grad(loss_sum(self.model(X), t, self.loss), live, create_graph=True, materialize_grads=True)
+            g = torch.autograd.grad(
+                loss_sum(self.model(X), t, self.loss), live, create_graph=True, materialize_grads=True
+            )
             return grad_rows(g, live, self._rows(Vt))
         params = self._params()
         g = grad(lambda ps: loss_sum(self._forward(ps, X), t, self.loss))
@@ -366,8 +521,9 @@ class HessianOperator(CurvatureOperator):
 # %% ../nbs/00_curvature.ipynb #f55ead7e
 class GGNOperator(CurvatureOperator):
     "Matrix-free Generalized Gauss–Newton matrix Jᵀ(∇²_f ℓ)J of the mean loss, exact (closed-form loss Hessian)."
+
     def _batch_matmat(self, X, t, Vt):  # Vt: (b, p) -> (b, p), GGN of the summed batch loss
-        if self.method == 'reverse':
+        if self.method == "reverse":
             live, out = self._live(), self.model(X)
             u = torch.zeros_like(out, requires_grad=True)
             jt_u = torch.autograd.grad(out, live, u, create_graph=True, materialize_grads=True)  # Jᵀu, linear in u
@@ -381,5 +537,6 @@ class GGNOperator(CurvatureOperator):
 # %% ../nbs/00_curvature.ipynb #a6747e6f
 class FunctionalHessianOperator(CurvatureOperator):
     "Matrix-free functional Hessian H − G (residual-weighted second derivatives of the outputs), one data pass."
+
     def _batch_matmat(self, X, t, Vt):
         return HessianOperator._batch_matmat(self, X, t, Vt) - GGNOperator._batch_matmat(self, X, t, Vt)

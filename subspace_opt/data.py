@@ -18,12 +18,13 @@ __all__ = ['INSTALL_HINTS', 'DATA_MARKERS', 'TASKS', 'default_device', 'TaskData
 # %% ../nbs/04_data.ipynb #04441b7f
 def default_device() -> torch.device:
     "CUDA when a GPU is present, else the CPU."
-    return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 # %% ../nbs/04_data.ipynb #a6f17e9f
 @dataclass
 class TaskData:
     "Train and test tensors of a classification task, on one device."
+
     name: str  # data set name
     X_train: torch.Tensor  # (n, ...) inputs
     y_train: torch.Tensor  # (n,) int64 labels
@@ -32,149 +33,281 @@ class TaskData:
     n_classes: int  # C
 
     @property
-    def train(self): return self.X_train, self.y_train
+    def train(self):
+        return self.X_train, self.y_train
+
     @property
-    def test(self): return self.X_test, self.y_test
+    def test(self):
+        return self.X_test, self.y_test
 
 # %% ../nbs/04_data.ipynb #cb59a2b8
-def load_digits(n_train: int | None = None,  # keep the first n training samples (None: all)
-                test_fraction: float = 0.2,  # share of the 1,797 images held out for testing
-                seed: int = 0,  # seed of the shuffle that fixes the split
-                flatten: bool = True,  # (n, 64) inputs for MLPs, else (n, 1, 8, 8) images
-                device=None,  # default: `default_device()`
-                dtype: torch.dtype = torch.float32):  # floating dtype of the inputs
+def load_digits(
+    n_train: int | None = None,  # keep the first n training samples (None: all)
+    test_fraction: float = 0.2,  # share of the 1,797 images held out for testing
+    seed: int = 0,  # seed of the shuffle that fixes the split
+    flatten: bool = True,  # (n, 64) inputs for MLPs, else (n, 1, 8, 8) images
+    device=None,  # default: `default_device()`
+    dtype: torch.dtype = torch.float32,  # floating dtype of the inputs
+):
     "scikit-learn's bundled digits as a `TaskData`, split and scaled to [0, 1], on `device`."
     from sklearn.datasets import load_digits as _sk_digits
-    if not 0 < test_fraction < 1: raise ValueError(f"`test_fraction` must lie in (0, 1), got {test_fraction!r}")
+
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"`test_fraction` must lie in (0, 1), got {test_fraction!r}")
     X, y = _sk_digits(return_X_y=True)
     perm = np.random.default_rng(seed).permutation(len(X))
     n_test = int(round(test_fraction * len(X)))
     te, tr = perm[:n_test], perm[n_test:]
     if n_train is not None:
-        if not 1 <= n_train <= len(tr): raise ValueError(f"`n_train` must be in [1, {len(tr)}], got {n_train!r}")
+        if not 1 <= n_train <= len(tr):
+            raise ValueError(f"`n_train` must be in [1, {len(tr)}], got {n_train!r}")
         tr = tr[:n_train]
     dev = device or default_device()
     shape = (-1, 64) if flatten else (-1, 1, 8, 8)
     t = lambda a: torch.as_tensor(a / 16.0).reshape(shape).to(dev, dtype)
     l = lambda a: torch.as_tensor(a, dtype=torch.long, device=dev)
-    return TaskData('digits', t(X[tr]), l(y[tr]), t(X[te]), l(y[te]), 10)
+    return TaskData("digits", t(X[tr]), l(y[tr]), t(X[te]), l(y[te]), 10)
 
 # %% ../nbs/04_data.ipynb #e8fd0a19
-INSTALL_HINTS = {'fashion-mnist': 'apt-get install dataset-fashion-mnist (Debian) puts it in /usr/share/datasets/fashion-mnist',
-                 'mnist': 'put train-images-idx3-ubyte.gz and the three other IDX files in a folder and pass data_dir',
-                 'cifar10': "put the 'cifar-10-batches-py' folder in a folder and pass data_dir"}
+INSTALL_HINTS = {
+    "fashion-mnist": "apt-get install dataset-fashion-mnist (Debian) puts it in /usr/share/datasets/fashion-mnist",
+    "mnist": "put train-images-idx3-ubyte.gz and the three other IDX files in a folder and pass data_dir",
+    "cifar10": "put the 'cifar-10-batches-py' folder in a folder and pass data_dir",
+}
 
-DATA_MARKERS = {'fashion-mnist': ['train-labels-idx1-ubyte.gz', 'train-labels-idx1-ubyte'],
-                'mnist': ['train-labels-idx1-ubyte.gz', 'train-labels-idx1-ubyte'],
-                'cifar10': ['cifar-10-batches-py/test_batch', 'test_batch']}
+DATA_MARKERS = {
+    "fashion-mnist": ["train-labels-idx1-ubyte.gz", "train-labels-idx1-ubyte"],
+    "mnist": ["train-labels-idx1-ubyte.gz", "train-labels-idx1-ubyte"],
+    "cifar10": ["cifar-10-batches-py/test_batch", "test_batch"],
+}
 
-def data_places(name: str,  # data set name, e.g. 'fashion-mnist'
-                data_dir: str | Path | None = None):  # a folder to look in first
+
+def data_places(
+    name: str,  # data set name, e.g. 'fashion-mnist'
+    data_dir: str | Path | None = None,  # a folder to look in first
+):
     "Folders searched for data set `name`: data_dir, then each $SUBSPACE_OPT_DATA folder and its `name` sub-folder."
-    env = os.environ.get('SUBSPACE_OPT_DATA')
-    roots = [f'/usr/share/datasets/{name}'] if env is None else [p for p in env.split(os.pathsep) if p]
+    env = os.environ.get("SUBSPACE_OPT_DATA")
+    roots = [f"/usr/share/datasets/{name}"] if env is None else [p for p in env.split(os.pathsep) if p]
     return [Path(p) for p in [data_dir] if p] + [q for r in roots for q in (Path(r), Path(r) / name)]
 
-def find_data(name: str,  # data set name, e.g. 'fashion-mnist'
-              markers=None,  # file names, any of which marks the data set's folder (default: `DATA_MARKERS[name]`)
-              data_dir: str | Path | None = None):  # a folder to look in first
+
+def find_data(
+    name: str,  # data set name, e.g. 'fashion-mnist'
+    markers=None,  # file names, any of which marks the data set's folder (default: `DATA_MARKERS[name]`)
+    data_dir: str | Path | None = None,  # a folder to look in first
+):
     "The first of `data_places(name, data_dir)` that holds one of `markers`; a one-line error if none does."
     if markers is None and name not in DATA_MARKERS:
         raise ValueError(f"`name` must be one of {', '.join(DATA_MARKERS)} (or give `markers`), got {name!r}")
     markers, places = markers or DATA_MARKERS[name], data_places(name, data_dir)
     for place in places:
-        if any((place / m).exists() for m in markers): return place
-    where = ', '.join(map(str, places)) or 'nowhere ($SUBSPACE_OPT_DATA is set and empty)'
-    raise FileNotFoundError(f"{name} not found: looked for {markers[0]} in {where}; {INSTALL_HINTS.get(name, 'pass data_dir')}")
+        if any((place / m).exists() for m in markers):
+            return place
+    where = ", ".join(map(str, places)) or "nowhere ($SUBSPACE_OPT_DATA is set and empty)"
+    raise FileNotFoundError(
+        f"{name} not found: looked for {markers[0]} in {where}; {INSTALL_HINTS.get(name, 'pass data_dir')}"
+    )
 
-def data_available(name: str,  # a key of `DATA_MARKERS`
-                   data_dir: str | Path | None = None):  # a folder to look in first
+
+def data_available(
+    name: str,  # a key of `DATA_MARKERS`
+    data_dir: str | Path | None = None,  # a folder to look in first
+):
     "Whether data set `name` is installed where its loader looks (no error, nothing read)."
-    try: return bool(find_data(name, data_dir=data_dir))
-    except FileNotFoundError: return False
+    try:
+        return bool(find_data(name, data_dir=data_dir))
+    except FileNotFoundError:
+        return False
+
 
 def read_idx(path: str | Path):  # an IDX file, gzipped or not
     "The array stored in an IDX file (the MNIST format): uint8 images (n, h, w) or labels (n,)."
     path = Path(path)
-    raw = (gzip.open if path.suffix == '.gz' else open)(path, 'rb').read()
+    raw = (gzip.open if path.suffix == ".gz" else open)(path, "rb").read()
     ndim = raw[3]
-    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], 'big') for i in range(ndim))
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 # %% ../nbs/04_data.ipynb #f59ac3a6
-def task_from_arrays(name: str, X_train, y_train, X_test, y_test,  # numpy arrays, images first
-                     n_train: int | None, n_test: int | None,  # keep the first samples (None: all)
-                     scale: float, shape: tuple, flatten: bool,  # pixel scale; image shape (-1, c, h, w); flatten images
-                     device=None, dtype: torch.dtype = torch.float32):  # placement of the tensors
+def task_from_arrays(
+    name: str,
+    X_train,
+    y_train,
+    X_test,
+    y_test,  # numpy arrays, images first
+    n_train: int | None,
+    n_test: int | None,  # keep the first samples (None: all)
+    scale: float,
+    shape: tuple,
+    flatten: bool,  # pixel scale; image shape (-1, c, h, w); flatten images
+    device=None,
+    dtype: torch.dtype = torch.float32,  # placement of the tensors
+):
     "A `TaskData` from numpy arrays, after the first-n selection and scaling."
-    for arg, n, total in (('n_train', n_train, len(X_train)), ('n_test', n_test, len(X_test))):
-        if n is not None and not 1 <= n <= total: raise ValueError(f"`{arg}` must be in [1, {total}], got {n!r}")
+    for arg, n, total in (("n_train", n_train, len(X_train)), ("n_test", n_test, len(X_test))):
+        if n is not None and not 1 <= n <= total:
+            raise ValueError(f"`{arg}` must be in [1, {total}], got {n!r}")
     dev = device or default_device()
     X = lambda a, n: torch.as_tensor(a[:n] / scale).reshape((len(a[:n]), -1) if flatten else shape).to(dev, dtype)
     y = lambda a, n: torch.as_tensor(np.array(a[:n]), dtype=torch.long, device=dev)
-    return TaskData(name, X(X_train, n_train), y(y_train, n_train), X(X_test, n_test), y(y_test, n_test), int(np.max(y_train)) + 1)
+    return TaskData(
+        name, X(X_train, n_train), y(y_train, n_train), X(X_test, n_test), y(y_test, n_test), int(np.max(y_train)) + 1
+    )
 
 # %% ../nbs/04_data.ipynb #4e197710
 def _load_idx(name, n_train, n_test, data_dir, flatten, device, dtype):
     folder = find_data(name, data_dir=data_dir)
-    ext = '.gz' if (folder / 'train-labels-idx1-ubyte.gz').exists() else ''
-    parts = [read_idx(folder / f'{part}{ext}') for part in
-             ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte', 't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte')]
+    ext = ".gz" if (folder / "train-labels-idx1-ubyte.gz").exists() else ""
+    parts = [
+        read_idx(folder / f"{part}{ext}")
+        for part in (
+            "train-images-idx3-ubyte",
+            "train-labels-idx1-ubyte",
+            "t10k-images-idx3-ubyte",
+            "t10k-labels-idx1-ubyte",
+        )
+    ]
     return task_from_arrays(name, *parts, n_train, n_test, 255.0, (-1, 1, 28, 28), flatten, device, dtype)
 
-def load_fashion_mnist(n_train: int | None = 5000,  # first training images kept (None: all 60,000)
-                       n_test: int | None = None,  # first test images kept (None: all 10,000)
-                       data_dir=None,  # folder of the four IDX files (else $SUBSPACE_OPT_DATA, then Debian's)
-                       flatten: bool = True,  # (n, 784) for MLPs, else (n, 1, 28, 28)
-                       device=None, dtype: torch.dtype = torch.float32):  # placement
-    "Fashion-MNIST from its original IDX files as a `TaskData`; never downloads."
-    return _load_idx('fashion-mnist', n_train, n_test, data_dir, flatten, device, dtype)
 
-def load_mnist(n_train: int | None = 5000, n_test: int | None = None,  # first images kept
-               data_dir=None,  # folder of the four IDX files (required unless $SUBSPACE_OPT_DATA/mnist has them)
-               flatten: bool = True, device=None, dtype: torch.dtype = torch.float32):  # layout and placement
+def load_fashion_mnist(
+    n_train: int | None = 5000,  # first training images kept (None: all 60,000)
+    n_test: int | None = None,  # first test images kept (None: all 10,000)
+    data_dir=None,  # folder of the four IDX files (else $SUBSPACE_OPT_DATA, then Debian's)
+    flatten: bool = True,  # (n, 784) for MLPs, else (n, 1, 28, 28)
+    device=None,
+    dtype: torch.dtype = torch.float32,  # placement
+):
+    "Fashion-MNIST from its original IDX files as a `TaskData`; never downloads."
+    return _load_idx("fashion-mnist", n_train, n_test, data_dir, flatten, device, dtype)
+
+
+def load_mnist(
+    n_train: int | None = 5000,
+    n_test: int | None = None,  # first images kept
+    data_dir=None,  # folder of the four IDX files (required unless $SUBSPACE_OPT_DATA/mnist has them)
+    flatten: bool = True,
+    device=None,
+    dtype: torch.dtype = torch.float32,  # layout and placement
+):
     "MNIST from local IDX files as a `TaskData`; never downloads."
-    return _load_idx('mnist', n_train, n_test, data_dir, flatten, device, dtype)
+    return _load_idx("mnist", n_train, n_test, data_dir, flatten, device, dtype)
 
 # %% ../nbs/04_data.ipynb #0a2028aa
-def load_cifar10(n_train: int | None = 5000, n_test: int | None = None,  # first images kept
-                 data_dir=None,  # folder holding 'cifar-10-batches-py' (or the batches themselves)
-                 flatten: bool = False, device=None, dtype: torch.dtype = torch.float32):  # layout and placement
+def load_cifar10(
+    n_train: int | None = 5000,
+    n_test: int | None = None,  # first images kept
+    data_dir=None,  # folder holding 'cifar-10-batches-py' (or the batches themselves)
+    flatten: bool = False,
+    device=None,
+    dtype: torch.dtype = torch.float32,  # layout and placement
+):
     "CIFAR-10 from local python-version batches as a `TaskData`; never downloads."
-    folder = find_data('cifar10', data_dir=data_dir)
-    folder = folder / 'cifar-10-batches-py' if (folder / 'cifar-10-batches-py').exists() else folder
+    folder = find_data("cifar10", data_dir=data_dir)
+    folder = folder / "cifar-10-batches-py" if (folder / "cifar-10-batches-py").exists() else folder
+
     def batch(f):
-        with open(folder / f, 'rb') as fh: d = pickle.load(fh, encoding='bytes')
-        return d[b'data'], np.asarray(d[b'labels'])
-    tr = [batch(f'data_batch_{i}') for i in range(1, 6)]
-    Xte, yte = batch('test_batch')
-    return task_from_arrays('cifar10', np.concatenate([a for a, _ in tr]), np.concatenate([b for _, b in tr]), Xte, yte,
-                            n_train, n_test, 255.0, (-1, 3, 32, 32), flatten, device, dtype)
+        with open(folder / f, "rb") as fh:
+            d = pickle.load(fh, encoding="bytes")
+        return d[b"data"], np.asarray(d[b"labels"])
+
+    tr = [batch(f"data_batch_{i}") for i in range(1, 6)]
+    Xte, yte = batch("test_batch")
+    return task_from_arrays(
+        "cifar10",
+        np.concatenate([a for a, _ in tr]),
+        np.concatenate([b for _, b in tr]),
+        Xte,
+        yte,
+        n_train,
+        n_test,
+        255.0,
+        (-1, 3, 32, 32),
+        flatten,
+        device,
+        dtype,
+    )
 
 # %% ../nbs/04_data.ipynb #fb057e47
-def gaussian_mixture(n_train: int = 1000, n_test: int = 1000, dim: int = 20, n_classes: int = 5,
-                     separation: float = 3.0, seed: int = 0, device=None, dtype: torch.dtype = torch.float32):  # sizes, seed, placement
+def gaussian_mixture(
+    n_train: int = 1000,
+    n_test: int = 1000,
+    dim: int = 20,
+    n_classes: int = 5,
+    separation: float = 3.0,
+    seed: int = 0,
+    device=None,
+    dtype: torch.dtype = torch.float32,  # sizes, seed, placement
+):
     "A seeded Gaussian-mixture classification task as a `TaskData`."
     g = np.random.default_rng(seed)
-    means = g.standard_normal((n_classes, dim)); means *= separation / np.linalg.norm(means, axis=1, keepdims=True)
+    means = g.standard_normal((n_classes, dim))
+    means *= separation / np.linalg.norm(means, axis=1, keepdims=True)
     y = g.integers(0, n_classes, n_train + n_test)
     X = means[y] + g.standard_normal((len(y), dim))
-    return task_from_arrays('gaussian-mixture', X[:n_train], y[:n_train], X[n_train:], y[n_train:], None, None, 1.0, (-1, dim), True, device, dtype)
+    return task_from_arrays(
+        "gaussian-mixture",
+        X[:n_train],
+        y[:n_train],
+        X[n_train:],
+        y[n_train:],
+        None,
+        None,
+        1.0,
+        (-1, dim),
+        True,
+        device,
+        dtype,
+    )
 
-def teacher_student(n_train: int = 1000, n_test: int = 1000, dim: int = 20, n_classes: int = 5,
-                    teacher_width: int = 32, seed: int = 0, device=None, dtype: torch.dtype = torch.float32):  # sizes, seed, placement
+
+def teacher_student(
+    n_train: int = 1000,
+    n_test: int = 1000,
+    dim: int = 20,
+    n_classes: int = 5,
+    teacher_width: int = 32,
+    seed: int = 0,
+    device=None,
+    dtype: torch.dtype = torch.float32,  # sizes, seed, placement
+):
     "Labels from a random tanh teacher MLP on Gaussian inputs, as a `TaskData`."
     g = np.random.default_rng(seed)
     W1, W2 = g.standard_normal((dim, teacher_width)) / np.sqrt(dim), g.standard_normal((teacher_width, n_classes))
     X = g.standard_normal((n_train + n_test, dim))
     y = np.argmax(np.tanh(X @ W1) @ W2, axis=1)
-    return task_from_arrays('teacher-student', X[:n_train], y[:n_train], X[n_train:], y[n_train:], None, None, 1.0, (-1, dim), True, device, dtype)
+    return task_from_arrays(
+        "teacher-student",
+        X[:n_train],
+        y[:n_train],
+        X[n_train:],
+        y[n_train:],
+        None,
+        None,
+        1.0,
+        (-1, dim),
+        True,
+        device,
+        dtype,
+    )
 
 # %% ../nbs/04_data.ipynb #99914e9c
-TASKS = {'digits': load_digits, 'fashion-mnist': load_fashion_mnist, 'mnist': load_mnist, 'cifar10': load_cifar10,
-         'gaussian-mixture': gaussian_mixture, 'teacher-student': teacher_student}
+TASKS = {
+    "digits": load_digits,
+    "fashion-mnist": load_fashion_mnist,
+    "mnist": load_mnist,
+    "cifar10": load_cifar10,
+    "gaussian-mixture": gaussian_mixture,
+    "teacher-student": teacher_student,
+}
 
-def load_task(name: str, **kwargs):  # a key of `TASKS`; keyword arguments of its loader
+
+def load_task(
+    name: str,  # a key of `TASKS`
+    **kwargs,  # keyword arguments of its loader
+):
     "Load the task `name` with its loader's keyword arguments."
-    if name not in TASKS: raise ValueError(f"unknown data set {name!r}; accepted: {', '.join(TASKS)}")
+    if name not in TASKS:
+        raise ValueError(f"unknown data set {name!r}; accepted: {', '.join(TASKS)}")
     return TASKS[name](**kwargs)

@@ -11,11 +11,14 @@ from torch import nn
 __all__ = ['ACTIVATIONS', 'mlp', 'cnn']
 
 # %% ../nbs/05_models.ipynb #195188c2
-ACTIVATIONS = {'tanh': nn.Tanh, 'relu': nn.ReLU, 'gelu': nn.GELU}
+ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU}
+
 
 def _activation(name):
-    if name not in ACTIVATIONS: raise ValueError(f"`activation` must be one of {tuple(ACTIVATIONS)}, got {name!r}")
+    if name not in ACTIVATIONS:
+        raise ValueError(f"`activation` must be one of {tuple(ACTIVATIONS)}, got {name!r}")
     return ACTIVATIONS[name]
+
 
 def _seeded(build, seed, dtype, device):
     "Build a module under a private RNG state seeded by `seed`, so initialisation is reproducible."
@@ -24,33 +27,47 @@ def _seeded(build, seed, dtype, device):
         return build().to(device=device, dtype=dtype)
 
 # %% ../nbs/05_models.ipynb #5d06af8e
-def mlp(widths=(784, 200, 200, 10),  # layer widths, input first and classes last
-        activation: str = 'tanh',  # 'tanh', 'relu' or 'gelu'
-        seed: int = 0,  # initialisation seed
-        dtype: torch.dtype = torch.float32,  # parameter dtype
-        device='cpu'):  # parameter device
+def mlp(
+    widths=(784, 200, 200, 10),  # layer widths, input first and classes last
+    activation: str = "tanh",  # 'tanh', 'relu' or 'gelu'
+    seed: int = 0,  # initialisation seed
+    dtype: torch.dtype = torch.float32,  # parameter dtype
+    device="cpu",  # parameter device
+):
     "A fully connected network with `activation` between the linear layers (none after the last)."
-    if len(widths) < 2 or any(int(w) < 1 for w in widths): raise ValueError(f"`widths` must list >= 2 positive sizes, got {widths!r}")
+    if len(widths) < 2 or any(int(w) < 1 for w in widths):
+        raise ValueError(f"`widths` must list >= 2 positive sizes, got {widths!r}")
     act = _activation(activation)
+
     def build():
         layers = []
         for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
             layers += [nn.Linear(a, b)] + ([act()] if i < len(widths) - 2 else [])
         return nn.Sequential(*layers)
+
     return _seeded(build, seed, dtype, device)
 
 # %% ../nbs/05_models.ipynb #77400bd7
-def cnn(in_shape=(1, 28, 28),  # (channels, height, width) of the images
-        n_classes: int = 10,  # output classes
-        channels: int = 32,  # channels of both convolutions
-        activation: str = 'tanh',  # 'tanh', 'relu' or 'gelu'
-        seed: int = 0,  # initialisation seed
-        dtype: torch.dtype = torch.float32,  # parameter dtype
-        device='cpu'):  # parameter device
+def cnn(
+    in_shape=(1, 28, 28),  # (channels, height, width) of the images
+    n_classes: int = 10,  # output classes
+    channels: int = 32,  # channels of both convolutions
+    activation: str = "tanh",  # 'tanh', 'relu' or 'gelu'
+    seed: int = 0,  # initialisation seed
+    dtype: torch.dtype = torch.float32,  # parameter dtype
+    device="cpu",  # parameter device
+):
     "The papers' small CNN: [conv3×3 → act → maxpool] × 2 → linear."
     c, h, w = in_shape
     act = _activation(activation)
-    build = lambda: nn.Sequential(nn.Conv2d(c, channels, 3, padding=1), act(), nn.MaxPool2d(2),
-                                  nn.Conv2d(channels, channels, 3, padding=1), act(), nn.MaxPool2d(2),
-                                  nn.Flatten(), nn.Linear(channels * (h // 4) * (w // 4), n_classes))
+    build = lambda: nn.Sequential(
+        nn.Conv2d(c, channels, 3, padding=1),
+        act(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(channels, channels, 3, padding=1),
+        act(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(channels * (h // 4) * (w // 4), n_classes),
+    )
     return _seeded(build, seed, dtype, device)

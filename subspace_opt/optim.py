@@ -15,40 +15,53 @@ __all__ = ['MODES', 'ProjectedOptimizer', 'dom_sgd', 'bulk_sgd', 'interpolated_s
            'dom_bulk_sgd']
 
 # %% ../nbs/03_optim.ipynb #7e08f5f6
-MODES = ('gradient', 'update')
+MODES = ("gradient", "update")
+
 
 def _check_coef(name, c):
     if not isinstance(c, (int, float)) or not math.isfinite(c) or c < 0:
-        raise ValueError(f"`{name}` must be a finite number >= 0 (a negative coefficient ascends along that part), got {c!r}")
+        raise ValueError(
+            f"`{name}` must be a finite number >= 0 (a negative coefficient ascends along that part), got {c!r}"
+        )
     return float(c)
+
 
 def _check_params(base, subspace):
     "The parameters in the operator's order; refuse a subspace whose model is not what `base` updates."
-    ps = subspace.op._live() if hasattr(subspace.op, '_live') else None
-    opt = {id(q) for g in base.param_groups for q in g['params']}
+    ps = subspace.op._live() if hasattr(subspace.op, "_live") else None
+    opt = {id(q) for g in base.param_groups for q in g["params"]}
     if ps is None or {id(q) for q in ps} != opt:
-        raise ValueError("`subspace` must be built on an operator of the model whose trainable parameters the base "
-                         "optimizer updates (same tensors, none missing)")
+        raise ValueError(
+            "`subspace` must be built on an operator of the model whose trainable parameters the base "
+            "optimizer updates (same tensors, none missing)"
+        )
     return ps
 
 # %% ../nbs/03_optim.ipynb #0ed3c431
 class ProjectedOptimizer(torch.optim.Optimizer):
     "Any torch optimizer whose gradient or update is recombined as a·P_dom + b·P_bulk on a tracked Dominant subspace."
-    def __init__(self, base: torch.optim.Optimizer,  # the optimizer to wrap (SGD, momentum, Adam, ...)
-                 subspace: DominantSubspace,  # tracker of the Dominant subspace of the same model
-                 dom: float = 0.0,  # coefficient a of the Dominant part
-                 bulk: float = 1.0,  # coefficient b of the Bulk part
-                 mode: str = 'gradient',  # 'gradient': project before the base step; 'update': project its update
-                 start_step: int = 0,  # plain base steps before projecting
-                 switch_threshold: float | None = None,  # or: project once the EMA of χ_k(∇L) exceeds this
-                 switch_ema: float = 0.9):  # EMA factor of the switch criterion
-        if not isinstance(base, torch.optim.Optimizer): raise TypeError(f"`base` must be a torch.optim.Optimizer, got {type(base).__name__}")
-        if mode not in MODES: raise ValueError(f"`mode` must be one of {MODES}, got {mode!r}")
-        if not isinstance(start_step, int) or start_step < 0: raise ValueError(f"`start_step` must be an int >= 0, got {start_step!r}")
+
+    def __init__(
+        self,
+        base: torch.optim.Optimizer,  # the optimizer to wrap (SGD, momentum, Adam, ...)
+        subspace: DominantSubspace,  # tracker of the Dominant subspace of the same model
+        dom: float = 0.0,  # coefficient a of the Dominant part
+        bulk: float = 1.0,  # coefficient b of the Bulk part
+        mode: str = "gradient",  # 'gradient': project before the base step; 'update': project its update
+        start_step: int = 0,  # plain base steps before projecting
+        switch_threshold: float | None = None,  # or: project once the EMA of χ_k(∇L) exceeds this
+        switch_ema: float = 0.9,  # EMA factor of the switch criterion
+    ):
+        if not isinstance(base, torch.optim.Optimizer):
+            raise TypeError(f"`base` must be a torch.optim.Optimizer, got {type(base).__name__}")
+        if mode not in MODES:
+            raise ValueError(f"`mode` must be one of {MODES}, got {mode!r}")
+        if not isinstance(start_step, int) or start_step < 0:
+            raise ValueError(f"`start_step` must be an int >= 0, got {start_step!r}")
         if switch_threshold is not None and not 0 < switch_threshold < 1:
             raise ValueError(f"`switch_threshold` must be None or in (0, 1), got {switch_threshold!r}")
         self.base, self.subspace, self.mode = base, subspace, mode
-        self.dom, self.bulk = _check_coef('dom', dom), _check_coef('bulk', bulk)
+        self.dom, self.bulk = _check_coef("dom", dom), _check_coef("bulk", bulk)
         self.params = _check_params(base, subspace)
         self.start_step, self.switch_threshold, self.switch_ema = start_step, switch_threshold, switch_ema
         self.n_steps, self.switch_step, self.ema, self.last, self.last_update = 0, None, 0.0, {}, None
@@ -57,59 +70,85 @@ class ProjectedOptimizer(torch.optim.Optimizer):
     state = property(lambda self: self.base.state)
     defaults = property(lambda self: self.base.defaults)
 
-    def zero_grad(self, set_to_none: bool = True): self.base.zero_grad(set_to_none)
-    def __repr__(self): return f"ProjectedOptimizer(dom={self.dom}, bulk={self.bulk}, mode={self.mode!r}, base={self.base!r})"
+    def zero_grad(self, set_to_none: bool = True):
+        self.base.zero_grad(set_to_none)
+
+    def __repr__(self):
+        return f"ProjectedOptimizer(dom={self.dom}, bulk={self.bulk}, mode={self.mode!r}, base={self.base!r})"
 
 # %% ../nbs/03_optim.ipynb #80bf6362
 @patch
 def _flat_grad(self: ProjectedOptimizer):
     return torch.cat([(q.grad if q.grad is not None else torch.zeros_like(q)).reshape(-1) for q in self.params])
+
+
 @patch
-def _flat_params(self: ProjectedOptimizer): return torch.cat([q.detach().reshape(-1) for q in self.params])
+def _flat_params(self: ProjectedOptimizer):
+    return torch.cat([q.detach().reshape(-1) for q in self.params])
+
+
 @patch
 def _write(self: ProjectedOptimizer, flat, attr):
     "Copy a flat vector into the parameters (attr='data') or their gradients (attr='grad')."
     for q, c in zip(self.params, flat.split([q.numel() for q in self.params])):
-        if attr == 'grad' and q.grad is None: q.grad = torch.zeros_like(q)
+        if attr == "grad" and q.grad is None:
+            q.grad = torch.zeros_like(q)
         getattr(q, attr).copy_(c.view(q.shape))
 
 # %% ../nbs/03_optim.ipynb #7ce7f435
 @patch
 def _active(self: ProjectedOptimizer):
     "Whether this step projects: after `start_step`, and once the alignment EMA passed `switch_threshold`."
-    if self.switch_step is not None: return True
-    if self.n_steps <= self.start_step: return False
+    if self.switch_step is not None:
+        return True
+    if self.n_steps <= self.start_step:
+        return False
     if self.switch_threshold is not None:
         self.subspace.update()
-        self.ema = self.switch_ema * self.ema + (1 - self.switch_ema) * alignment(self.subspace.basis, self.subspace.op.gradient()).item()
-        if self.ema <= self.switch_threshold: return False
+        self.ema = (
+            self.switch_ema * self.ema
+            + (1 - self.switch_ema) * alignment(self.subspace.basis, self.subspace.op.gradient()).item()
+        )
+        if self.ema <= self.switch_threshold:
+            return False
     self.switch_step = self.n_steps
     return True
+
 
 @patch
 def step(self: ProjectedOptimizer, closure=None):  # re-evaluates the loss and its gradient, as in torch.optim
     "One step of the base optimizer, with its gradient or update projected once the switch has happened."
     loss = None
     if closure is not None:
-        with torch.enable_grad(): loss = closure()
+        with torch.enable_grad():
+            loss = closure()
     self.n_steps += 1
-    if (self.dom == self.bulk == 1.0) or not self._active(): self.base.step(); return loss
+    if (self.dom == self.bulk == 1.0) or not self._active():
+        self.base.step()
+        return loss
     self.subspace.update()
     U, g, theta0 = self.subspace.basis, self._flat_grad(), self._flat_params()
-    if self.mode == 'gradient':
-        self._write(project(U, g, self.dom, self.bulk), 'grad'); self.base.step()
+    if self.mode == "gradient":
+        self._write(project(U, g, self.dom, self.bulk), "grad")
+        self.base.step()
     else:
-        self.base.step(); self._write(theta0 + project(U, self._flat_params() - theta0, self.dom, self.bulk), 'data')
+        self.base.step()
+        self._write(theta0 + project(U, self._flat_params() - theta0, self.dom, self.bulk), "data")
     self._diagnose(U, g, self._flat_params() - theta0)
     return loss
+
 
 @patch
 def _diagnose(self: ProjectedOptimizer, U, g, delta):
     gd, dd = U.T @ g, U.T @ delta
-    gd2, gb2 = (gd ** 2).sum(), (g ** 2).sum() - (gd ** 2).sum()
-    self.last = dict(chi_grad=alignment(U, g), chi_update=alignment(U, delta),
-                     lr_x_lambda1=self.param_groups[0]['lr'] * self.subspace.eigenvalues[0],
-                     eff_lr_dom=-(dd @ gd) / gd2, eff_lr_bulk=-((delta @ g) - (dd @ gd)) / gb2)
+    gd2, gb2 = (gd**2).sum(), (g**2).sum() - (gd**2).sum()
+    self.last = dict(
+        chi_grad=alignment(U, g),
+        chi_update=alignment(U, delta),
+        lr_x_lambda1=self.param_groups[0]["lr"] * self.subspace.eigenvalues[0],
+        eff_lr_dom=-(dd @ gd) / gd2,
+        eff_lr_bulk=-((delta @ g) - (dd @ gd)) / gb2,
+    )
     self.last_update = delta  # the applied step, for the runner's leakage measurement
 
 # %% ../nbs/03_optim.ipynb #c21b1294
@@ -117,23 +156,49 @@ def dom_sgd(base, subspace, **kw):
     "Dom-SGD (Song, Ahn & Yun): only the Dominant part of the step, (a, b) = (1, 0)."
     return ProjectedOptimizer(base, subspace, dom=1.0, bulk=0.0, **kw)
 
+
 def bulk_sgd(base, subspace, **kw):
     "Bulk-SGD (Song, Ahn & Yun): the step with its Dominant part removed, (a, b) = (0, 1)."
     return ProjectedOptimizer(base, subspace, dom=0.0, bulk=1.0, **kw)
 
-def interpolated_sgd(base, subspace, dom: float, bulk: float, **kw):  # dom, bulk: coefficients a, b
+
+def interpolated_sgd(
+    base,  # the torch optimizer to wrap (SGD, momentum, Adam, ...)
+    subspace,  # the `DominantSubspace` tracker that supplies U
+    dom: float,  # a, the coefficient of the Dominant part
+    bulk: float,  # b, the coefficient of the Bulk part
+    **kw,  # further arguments of `ProjectedOptimizer`
+):
     "The interpolated family a·P_dom + b·P_bulk (Zakarin & Singh)."
     return ProjectedOptimizer(base, subspace, dom=dom, bulk=bulk, **kw)
 
-def damped_dominant_sgd(base, subspace, alpha: float, **kw):  # alpha: damping of the Dominant part, in [0, 1]
+
+def damped_dominant_sgd(
+    base,  # the torch optimizer to wrap (SGD, momentum, Adam, ...)
+    subspace,  # the `DominantSubspace` tracker that supplies U
+    alpha: float,  # damping of the Dominant part, in [0, 1]
+    **kw,  # further arguments of `ProjectedOptimizer`
+):
     "Damped dominant slice: (a, b) = (1 − α, 1)."
     return ProjectedOptimizer(base, subspace, dom=1.0 - alpha, bulk=1.0, **kw)
 
-def bulk_amplified_sgd(base, subspace, beta: float, **kw):  # beta: amplification of the Bulk part, >= 1
+
+def bulk_amplified_sgd(
+    base,  # the torch optimizer to wrap (SGD, momentum, Adam, ...)
+    subspace,  # the `DominantSubspace` tracker that supplies U
+    beta: float,  # amplification of the Bulk part, >= 1
+    **kw,  # further arguments of `ProjectedOptimizer`
+):
     "Bulk amplification slice: (a, b) = (1, β)."
     return ProjectedOptimizer(base, subspace, dom=1.0, bulk=beta, **kw)
 
-def dom_bulk_sgd(base, subspace, gamma: float, **kw):  # gamma in [0, 1]: 0 is Dom-SGD, 1 is Bulk-SGD
+
+def dom_bulk_sgd(
+    base,  # the torch optimizer to wrap (SGD, momentum, Adam, ...)
+    subspace,  # the `DominantSubspace` tracker that supplies U
+    gamma: float,  # in [0, 1]: 0 is Dom-SGD, 1 is Bulk-SGD
+    **kw,  # further arguments of `ProjectedOptimizer`
+):
     "Dom↔Bulk slice: (a, b) = (1 − γ, γ)."
     return ProjectedOptimizer(base, subspace, dom=1.0 - gamma, bulk=gamma, **kw)
 
@@ -141,19 +206,29 @@ def dom_bulk_sgd(base, subspace, gamma: float, **kw):  # gamma in [0, 1]: 0 is D
 @patch
 def state_dict(self: ProjectedOptimizer):
     "Base optimizer state, subspace tracker state and the wrapper's counters."
-    return dict(base=self.base.state_dict(), subspace=self.subspace.state_dict(),
-                n_steps=self.n_steps, switch_step=self.switch_step, ema=self.ema)
+    return dict(
+        base=self.base.state_dict(),
+        subspace=self.subspace.state_dict(),
+        n_steps=self.n_steps,
+        switch_step=self.switch_step,
+        ema=self.ema,
+    )
+
 
 @patch
 def load_state_dict(self: ProjectedOptimizer, state: dict):  # a `state_dict()` of a wrapper with the same settings
     "Restore a state saved by `state_dict()` (restore the model's parameters separately, as usual)."
-    self.base.load_state_dict(state['base']); self.subspace.load_state_dict(state['subspace'])
-    self.n_steps, self.switch_step, self.ema = state['n_steps'], state['switch_step'], state['ema']
+    self.base.load_state_dict(state["base"])
+    self.subspace.load_state_dict(state["subspace"])
+    self.n_steps, self.switch_step, self.ema = state["n_steps"], state["switch_step"], state["ema"]
 
 # %% ../nbs/03_optim.ipynb #acc51f60
 @patch
-def leakage(self: ProjectedOptimizer, delta: torch.Tensor,  # an update (p,), e.g. the last applied one
-            tol: float = 1e-6):  # accuracy of the fresh solve
+def leakage(
+    self: ProjectedOptimizer,
+    delta: torch.Tensor,  # an update (p,), e.g. the last applied one
+    tol: float = 1e-6,  # accuracy of the fresh solve
+):
     "χ_k of `delta` in a Dominant subspace freshly computed (cold Lanczos) at the current parameters."
     fresh = lanczos(self.subspace.op, k=self.subspace.k, tol=tol)
     return alignment(fresh.eigenvectors, delta.to(fresh.eigenvectors.dtype))

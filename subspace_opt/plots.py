@@ -13,96 +13,164 @@ import seaborn as sns
 __all__ = ['plot_spectrum', 'plot_curves', 'plot_sharpness', 'plot_heatmap', 'plot_energy', 'plot_density']
 
 # %% ../nbs/08_plots.ipynb #d5f6eb2f
-def plot_spectrum(eigenvalues,  # (k,) descending
-                  residuals=None,  # (k,) relative residuals, drawn on a second axis
-                  lr: float | None = None,  # draw the 2/η line for this learning rate
-                  title: str = 'Top Hessian eigenvalues'):  # axes title
+def plot_spectrum(
+    eigenvalues,  # (k,) descending
+    residuals=None,  # (k,) relative residuals, drawn on a second axis
+    lr: float | None = None,  # draw the 2/η line for this learning rate
+    title: str = "Top Hessian eigenvalues",  # axes title
+):
     "A stem plot of the top eigenvalues (log scale when all are positive), with residuals and the 2/η line."
     lam = np.asarray(eigenvalues, dtype=float)
     fig, ax = plt.subplots(figsize=(6, 3.5))
     idx = np.arange(1, len(lam) + 1)
-    ax.stem(idx, lam, basefmt=' ')
-    if (lam > 0).all(): ax.set_yscale('log')
-    if lr: ax.axhline(2 / lr, color='C3', ls='--', label=f'2/η = {2 / lr:.3g}'); ax.legend(loc='upper right')
-    ax.set(xlabel='index i', ylabel='λᵢ', title=title, xticks=idx)
+    ax.stem(idx, lam, basefmt=" ")
+    if (lam > 0).all():
+        ax.set_yscale("log")
+    if lr:
+        ax.axhline(2 / lr, color="C3", ls="--", label=f"2/η = {2 / lr:.3g}")
+        ax.legend(loc="upper right")
+    ax.set(xlabel="index i", ylabel="λᵢ", title=title, xticks=idx)
     if residuals is not None:
         ax2 = ax.twinx()
-        ax2.semilogy(idx, np.asarray(residuals, dtype=float), 'x', color='C2')
-        ax2.set_ylabel('relative residual', color='C2')
+        ax2.semilogy(idx, np.asarray(residuals, dtype=float), "x", color="C2")
+        ax2.set_ylabel("relative residual", color="C2")
     fig.tight_layout()
     return fig
 
 # %% ../nbs/08_plots.ipynb #d734a8e4
-def plot_curves(results: pd.DataFrame,  # tidy rows with columns method, seed, step and `metric`
-                metric: str = 'train_loss',  # the column to draw
-                log: bool | None = None,  # log scale (default: for columns ending in 'loss')
-                ax=None):  # draw into these axes
+def plot_curves(
+    results: pd.DataFrame,  # tidy rows with columns method, seed, step and `metric`
+    metric: str = "train_loss",  # the column to draw
+    log: bool | None = None,  # log scale (default: for columns ending in 'loss')
+    ax=None,  # draw into these axes
+):
     "Mean over seeds per method against step, with a min–max seed band; diverged runs end in a red x."
-    if ax is None: _, ax = plt.subplots(figsize=(6, 3.8))
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3.8))
     ok = results[results[metric].notna()]
-    sns.lineplot(ok, x='step', y=metric, hue='method', errorbar=('pi', 100), ax=ax)
+    sns.lineplot(ok, x="step", y=metric, hue="method", errorbar=("pi", 100), ax=ax)
     last = ok[ok.diverged.astype(bool)]
-    if len(last): ax.plot(last.step, last[metric].clip(upper=ok[metric].max()), 'x', color='red', ms=9, label='diverged')
-    if log if log is not None else metric.endswith('loss'): ax.set_yscale('log')
-    ax.set(title=metric.replace('_', ' ')); ax.figure.tight_layout()
+    if len(last):
+        ax.plot(last.step, last[metric].clip(upper=ok[metric].max()), "x", color="red", ms=9, label="diverged")
+    if log if log is not None else metric.endswith("loss"):
+        ax.set_yscale("log")
+    ax.set(title=metric.replace("_", " "))
+    ax.figure.tight_layout()
     return ax.figure
 
 # %% ../nbs/08_plots.ipynb #a1d28a2c
-def plot_sharpness(results: pd.DataFrame,  # tidy rows with method, seed, step, lambda_1 and lr
-                   ax=None):  # draw into these axes
+def plot_sharpness(
+    results: pd.DataFrame,  # tidy rows with method, seed, step, lambda_1 and lr
+    ax=None,  # draw into these axes
+):
     "λ₁ against step per method (mean over seeds, min–max band), with the 2/η lines of the learning rates used."
-    if ax is None: _, ax = plt.subplots(figsize=(6, 3.8))
-    sns.lineplot(results, x='step', y='lambda_1', hue='method', errorbar=('pi', 100), ax=ax)
-    for lr in sorted(results.lr.dropna().unique()): ax.axhline(2 / lr, ls='--', color='grey', lw=1); ax.text(0, 2 / lr, f' 2/η, η={lr:g}', va='bottom', fontsize=8)
-    ax.set(yscale='log', title='sharpness λ₁'); ax.figure.tight_layout()
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3.8))
+    sns.lineplot(results, x="step", y="lambda_1", hue="method", errorbar=("pi", 100), ax=ax)
+    for lr in sorted(results.lr.dropna().unique()):
+        ax.axhline(2 / lr, ls="--", color="grey", lw=1)
+        ax.text(0, 2 / lr, f" 2/η, η={lr:g}", va="bottom", fontsize=8)
+    ax.set(yscale="log", title="sharpness λ₁")
+    ax.figure.tight_layout()
     return ax.figure
 
 # %% ../nbs/08_plots.ipynb #2f6e3275
-def plot_heatmap(results: pd.DataFrame,  # tidy rows of a sweep, with columns x and y
-                 x: str, y: str,  # the two swept parameters
-                 value: str = 'train_loss',  # the measured column
-                 method: str | None = None,  # one method, or a panel per method
-                 ax=None):  # axes to draw into (one method only)
+def plot_heatmap(
+    results: pd.DataFrame,  # tidy rows of a sweep, with columns x and y
+    x: str,
+    y: str,  # the two swept parameters
+    value: str = "train_loss",  # the measured column
+    method: str | None = None,  # one method, or a panel per method
+    ax=None,  # axes to draw into (one method only)
+):
     "Final `value` per cell of the (x, y) grid, diverged cells marked ×; one panel per method."
     methods = [method] if method else list(results.method.unique())
-    if ax is None: fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods), 3.6), squeeze=False); axes = axes[0]
-    else: fig, axes = ax.figure, [ax]
+    if ax is None:
+        fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods), 3.6), squeeze=False)
+        axes = axes[0]
+    else:
+        fig, axes = ax.figure, [ax]
     for a, m in zip(axes, methods):
-        last = results[results.method == m].groupby(['seed', x, y], sort=True).tail(1)
-        table, div = (last.groupby([y, x])[c].agg(f).unstack() for c, f in ((value, 'mean'), ('diverged', 'any')))
-        log = value.endswith('loss')
+        last = results[results.method == m].groupby(["seed", x, y], sort=True).tail(1)
+        table, div = (last.groupby([y, x])[c].agg(f).unstack() for c, f in ((value, "mean"), ("diverged", "any")))
+        log = value.endswith("loss")
         data = np.log10(table.where(~div.astype(bool))) if log else table.where(~div.astype(bool))
-        sns.heatmap(data, ax=a, annot=table.where(~div.astype(bool)), fmt='.3g', cmap='viridis', cbar_kws={'label': f'log10 {value}' if log else value})
-        for (i, j) in zip(*np.nonzero(div.values.astype(bool))): a.text(j + 0.5, i + 0.5, '×', ha='center', va='center', color='red', fontsize=16)
-        a.set(title=m); a.invert_yaxis()
+        sns.heatmap(
+            data,
+            ax=a,
+            annot=table.where(~div.astype(bool)),
+            fmt=".3g",
+            cmap="viridis",
+            cbar_kws={"label": f"log10 {value}" if log else value},
+        )
+        for i, j in zip(*np.nonzero(div.values.astype(bool))):
+            a.text(j + 0.5, i + 0.5, "×", ha="center", va="center", color="red", fontsize=16)
+        a.set(title=m)
+        a.invert_yaxis()
     fig.tight_layout()
     return fig
 
 # %% ../nbs/08_plots.ipynb #ccc8d4a2
-def plot_energy(shares: pd.DataFrame,  # rows with method, seed, step, matrix, energy_dom, energy_cross, energy_bulk
-                prefix: str = 'energy'):  # 'energy' (Frobenius shares) or 'trace' (trace shares: dom and bulk)
+def plot_energy(
+    shares: pd.DataFrame,  # rows with method, seed, step, matrix, energy_dom, energy_cross, energy_bulk
+    prefix: str = "energy",  # 'energy' (Frobenius shares) or 'trace' (trace shares: dom and bulk)
+):
     "Stacked shares per block against step: a row of panels per method, a column per matrix; mean over seeds."
-    parts = [p for p in ('dom', 'cross', 'bulk') if f'{prefix}_{p}' in shares]
+    parts = [p for p in ("dom", "cross", "bulk") if f"{prefix}_{p}" in shares]
     methods, matrices = list(dict.fromkeys(shares.method)), list(dict.fromkeys(shares.matrix))
-    fig, axes = plt.subplots(len(methods), len(matrices), figsize=(3.6 * len(matrices), 2.6 * len(methods)), squeeze=False, sharex=True, sharey=True)
+    fig, axes = plt.subplots(
+        len(methods),
+        len(matrices),
+        figsize=(3.6 * len(matrices), 2.6 * len(methods)),
+        squeeze=False,
+        sharex=True,
+        sharey=True,
+    )
     for (i, m), (j, name) in ((a, b) for a in enumerate(methods) for b in enumerate(matrices)):
-        d = shares[(shares.method == m) & (shares.matrix == name)].groupby('step')[[f'{prefix}_{p}' for p in parts]].mean()
-        axes[i, j].stackplot(d.index, *(d[f'{prefix}_{p}'].clip(lower=0) for p in parts), labels=parts, colors=['C3', 'C1', 'C0'][:len(parts)], alpha=0.85)
-        axes[i, j].set(title=f'{m}: {name}', ylim=(0, 1), xlabel='step' if i == len(methods) - 1 else None, ylabel=f'{prefix} share' if j == 0 else None)
-    axes[0, -1].legend(loc='lower right', fontsize=8)
+        d = (
+            shares[(shares.method == m) & (shares.matrix == name)]
+            .groupby("step")[[f"{prefix}_{p}" for p in parts]]
+            .mean()
+        )
+        axes[i, j].stackplot(
+            d.index,
+            *(d[f"{prefix}_{p}"].clip(lower=0) for p in parts),
+            labels=parts,
+            colors=["C3", "C1", "C0"][: len(parts)],
+            alpha=0.85,
+        )
+        axes[i, j].set(
+            title=f"{m}: {name}",
+            ylim=(0, 1),
+            xlabel="step" if i == len(methods) - 1 else None,
+            ylabel=f"{prefix} share" if j == 0 else None,
+        )
+    axes[0, -1].legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     return fig
 
-def plot_density(densities: pd.DataFrame,  # rows with matrix, t, density (one snapshot)
-                 outliers: dict | None = None,  # matrix -> eigenvalues from the eigensolver, drawn as ticks
-                 floor: float = 1e-6,  # densities below this are clipped for the log scale
-                 ax=None):  # draw into these axes
+
+def plot_density(
+    densities: pd.DataFrame,  # rows with matrix, t, density (one snapshot)
+    outliers: dict | None = None,  # matrix -> eigenvalues from the eigensolver, drawn as ticks
+    floor: float = 1e-6,  # densities below this are clipped for the log scale
+    ax=None,  # draw into these axes
+):
     "Smoothed spectral densities on a log scale, one line per matrix, with the solver's outlier eigenvalues as ticks."
-    if ax is None: _, ax = plt.subplots(figsize=(6.5, 3.6))
-    for c, (name, d) in enumerate(densities.groupby('matrix', sort=False)):
-        ax.plot(d.t, d.density.clip(lower=floor), color=f'C{c}', label=name)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.5, 3.6))
+    for c, (name, d) in enumerate(densities.groupby("matrix", sort=False)):
+        ax.plot(d.t, d.density.clip(lower=floor), color=f"C{c}", label=name)
         if outliers and name in outliers:
-            ax.plot(np.asarray(outliers[name], dtype=float), np.full(len(outliers[name]), floor), '|', color=f'C{c}', ms=14, mew=2)
-    ax.set(yscale='log', xlabel='eigenvalue', ylabel='density', ylim=(floor / 2, None))
-    ax.legend(); ax.figure.tight_layout()
+            ax.plot(
+                np.asarray(outliers[name], dtype=float),
+                np.full(len(outliers[name]), floor),
+                "|",
+                color=f"C{c}",
+                ms=14,
+                mew=2,
+            )
+    ax.set(yscale="log", xlabel="eigenvalue", ylabel="density", ylim=(floor / 2, None))
+    ax.legend()
+    ax.figure.tight_layout()
     return ax.figure

@@ -12,7 +12,15 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 from torch.nn.parallel import DistributedDataParallel
-from .curvature import LOSSES, HessianOperator, all_reduce_sum, check_loss, loss_sum, prepare_targets, resolve_group
+from subspace_opt.curvature import (
+    LOSSES,
+    HessianOperator,
+    all_reduce_sum,
+    check_loss,
+    loss_sum,
+    prepare_targets,
+    resolve_group,
+)
 from .subspace import DominantSubspace, alignment
 from .optim import MODES, ProjectedOptimizer
 from .data import TASKS, default_device, load_task
@@ -26,41 +34,52 @@ __all__ = ['ACCEPTED', 'evaluate', 'sgd_steps', 'ConfigError', 'MethodConfig', '
 
 # %% ../nbs/06_train.ipynb #4fc2253f
 @torch.no_grad()
-def evaluate(model: torch.nn.Module,  # network to evaluate
-             loss: str,  # 'mse' or 'ce'
-             data,  # an (X, y) pair
-             chunk: int = 4096):  # samples per forward pass
+def evaluate(
+    model: torch.nn.Module,  # network to evaluate
+    loss: str,  # 'mse' or 'ce'
+    data,  # an (X, y) pair
+    chunk: int = 4096,  # samples per forward pass
+):
     "Mean loss and accuracy of `model` on `data`, as floats."
     X, y = data
     total, correct = 0.0, 0
     for i in range(0, len(X), chunk):
-        out = model(X[i:i + chunk])
-        total += loss_sum(out, prepare_targets(y[i:i + chunk], check_loss(loss), out.shape[1], out.dtype), loss).item()
-        correct += (out.argmax(1) == y[i:i + chunk]).sum().item()
+        out = model(X[i : i + chunk])
+        total += loss_sum(
+            out, prepare_targets(y[i : i + chunk], check_loss(loss), out.shape[1], out.dtype), loss
+        ).item()
+        correct += (out.argmax(1) == y[i : i + chunk]).sum().item()
     return total / len(X), correct / len(X)
 
 # %% ../nbs/06_train.ipynb #df6076d2
-def sgd_steps(model: torch.nn.Module,  # network to train, in place
-              loss: str,  # 'mse' or 'ce'
-              data,  # the training (X, y) pair
-              steps: int,  # number of SGD steps
-              lr: float = 0.1,  # learning rate η
-              batch_size: int = 50,  # samples per step
-              seed: int = 0,  # seed of the batch order
-              progress: bool = True):  # show a progress bar
+def sgd_steps(
+    model: torch.nn.Module,  # network to train, in place
+    loss: str,  # 'mse' or 'ce'
+    data,  # the training (X, y) pair
+    steps: int,  # number of SGD steps
+    lr: float = 0.1,  # learning rate η
+    batch_size: int = 50,  # samples per step
+    seed: int = 0,  # seed of the batch order
+    progress: bool = True,  # show a progress bar
+):
     "Run `steps` steps of plain mini-batch SGD on the mean `loss`; return the list of mini-batch losses."
     check_loss(loss)
-    if not lr > 0: raise ValueError(f"`lr` must be > 0, got {lr!r}")
+    if not lr > 0:
+        raise ValueError(f"`lr` must be > 0, got {lr!r}")
     X, y = data
-    if not 1 <= batch_size <= len(X): raise ValueError(f"`batch_size` must be in [1, {len(X)}], got {batch_size!r}")
+    if not 1 <= batch_size <= len(X):
+        raise ValueError(f"`batch_size` must be in [1, {len(X)}], got {batch_size!r}")
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     gen, order, losses = torch.Generator().manual_seed(seed), [], []
-    for _ in tqdm(range(steps), desc='SGD', disable=not progress):
-        if len(order) < batch_size: order = torch.randperm(len(X), generator=gen).tolist()
+    for _ in tqdm(range(steps), desc="SGD", disable=not progress):
+        if len(order) < batch_size:
+            order = torch.randperm(len(X), generator=gen).tolist()
         idx, order = order[:batch_size], order[batch_size:]
         out = model(X[idx])
         L = loss_sum(out, prepare_targets(y[idx], loss, out.shape[1], out.dtype), loss) / len(idx)
-        opt.zero_grad(); L.backward(); opt.step()
+        opt.zero_grad()
+        L.backward()
+        opt.step()
         losses.append(L.item())
     return losses
 
@@ -68,40 +87,45 @@ def sgd_steps(model: torch.nn.Module,  # network to train, in place
 class ConfigError(ValueError):
     "A bad experiment configuration; the message names the key and what it accepts."
 
+
 @dataclass
 class MethodConfig:
     "One optimizer in an experiment: a·P_dom + b·P_bulk on top of a base optimizer."
+
     name: str  # label in the results, e.g. 'bulk-sgd'
     dom: float = 1.0  # coefficient a of the Dominant part
     bulk: float = 1.0  # coefficient b of the Bulk part
-    base: str = 'sgd'  # 'sgd', 'momentum' or 'adam'
+    base: str = "sgd"  # 'sgd', 'momentum' or 'adam'
     lr: float = 0.01  # learning rate η
     momentum: float = 0.9  # momentum of base='momentum'
-    mode: str = 'gradient'  # 'gradient' or 'update'
+    mode: str = "gradient"  # 'gradient' or 'update'
     start_step: int = 0  # plain base steps before projecting
+
 
 @dataclass
 class SubspaceConfig:
     "How the Dominant subspace is tracked."
+
     k: int | None = None  # rank (default: the number of classes)
     refresh_every: int = 1  # refresh period T
-    hessian_data: str = 'full'  # 'full' training set, fixed first-n 'subsample', or current 'minibatch'
+    hessian_data: str = "full"  # 'full' training set, fixed first-n 'subsample', or current 'minibatch'
     n_hessian: int = 1000  # samples of the 'subsample'
     n_eigs: int | None = None  # eigenvalues logged (default k)
     tol: float = 1e-2  # warm-refresh tolerance
-    solver: str = 'warm'  # 'warm': block refresh from the last basis; 'cold': a fresh Lanczos solve at every refresh (Song et al.)
+    solver: str = "warm"  # 'warm': block refresh from the last basis; 'cold': a fresh Lanczos solve per refresh
 
 # %% ../nbs/06_train.ipynb #3ffa57e2
 @dataclass
 class ExperimentConfig:
     "A full experiment: task, model, training, methods, subspace, seeds, logging."
-    name: str = 'experiment'  # experiment label
-    data: str = 'digits'  # a key of `TASKS`
+
+    name: str = "experiment"  # experiment label
+    data: str = "digits"  # a key of `TASKS`
     data_args: dict = field(default_factory=dict)  # keyword arguments of the loader (e.g. n_train)
-    model: str = 'mlp'  # 'mlp' or 'cnn'
+    model: str = "mlp"  # 'mlp' or 'cnn'
     hidden: list = field(default_factory=lambda: [200, 200])  # MLP hidden widths (CNN: [channels])
-    activation: str = 'tanh'  # 'tanh', 'relu' or 'gelu'
-    loss: str = 'mse'  # 'mse' or 'ce'
+    activation: str = "tanh"  # 'tanh', 'relu' or 'gelu'
+    loss: str = "mse"  # 'mse' or 'ce'
     batch_size: int = 50  # mini-batch size
     steps: int = 1000  # optimizer steps per run
     methods: list = field(default_factory=list)  # list of MethodConfig
@@ -109,183 +133,310 @@ class ExperimentConfig:
     seeds: list = field(default_factory=lambda: [0])  # one run per method and seed
     log_every: int = 10  # measure every N steps
     checkpoint_every: int = 100  # checkpoint every N steps
-    snapshot_every: int | None = None  # also keep the weights every N steps (and at 0) in snapshots/, for analysis along the trajectory
+    snapshot_every: int | None = None  # also keep the weights every N steps (and at 0) in snapshots/
     diverge_factor: float = 10.0  # a train loss above this multiple of the initial one is divergence
     device: str | None = None  # torch device (default: CUDA when present)
 
-ACCEPTED = {'data': tuple(TASKS), 'model': ('mlp', 'cnn'), 'activation': tuple(ACTIVATIONS), 'loss': LOSSES,
-            'base': ('sgd', 'momentum', 'adam'), 'mode': MODES, 'hessian_data': ('full', 'subsample', 'minibatch'), 'solver': ('warm', 'cold')}
+
+ACCEPTED = {
+    "data": tuple(TASKS),
+    "model": ("mlp", "cnn"),
+    "activation": tuple(ACTIVATIONS),
+    "loss": LOSSES,
+    "base": ("sgd", "momentum", "adam"),
+    "mode": MODES,
+    "hessian_data": ("full", "subsample", "minibatch"),
+    "solver": ("warm", "cold"),
+}
 
 # %% ../nbs/06_train.ipynb #fef14b7b
 def _convert(value, hint, where):
     "Check `value` against the type hint `hint` (str form), recursing into config dataclasses."
-    opt = hint.endswith('| None')
-    if opt and value is None: return None
-    base = hint.replace('| None', '').strip()
-    if base in ('SubspaceConfig', 'MethodConfig'): return _build(globals()[base], value, where)
-    types = {'str': str, 'int': int, 'float': (int, float), 'bool': bool, 'dict': dict, 'list': list}[base]
-    if isinstance(value, bool) and base != 'bool' or not isinstance(value, types):
+    opt = hint.endswith("| None")
+    if opt and value is None:
+        return None
+    base = hint.replace("| None", "").strip()
+    if base in ("SubspaceConfig", "MethodConfig"):
+        return _build(globals()[base], value, where)
+    types = {"str": str, "int": int, "float": (int, float), "bool": bool, "dict": dict, "list": list}[base]
+    if isinstance(value, bool) and base != "bool" or not isinstance(value, types):
         raise ConfigError(f"`{where}` must be {base}{' or null' if opt else ''}, got {type(value).__name__} {value!r}")
-    if where.split('.')[-1] in ACCEPTED and value not in ACCEPTED[where.split('.')[-1]]:
+    if where.split(".")[-1] in ACCEPTED and value not in ACCEPTED[where.split(".")[-1]]:
         raise ConfigError(f"`{where}` must be one of {', '.join(ACCEPTED[where.split('.')[-1]])}; got {value!r}")
-    return float(value) if base == 'float' else value
+    return float(value) if base == "float" else value
+
 
 def _build(cls, d, where):
-    if not isinstance(d, dict): raise ConfigError(f"`{where}` must be a mapping, got {type(d).__name__}")
+    if not isinstance(d, dict):
+        raise ConfigError(f"`{where}` must be a mapping, got {type(d).__name__}")
     names = [f.name for f in fields(cls)]
     for key in d:
-        if key not in names: raise ConfigError(f"unknown key `{where}.{key}`; accepted: {', '.join(names)}")
+        if key not in names:
+            raise ConfigError(f"unknown key `{where}.{key}`; accepted: {', '.join(names)}")
     for f in fields(cls):
         if f.name not in d and f.default is MISSING and f.default_factory is MISSING:
             raise ConfigError(f"missing key `{where}.{f.name}`")
-    return cls(**{k: _convert(v, cls.__annotations__[k], f'{where}.{k}') for k, v in d.items()})
+    return cls(**{k: _convert(v, cls.__annotations__[k], f"{where}.{k}") for k, v in d.items()})
+
 
 def config_from_dict(d: dict):  # plain data, e.g. parsed JSON or YAML
     "A checked `ExperimentConfig` from plain data; raises `ConfigError` naming the offending key."
-    cfg = _build(ExperimentConfig, d, 'config')
-    if not cfg.methods: raise ConfigError("`config.methods` must list at least one method")
-    cfg.methods = [_build(MethodConfig, m, f'config.methods[{i}]') for i, m in enumerate(cfg.methods)]
-    if len({m.name for m in cfg.methods}) < len(cfg.methods): raise ConfigError("`config.methods` names must be unique")
-    for key in ('steps', 'batch_size', 'log_every', 'checkpoint_every', 'snapshot_every'):
-        if getattr(cfg, key) is not None and getattr(cfg, key) < 1: raise ConfigError(f"`config.{key}` must be >= 1, got {getattr(cfg, key)}")
+    cfg = _build(ExperimentConfig, d, "config")
+    if not cfg.methods:
+        raise ConfigError("`config.methods` must list at least one method")
+    cfg.methods = [_build(MethodConfig, m, f"config.methods[{i}]") for i, m in enumerate(cfg.methods)]
+    if len({m.name for m in cfg.methods}) < len(cfg.methods):
+        raise ConfigError("`config.methods` names must be unique")
+    for key in ("steps", "batch_size", "log_every", "checkpoint_every", "snapshot_every"):
+        if getattr(cfg, key) is not None and getattr(cfg, key) < 1:
+            raise ConfigError(f"`config.{key}` must be >= 1, got {getattr(cfg, key)}")
     if not cfg.seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in cfg.seeds):
         raise ConfigError(f"`config.seeds` must be a non-empty list of ints, got {cfg.seeds!r}")
     return cfg
 
+
 def read_config_file(path: str | Path):  # a .json, .yaml or .yml file
     "The plain data of a JSON or YAML file; a missing or malformed file is a `ConfigError`."
     path = Path(path)
-    if not path.exists(): raise ConfigError(f"config file {path} does not exist")
-    try: return json.loads(path.read_text()) if path.suffix == '.json' else yaml.safe_load(path.read_text())
-    except (json.JSONDecodeError, yaml.YAMLError) as e: raise ConfigError(f"cannot parse {path}: {str(e).splitlines()[0]}") from None
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        return json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        raise ConfigError(f"cannot parse {path}: {str(e).splitlines()[0]}") from None
+
 
 def load_config(path: str | Path):  # a .json, .yaml or .yml file
     "Read and check an experiment configuration file."
     return config_from_dict(read_config_file(path))
 
 # %% ../nbs/06_train.ipynb #ed24d404
-def build_run(cfg: ExperimentConfig, method: MethodConfig, seed: int, data):  # the experiment, one method, one seed, its TaskData
+def build_run(
+    cfg: ExperimentConfig,  # the experiment
+    method: MethodConfig,  # one of its methods
+    seed: int,  # one of its seeds
+    data,  # its `TaskData`
+):
     "The model, the wrapped optimizer and the logging tracker of one run."
     dev = data.X_train.device
-    if cfg.model == 'mlp': model = mlp((data.X_train[0].numel(), *cfg.hidden, data.n_classes), cfg.activation, seed=seed, device=dev)
-    else: model = cnn(tuple(data.X_train.shape[1:]), data.n_classes, *cfg.hidden[:1], activation=cfg.activation, seed=seed, device=dev)
+    if cfg.model == "mlp":
+        model = mlp((data.X_train[0].numel(), *cfg.hidden, data.n_classes), cfg.activation, seed=seed, device=dev)
+    else:
+        model = cnn(
+            tuple(data.X_train.shape[1:]),
+            data.n_classes,
+            *cfg.hidden[:1],
+            activation=cfg.activation,
+            seed=seed,
+            device=dev,
+        )
     ps, m = model.parameters(), method
-    base = {'sgd': lambda: torch.optim.SGD(ps, lr=m.lr), 'momentum': lambda: torch.optim.SGD(ps, lr=m.lr, momentum=m.momentum),
-            'adam': lambda: torch.optim.Adam(ps, lr=m.lr)}[m.base]()
-    hdata = shard(data.train if cfg.subspace.hessian_data != 'subsample' else (data.X_train[:cfg.subspace.n_hessian], data.y_train[:cfg.subspace.n_hessian]))
+    base = {
+        "sgd": lambda: torch.optim.SGD(ps, lr=m.lr),
+        "momentum": lambda: torch.optim.SGD(ps, lr=m.lr, momentum=m.momentum),
+        "adam": lambda: torch.optim.Adam(ps, lr=m.lr),
+    }[m.base]()
+    hdata = shard(
+        data.train
+        if cfg.subspace.hessian_data != "subsample"
+        else (data.X_train[: cfg.subspace.n_hessian], data.y_train[: cfg.subspace.n_hessian])
+    )
     k, s = cfg.subspace.k or data.n_classes, cfg.subspace
-    track = lambda op, T: DominantSubspace(op, k=k, refresh_every=T, n_eigs=s.n_eigs, tol=s.tol, seed=seed, cold_every=1 if s.solver == 'cold' else None)
-    opt = ProjectedOptimizer(base, track(HessianOperator(model, cfg.loss, hdata), s.refresh_every), m.dom, m.bulk, m.mode, m.start_step)
-    return model, opt, track(HessianOperator(model, cfg.loss, shard(data.train)), 1)  # shard: this rank's part (all of it on one process)
+    track = lambda op, T: DominantSubspace(
+        op, k=k, refresh_every=T, n_eigs=s.n_eigs, tol=s.tol, seed=seed, cold_every=1 if s.solver == "cold" else None
+    )
+    opt = ProjectedOptimizer(
+        base, track(HessianOperator(model, cfg.loss, hdata), s.refresh_every), m.dom, m.bulk, m.mode, m.start_step
+    )
+    return (
+        model,
+        opt,
+        track(HessianOperator(model, cfg.loss, shard(data.train)), 1),
+    )  # shard: this rank's part (all of it on one process)
 
 # %% ../nbs/06_train.ipynb #f6095102
-def measure(cfg, model, opt, log_sub, data, step: int,  # the run's objects and the step number
-            initial: float | None = None):  # the initial train loss, to recognise divergence
+def measure(
+    cfg,
+    model,
+    opt,
+    log_sub,
+    data,
+    step: int,  # the run's objects and the step number
+    initial: float | None = None,  # the initial train loss, to recognise divergence
+):
     "One row of measurements at `step`; the curvature columns stay empty once the run has diverged."
     train_loss, train_acc = evaluate(model, cfg.loss, data.train)
     test_loss, test_acc = evaluate(model, cfg.loss, data.test)
-    lr = opt.param_groups[0]['lr']
-    if initial is not None and _diverged(cfg, dict(train_loss=train_loss), initial):  # no eigensolve on a blown-up model:
-        return dict(step=step, train_loss=train_loss, train_acc=train_acc, test_loss=test_loss, test_acc=test_acc, lr=lr)  # it may not converge
+    lr = opt.param_groups[0]["lr"]
+    if initial is not None and _diverged(
+        cfg, dict(train_loss=train_loss), initial
+    ):  # no eigensolve on a blown-up model:
+        return dict(
+            step=step, train_loss=train_loss, train_acc=train_acc, test_loss=test_loss, test_acc=test_acc, lr=lr
+        )  # it may not converge
     log_sub.refresh()
     lam = log_sub.eigenvalues.tolist()
-    row = dict(step=step, train_loss=train_loss, train_acc=train_acc, test_loss=test_loss, test_acc=test_acc, lr=lr,
-               **{f'lambda_{i + 1}': v for i, v in enumerate(lam)}, lr_x_lambda1=lr * lam[0],
-               chi_full_grad=alignment(log_sub.basis, log_sub.op.gradient()).item())
+    row = dict(
+        step=step,
+        train_loss=train_loss,
+        train_acc=train_acc,
+        test_loss=test_loss,
+        test_acc=test_acc,
+        lr=lr,
+        **{f"lambda_{i + 1}": v for i, v in enumerate(lam)},
+        lr_x_lambda1=lr * lam[0],
+        chi_full_grad=alignment(log_sub.basis, log_sub.op.gradient()).item(),
+    )
     diag = opt.last if opt.switch_step is not None else {}
-    row.update({k: float(diag[k]) if k in diag else float('nan') for k in ('chi_grad', 'chi_update', 'eff_lr_dom', 'eff_lr_bulk')})
+    row.update(
+        {
+            k: float(diag[k]) if k in diag else float("nan")
+            for k in ("chi_grad", "chi_update", "eff_lr_dom", "eff_lr_bulk")
+        }
+    )
     upd = opt.last_update if diag else None
-    row['leakage'] = float('nan') if upd is None else alignment(log_sub.basis, upd.to(log_sub.basis.dtype)).item()
-    row['drift'] = opt.subspace.info.get('drift') if diag else float('nan')
-    row['drift'] = float('nan') if row['drift'] is None else row['drift']
+    row["leakage"] = float("nan") if upd is None else alignment(log_sub.basis, upd.to(log_sub.basis.dtype)).item()
+    row["drift"] = opt.subspace.info.get("drift") if diag else float("nan")
+    row["drift"] = float("nan") if row["drift"] is None else row["drift"]
     return row
 
 # %% ../nbs/06_train.ipynb #19ec473a
 def _append(path: Path, row: dict):
     "Append one row as one complete CSV line, in the header's column order (the first row writes the header)."
-    if rank(): return  # data-parallel runs: rank 0 writes
+    if rank():
+        return  # data-parallel runs: rank 0 writes
     df, new = pd.DataFrame([row]), not path.exists()
-    if not new: df = df.reindex(columns=path.open().readline().strip().split(','))
-    with open(path, 'a') as f: f.write(df.to_csv(index=False, header=new)); f.flush()
+    if not new:
+        df = df.reindex(columns=path.open().readline().strip().split(","))
+    with open(path, "a") as f:
+        f.write(df.to_csv(index=False, header=new))
+        f.flush()
+
 
 def _rows_until(path: Path, step: int):
     "Rows of `path` up to `step`, ignoring a last line cut off by an interruption; rewrites the file."
-    if rank(): return
-    if not path.exists(): return
+    if rank():
+        return
+    if not path.exists():
+        return
     text = path.read_text()
-    text = text[:text.rfind('\n') + 1]
+    text = text[: text.rfind("\n") + 1]
     rows = pd.read_csv(pd.io.common.StringIO(text)) if text.strip() else pd.DataFrame()
     rows = rows[rows.step <= step] if len(rows) else rows
     path.unlink()
-    for r in rows.to_dict('records'): _append(path, r)
+    for r in rows.to_dict("records"):
+        _append(path, r)
+
 
 def _save(path: Path, state: dict):
-    if rank(): return
-    tmp = path.with_suffix('.tmp'); torch.save(state, tmp); os.replace(tmp, path)
+    if rank():
+        return
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
 
 # %% ../nbs/06_train.ipynb #f22bc78c
 def _checkpoint(path, model, opt, log_sub, gen, state):
-    _save(path, dict(model=model.state_dict(), opt=opt.state_dict(), log_sub=log_sub.state_dict(), gen=gen.get_state(), state=state))
+    _save(
+        path,
+        dict(
+            model=model.state_dict(),
+            opt=opt.state_dict(),
+            log_sub=log_sub.state_dict(),
+            gen=gen.get_state(),
+            state=state,
+        ),
+    )
+
 
 def _restore(path, model, opt, log_sub, gen):
     c = torch.load(path, weights_only=False)
-    model.load_state_dict(c['model']); opt.load_state_dict(c['opt']); log_sub.load_state_dict(c['log_sub']); gen.set_state(c['gen'])
-    return c['state']
+    model.load_state_dict(c["model"])
+    opt.load_state_dict(c["opt"])
+    log_sub.load_state_dict(c["log_sub"])
+    gen.set_state(c["gen"])
+    return c["state"]
+
 
 def _snapshot(cfg, run_dir, model, step):
     "Keep the weights at `step` in `run_dir/snapshots/step<step>.pt` when `cfg.snapshot_every` asks for it."
     if cfg.snapshot_every and step % cfg.snapshot_every == 0:
-        (run_dir / 'snapshots').mkdir(exist_ok=True); _save(run_dir / 'snapshots' / f'step{step:07d}.pt', model.state_dict())
+        (run_dir / "snapshots").mkdir(exist_ok=True)
+        _save(run_dir / "snapshots" / f"step{step:07d}.pt", model.state_dict())
+
 
 def _next_batch(state, gen, n, b):
     "The next mini-batch indices: a fresh seeded permutation whenever fewer than b indices remain in the epoch."
-    if len(state['order']) < b: state['order'] = torch.randperm(n, generator=gen).tolist()
-    idx, state['order'] = state['order'][:b], state['order'][b:]
+    if len(state["order"]) < b:
+        state["order"] = torch.randperm(n, generator=gen).tolist()
+    idx, state["order"] = state["order"][:b], state["order"][b:]
     return idx
 
+
 def _diverged(cfg, row, initial):
-    if not math.isfinite(row['train_loss']): return 'non-finite train loss'
-    return f"train loss above {cfg.diverge_factor:g}x its initial value" if row['train_loss'] > cfg.diverge_factor * initial else ''
+    if not math.isfinite(row["train_loss"]):
+        return "non-finite train loss"
+    return (
+        f"train loss above {cfg.diverge_factor:g}x its initial value"
+        if row["train_loss"] > cfg.diverge_factor * initial
+        else ""
+    )
 
 # %% ../nbs/06_train.ipynb #aba67aa2
-def _flat(d, prefix=''):
+def _flat(d, prefix=""):
     "Nested dict -> {dotted key: value}."
     out = {}
     for k, v in d.items():
-        if isinstance(v, dict) and v: out.update(_flat(v, f'{prefix}{k}.'))
-        else: out[f'{prefix}{k}'] = v
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
     return out
 
+
 def _run_spec(cfg: ExperimentConfig, method: MethodConfig, seed: int):
-    "What determines a run's trajectory and rows: the configuration without its name, other methods and seeds; the method; the seed."
-    c = {k: v for k, v in asdict(cfg).items() if k not in ('name', 'methods', 'seeds')}
+    "What fixes a run's trajectory and rows: the config without name, other methods and seeds; the method; the seed."
+    c = {k: v for k, v in asdict(cfg).items() if k not in ("name", "methods", "seeds")}
     return json.loads(json.dumps(dict(config=c, method=asdict(method), seed=seed), default=str))
+
 
 def _claim(run_dir: Path, spec: dict):
     "Record `spec` in `run_dir/run.json`, or check that the folder holds a run of that same specification."
-    path = run_dir / 'run.json'
-    if not path.exists(): path.write_text(json.dumps(spec, indent=2)); return
+    path = run_dir / "run.json"
+    if not path.exists():
+        path.write_text(json.dumps(spec, indent=2))
+        return
     old, new = _flat(json.loads(path.read_text())), _flat(spec)
     diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-    if diff: raise ConfigError(f"{run_dir} holds a run of another configuration (differs in {', '.join(diff)}); "
-                               "delete that folder or choose another out_dir")
+    if diff:
+        raise ConfigError(
+            f"{run_dir} holds a run of another configuration (differs in {', '.join(diff)}); "
+            "delete that folder or choose another out_dir"
+        )
 
 # %% ../nbs/06_train.ipynb #d4ed39d0
 def _claim_all(run_dir: Path, spec: dict):
     "`_claim` for every rank: rank 0 records a new run; every rank checks an existing one, so all raise together."
-    barrier(); existed = (run_dir / 'run.json').exists(); barrier()
-    if existed or rank() == 0: _claim(run_dir, spec)
+    barrier()
+    existed = (run_dir / "run.json").exists()
+    barrier()
+    if existed or rank() == 0:
+        _claim(run_dir, spec)
+
 
 def _ddp(model):
     "`model` in DistributedDataParallel (gradients averaged over ranks) when several ranks share the run; else itself."
-    if world_size() == 1: return model
+    if world_size() == 1:
+        return model
     dev = next(model.parameters()).device
-    return DistributedDataParallel(model, device_ids=[dev] if dev.type == 'cuda' else None)
+    return DistributedDataParallel(model, device_ids=[dev] if dev.type == "cuda" else None)
+
 
 def _batch_loss(out, y, loss: str, global_batch: int):
     "The loss to back-propagate: the mini-batch mean on one process; under DDP this rank's share w/|S| · Σ_local."
     total = loss_sum(out, prepare_targets(y, loss, out.shape[1], out.dtype), loss)
     return total / global_batch if world_size() == 1 else total * local_loss_scale(global_batch)
+
 
 def _finite_everywhere(loss):
     "Whether the mini-batch loss is finite on every rank (one small all-reduce under torch.distributed)."
@@ -293,37 +444,73 @@ def _finite_everywhere(loss):
     return all_reduce_sum(bad, resolve_group()).item() == 0
 
 # %% ../nbs/06_train.ipynb #66632a21
-def run_one(cfg: ExperimentConfig, method: MethodConfig, seed: int,  # what to run
-            run_dir: str | Path, data, progress: bool = True):  # where its files go; its TaskData; progress bar
+def run_one(
+    cfg: ExperimentConfig,
+    method: MethodConfig,
+    seed: int,  # what to run
+    run_dir: str | Path,
+    data,
+    progress: bool = True,  # where its files go; its TaskData; progress bar
+):
     "Train one (method, seed) run resumably, appending rows to `run_dir/rows.csv`; return its rows."
-    run_dir = Path(run_dir); run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
     _claim_all(run_dir, _run_spec(cfg, method, seed))
-    rows, ckpt, done = run_dir / 'rows.csv', run_dir / 'checkpoint.pt', run_dir / 'done.json'
-    if done.exists(): return pd.read_csv(rows)
+    rows, ckpt, done = run_dir / "rows.csv", run_dir / "checkpoint.pt", run_dir / "done.json"
+    if done.exists():
+        return pd.read_csv(rows)
     model, opt, log_sub = build_run(cfg, method, seed, data)
     net = _ddp(model)
-    gen, state, tag = torch.Generator().manual_seed(seed), dict(step=0, order=[], initial=None), dict(experiment=cfg.name, method=method.name, seed=seed)
-    if ckpt.exists(): state = _restore(ckpt, model, opt, log_sub, gen); _rows_until(rows, state['step'])
+    gen, state, tag = (
+        torch.Generator().manual_seed(seed),
+        dict(step=0, order=[], initial=None),
+        dict(experiment=cfg.name, method=method.name, seed=seed),
+    )
+    if ckpt.exists():
+        state = _restore(ckpt, model, opt, log_sub, gen)
+        _rows_until(rows, state["step"])
     else:
         rows.unlink(missing_ok=True)
-        row = measure(cfg, model, opt, log_sub, data, 0); state['initial'] = row['train_loss']
-        _append(rows, {**tag, **row, 'diverged': False, 'reason': ''}); _snapshot(cfg, run_dir, model, 0)
-    (X, y), reason, t0, start = data.train, '', time.perf_counter(), state['step']
-    with tqdm(total=cfg.steps, initial=state['step'], desc=f'{method.name} seed {seed}', disable=not progress or rank() > 0) as bar:
-        while state['step'] < cfg.steps and not reason:
+        row = measure(cfg, model, opt, log_sub, data, 0)
+        state["initial"] = row["train_loss"]
+        _append(rows, {**tag, **row, "diverged": False, "reason": ""})
+        _snapshot(cfg, run_dir, model, 0)
+    (X, y), reason, t0, start = data.train, "", time.perf_counter(), state["step"]
+    with tqdm(
+        total=cfg.steps, initial=state["step"], desc=f"{method.name} seed {seed}", disable=not progress or rank() > 0
+    ) as bar:
+        while state["step"] < cfg.steps and not reason:
             idx = _next_batch(state, gen, len(X), cfg.batch_size)
             local = shard(idx)  # this rank's slice of the global mini-batch
-            if cfg.subspace.hessian_data == 'minibatch': opt.subspace.op = HessianOperator(model, cfg.loss, (X[local], y[local]), check_determinism=False)
+            if cfg.subspace.hessian_data == "minibatch":
+                opt.subspace.op = HessianOperator(model, cfg.loss, (X[local], y[local]), check_determinism=False)
             opt.zero_grad()
             loss = _batch_loss(net(X[local]), y[local], cfg.loss, len(idx))
             if not _finite_everywhere(loss):
-                reason = 'non-finite mini-batch loss'; _append(rows, {**tag, 'step': state['step'] + 1, 'diverged': True, 'reason': reason}); break
-            loss.backward(); opt.step(); state['step'] += 1; bar.update(); _snapshot(cfg, run_dir, model, state['step'])
-            if state['step'] % cfg.log_every == 0 or state['step'] == cfg.steps:
-                row = measure(cfg, model, opt, log_sub, data, state['step'], state['initial']); reason = _diverged(cfg, row, state['initial'])
-                _append(rows, {**tag, **row, 'diverged': bool(reason), 'reason': reason})
-            if state['step'] % cfg.checkpoint_every == 0 and not reason: _checkpoint(ckpt, model, opt, log_sub, gen, state)
-    if rank() == 0: done.write_text(json.dumps(dict(steps=state['step'], reason=reason, seconds_per_step=(time.perf_counter() - t0) / max(state['step'] - start, 1))))
+                reason = "non-finite mini-batch loss"
+                _append(rows, {**tag, "step": state["step"] + 1, "diverged": True, "reason": reason})
+                break
+            loss.backward()
+            opt.step()
+            state["step"] += 1
+            bar.update()
+            _snapshot(cfg, run_dir, model, state["step"])
+            if state["step"] % cfg.log_every == 0 or state["step"] == cfg.steps:
+                row = measure(cfg, model, opt, log_sub, data, state["step"], state["initial"])
+                reason = _diverged(cfg, row, state["initial"])
+                _append(rows, {**tag, **row, "diverged": bool(reason), "reason": reason})
+            if state["step"] % cfg.checkpoint_every == 0 and not reason:
+                _checkpoint(ckpt, model, opt, log_sub, gen, state)
+    if rank() == 0:
+        done.write_text(
+            json.dumps(
+                dict(
+                    steps=state["step"],
+                    reason=reason,
+                    seconds_per_step=(time.perf_counter() - t0) / max(state["step"] - start, 1),
+                )
+            )
+        )
     barrier()  # rank 0 has written every row
     return pd.read_csv(rows)
 
@@ -331,50 +518,84 @@ def run_one(cfg: ExperimentConfig, method: MethodConfig, seed: int,  # what to r
 def environment(device) -> dict:  # the torch device the work runs on
     "Versions and device name, recorded beside every result."
     import numpy, scipy
-    dev = torch.device(device)
-    return {'python': platform.python_version(), 'torch': torch.__version__, 'numpy': numpy.__version__, 'scipy': scipy.__version__,
-            'device': str(dev), 'device_name': torch.cuda.get_device_name(dev) if dev.type == 'cuda' else platform.machine() + ' CPU',
-            'threads': torch.get_num_threads()}
 
-def load_experiment_data(cfg: ExperimentConfig, device):  # the experiment; where to put the tensors
+    dev = torch.device(device)
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "scipy": scipy.__version__,
+        "device": str(dev),
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.machine() + " CPU",
+        "threads": torch.get_num_threads(),
+    }
+
+
+def load_experiment_data(
+    cfg: ExperimentConfig,  # the experiment
+    device,  # where to put the tensors
+):
     "The experiment's `TaskData` on `device` (images kept as images for a CNN)."
     args = dict(cfg.data_args)
-    if cfg.model == 'cnn' and cfg.data in ('digits', 'fashion-mnist', 'mnist', 'cifar10'): args.setdefault('flatten', False)
+    if cfg.model == "cnn" and cfg.data in ("digits", "fashion-mnist", "mnist", "cifar10"):
+        args.setdefault("flatten", False)
     return load_task(cfg.data, device=device, **args)
 
-def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, progress: bool = True):  # the experiment; its folder; progress bars
+
+def run_experiment(
+    cfg: ExperimentConfig,  # the experiment
+    out_dir: str | Path,  # its folder: rows, checkpoints and summaries
+    progress: bool = True,  # show progress bars
+):
     "Run (or resume) every method and seed of `cfg` into `out_dir`; return the combined results."
     out, dev = Path(out_dir), torch.device(cfg.device or default_device())
     out.mkdir(parents=True, exist_ok=True)
     data = load_experiment_data(cfg, dev)
-    if rank() == 0: (out / 'config.json').write_text(json.dumps({'config': asdict(cfg), 'environment': environment(dev), 'world_size': world_size()}, indent=2))
-    frames = [run_one(cfg, m, s, out / 'runs' / f'{m.name}-seed{s}', data, progress) for m in cfg.methods for s in cfg.seeds]
+    if rank() == 0:
+        (out / "config.json").write_text(
+            json.dumps({"config": asdict(cfg), "environment": environment(dev), "world_size": world_size()}, indent=2)
+        )
+    frames = [
+        run_one(cfg, m, s, out / "runs" / f"{m.name}-seed{s}", data, progress) for m in cfg.methods for s in cfg.seeds
+    ]
     results = pd.concat(frames, ignore_index=True)
-    if rank() == 0: results.to_csv(out / 'results.csv', index=False)
+    if rank() == 0:
+        results.to_csv(out / "results.csv", index=False)
     return results
 
 # %% ../nbs/06_train.ipynb #2829550e
 _DATA = {}
+
 
 def run_job(job: tuple):  # (ExperimentConfig, method index, seed, run folder)
     "Run one job of a sweep in this process, loading (and caching) its task; return the run folder."
     cfg, mi, seed, run_dir = job
     dev = torch.device(cfg.device or default_device())
     key = (cfg.data, json.dumps(cfg.data_args, sort_keys=True), cfg.model, str(dev))
-    if key not in _DATA: _DATA[key] = load_experiment_data(cfg, dev)
+    if key not in _DATA:
+        _DATA[key] = load_experiment_data(cfg, dev)
     run_one(cfg, cfg.methods[mi], seed, run_dir, _DATA[key], progress=False)
     return str(run_dir)
 
 # %% ../nbs/06_train.ipynb #d1e8103d
-def summarize(results: pd.DataFrame,  # rows of `run_experiment`
-              out_dir: str | Path,  # its folder (for the timings in runs/*/done.json)
-              threshold: float):  # train-loss threshold for "steps to threshold"
+def summarize(
+    results: pd.DataFrame,  # rows of `run_experiment`
+    out_dir: str | Path,  # its folder (for the timings in runs/*/done.json)
+    threshold: float,  # train-loss threshold for "steps to threshold"
+):
     "One row per method: final loss and accuracy, steps to `threshold`, divergences, seconds per step."
     runs = []
-    for (method, seed), r in results.groupby(['method', 'seed'], sort=False):
+    for (method, seed), r in results.groupby(["method", "seed"], sort=False):
         hit = r[r.train_loss <= threshold]
-        done = json.loads((Path(out_dir) / 'runs' / f'{method}-seed{seed}' / 'done.json').read_text())
-        runs.append(dict(method=method, final_train_loss=r.train_loss.iloc[-1], final_test_acc=r.test_acc.iloc[-1],
-                         steps_to_threshold=hit.step.iloc[0] if len(hit) else float('nan'), diverged=bool(r.diverged.any()),
-                         ms_per_step=1e3 * done['seconds_per_step']))
-    return pd.DataFrame(runs).groupby('method', sort=False).agg('mean').reset_index()
+        done = json.loads((Path(out_dir) / "runs" / f"{method}-seed{seed}" / "done.json").read_text())
+        runs.append(
+            dict(
+                method=method,
+                final_train_loss=r.train_loss.iloc[-1],
+                final_test_acc=r.test_acc.iloc[-1],
+                steps_to_threshold=hit.step.iloc[0] if len(hit) else float("nan"),
+                diverged=bool(r.diverged.any()),
+                ms_per_step=1e3 * done["seconds_per_step"],
+            )
+        )
+    return pd.DataFrame(runs).groupby("method", sort=False).agg("mean").reset_index()

@@ -3,15 +3,16 @@
 Every case builds a small float64 model and data set split into two batches of unequal size, so exact sample
 weighting across batches is always exercised. Importable from notebooks and from pytest.
 """
+
 from dataclasses import dataclass
 from typing import Callable
 import pytest
 import torch
 from torch import nn
 
-DEVICES = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 # the same, as pytest parameters: CUDA ones carry the `cuda` mark (`pytest -m cuda` runs only them)
-DEVICE_PARAMS = [pytest.param(d, marks=pytest.mark.cuda) if d == 'cuda' else d for d in DEVICES]
+DEVICE_PARAMS = [pytest.param(d, marks=pytest.mark.cuda) if d == "cuda" else d for d in DEVICES]
 
 
 @dataclass
@@ -25,25 +26,38 @@ class Case:
     float_targets: bool = False  # MSE against given float targets instead of labels
     seed: int = 0
 
-    def build(self, device='cpu', dtype=torch.float64):
+    def build(self, device="cpu", dtype=torch.float64):
         "(model, data) on `device` in `dtype`, data as two batches of unequal size."
         g = torch.Generator().manual_seed(self.seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             model = self.model().to(device=device, dtype=dtype)
         X = torch.randn(self.n, *self.input_shape, generator=g, dtype=torch.float64).to(device, dtype)
-        y = (torch.randn(self.n, self.n_classes, generator=g, dtype=torch.float64).to(dtype) if self.float_targets
-             else torch.randint(0, self.n_classes, (self.n,), generator=g)).to(device)
+        y = (
+            torch.randn(self.n, self.n_classes, generator=g, dtype=torch.float64).to(dtype)
+            if self.float_targets
+            else torch.randint(0, self.n_classes, (self.n,), generator=g)
+        ).to(device)
         return model, [(X[:11], y[:11]), (X[11:], y[11:])]
 
 
 def _mlp(act, d_in=4, hidden=5, d_out=3):
-    return lambda: nn.Sequential(nn.Linear(d_in, hidden), act(), nn.Linear(hidden, hidden), act(), nn.Linear(hidden, d_out))
+    return lambda: nn.Sequential(
+        nn.Linear(d_in, hidden), act(), nn.Linear(hidden, hidden), act(), nn.Linear(hidden, d_out)
+    )
 
 
 def _cnn():
-    return nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Tanh(), nn.MaxPool2d(2), nn.Conv2d(2, 2, 3, padding=1),
-                         nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(2 * 2 * 2, 3))
+    return nn.Sequential(
+        nn.Conv2d(1, 2, 3, padding=1),
+        nn.Tanh(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(2, 2, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(2 * 2 * 2, 3),
+    )
 
 
 def _frozen_first_layer():
@@ -57,13 +71,13 @@ def _bn_eval():
 
 
 CASES = [
-    Case('mlp-tanh-mse-2batches-unequal', _mlp(nn.Tanh), 'mse', (4,)),
-    Case('mlp-relu-ce-2batches-unequal', _mlp(nn.ReLU), 'ce', (4,), seed=1),
-    Case('mlp-gelu-mse-2batches-unequal', _mlp(nn.GELU), 'mse', (4,), seed=2),
-    Case('mlp-gelu-ce-2batches-unequal', _mlp(nn.GELU), 'ce', (4,), seed=3),
-    Case('mlp-tanh-mse-float-targets', _mlp(nn.Tanh), 'mse', (4,), float_targets=True, seed=4),
-    Case('cnn-ce-2batches-unequal', _cnn, 'ce', (1, 8, 8), seed=5),
-    Case('cnn-mse-2batches-unequal', _cnn, 'mse', (1, 8, 8), seed=6),
-    Case('mlp-frozen-layer-ce', _frozen_first_layer, 'ce', (4,), seed=7),
-    Case('mlp-batchnorm-eval-mse', _bn_eval, 'mse', (4,), seed=8),
+    Case("mlp-tanh-mse-2batches-unequal", _mlp(nn.Tanh), "mse", (4,)),
+    Case("mlp-relu-ce-2batches-unequal", _mlp(nn.ReLU), "ce", (4,), seed=1),
+    Case("mlp-gelu-mse-2batches-unequal", _mlp(nn.GELU), "mse", (4,), seed=2),
+    Case("mlp-gelu-ce-2batches-unequal", _mlp(nn.GELU), "ce", (4,), seed=3),
+    Case("mlp-tanh-mse-float-targets", _mlp(nn.Tanh), "mse", (4,), float_targets=True, seed=4),
+    Case("cnn-ce-2batches-unequal", _cnn, "ce", (1, 8, 8), seed=5),
+    Case("cnn-mse-2batches-unequal", _cnn, "mse", (1, 8, 8), seed=6),
+    Case("mlp-frozen-layer-ce", _frozen_first_layer, "ce", (4,), seed=7),
+    Case("mlp-batchnorm-eval-mse", _bn_eval, "mse", (4,), seed=8),
 ]

@@ -1,16 +1,19 @@
 """Every curvature operator against its dense float64 matrix, on every case and device (cross-cutting tests)."""
-import numpy as np
+
 import pytest
 import torch
 from cases import CASES, DEVICE_PARAMS
-from subspace_opt.curvature import FunctionalHessianOperator, GGNOperator, HessianOperator, as_batches
+from subspace_opt.curvature import FunctionalHessianOperator, GGNOperator, HessianOperator
 from subspace_opt.dense_reference import F32_RTOL, F64_RTOL, dense_functional_hessian, dense_ggn, dense_hessian, rel_err
 
-OPERATORS = {'hessian': (HessianOperator, dense_hessian), 'ggn': (GGNOperator, dense_ggn),
-             'functional': (FunctionalHessianOperator, dense_functional_hessian)}
+OPERATORS = {
+    "hessian": (HessianOperator, dense_hessian),
+    "ggn": (GGNOperator, dense_ggn),
+    "functional": (FunctionalHessianOperator, dense_functional_hessian),
+}
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope="module")
 def dense_cache():
     return {}
 
@@ -18,15 +21,15 @@ def dense_cache():
 def _dense(cache, case, name):
     "Dense float64 reference on the CPU, computed once per case and operator."
     if (case.id, name) not in cache:
-        model, data = case.build('cpu')
+        model, data = case.build("cpu")
         cache[case.id, name] = OPERATORS[name][1](model, case.loss, data)
     return cache[case.id, name]
 
 
-@pytest.mark.parametrize('device', DEVICE_PARAMS)
-@pytest.mark.parametrize('name', list(OPERATORS))
-@pytest.mark.parametrize('method', ['forward', 'reverse'])
-@pytest.mark.parametrize('case', CASES, ids=[c.id for c in CASES])
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+@pytest.mark.parametrize("name", list(OPERATORS))
+@pytest.mark.parametrize("method", ["forward", "reverse"])
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_operator_matches_dense(case, name, method, device, dense_cache):
     M = _dense(dense_cache, case, name)
     model, data = case.build(device)
@@ -40,23 +43,26 @@ def test_operator_matches_dense(case, name, method, device, dense_cache):
     assert rel_err(torch.from_numpy(op.to_scipy().matvec(V[:, 1].numpy())), M @ V[:, 1]) <= F64_RTOL
 
 
-@pytest.mark.parametrize('device', DEVICE_PARAMS)
-@pytest.mark.parametrize('case', CASES, ids=[c.id for c in CASES])
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_algebra_and_chunking(case, device, dense_cache):
     "H − G through operator algebra equals the functional Hessian; chunking by batch_size changes nothing."
     model, data = case.build(device)
     H, G = HessianOperator(model, case.loss, data), GGNOperator(model, case.loss, data)
     p = H.shape[0]
     I = torch.eye(p, dtype=torch.float64, device=device)
-    assert rel_err((H - G) @ I, _dense(dense_cache, case, 'functional')) <= F64_RTOL
-    assert rel_err((2.0 * H + G * -1.0) @ I, 2 * _dense(dense_cache, case, 'hessian') - _dense(dense_cache, case, 'ggn')) <= F64_RTOL
+    assert rel_err((H - G) @ I, _dense(dense_cache, case, "functional")) <= F64_RTOL
+    assert (
+        rel_err((2.0 * H + G * -1.0) @ I, 2 * _dense(dense_cache, case, "hessian") - _dense(dense_cache, case, "ggn"))
+        <= F64_RTOL
+    )
     X, y = torch.cat([b[0] for b in data]), torch.cat([b[1] for b in data])
     for chunked in (HessianOperator(model, case.loss, (X, y), batch_size=4), HessianOperator(model, case.loss, (X, y))):
-        assert rel_err(chunked @ I, _dense(dense_cache, case, 'hessian')) <= F64_RTOL
+        assert rel_err(chunked @ I, _dense(dense_cache, case, "hessian")) <= F64_RTOL
 
 
-@pytest.mark.parametrize('device', DEVICE_PARAMS)
-@pytest.mark.parametrize('case', CASES[:2] + CASES[5:6], ids=[c.id for c in CASES[:2] + CASES[5:6]])
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+@pytest.mark.parametrize("case", CASES[:2] + CASES[5:6], ids=[c.id for c in CASES[:2] + CASES[5:6]])
 def test_float32_matches_dense(case, device, dense_cache):
     "A float32 model's operators agree with the float64 dense matrices to float32 accuracy."
     model, data = case.build(device, torch.float32)
@@ -70,13 +76,21 @@ def test_dataloader_and_iterable_data():
     case = CASES[0]
     model, data = case.build()
     X, y = torch.cat([b[0] for b in data]), torch.cat([b[1] for b in data])
-    dl = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, y), batch_size=5, shuffle=True,
-                                     generator=torch.Generator().manual_seed(0))
+    dl = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(X, y), batch_size=5, shuffle=True, generator=torch.Generator().manual_seed(0)
+    )
     op = HessianOperator(model, case.loss, dl)
     assert [len(b[0]) for b in op.batches] == [5, 5, 5, 2] and op.n == 17
-    assert rel_err(op @ torch.eye(op.shape[0], dtype=torch.float64), dense_hessian(model, case.loss, (X, y))) <= F64_RTOL
-    assert rel_err(HessianOperator(model, case.loss, iter(data)) @ torch.eye(op.shape[0], dtype=torch.float64),
-                   dense_hessian(model, case.loss, (X, y))) <= F64_RTOL
+    assert (
+        rel_err(op @ torch.eye(op.shape[0], dtype=torch.float64), dense_hessian(model, case.loss, (X, y))) <= F64_RTOL
+    )
+    assert (
+        rel_err(
+            HessianOperator(model, case.loss, iter(data)) @ torch.eye(op.shape[0], dtype=torch.float64),
+            dense_hessian(model, case.loss, (X, y)),
+        )
+        <= F64_RTOL
+    )
 
 
 # Negative cases: refused with a message that names the problem and the fix.
@@ -88,8 +102,8 @@ def _with(module):
 def test_refuses_dropout():
     model, data = _with(torch.nn.Dropout(0.2))
     with pytest.raises(ValueError, match=r"non-deterministic .* call `model.eval\(\)` or remove Dropout"):
-        HessianOperator(model, 'mse', data)
-    HessianOperator(model.eval(), 'mse', data)  # eval mode is deterministic
+        HessianOperator(model, "mse", data)
+    HessianOperator(model.eval(), "mse", data)  # eval mode is deterministic
 
 
 def test_refuses_train_mode_batchnorm_and_leaves_its_statistics():
@@ -97,7 +111,7 @@ def test_refuses_train_mode_batchnorm_and_leaves_its_statistics():
     _, data = CASES[0].build()
     before = model[1].running_mean.clone()
     with pytest.raises(ValueError, match="train-mode BatchNorm"):
-        GGNOperator(model, 'mse', data)
+        GGNOperator(model, "mse", data)
     assert torch.equal(model[1].running_mean, before)
 
 
@@ -106,14 +120,14 @@ def test_refuses_drop_last_and_bad_input():
     X, y = torch.cat([b[0] for b in data]), torch.cat([b[1] for b in data])
     dl = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, y), batch_size=5, drop_last=True)
     with pytest.raises(ValueError, match="drop_last=True"):
-        HessianOperator(model, 'mse', dl)
+        HessianOperator(model, "mse", dl)
     with pytest.raises(ValueError, match=r"X and y differ in length \(17 vs 16\)"):
-        HessianOperator(model, 'mse', (X, y[:-1]))
+        HessianOperator(model, "mse", (X, y[:-1]))
     with pytest.raises(ValueError, match="holds no samples"):
-        HessianOperator(model, 'mse', [])
+        HessianOperator(model, "mse", [])
     with pytest.raises(ValueError, match=r"labels in `y` must lie in \[0, 3\)"):
-        HessianOperator(model, 'ce', (X, y + 5))
-    op = HessianOperator(model, 'mse', data)
+        HessianOperator(model, "ce", (X, y + 5))
+    op = HessianOperator(model, "mse", data)
     with pytest.raises(ValueError, match=rf"with p={op.shape[0]}, got \({op.shape[0] + 1},\)"):
         op @ torch.ones(op.shape[0] + 1)
     with pytest.raises(ValueError, match="got \\(3, 2, 1\\)"):
@@ -122,6 +136,7 @@ def test_refuses_drop_last_and_bad_input():
 
 class _FirstOrderTanh(torch.autograd.Function):
     "tanh whose backward cannot be differentiated again and which has no forward-mode rule."
+
     @staticmethod
     def forward(ctx, x):
         ctx.save_for_backward(x)
@@ -146,6 +161,6 @@ class _FirstOrderNet(torch.nn.Module):
 def test_refuses_model_without_second_derivatives():
     _, data = CASES[0].build()
     with pytest.raises(RuntimeError, match=r"`method='auto'`: no autodiff method gives exact second derivatives"):
-        HessianOperator(_FirstOrderNet().double(), 'mse', data)
+        HessianOperator(_FirstOrderNet().double(), "mse", data)
     with pytest.raises(RuntimeError, match=r"double backward does not reach parameters \['a.weight', 'a.bias'\]"):
-        GGNOperator(_FirstOrderNet().double(), 'ce', data, method='reverse')
+        GGNOperator(_FirstOrderNet().double(), "ce", data, method="reverse")

@@ -11,6 +11,7 @@
 The browser checks skip when the site has not been built, or when Chromium, chromedriver or selenium is missing;
 `.ci/run` installs all of them and builds the site first, so in CI they run.
 """
+
 import functools
 import html
 import html.parser
@@ -27,74 +28,93 @@ import pytest
 from browser import browser_missing, chromium
 
 ROOT = Path(__file__).resolve().parents[1]
-SITE = ROOT / '_site'
-PAGE_LOAD_S = 60   # generous: a shared 2-core machine; a page that loads at all loads in well under a second
+SITE = ROOT / "_site"
+PAGE_LOAD_S = 60  # generous: a shared 2-core machine; a page that loads at all loads in well under a second
 
-IN_CI = os.environ.get('CI') == 'true'   # .ci/run builds the site and installs the browser: there nothing may skip
+IN_CI = os.environ.get("CI") == "true"  # .ci/run builds the site and installs the browser: there nothing may skip
 
 
 def _needs(missing):
     "Skip when `missing` (a reason) is set; in CI, fail instead."
-    if not missing or not IN_CI: return pytest.mark.skipif(bool(missing), reason=str(missing))
-    name = f'_fail_{len(_FAILS)}'
+    if not missing or not IN_CI:
+        return pytest.mark.skipif(bool(missing), reason=str(missing))
+    name = f"_fail_{len(_FAILS)}"
 
     @pytest.fixture
-    def fail(): pytest.fail(f'CI=true but {missing}')
+    def fail():
+        pytest.fail(f"CI=true but {missing}")
+
     _FAILS.append(name)
     globals()[name] = fail
     return pytest.mark.usefixtures(name)
 
 
 _FAILS = []
-needs_site = _needs(None if (SITE / 'index.html').exists() else
-                    f'docs site not built ({SITE}/index.html missing): run `python tools/build_docs.py`')
+needs_site = _needs(
+    None
+    if (SITE / "index.html").exists()
+    else f"docs site not built ({SITE}/index.html missing): run `python tools/build_docs.py`"
+)
 
 
 def site_pages():
     "Every HTML page of the site (Sphinx's own static and source folders excluded)."
-    return sorted(p.relative_to(SITE).as_posix() for p in SITE.rglob('*.html')
-                  if p.relative_to(SITE).parts[0] not in ('_static', '_sources', '_images'))
+    return sorted(
+        p.relative_to(SITE).as_posix()
+        for p in SITE.rglob("*.html")
+        if p.relative_to(SITE).parts[0] not in ("_static", "_sources", "_images")
+    )
 
 
 # --- docs coverage: no browser needed ------------------------------------------------------------------------------
 
+
 class _Text(html.parser.HTMLParser):
     "Heading texts (h1-h6, and rubrics: myst-nb's rendering of a heading inside an output) and code texts."
+
     def __init__(self):
         super().__init__()
         self.headings, self.code, self._stack = [], [], []
 
     def handle_starttag(self, tag, attrs):
-        if re.fullmatch(r'h[1-6]|code', tag) or (tag == 'p' and 'rubric' in (dict(attrs).get('class') or '').split()):
-            self._stack.append([tag, ''])
-        elif tag == 'a' and ('class', 'headerlink') in attrs and self._stack: self._stack.append(['skip', ''])
+        if re.fullmatch(r"h[1-6]|code", tag) or (tag == "p" and "rubric" in (dict(attrs).get("class") or "").split()):
+            self._stack.append([tag, ""])
+        elif tag == "a" and ("class", "headerlink") in attrs and self._stack:
+            self._stack.append(["skip", ""])
 
     def handle_endtag(self, tag):
-        if not self._stack: return
-        if self._stack[-1][0] == 'skip' and tag == 'a': self._stack.pop(); return
-        if self._stack[-1][0] != tag: return
+        if not self._stack:
+            return
+        if self._stack[-1][0] == "skip" and tag == "a":
+            self._stack.pop()
+            return
+        if self._stack[-1][0] != tag:
+            return
         t, text = self._stack.pop()
-        (self.code if t == 'code' else self.headings).append(' '.join(text.split()))
-        if self._stack and self._stack[-1][0] != 'skip': self._stack[-1][1] += text
+        (self.code if t == "code" else self.headings).append(" ".join(text.split()))
+        if self._stack and self._stack[-1][0] != "skip":
+            self._stack[-1][1] += text
 
     def handle_data(self, data):
-        if self._stack and self._stack[-1][0] != 'skip': self._stack[-1][1] += data
+        if self._stack and self._stack[-1][0] != "skip":
+            self._stack[-1][1] += data
 
 
 @functools.cache
 def page_text(rel):
     p = _Text()
-    p.feed((SITE / rel).read_text(encoding='utf-8'))
+    p.feed((SITE / rel).read_text(encoding="utf-8"))
     return p
 
 
 def module_pages():
     "Module name -> the site page of the notebook that exports it (from nbdev's `_modidx`)."
     from subspace_opt._modidx import d
+
     pages = {}
-    for mod, syms in d['syms'].items():
+    for mod, syms in d["syms"].items():
         for url in syms.values():
-            pages[mod] = urlsplit(url[0]).path.rsplit('/', 1)[-1]
+            pages[mod] = urlsplit(url[0]).path.rsplit("/", 1)[-1]
             break
     return pages
 
@@ -106,9 +126,12 @@ def undocumented():
     (and for methods shown explicitly), the docs build one for every exported constant."""
     missing = []
     for mod, page in sorted(module_pages().items()):
-        if not (SITE / page).exists(): continue   # the module has no page at all: reported on its own
+        if not (SITE / page).exists():
+            continue  # the module has no page at all: reported on its own
         heads = set(page_text(page).headings)
-        missing += [f'{mod}.{name}' for name in getattr(importlib.import_module(mod), '__all__', []) if name not in heads]
+        missing += [
+            f"{mod}.{name}" for name in getattr(importlib.import_module(mod), "__all__", []) if name not in heads
+        ]
     return missing
 
 
@@ -116,35 +139,47 @@ def undocumented():
 def test_docs_cover_every_public_name():
     pages = site_pages()
     mods = module_pages()
-    assert mods, 'no modules in subspace_opt._modidx: run nbdev_export'
-    absent = sorted({f'{m} ({p})' for m, p in mods.items() if p not in pages})
+    assert mods, "no modules in subspace_opt._modidx: run nbdev_export"
+    absent = sorted({f"{m} ({p})" for m, p in mods.items() if p not in pages})
     missing = undocumented()
-    assert not absent and not missing, (f'modules without a page in the site: {absent}; '
-                                        f'public names without an entry on their module\'s page: {missing}')
+    assert not absent and not missing, (
+        f"modules without a page in the site: {absent}; public names without an entry on their module's page: {missing}"
+    )
 
 
 @needs_site
 def test_source_links_sit_beside_their_headings():
     "Every API entry's source link follows its heading (styled `api-source`), never a paragraph of its own above it."
-    stray = {p: n for p in site_pages()
-             if (n := len(re.findall(r'<p><a class="reference external" href="[^"]*">source</a></p>', (SITE / p).read_text())))}
-    assert not stray, f'source links in paragraphs of their own: {stray}'
+    stray = {
+        p: n
+        for p in site_pages()
+        if (
+            n := len(
+                re.findall(r'<p><a class="reference external" href="[^"]*">source</a></p>', (SITE / p).read_text())
+            )
+        )
+    }
+    assert not stray, f"source links in paragraphs of their own: {stray}"
     assert sum((SITE / p).read_text().count('class="api-source"') for p in site_pages()) > 50
 
 
 @needs_site
 def test_dunder_headings_read_as_names():
     "An entry for `__add__` is headed `X.__add__`, not `X.` and a bold 'add'."
-    bold = {p: h for p in site_pages() if (h := re.findall(r'<h[1-6][^>]*>[^<]*<strong>[^<]*</strong>', (SITE / p).read_text()))}
+    bold = {
+        p: h
+        for p in site_pages()
+        if (h := re.findall(r"<h[1-6][^>]*>[^<]*<strong>[^<]*</strong>", (SITE / p).read_text()))
+    }
     assert not bold, bold
-    assert any('TorchLinearOperator.__add__' in page_text(p).headings for p in site_pages())
+    assert any("TorchLinearOperator.__add__" in page_text(p).headings for p in site_pages())
 
 
 def _signatures():
     "The text of every code block on every page, with its page."
     for p in site_pages():
-        for pre in re.findall(r'<pre>(.*?)</pre>', (SITE / p).read_text(), re.S):
-            yield p, html.unescape(re.sub(r'<[^>]+>', '', pre))
+        for pre in re.findall(r"<pre>(.*?)</pre>", (SITE / p).read_text(), re.S):
+            yield p, html.unescape(re.sub(r"<[^>]+>", "", pre))
 
 
 @needs_site
@@ -152,35 +187,48 @@ def test_signatures_read_as_written():
     "Classes as `class Name(`, no `NoneType` nbdev infers from a `None` default, no raw markdown links in code."
     import inspect
     from subspace_opt._modidx import d
-    classes = {n for m in d['syms'] for n, o in vars(importlib.import_module(m)).items()
-               if inspect.isclass(o) and o.__module__.startswith('subspace_opt')}
+
+    classes = {
+        n
+        for m in d["syms"]
+        for n, o in vars(importlib.import_module(m)).items()
+        if inspect.isclass(o) and o.__module__.startswith("subspace_opt")
+    }
     sigs = list(_signatures())
-    as_def = [(p, t[:60]) for p, t in sigs if (m := re.match(r'\s*def (\w+)\(', t)) and m[1] in classes]
+    as_def = [(p, t[:60]) for p, t in sigs if (m := re.match(r"\s*def (\w+)\(", t)) and m[1] in classes]
     assert not as_def, as_def
-    assert any(t.lstrip().startswith('class DominantSubspace(') for _, t in sigs)
+    assert any(t.lstrip().startswith("class DominantSubspace(") for _, t in sigs)
     api = sorted(set(module_pages().values()))
-    assert not [p for p in api if 'NoneType' in re.sub(r'<[^>]+>', '', (SITE / p).read_text())], 'NoneType shown as a type'
-    raw = [(p, l.strip()) for p, t in sigs for l in t.splitlines() if re.search(r'\]\((https?://|[\w./-]+\.html)', l)]
+    assert not [p for p in api if "NoneType" in re.sub(r"<[^>]+>", "", (SITE / p).read_text())], (
+        "NoneType shown as a type"
+    )
+    raw = [(p, l.strip()) for p, t in sigs for l in t.splitlines() if re.search(r"\]\((https?://|[\w./-]+\.html)", l)]
     assert not raw, raw
 
 
 @needs_site
 def test_site_names_version_repository_and_changelog():
     from configparser import ConfigParser
-    cfg = ConfigParser(delimiters=['=']); cfg.read(ROOT / 'settings.ini', encoding='utf-8'); cfg = cfg['DEFAULT']
-    home = (SITE / 'index.html').read_text()
+
+    cfg = ConfigParser(delimiters=["="])
+    cfg.read(ROOT / "settings.ini", encoding="utf-8")
+    cfg = cfg["DEFAULT"]
+    home = (SITE / "index.html").read_text()
     assert f"{cfg['lib_name']} {cfg['version']}" in home and f'href="{cfg["git_url"]}"' in home
-    assert 'href="changelog.html"' in home and 'Changelog' in page_text('changelog.html').headings
+    assert 'href="changelog.html"' in home and "Changelog" in page_text("changelog.html").headings
 
 
 @needs_site
 def test_cuda_only_cells_are_marked():
     "Each cell that runs only on a CUDA GPU carries a visible note, so a FULL setting does not read as run here."
     marked = 0
-    for nb in sorted((ROOT / 'nbs' / 'experiments').glob('E*.ipynb')):
-        cells = json.loads(nb.read_text())['cells']
-        want = sum(c['cell_type'] == 'code' and bool(re.search(r'^\s*#\s*\|\s*cuda\s*$', ''.join(c['source']), re.M)) for c in cells)
-        page = SITE / 'experiments' / f'{nb.stem.lower()}.html'
+    for nb in sorted((ROOT / "nbs" / "experiments").glob("E*.ipynb")):
+        cells = json.loads(nb.read_text())["cells"]
+        want = sum(
+            c["cell_type"] == "code" and bool(re.search(r"^\s*#\s*\|\s*cuda\s*$", "".join(c["source"]), re.M))
+            for c in cells
+        )
+        page = SITE / "experiments" / f"{nb.stem.lower()}.html"
         assert page.read_text().count('class="cuda-only"') == want, (nb.name, want)
         marked += want
     assert marked >= 10
@@ -189,16 +237,19 @@ def test_cuda_only_cells_are_marked():
 @needs_site
 def test_experiments_landing_page_lists_every_verdict():
     "One table: every experiment, linked, with its question, verdict, setting and device."
-    page = (SITE / 'experiments' / 'index.html').read_text()
-    notebooks = sorted((ROOT / 'nbs' / 'experiments').glob('E*.ipynb'))
-    rows = [r for r in re.findall(r'<tr[^>]*>(.*?)</tr>', page, re.S) if '<strong>' in r]
+    page = (SITE / "experiments" / "index.html").read_text()
+    notebooks = sorted((ROOT / "nbs" / "experiments").glob("E*.ipynb"))
+    rows = [r for r in re.findall(r"<tr[^>]*>(.*?)</tr>", page, re.S) if "<strong>" in r]
     assert len(rows) == len(notebooks) >= 10
     for nb, row in zip(notebooks, rows):
-        cells = re.findall(r'<td[^>]*>(.*?)</td>', row, re.S)
+        cells = re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)
         assert len(cells) == 5 and f'href="{nb.stem.lower()}.html"' in cells[0], (nb.name, row[:300])
-        assert all(re.sub(r'<[^>]+>', '', c).strip() for c in cells), (nb.name, 'an empty column')
-        assert 'not recorded' not in cells[4], (nb.name, 'no device in the notebook\'s output')
-    assert 'experiments/index.html' in site_pages() and 'href="experiments/index.html"' in (SITE / 'index.html').read_text()
+        assert all(re.sub(r"<[^>]+>", "", c).strip() for c in cells), (nb.name, "an empty column")
+        assert "not recorded" not in cells[4], (nb.name, "no device in the notebook's output")
+    assert (
+        "experiments/index.html" in site_pages()
+        and 'href="experiments/index.html"' in (SITE / "index.html").read_text()
+    )
 
 
 # --- the browser ---------------------------------------------------------------------------------------------------
@@ -207,21 +258,22 @@ needs_browser = _needs(browser_missing())
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *a): pass
+    def log_message(self, *a):
+        pass
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope="module")
 def server():
     "The site served over HTTP on localhost, as a user would host it (fonts and scripts load as they do online)."
-    httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), functools.partial(_Quiet, directory=str(SITE)))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(SITE)))
     t = threading.Thread(target=httpd.serve_forever, daemon=True)
     t.start()
-    yield f'http://127.0.0.1:{httpd.server_address[1]}/'
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/"
     httpd.shutdown()
     httpd.server_close()
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope="module")
 def browser():
     drv = chromium(PAGE_LOAD_S, console_log=True)
     yield drv
@@ -257,15 +309,15 @@ const done = arguments[arguments.length - 1];
 """
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope="module")
 def visited(server, browser):
     "Every page visited once: what the page loaded, logged, showed and linked to."
     out = {}
-    browser.get_log('browser')   # drop anything logged before the first page
+    browser.get_log("browser")  # drop anything logged before the first page
     for rel in site_pages():
         browser.get(server + rel)
         info = browser.execute_async_script(_VISIT)
-        info['log'] = [e for e in browser.get_log('browser') if e['level'] in ('SEVERE', 'WARNING')]
+        info["log"] = [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
         out[rel] = info
     return out
 
@@ -276,49 +328,62 @@ def test_every_page_loads_without_errors(visited, server):
     bad = {}
     for rel, info in visited.items():
         problems = []
-        if 'error' in info: problems.append('script: ' + info['error'])
-        problems += [f"console {e['level']}: {e['message']}" for e in info.get('log', []) if e['level'] == 'SEVERE']
-        problems += [f'request leaves the site: {r}' for r in info.get('resources', []) if not r.startswith((server, 'data:', 'blob:'))]
-        if info.get('math') and info.get('typeset', -1) <= 0:
+        if "error" in info:
+            problems.append("script: " + info["error"])
+        problems += [f"console {e['level']}: {e['message']}" for e in info.get("log", []) if e["level"] == "SEVERE"]
+        problems += [
+            f"request leaves the site: {r}"
+            for r in info.get("resources", [])
+            if not r.startswith((server, "data:", "blob:"))
+        ]
+        if info.get("math") and info.get("typeset", -1) <= 0:
             problems.append(f"{info['math']} math elements but MathJax typeset nothing")
-        if info.get('cut'): problems.append(f"{info['cut']} wide tables cut off (no sideways scrolling)")
-        if problems: bad[rel] = problems
-    assert visited and 'index.html' in visited
+        if info.get("cut"):
+            problems.append(f"{info['cut']} wide tables cut off (no sideways scrolling)")
+        if problems:
+            bad[rel] = problems
+    assert visited and "index.html" in visited
     assert not bad, json.dumps(bad, indent=1)
 
 
 @needs_site
 @needs_browser
 def test_every_image_decodes_and_experiments_show_figures(visited):
-    broken = {rel: [s for s, w in info['decoded'] if not w] for rel, info in visited.items()}
+    broken = {rel: [s for s, w in info["decoded"] if not w] for rel, info in visited.items()}
     broken = {k: v for k, v in broken.items() if v}
-    assert not broken, f'images that did not load or decode: {broken}'
-    experiments = [rel for rel in visited if rel.startswith('experiments/') and rel != 'experiments/index.html']
-    bare = [rel for rel in experiments if visited[rel]['figures'] < 1]
-    assert not bare, f'experiment pages without a figure: {bare}'
+    assert not broken, f"images that did not load or decode: {broken}"
+    experiments = [rel for rel in visited if rel.startswith("experiments/") and rel != "experiments/index.html"]
+    bare = [rel for rel in experiments if visited[rel]["figures"] < 1]
+    assert not bare, f"experiment pages without a figure: {bare}"
 
 
 @needs_site
 @needs_browser
 def test_internal_links_resolve(visited, server):
-    ids = {rel: set(info['ids']) for rel, info in visited.items()}
+    ids = {rel: set(info["ids"]) for rel, info in visited.items()}
     bad = set()
     for rel, info in visited.items():
-        for href in info['links']:
-            if not href.startswith(server): continue      # other hosts (the source on GitHub, papers): not ours to check
+        for href in info["links"]:
+            if not href.startswith(server):
+                continue  # other hosts (the source on GitHub, papers): not ours to check
             url, frag = urldefrag(href)
-            target = unquote(url[len(server):].split('?')[0]) or 'index.html'
-            if target.endswith('/'): target += 'index.html'
-            if not (SITE / target).is_file(): bad.add(f'{rel} -> {target}: no such file')
-            elif frag and target in ids and unquote(frag) not in ids[target]: bad.add(f'{rel} -> {target}#{frag}: no such anchor')
-    assert not bad, '\n'.join(sorted(bad))
+            target = unquote(url[len(server) :].split("?")[0]) or "index.html"
+            if target.endswith("/"):
+                target += "index.html"
+            if not (SITE / target).is_file():
+                bad.add(f"{rel} -> {target}: no such file")
+            elif frag and target in ids and unquote(frag) not in ids[target]:
+                bad.add(f"{rel} -> {target}#{frag}: no such anchor")
+    assert not bad, "\n".join(sorted(bad))
 
 
 @needs_site
 @needs_browser
 def test_search_finds_api_names(server, browser):
     from selenium.webdriver.support.ui import WebDriverWait
-    browser.get(server + 'search.html?q=lanczos')
+
+    browser.get(server + "search.html?q=lanczos")
     found = WebDriverWait(browser, PAGE_LOAD_S).until(
-        lambda d: d.execute_script("return [...document.querySelectorAll('#search-results li a')].map(a => a.href)"))
-    assert any(h.split('#')[0].endswith('lanczos.html') for h in found), found
+        lambda d: d.execute_script("return [...document.querySelectorAll('#search-results li a')].map(a => a.href)")
+    )
+    assert any(h.split("#")[0].endswith("lanczos.html") for h in found), found

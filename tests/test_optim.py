@@ -1,4 +1,5 @@
 """Subspace tracking and projected optimizers across devices, mini-batch Hessian data and checkpoints on disk."""
+
 import pytest
 import torch
 from cases import CASES, DEVICE_PARAMS
@@ -13,38 +14,44 @@ def _mse(model, X, y):
     return 0.5 * ((model(X) - torch.nn.functional.one_hot(y, 3).to(X.dtype)) ** 2).sum(1).mean()
 
 
-BASES = {'momentum-gradient': (lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9), 'gradient'),
-         'adam-update': (lambda ps: torch.optim.Adam(ps, lr=0.05), 'update')}
+BASES = {
+    "momentum-gradient": (lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9), "gradient"),
+    "adam-update": (lambda ps: torch.optim.Adam(ps, lr=0.05), "update"),
+}
 
 
-@pytest.mark.parametrize('device', DEVICE_PARAMS)
-@pytest.mark.parametrize('base', list(BASES))
-@pytest.mark.parametrize('preset', [bulk_sgd, dom_sgd])
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+@pytest.mark.parametrize("base", list(BASES))
+@pytest.mark.parametrize("preset", [bulk_sgd, dom_sgd])
 def test_linear_regression_updates_stay_in_their_part(device, base, preset):
     """Constant Hessian: Bulk updates have no component along the exact top-k space, Dom updates lie inside it.
 
     (Adam in 'gradient' mode is excluded on purpose: its per-coordinate scaling moves a projected gradient out of
     the Bulk subspace; 'update' mode is the design that confines Adam's steps.)"""
     g = torch.Generator().manual_seed(0)
-    X = (torch.randn(30, 5, generator=g, dtype=torch.float64) * torch.linspace(2, 0.4, 5, dtype=torch.float64)).to(device)
+    X = (torch.randn(30, 5, generator=g, dtype=torch.float64) * torch.linspace(2, 0.4, 5, dtype=torch.float64)).to(
+        device
+    )
     y = torch.randint(0, 3, (30,), generator=g).to(device)
     model = torch.nn.Linear(5, 3, bias=False).double().to(device)
     U = torch.linalg.eigh(torch.kron(torch.eye(3, dtype=torch.float64), (X.T @ X / 30).cpu()))[1][:, -6:].to(device)
     make, mode = BASES[base]
-    opt = preset(make(model.parameters()), DominantSubspace(HessianOperator(model, 'mse', (X, y)), k=6), mode=mode)
+    opt = preset(make(model.parameters()), DominantSubspace(HessianOperator(model, "mse", (X, y)), k=6), mode=mode)
     for s in range(15):
         before = opt._flat_params()
-        opt.zero_grad(); _mse(model, X[s % 3::3], y[s % 3::3]).backward(); opt.step()
+        opt.zero_grad()
+        _mse(model, X[s % 3 :: 3], y[s % 3 :: 3]).backward()
+        opt.step()
         delta = opt._flat_params() - before
         inside = ((U.T @ delta).norm() / delta.norm()).item()
         assert (inside <= 1e-6) if preset is bulk_sgd else (1 - inside <= 1e-6)
 
 
-@pytest.mark.parametrize('device', DEVICE_PARAMS)
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
 def test_tracking_along_sgd(device):
     "Warm refreshes stay within principal cosine 0.99 of a fresh accurate solve at every step."
     model, data = CASES[0].build(device)
-    H = HessianOperator(model, 'mse', data)
+    H = HessianOperator(model, "mse", data)
     sub = DominantSubspace(H, k=3)
     opt = torch.optim.SGD(model.parameters(), lr=0.2)
     X, y = torch.cat([b[0] for b in data]), torch.cat([b[1] for b in data])
@@ -53,43 +60,53 @@ def test_tracking_along_sgd(device):
         fresh = lanczos(H, k=3, tol=1e-10)
         assert principal_cosines(sub.basis, fresh.eigenvectors).min() >= 0.99, step
         idx = torch.randperm(len(X), generator=torch.Generator().manual_seed(step))[:6].to(device)
-        opt.zero_grad(); _mse(model, X[idx], y[idx]).backward(); opt.step()
+        opt.zero_grad()
+        _mse(model, X[idx], y[idx]).backward()
+        opt.step()
     assert sub.n_refreshes == 25
 
 
 def test_refresh_on_minibatch_hessian_data():
     "`refresh(op=...)` measures the Hessian of the data it is given (here: one mini-batch) for that refresh only."
     model, data = CASES[0].build()
-    sub = DominantSubspace(HessianOperator(model, 'mse', data), k=2, cold_every=1)
-    sub.refresh(HessianOperator(model, 'mse', data[1]))
-    top = torch.linalg.eigvalsh(dense_hessian(model, 'mse', data[1])).flip(0)[:2]
+    sub = DominantSubspace(HessianOperator(model, "mse", data), k=2, cold_every=1)
+    sub.refresh(HessianOperator(model, "mse", data[1]))
+    top = torch.linalg.eigvalsh(dense_hessian(model, "mse", data[1])).flip(0)[:2]
     assert torch.allclose(sub.eigenvalues.cpu(), top, rtol=1e-6)
     sub.refresh()
-    full = torch.linalg.eigvalsh(dense_hessian(model, 'mse', data)).flip(0)[:2]
+    full = torch.linalg.eigvalsh(dense_hessian(model, "mse", data)).flip(0)[:2]
     assert torch.allclose(sub.eigenvalues.cpu(), full, rtol=1e-6)
 
 
-@pytest.mark.parametrize('device', DEVICE_PARAMS)
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
 def test_checkpoint_on_disk_resumes_exactly(device, tmp_path):
     "torch.save of model + optimizer state mid-run, torch.load into fresh objects: the same trajectory, bit for bit."
+
     def make():
         model, data = CASES[1].build(device)
-        sub = DominantSubspace(HessianOperator(model, 'ce', data), k=3, refresh_every=2, oversample=1)
-        return model, data, ProjectedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), sub, 0.1, 1.0, 'update')
+        sub = DominantSubspace(HessianOperator(model, "ce", data), k=3, refresh_every=2, oversample=1)
+        return (
+            model,
+            data,
+            ProjectedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), sub, 0.1, 1.0, "update"),
+        )
 
     def steps(model, data, opt, rng):
         X, y = torch.cat([b[0] for b in data]), torch.cat([b[1] for b in data])
         for s in rng:
             idx = torch.randperm(len(X), generator=torch.Generator().manual_seed(s))[:8].to(device)
-            opt.zero_grad(); torch.nn.functional.cross_entropy(model(X[idx]), y[idx]).backward(); opt.step()
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(X[idx]), y[idx]).backward()
+            opt.step()
 
     model, data, opt = make()
     steps(model, data, opt, range(7))
-    torch.save({'model': model.state_dict(), 'opt': opt.state_dict()}, tmp_path / 'ckpt.pt')
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, tmp_path / "ckpt.pt")
     steps(model, data, opt, range(7, 15))
     model2, data2, opt2 = make()
-    ckpt = torch.load(tmp_path / 'ckpt.pt', weights_only=False)
-    model2.load_state_dict(ckpt['model']); opt2.load_state_dict(ckpt['opt'])
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=False)
+    model2.load_state_dict(ckpt["model"])
+    opt2.load_state_dict(ckpt["opt"])
     steps(model2, data2, opt2, range(7, 15))
     for a, b in zip(model.parameters(), model2.parameters()):
         assert torch.equal(a, b)

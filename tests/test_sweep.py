@@ -1,4 +1,5 @@
 """`subspace-opt sweep` with worker processes, and its resumption."""
+
 import json
 import shutil
 import subprocess
@@ -7,24 +8,37 @@ from pathlib import Path
 
 import pandas as pd
 
-CLI = shutil.which('subspace-opt', path=str(Path(sys.executable).parent)) or shutil.which('subspace-opt')
+CLI = shutil.which("subspace-opt", path=str(Path(sys.executable).parent)) or shutil.which("subspace-opt")
 
 
 def test_sweep_with_workers_then_resume(tmp_path):
-    cfg = tmp_path / 'sweep.yaml'
-    cfg.write_text(json.dumps({'name': 'grid', 'data_args': {'n_train': 150}, 'hidden': [8], 'steps': 20, 'log_every': 10,
-                               'methods': [{'name': 'sgd'}, {'name': 'bulk', 'dom': 0.0}], 'subspace': {'k': 3}, 'seeds': [0, 1],
-                               'grid': {'methods.lr': [0.1, 0.4], 'subspace.refresh_every': [1, 4]}, 'workers': 2}))
-    cmd = [CLI, 'sweep', str(cfg), '--out', str(tmp_path / 'out'), '--device', 'cpu']
+    cfg = tmp_path / "sweep.yaml"
+    cfg.write_text(
+        json.dumps(
+            {
+                "name": "grid",
+                "data_args": {"n_train": 150},
+                "hidden": [8],
+                "steps": 20,
+                "log_every": 10,
+                "methods": [{"name": "sgd"}, {"name": "bulk", "dom": 0.0}],
+                "subspace": {"k": 3},
+                "seeds": [0, 1],
+                "grid": {"methods.lr": [0.1, 0.4], "subspace.refresh_every": [1, 4]},
+                "workers": 2,
+            }
+        )
+    )
+    cmd = [CLI, "sweep", str(cfg), "--out", str(tmp_path / "out"), "--device", "cpu"]
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr
-    res = pd.read_csv(tmp_path / 'out' / 'results.csv')
+    res = pd.read_csv(tmp_path / "out" / "results.csv")
     assert len(res) == 4 * 2 * 2 * 3  # points x methods x seeds x logged steps
-    assert set(res['methods.lr']) == {0.1, 0.4} and (tmp_path / 'out' / 'heatmap.png').stat().st_size > 10_000
-    done = sorted((tmp_path / 'out' / 'points').glob('*/*/done.json'))
+    assert set(res["methods.lr"]) == {0.1, 0.4} and (tmp_path / "out" / "heatmap.png").stat().st_size > 10_000
+    done = sorted((tmp_path / "out" / "points").glob("*/*/done.json"))
     assert len(done) == 16
     # lose one job's completion marker and rows after its checkpoint: the rerun redoes only that, to the same table
     (done[0]).unlink()
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr
-    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / 'out' / 'results.csv'), res)
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "out" / "results.csv"), res)

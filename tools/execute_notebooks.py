@@ -4,9 +4,10 @@
     python tools/execute_notebooks.py nbs/benchmarks/*.ipynb --out-dir /tmp/executed        # elsewhere
 
 Used to produce the executed notebooks the docs show (on a CUDA GPU when one is available). Without a GPU, cells
-flagged `#| cuda` are skipped (say `--skip-flags` to choose). Run `nbdev_clean` afterwards to strip metadata. Each notebook
-runs in its own folder, as under `nbdev_test`. Stops at the first failing cell and exits non-zero.
+flagged `#| cuda` are skipped (say `--skip-flags` to choose). Run `nbdev_clean` afterwards to strip metadata.
+Each notebook runs in its own folder, as under `nbdev_test`. Stops at the first failing cell and exits non-zero.
 """
+
 import argparse
 import os
 import re
@@ -14,24 +15,28 @@ import sys
 import time
 from pathlib import Path
 
-from execnb.nbio import write_nb
 from execnb.shell import CaptureShell
 
 
 def has_flag(cell, flags):
     "Whether a code cell carries one of the nbdev test flags (`#| cuda`, `#| slow`, ...)."
-    return cell.cell_type == 'code' and any(re.match(rf'^\s*#\s*\|\s*{f}\s*$', line) for line in cell.source.splitlines() for f in flags)
+    return cell.cell_type == "code" and any(
+        re.match(rf"^\s*#\s*\|\s*{f}\s*$", line) for line in cell.source.splitlines() for f in flags
+    )
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument('notebooks', nargs='+', type=Path)
-    ap.add_argument('--out-dir', type=Path, default=None, help='write executed copies here instead of in place')
-    ap.add_argument('--skip-flags', nargs='*', default=None, help='skip cells with these flags (default: cuda without a GPU)')
+    ap.add_argument("notebooks", nargs="+", type=Path)
+    ap.add_argument("--out-dir", type=Path, default=None, help="write executed copies here instead of in place")
+    ap.add_argument(
+        "--skip-flags", nargs="*", default=None, help="skip cells with these flags (default: cuda without a GPU)"
+    )
     args = ap.parse_args(argv)
     if args.skip_flags is None:
         import torch
-        args.skip_flags = [] if torch.cuda.is_available() else ['cuda']
+
+        args.skip_flags = [] if torch.cuda.is_available() else ["cuda"]
     home = Path.cwd()
     for src in args.notebooks:
         src = src.resolve()
@@ -51,5 +56,5 @@ def main(argv=None):
     return 0
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
     sys.exit(main())
