@@ -19,6 +19,9 @@ exclude_patterns = ["_build", "**.ipynb_checkpoints"]
 nb_execution_mode = "off"  # never execute during the build: pages show what the notebooks saved
 nb_render_markdown_format = "myst"  # show_doc's markdown outputs hold tables and math: parse them as MyST
 nb_merge_streams = True
+# The builder collapses the cells that test (they run under nbdev_test); a reader opens them with this toggle.
+nb_code_prompt_show = "Show the test"
+nb_code_prompt_hide = "Hide the test"
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "attrs_inline"]
 myst_heading_anchors = 4  # show_doc: ### functions and classes, #### methods
 # Links in the notebooks are plain URLs: nbdev writes absolute links to its doc host, which the build rewrites to

@@ -172,7 +172,39 @@ def test_dunder_headings_read_as_names():
         if (h := re.findall(r"<h[1-6][^>]*>[^<]*<strong>[^<]*</strong>", (SITE / p).read_text()))
     }
     assert not bold, bold
-    assert any("TorchLinearOperator.__add__" in page_text(p).headings for p in site_pages())
+    generic = [p for p in site_pages() if "Call self as a function." in (SITE / p).read_text()]
+    assert not generic, f"entries with Python's generic docstring instead of their own: {generic}"
+
+
+def _visible(page):
+    "A page's HTML without its collapsed blocks (the tests the builder folds away)."
+    return re.sub(r"<details\b.*?</details>", "", (SITE / page).read_text(), flags=re.S)
+
+
+@needs_site
+def test_api_pages_open_with_usage_and_fold_their_tests():
+    "Each API page shows a Usage section before its first API entry, and no test call outside a collapsed block."
+    api = sorted(set(module_pages().values()))
+    no_usage, late, tests_shown = [], [], {}
+    for p in api:
+        text = (SITE / p).read_text()
+        usage = re.search(r"<h2[^>]*>Usage", text)
+        entry = text.find('class="api-source"')
+        if usage is None:
+            no_usage.append(p)
+        elif entry != -1 and usage.start() > entry:
+            late.append(p)
+        shown = [
+            t
+            for t in re.findall(r"<pre>(.*?)</pre>", _visible(p), re.S)
+            if re.search(r"\btest_(eq|close|fail|ne|is|warns)\b", html.unescape(re.sub(r"<[^>]+>", "", t)))
+        ]
+        if shown:
+            tests_shown[p] = len(shown)
+    assert not no_usage, f"API pages without a Usage section: {no_usage}"
+    assert not late, f"API pages whose Usage comes after an API entry: {late}"
+    assert not tests_shown, f"test cells shown open: {tests_shown}"
+    assert sum(len(re.findall(r"<details\b", (SITE / p).read_text())) for p in api) > 50  # the tests are there, folded
 
 
 def _signatures():

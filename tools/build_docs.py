@@ -289,10 +289,29 @@ def flagged_ids(path, flag):
     }
 
 
-def translate(nb, name, toc=None, link=lambda text: text, classes=frozenset(), cuda_ids=frozenset()):
+_re_test = re.compile(r"\btest_\w+\(|^\s*assert\b", re.M)
+
+
+def test_ids(path):
+    """Ids of the code cells of notebook `path` that test (a fastcore `test_*` call or an `assert`) and export nothing.
+
+    They run under `nbdev_test`; on the site they are collapsed, so a page reads as prose, usage and API entries."""
+    cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+    return {
+        c.get("id")
+        for c in cells
+        if c["cell_type"] == "code"
+        and _re_test.search("".join(c["source"]))
+        and not re.search(r"^\s*#\s*\|\s*export", "".join(c["source"]), re.M)
+    }
+
+
+def translate(
+    nb, name, toc=None, link=lambda text: text, classes=frozenset(), cuda_ids=frozenset(), test_ids=frozenset()
+):
     """Turn an nbdev-processed notebook (dict) into one myst-nb renders: title, tags for Quarto options, relative links
     (`link` rewrites links between notebooks into links between pages), signatures as written (`classes`: the
-    package's class names), and a visible note before each CUDA-only cell (`cuda_ids`)."""
+    package's class names), a visible note before each CUDA-only cell (`cuda_ids`) and tests collapsed (`test_ids`)."""
     fm = frontmatter(nb)
     cells = nb["cells"][1:] if fm else nb["cells"]
     depth = name.count("/")
@@ -312,6 +331,8 @@ def translate(nb, name, toc=None, link=lambda text: text, classes=frozenset(), c
                 if m and (m[1], m[2].lower()) in _QUARTO_TAGS:
                     tags.append(_QUARTO_TAGS[m[1], m[2].lower()])
             src = "\n".join(lines)
+            if c.get("id") in test_ids:
+                tags.append("hide-cell")  # a toggle shows the test and its output
             if tags:
                 c["metadata"]["tags"] = sorted(set(tags))
             for o in c.get("outputs", []):
@@ -386,6 +407,7 @@ def write_sources(paths):
             link=link,
             classes=classes,
             cuda_ids=flagged_ids(p, "cuda"),
+            test_ids=test_ids(p) if p.parent == NBS and p.name[0].isdigit() else frozenset(),  # API pages
         )
         dst = SRC / (name + ".ipynb")
         dst.parent.mkdir(parents=True, exist_ok=True)
