@@ -57,6 +57,28 @@ def write_config(
 # %% ../nbs/09_cli.ipynb #793c166a
 SOLVERS = {"lanczos": lanczos, "block": block_lanczos, "eigsh": scipy_eigsh}  # the solvers `spectrum` offers
 
+# %% ../nbs/09_cli.ipynb #eca26728
+def _spectrum_table(res, k, lr):
+    "One row per eigenpair of the solver's result: i, λᵢ, its relative residual and ηλᵢ."
+    table = pd.DataFrame(
+        {"i": range(1, k + 1), "eigenvalue": res.eigenvalues.cpu().numpy(), "rel_residual": res.residuals.cpu().numpy()}
+    )
+    table["lr_x_eigenvalue"] = lr * table.eigenvalue
+    return table
+
+
+def _solve_record(res, seconds, model, loss, train):
+    "What `config.json` keeps of a solve: its size, cost and convergence, and the trained model's loss and accuracy."
+    train_loss, train_acc = evaluate(model, loss, train)
+    return dict(
+        p=res.eigenvectors.shape[0],
+        n_matvecs=res.n_matvecs,
+        solve_seconds=seconds,
+        converged=res.converged,
+        train_loss=train_loss,
+        train_acc=train_acc,
+    )
+
 # %% ../nbs/09_cli.ipynb #59a6c91f
 def spectrum(
     k: int = 10,  # number of eigenpairs
@@ -83,21 +105,9 @@ def spectrum(
     t0 = time.perf_counter()
     res = SOLVERS[solver](HessianOperator(model, loss, data.train), k=k, tol=tol, seed=seed)
     seconds = time.perf_counter() - t0
-    table = pd.DataFrame(
-        {"i": range(1, k + 1), "eigenvalue": res.eigenvalues.cpu().numpy(), "rel_residual": res.residuals.cpu().numpy()}
-    )
-    table["lr_x_eigenvalue"] = lr * table.eigenvalue
-    path = new_run_dir(out, "spectrum")
+    table, path = _spectrum_table(res, k, lr), new_run_dir(out, "spectrum")
     table.to_csv(path / "spectrum.csv", index=False)
-    train_loss, train_acc = evaluate(model, loss, data.train)
-    config.update(
-        p=res.eigenvectors.shape[0],
-        n_matvecs=res.n_matvecs,
-        solve_seconds=seconds,
-        converged=res.converged,
-        train_loss=train_loss,
-        train_acc=train_acc,
-    )
+    config.update(_solve_record(res, seconds, model, loss, data.train))
     write_config(path, config, dev)
     plot_spectrum(
         table.eigenvalue, table.rel_residual, lr=lr, title=f"digits MLP, top-{k} Hessian eigenvalues"
@@ -125,7 +135,7 @@ DEMO = dict(
 )
 DEMO_THRESHOLD = 0.2  # train loss for "steps to threshold"
 
-
+# %% ../nbs/09_cli.ipynb #9c3aba8d
 def plot_run(run_dir: str | Path):  # a folder with results.csv
     "Write loss.png, test_acc.png, sharpness.png (and heatmap.png for a 2-key sweep) for `run_dir`; return the paths."
     run_dir = Path(run_dir)
@@ -149,12 +159,12 @@ def plot_run(run_dir: str | Path):  # a folder with results.csv
         paths.append(run_dir / f"{name}.png")
     return paths
 
-
+# %% ../nbs/09_cli.ipynb #3431a66f
 def demo(
     out: str = "runs",  # parent folder of the run folder
     steps: int = 400,  # optimizer steps per method
-    device=None,
-    progress: bool = True,  # torch device (default: CUDA when present); progress bars
+    device=None,  # torch device (default: CUDA when present)
+    progress: bool = True,  # show progress bars
 ):
     "SGD vs Dom-SGD vs Bulk-SGD vs damped dominant on digits; return (run folder, summary table)."
     cfg = config_from_dict({**DEMO, "steps": steps, "device": device})
@@ -164,19 +174,30 @@ def demo(
     plot_run(path)
     return path, summary
 
-# %% ../nbs/09_cli.ipynb #7443d3a1
-def _parser():
-    p = argparse.ArgumentParser(prog="subspace-opt", description="Sharp and flat directions of the loss Hessian.")
-    sub = p.add_subparsers(dest="job", required=True)
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+# %% ../nbs/09_cli.ipynb #e7c21ab1
+def _common_args(q):
+    "`--device` and `--out`, which every computing job takes."
+    q.add_argument("--device", default=None, help="torch device (default: cuda if present)")
+    q.add_argument("--out", default=None, help="output folder (default: runs/)")
+
+
+def _demo_args(sub, fmt):
     d = sub.add_parser(
         "demo",
         help="SGD vs Dom-SGD vs Bulk-SGD vs an interpolated method on digits (the main job)",
         formatter_class=fmt,
     )
     d.add_argument("--steps", type=int, default=400, help="optimizer steps per method")
+    _common_args(d)
+
+
+def _run_args(sub, fmt):
     r = sub.add_parser("run", help="run (or resume) the experiment of a JSON/YAML config", formatter_class=fmt)
     r.add_argument("config", help="experiment configuration (.json, .yaml)")
+    _common_args(r)
+
+
+def _sweep_args(sub, fmt):
     sw = sub.add_parser(
         "sweep",
         help="run (or resume) a grid of experiments from a JSON/YAML config with a `grid` key",
@@ -184,8 +205,15 @@ def _parser():
     )
     sw.add_argument("config", help="experiment configuration plus `grid` (dotted key -> list) and optional `workers`")
     sw.add_argument("--workers", type=int, default=None, help="worker processes (default: the config, else 1)")
+    _common_args(sw)
+
+# %% ../nbs/09_cli.ipynb #51a12358
+def _plot_args(sub, fmt):
     pl = sub.add_parser("plot", help="figures from a run or sweep folder", formatter_class=fmt)
     pl.add_argument("run_dir", help="folder holding results.csv")
+
+
+def _spectrum_args(sub, fmt):
     s = sub.add_parser(
         "spectrum", help="top-k Hessian eigenvalues of an MLP on scikit-learn digits", formatter_class=fmt
     )
@@ -198,79 +226,97 @@ def _parser():
     s.add_argument("--solver", default="lanczos", choices=list(SOLVERS))
     s.add_argument("--tol", type=float, default=1e-6, help="relative residual tolerance")
     s.add_argument("--seed", type=int, default=0)
-    for q in (d, r, sw, s):
-        q.add_argument("--device", default=None, help="torch device (default: cuda if present)")
-    for q in (d, r, sw, s):
-        q.add_argument("--out", default=None, help="output folder (default: runs/)")
+    _common_args(s)
+
+
+def _parser():
+    "The `subspace-opt` argument parser: one subcommand per job."
+    p = argparse.ArgumentParser(prog="subspace-opt", description="Sharp and flat directions of the loss Hessian.")
+    sub = p.add_subparsers(dest="job", required=True)
+    for add in (_demo_args, _run_args, _sweep_args, _plot_args, _spectrum_args):
+        add(sub, argparse.ArgumentDefaultsHelpFormatter)
     return p
 
-# %% ../nbs/09_cli.ipynb #5924d1f2
+# %% ../nbs/09_cli.ipynb #39389f36
 def _show(table):
+    "Print a table as plain text, numbers to 6 significant digits."
     print(table.to_string(index=False, float_format=lambda x: f"{x:.6g}"))
 
 
+def _plot_job(a):
+    "`subspace-opt plot`: write the figures of a run or sweep folder and print their paths."
+    print("\n".join(map(str, plot_run(a.run_dir))))
+
+
+def _spectrum_job(a):
+    "`subspace-opt spectrum`: run `spectrum`, print its table and where it wrote it."
+    path, table = spectrum(
+        k=a.k,
+        hidden=tuple(a.hidden),
+        activation=a.activation,
+        loss=a.loss,
+        train_steps=a.train_steps,
+        lr=a.lr,
+        solver=a.solver,
+        tol=a.tol,
+        seed=a.seed,
+        device=a.device,
+        out=a.out or "runs",
+    )
+    _show(table)
+    print(f"\nresults: {path / 'spectrum.csv'}\nfigure:  {path / 'spectrum.png'}\nrun folder: {path}")
+
+# %% ../nbs/09_cli.ipynb #5564c4e2
+def _demo_job(a):
+    "`subspace-opt demo`: run `demo`, print its summary and where it wrote it."
+    path, table = demo(out=a.out or "runs", steps=a.steps, device=a.device)
+    _show(table)
+    print(
+        f"\nresults: {path / 'results.csv'}\nfigures: {path / 'loss.png'}, {path / 'sharpness.png'}\nrun folder: {path}"
+    )
+
+
+def _sweep_job(a):
+    "`subspace-opt sweep`: run (or resume) a sweep, plot it, print the last row of each run."
+    base, grid, workers = load_sweep(a.config)
+    if a.device:
+        base["device"] = a.device
+    path = Path(a.out or Path("runs") / f"{base.get('name', 'experiment')}-sweep")
+    results = run_sweep(base, grid, path, workers=a.workers or workers)
+    plot_run(path)
+    _show(
+        results.groupby(["method", "seed", *grid], sort=False).tail(1)[
+            ["method", "seed", *grid, "step", "train_loss", "diverged"]
+        ]
+    )
+    print(f"\nresults: {path / 'results.csv'}\nrun folder: {path}")
+
+# %% ../nbs/09_cli.ipynb #7f838e95
+def _run_job(a):
+    "`subspace-opt run`: run (or resume) an experiment, on every rank under `torchrun`; rank 0 plots and prints."
+    cfg = load_config(a.config)
+    if a.device:
+        cfg.device = a.device
+    path = Path(a.out or Path("runs") / cfg.name)
+    a.distributed = init_from_env()  # under torchrun: join the process group (gloo on CPU, nccl on CUDA); else a no-op
+    try:
+        results = run_experiment(cfg, path)
+    finally:
+        me = rank()
+        shutdown()  # every rank leaves the group once the run is written
+    if me > 0:
+        return
+    plot_run(path)
+    _show(
+        results.groupby("method", sort=False).tail(1)[["method", "seed", "step", "train_loss", "test_acc", "diverged"]]
+    )
+    print(f"\nresults: {path / 'results.csv'}\nrun folder: {path}")
+
+# %% ../nbs/09_cli.ipynb #1f422a09
 def _job(a):
-    if a.job == "demo":
-        path, table = demo(out=a.out or "runs", steps=a.steps, device=a.device)
-        _show(table)
-        print(
-            f"\nresults: {path / 'results.csv'}"
-            f"\nfigures: {path / 'loss.png'}, {path / 'sharpness.png'}"
-            f"\nrun folder: {path}"
-        )
-    elif a.job == "run":
-        cfg = load_config(a.config)
-        if a.device:
-            cfg.device = a.device
-        path = Path(a.out or Path("runs") / cfg.name)
-        a.distributed = (
-            init_from_env()
-        )  # under torchrun: join the process group (gloo on CPU, nccl on CUDA); else a no-op
-        try:
-            results = run_experiment(cfg, path)
-        finally:
-            me = rank()
-            shutdown()  # every rank leaves the group once the run is written
-        if me > 0:
-            return 0
-        plot_run(path)
-        _show(
-            results.groupby("method", sort=False).tail(1)[
-                ["method", "seed", "step", "train_loss", "test_acc", "diverged"]
-            ]
-        )
-        print(f"\nresults: {path / 'results.csv'}\nrun folder: {path}")
-    elif a.job == "sweep":
-        base, grid, workers = load_sweep(a.config)
-        if a.device:
-            base["device"] = a.device
-        path = Path(a.out or Path("runs") / f"{base.get('name', 'experiment')}-sweep")
-        results = run_sweep(base, grid, path, workers=a.workers or workers)
-        plot_run(path)
-        _show(
-            results.groupby(["method", "seed", *grid], sort=False).tail(1)[
-                ["method", "seed", *grid, "step", "train_loss", "diverged"]
-            ]
-        )
-        print(f"\nresults: {path / 'results.csv'}\nrun folder: {path}")
-    elif a.job == "plot":
-        print("\n".join(map(str, plot_run(a.run_dir))))
-    else:
-        path, table = spectrum(
-            k=a.k,
-            hidden=tuple(a.hidden),
-            activation=a.activation,
-            loss=a.loss,
-            train_steps=a.train_steps,
-            lr=a.lr,
-            solver=a.solver,
-            tol=a.tol,
-            seed=a.seed,
-            device=a.device,
-            out=a.out or "runs",
-        )
-        _show(table)
-        print(f"\nresults: {path / 'spectrum.csv'}\nfigure:  {path / 'spectrum.png'}\nrun folder: {path}")
+    "Run the job that the parsed arguments name; 0 once it is done."
+    jobs = {"demo": _demo_job, "run": _run_job, "sweep": _sweep_job, "plot": _plot_job, "spectrum": _spectrum_job}
+    jobs[a.job](a)
     return 0
 
 

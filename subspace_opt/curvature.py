@@ -111,8 +111,8 @@ def as_batches(
     return batches
 
 # %% ../nbs/00_curvature.ipynb #1c6884e7
-class TorchLinearOperator:
-    "A linear map on R^p given by `_matmat` on blocks (p, b); `@` accepts vectors (p,) and blocks (p, b)."
+class _LinearMap:
+    "The core of a matrix-free operator on R^p: `shape`, `dtype`, `device`, and `@` through `_matmat` on blocks (p, b)."
 
     SELF_ADJOINT = True
 
@@ -125,9 +125,11 @@ class TorchLinearOperator:
         self.shape, self.dtype, self.device = tuple(shape), dtype, torch.device(device)
 
     def _matmat(self, V: torch.Tensor) -> torch.Tensor:
+        "The product with a block V (p, b); every operator defines its own."
         raise NotImplementedError
 
     def __matmul__(self, v):
+        "`op @ v`: the product with a vector (p,) or a block (p, b), in the operator's dtype and on its device."
         v = torch.as_tensor(v)
         if v.ndim not in (1, 2) or v.shape[0] != self.shape[1]:
             raise ValueError(f"`v` must have shape (p,) or (p, b) with p={self.shape[1]}, got {tuple(v.shape)}")
@@ -135,7 +137,36 @@ class TorchLinearOperator:
         return self._matmat(V[:, None])[:, 0] if v.ndim == 1 else self._matmat(V)
 
     def __repr__(self):
+        "The class name with the shape, dtype and device."
         return f"{type(self).__name__}(shape={self.shape}, dtype={self.dtype}, device={self.device})"
+
+# %% ../nbs/00_curvature.ipynb #7e094c07
+class TorchLinearOperator(_LinearMap):
+    "A linear map on R^p given by `_matmat` on blocks (p, b); `@` accepts vectors (p,) and blocks (p, b)."
+
+    def __add__(self, other):
+        "`op + other`: the sum of two operators of one shape."
+        return LinearCombinationOperator(_terms(self) + _terms(other))
+
+    def __mul__(self, c: float):
+        "`op * c`: the operator scaled by the number `c`."
+        return LinearCombinationOperator([(c * a, op) for a, op in _terms(self)])
+
+    def __rmul__(self, c: float):
+        "`c * op`: the operator scaled by the number `c`."
+        return self * c
+
+    def __neg__(self):
+        "`-op`: the operator scaled by −1."
+        return self * -1.0
+
+    def __sub__(self, other):
+        "`op - other`: the difference of two operators of one shape."
+        return self + (-other)
+
+    def broadcast(self, t: torch.Tensor):  # a tensor on the operator's device
+        "`t` as the first rank of the operator's group holds it (here: unchanged; data-parallel operators override it)."
+        return t
 
 # %% ../nbs/00_curvature.ipynb #a7b20b47
 class LinearCombinationOperator(TorchLinearOperator):
@@ -149,36 +180,17 @@ class LinearCombinationOperator(TorchLinearOperator):
         self.terms = list(terms)
 
     def _matmat(self, V):
+        "Σ_j c_j M_j V: one product with each term."
         return sum(c * op._matmat(V) for c, op in self.terms)
+
+    def broadcast(self, t: torch.Tensor):  # a tensor on the operator's device
+        "`t` as the first rank of its first term's group holds it."
+        return self.terms[0][1].broadcast(t)
 
 
 def _terms(op):
+    "The (coefficient, operator) terms of `op`: its own for a combination, else the single term (1.0, op)."
     return op.terms if isinstance(op, LinearCombinationOperator) else [(1.0, op)]
-
-
-@patch
-def __add__(self: TorchLinearOperator, other):
-    return LinearCombinationOperator(_terms(self) + _terms(other))
-
-
-@patch
-def __mul__(self: TorchLinearOperator, c: float):
-    return LinearCombinationOperator([(c * a, op) for a, op in _terms(self)])
-
-
-@patch
-def __rmul__(self: TorchLinearOperator, c: float):
-    return self * c
-
-
-@patch
-def __neg__(self: TorchLinearOperator):
-    return self * -1.0
-
-
-@patch
-def __sub__(self: TorchLinearOperator, other):
-    return self + (-other)
 
 # %% ../nbs/00_curvature.ipynb #0c6134f0
 @patch
@@ -197,6 +209,44 @@ def to_scipy(self: TorchLinearOperator) -> LinearOperator:
 def params_to_vector(model: torch.nn.Module):  # the network whose trainable parameters to flatten
     "The trainable parameters of `model` as one flat detached vector, in `model.parameters()` order."
     return torch.cat([q.detach().reshape(-1) for q in model.parameters() if q.requires_grad])
+
+# %% ../nbs/00_curvature.ipynb #6f86e503
+class _ModelParameters(TorchLinearOperator):
+    "An operator on the trainable parameters of `model`: moves between the flat vector and the named tensors."
+
+    def __init__(self, model: torch.nn.Module):  # network whose trainable parameters span the space
+        trainable = [(n, q) for n, q in model.named_parameters() if q.requires_grad]
+        if not trainable:
+            raise ValueError("`model` has no trainable parameters (none with requires_grad=True)")
+        self.model, self.names = model, [n for n, _ in trainable]
+        self.shapes, self.sizes = [q.shape for _, q in trainable], [q.numel() for _, q in trainable]
+        super().__init__((sum(self.sizes),) * 2, trainable[0][1].dtype, trainable[0][1].device)
+
+    def _params(self):
+        "The trainable parameters by name, detached: the point where `torch.func` differentiates."
+        return {n: q.detach() for n, q in self.model.named_parameters() if q.requires_grad}
+
+    def _live(self):
+        "The trainable parameters themselves, in order: what `torch.autograd` differentiates."
+        return [q for q in self.model.parameters() if q.requires_grad]
+
+    def _forward(self, params, X, copy=False):
+        "The model on `X` with trainable tensors `params`; frozen ones and buffers held (buffers copied if `copy`)."
+        consts = {n: q.detach() for n, q in self.model.named_parameters() if not q.requires_grad}
+        consts.update((n, b.clone() if copy else b) for n, b in self.model.named_buffers())
+        return functional_call(self.model, (params, consts), (X,))
+
+    def _unflatten(self, v):
+        "A flat vector (p,) as named tensors of the parameters' shapes (views, no copy)."
+        return {n: c.view(s) for n, c, s in zip(self.names, v.split(self.sizes), self.shapes)}
+
+    def _flatten(self, d):
+        "Named tensors as one flat vector (p,), in parameter order."
+        return torch.cat([d[n].reshape(-1) for n in self.names])
+
+    def _rows(self, Vt):
+        "A block (b, p) with one vector per row, as per-parameter blocks (b, *shape)."
+        return [c.reshape(len(Vt), *s) for c, s in zip(Vt.split(self.sizes, dim=1), self.shapes)]
 
 # %% ../nbs/00_curvature.ipynb #efe89f8c
 def check_deterministic(
@@ -274,11 +324,131 @@ def check_agree(
         )
     return vals[0]
 
-# %% ../nbs/00_curvature.ipynb #6a5235e1
+# %% ../nbs/00_curvature.ipynb #f1bd8d4a
+def _agree_across_ranks(metas: list):  # `gather_meta` output, one dict of facts per rank
+    "Check the ranks agree on all but the sample count; return the global n and the output count and method to use."
+    for key, what in (
+        ("p", "the parameter count p"),
+        ("shapes", "the parameter shapes"),
+        ("dtype", "the dtype"),
+        ("device", "the device type"),
+    ):
+        check_agree(metas, key, what)
+    full = [(r, m) for r, m in enumerate(metas) if m["n"]]
+    if not full:
+        raise ValueError(f"`data` holds no samples on any of the {len(metas)} ranks")
+    n_outputs = check_agree([m for _, m in full], "n_outputs", "the model's output count C", [r for r, _ in full])
+    return sum(m["n"] for m in metas), n_outputs, full[0][1]["method"]
+
+# %% ../nbs/00_curvature.ipynb #100d9471
+class _ShardedData(_ModelParameters):
+    "This rank's data, fixed once on the model's device with targets prepared for `loss`."
+
+    def __init__(
+        self,
+        model: torch.nn.Module,  # network f(x; θ) returning outputs of shape (n, C)
+        loss: str,  # 'mse' or 'ce'
+        data,  # an (X, y) pair or an iterable of (X, y) batches (this rank's shard)
+        batch_size: int | None = None,  # split the data into chunks of at most this many samples
+        process_group=None,  # ranks sharing the data: None (default group if initialised), a group, or False
+    ):
+        self.loss, self.group = check_loss(loss), resolve_group(process_group)
+        super().__init__(model)
+        raw = [
+            (self._input(X), y.to(self.device))
+            for X, y in as_batches(data, batch_size, allow_empty=self.group is not None)
+        ]
+        self.n_outputs = None
+        if raw:
+            out = self._forward(self._params(), raw[0][0][:2], copy=True)
+            if out.ndim != 2:
+                raise ValueError(f"`model` must return outputs of shape (n, C), got {tuple(out.shape)}")
+            self.n_outputs = out.shape[1]
+        self.batches = [(X, prepare_targets(y, loss, self.n_outputs, self.dtype)) for X, y in raw]
+        self.n_local = sum(len(X) for X, _ in self.batches)
+
+    def _input(self, X):
+        "`X` on the operator's device; floating inputs in its dtype, integer inputs (e.g. tokens) keep theirs."
+        return X.to(self.device, self.dtype if X.is_floating_point() else X.dtype)
+
+# %% ../nbs/00_curvature.ipynb #b49a5658
+class _Reduction(_ShardedData):
+    "Products summed over this rank's batches, then over the group's ranks, and divided by the global count n."
+
+    def _join(self):
+        "Check the model, dtype and device type agree across the group's ranks; set the global sample count `n`."
+        facts = dict(p=self.shape[0], shapes=[tuple(s) for s in self.shapes], dtype=str(self.dtype))
+        facts.update(device=self.device.type, n=self.n_local, n_outputs=self.n_outputs, method=self.method)
+        n, n_outputs, method = _agree_across_ranks(gather_meta(self.group, **facts))
+        if self.n_outputs is None:
+            self.n_outputs, self.method = n_outputs, method
+        self.n, self.comm_seconds, self.n_reductions = n, 0.0, 0
+
+    def _reduce(self, t):
+        "Sum `t` over the group's ranks (one all-reduce, timed in `comm_seconds`); unchanged on a single process."
+        if self.group is None:
+            return t
+        if t.is_cuda:
+            torch.cuda.synchronize(t.device)
+        t0 = time.perf_counter()
+        all_reduce_sum(t, self.group)
+        if t.is_cuda:
+            torch.cuda.synchronize(t.device)
+        self.comm_seconds += time.perf_counter() - t0
+        self.n_reductions += 1
+        return t
+
+    def _matmat(self, V):
+        "Σ over this rank's batches of `_batch_matmat`, summed over the ranks and divided by the global count n."
+        Vt = V.T.contiguous()  # one contiguous row per vector
+        total = torch.zeros_like(Vt)
+        with torch.enable_grad():
+            for X, t in self.batches:
+                total = total + self._batch_matmat(X, t, Vt)
+        return (self._reduce(total) / self.n).T
+
+# %% ../nbs/00_curvature.ipynb #e72b0114
+class _MethodChoice(_Reduction):
+    "Picks the autodiff method by a probe product, refusing double backward where it silently loses terms."
+
+    def _check_second_order(self, X, t):
+        "Raise a RuntimeError if double backward silently misses parameters that the loss depends on."
+        live = self._live()
+        L = loss_sum(self.model(X), t, self.loss)
+        g = torch.autograd.grad(L, live, create_graph=True, allow_unused=True)
+        reach = lambda gi, q: (
+            gi.requires_grad and torch.autograd.grad(gi.sum(), q, retain_graph=True, allow_unused=True)[0] is not None
+        )
+        cut = [n for n, gi, q in zip(self.names, g, live) if gi is not None and not reach(gi, q)]
+        if cut:
+            raise RuntimeError(
+                f"double backward does not reach parameters {cut[:3]} (a custom autograd.Function "
+                "marked once_differentiable, or a detach, cuts second derivatives)"
+            )
+
+    def _pick_method(self, method):
+        "The first method `method` allows ('auto': 'reverse', then 'forward') whose probe product succeeds."
+        X, t = (b[:2] for b in self.batches[0])
+        V, errors = torch.zeros(1, self.shape[0], dtype=self.dtype, device=self.device), {}
+        for self.method in ("reverse", "forward") if method == "auto" else (method,):
+            try:
+                with torch.enable_grad():
+                    self._batch_matmat(X, t, V)
+                    if self.method == "reverse":
+                        self._check_second_order(X, t)
+                return self.method
+            except (RuntimeError, NotImplementedError) as e:
+                errors[self.method] = e
+        raise RuntimeError(
+            f"`method={method!r}`: no autodiff method gives exact second derivatives of this model: "
+            + "; ".join(f"{m}: {str(e)[:200]}" for m, e in errors.items())
+        )
+
+# %% ../nbs/00_curvature.ipynb #4dcaec13
 METHODS = ("auto", "forward", "reverse")  # autodiff methods of the curvature products
 
-# %% ../nbs/00_curvature.ipynb #0774aec7
-class CurvatureOperator(TorchLinearOperator):
+
+class CurvatureOperator(_MethodChoice):
     "A curvature matrix of `model` under `loss` on a fixed data set; subclasses define the per-batch product."
 
     def __init__(
@@ -293,144 +463,19 @@ class CurvatureOperator(TorchLinearOperator):
     ):
         if method not in METHODS:
             raise ValueError(f"`method` must be one of {METHODS}, got {method!r}")
-        self.model, self.loss, self.group = model, check_loss(loss), resolve_group(process_group)
-        trainable = [(n, q) for n, q in model.named_parameters() if q.requires_grad]
-        if not trainable:
-            raise ValueError("`model` has no trainable parameters (none with requires_grad=True)")
-        self.names, self.shapes = [n for n, _ in trainable], [q.shape for _, q in trainable]
-        self.sizes = [q.numel() for _, q in trainable]
-        super().__init__((sum(self.sizes),) * 2, trainable[0][1].dtype, trainable[0][1].device)
-        raw = [
-            (self._input(X), y.to(self.device))
-            for X, y in as_batches(data, batch_size, allow_empty=self.group is not None)
-        ]
-        self.n_outputs = self.method = None
-        if raw:
-            out = self._forward(self._params(), raw[0][0][:2], copy=True)
-            if out.ndim != 2:
-                raise ValueError(f"`model` must return outputs of shape (n, C), got {tuple(out.shape)}")
-            self.n_outputs = out.shape[1]
-        self.batches = [(X, prepare_targets(y, loss, self.n_outputs, self.dtype)) for X, y in raw]
-        self.n_local = sum(len(X) for X, _ in self.batches)
-        if check_determinism and raw:
-            check_deterministic(lambda X: self._forward(self._params(), X, copy=True), raw[0][0][:16])
-        if raw:
-            self.method = self._pick_method(method)
+        super().__init__(model, loss, data, batch_size, process_group)
+        if check_determinism and self.batches:
+            check_deterministic(lambda X: self._forward(self._params(), X, copy=True), self.batches[0][0][:16])
+        self.method = self._pick_method(method) if self.batches else None
         self._join()
 
-# %% ../nbs/00_curvature.ipynb #cd47927e
-@patch
-def _join(self: CurvatureOperator):
-    "Check the model, dtype and device type agree across the group's ranks; set the global sample count `n`."
-    metas = gather_meta(
-        self.group,
-        p=self.shape[0],
-        shapes=[tuple(s) for s in self.shapes],
-        dtype=str(self.dtype),
-        device=self.device.type,
-        n=self.n_local,
-        n_outputs=self.n_outputs,
-        method=self.method,
-    )
-    for key, what in (
-        ("p", "the parameter count p"),
-        ("shapes", "the parameter shapes"),
-        ("dtype", "the dtype"),
-        ("device", "the device type"),
-    ):
-        check_agree(metas, key, what)
-    full = [(r, m) for r, m in enumerate(metas) if m["n"]]
-    if not full:
-        raise ValueError(f"`data` holds no samples on any of the {len(metas)} ranks")
-    n_outputs = check_agree([m for _, m in full], "n_outputs", "the model's output count C", [r for r, _ in full])
-    if self.n_outputs is None:
-        self.n_outputs, self.method = n_outputs, full[0][1]["method"]
-    self.n, self.comm_seconds, self.n_reductions = sum(m["n"] for m in metas), 0.0, 0
-
-# %% ../nbs/00_curvature.ipynb #5e0cb4ba
-@patch
-def _input(self: CurvatureOperator, X):
-    return X.to(self.device, self.dtype if X.is_floating_point() else X.dtype)
-
-
-@patch
-def _params(self: CurvatureOperator):
-    return {n: q.detach() for n, q in self.model.named_parameters() if q.requires_grad}
-
-
-@patch
-def _forward(self: CurvatureOperator, params, X, copy=False):
-    consts = {n: q.detach() for n, q in self.model.named_parameters() if not q.requires_grad}
-    consts.update((n, b.clone() if copy else b) for n, b in self.model.named_buffers())
-    return functional_call(self.model, (params, consts), (X,))
-
-
-@patch
-def _unflatten(self: CurvatureOperator, v):
-    return {n: c.view(s) for n, c, s in zip(self.names, v.split(self.sizes), self.shapes)}
-
-
-@patch
-def _flatten(self: CurvatureOperator, d):
-    return torch.cat([d[n].reshape(-1) for n in self.names])
-
-# %% ../nbs/00_curvature.ipynb #061f0d35
-@patch
-def _live(self: CurvatureOperator):
-    return [q for q in self.model.parameters() if q.requires_grad]
-
-
-@patch
-def _rows(self: CurvatureOperator, Vt):  # (b, p) -> per-parameter blocks (b, *shape)
-    return [c.reshape(len(Vt), *s) for c, s in zip(Vt.split(self.sizes, dim=1), self.shapes)]
-
-
-@patch
-def _matmat(self: CurvatureOperator, V):
-    Vt = V.T.contiguous()  # one contiguous row per vector
-    total = torch.zeros_like(Vt)
-    with torch.enable_grad():
-        for X, t in self.batches:
-            total = total + self._batch_matmat(X, t, Vt)
-    return (self._reduce(total) / self.n).T
-
-# %% ../nbs/00_curvature.ipynb #f907518c
-@patch
-def _reduce(self: CurvatureOperator, t):
-    "Sum `t` over the group's ranks (one all-reduce, timed in `comm_seconds`); unchanged on a single process."
-    if self.group is None:
+    def broadcast(self, t: torch.Tensor):  # a tensor on the operator's device, same shape on every rank
+        "`t` as the first rank of the operator's group holds it, on every rank (unchanged on a single process)."
+        if self.group is None:
+            return t
+        t = t.contiguous()
+        dist.broadcast(t, src=dist.get_global_rank(self.group, 0), group=self.group)
         return t
-    if t.is_cuda:
-        torch.cuda.synchronize(t.device)
-    t0 = time.perf_counter()
-    all_reduce_sum(t, self.group)
-    if t.is_cuda:
-        torch.cuda.synchronize(t.device)
-    self.comm_seconds += time.perf_counter() - t0
-    self.n_reductions += 1
-    return t
-
-
-@patch
-def broadcast(self: TorchLinearOperator, t: torch.Tensor):  # a tensor on the operator's device
-    "`t` as the first rank of the operator's group holds it (here: unchanged; data-parallel operators override it)."
-    return t
-
-
-@patch
-def broadcast(self: CurvatureOperator, t: torch.Tensor):  # a tensor on the operator's device, same shape on every rank
-    "`t` as the first rank of the operator's group holds it, on every rank (unchanged on a single process)."
-    if self.group is None:
-        return t
-    t = t.contiguous()
-    dist.broadcast(t, src=dist.get_global_rank(self.group, 0), group=self.group)
-    return t
-
-
-@patch
-def broadcast(self: LinearCombinationOperator, t: torch.Tensor):  # a tensor on the operator's device
-    "`t` as the first rank of its first term's group holds it."
-    return self.terms[0][1].broadcast(t)
 
 # %% ../nbs/00_curvature.ipynb #5a9528e5
 @patch
@@ -444,42 +489,6 @@ def gradient(self: CurvatureOperator):
             )
             total = total + torch.cat([g.reshape(-1) for g in gs])
     return (self._reduce(total) / self.n).detach()
-
-# %% ../nbs/00_curvature.ipynb #c543245d
-@patch
-def _check_second_order(self: CurvatureOperator, X, t):
-    "Raise a RuntimeError if double backward silently misses parameters that the loss depends on."
-    live = self._live()
-    L = loss_sum(self.model(X), t, self.loss)
-    g = torch.autograd.grad(L, live, create_graph=True, allow_unused=True)
-    reach = lambda gi, q: (
-        gi.requires_grad and torch.autograd.grad(gi.sum(), q, retain_graph=True, allow_unused=True)[0] is not None
-    )
-    cut = [n for n, gi, q in zip(self.names, g, live) if gi is not None and not reach(gi, q)]
-    if cut:
-        raise RuntimeError(
-            f"double backward does not reach parameters {cut[:3]} (a custom autograd.Function "
-            "marked once_differentiable, or a detach, cuts second derivatives)"
-        )
-
-
-@patch
-def _pick_method(self: CurvatureOperator, method):
-    X, t = (b[:2] for b in self.batches[0])
-    V, errors = torch.zeros(1, self.shape[0], dtype=self.dtype, device=self.device), {}
-    for self.method in ("reverse", "forward") if method == "auto" else (method,):
-        try:
-            with torch.enable_grad():
-                self._batch_matmat(X, t, V)
-                if self.method == "reverse":
-                    self._check_second_order(X, t)
-            return self.method
-        except (RuntimeError, NotImplementedError) as e:
-            errors[self.method] = e
-    raise RuntimeError(
-        f"`method={method!r}`: no autodiff method gives exact second derivatives of this model: "
-        + "; ".join(f"{m}: {str(e)[:200]}" for m, e in errors.items())
-    )
 
 # %% ../nbs/00_curvature.ipynb #9966b612
 def grad_rows(
@@ -507,7 +516,8 @@ def grad_rows(
 class HessianOperator(CurvatureOperator):
     "Matrix-free Hessian of the mean loss: `op @ v` (p,) or `op @ V` (p, b), one pass over the data per block."
 
-    def _batch_matmat(self, X, t, Vt):  # Vt: (b, p) -> (b, p), Hessian of the summed batch loss
+    def _batch_matmat(self, X, t, Vt):
+        "The Hessian of the summed loss of batch (X, t) times each row of Vt: (b, p) -> (b, p)."
         if self.method == "reverse":
             live = self._live()
             g = torch.autograd.grad(
@@ -522,7 +532,8 @@ class HessianOperator(CurvatureOperator):
 class GGNOperator(CurvatureOperator):
     "Matrix-free Generalized Gauss–Newton matrix Jᵀ(∇²_f ℓ)J of the mean loss, exact (closed-form loss Hessian)."
 
-    def _batch_matmat(self, X, t, Vt):  # Vt: (b, p) -> (b, p), GGN of the summed batch loss
+    def _batch_matmat(self, X, t, Vt):
+        "The GGN of the summed loss of batch (X, t) times each row of Vt: (b, p) -> (b, p)."
         if self.method == "reverse":
             live, out = self._live(), self.model(X)
             u = torch.zeros_like(out, requires_grad=True)
@@ -539,4 +550,5 @@ class FunctionalHessianOperator(CurvatureOperator):
     "Matrix-free functional Hessian H − G (residual-weighted second derivatives of the outputs), one data pass."
 
     def _batch_matmat(self, X, t, Vt):
+        "H − G of the summed loss of batch (X, t) times each row of Vt: (b, p) -> (b, p)."
         return HessianOperator._batch_matmat(self, X, t, Vt) - GGNOperator._batch_matmat(self, X, t, Vt)

@@ -20,7 +20,7 @@ def default_device() -> torch.device:
     "CUDA when a GPU is present, else the CPU."
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-# %% ../nbs/04_data.ipynb #a6f17e9f
+# %% ../nbs/04_data.ipynb #92bbb0d7
 @dataclass
 class TaskData:
     "Train and test tensors of a classification task, on one device."
@@ -34,10 +34,12 @@ class TaskData:
 
     @property
     def train(self):
+        "The training pair (X_train, y_train)."
         return self.X_train, self.y_train
 
     @property
     def test(self):
+        "The test pair (X_test, y_test)."
         return self.X_test, self.y_test
 
 # %% ../nbs/04_data.ipynb #cb59a2b8
@@ -68,7 +70,17 @@ def load_digits(
     l = lambda a: torch.as_tensor(a, dtype=torch.long, device=dev)
     return TaskData("digits", t(X[tr]), l(y[tr]), t(X[te]), l(y[te]), 10)
 
-# %% ../nbs/04_data.ipynb #e8fd0a19
+# %% ../nbs/04_data.ipynb #f13c80f2
+def data_places(
+    name: str,  # data set name, e.g. 'fashion-mnist'
+    data_dir: str | Path | None = None,  # a folder to look in first
+):
+    "Folders searched for data set `name`: data_dir, then each $SUBSPACE_OPT_DATA folder and its `name` sub-folder."
+    env = os.environ.get("SUBSPACE_OPT_DATA")
+    roots = [f"/usr/share/datasets/{name}"] if env is None else [p for p in env.split(os.pathsep) if p]
+    return [Path(p) for p in [data_dir] if p] + [q for r in roots for q in (Path(r), Path(r) / name)]
+
+# %% ../nbs/04_data.ipynb #f0f5256a
 INSTALL_HINTS = {
     "fashion-mnist": "apt-get install dataset-fashion-mnist (Debian) puts it in /usr/share/datasets/fashion-mnist",
     "mnist": "put train-images-idx3-ubyte.gz and the three other IDX files in a folder and pass data_dir",
@@ -80,16 +92,6 @@ DATA_MARKERS = {
     "mnist": ["train-labels-idx1-ubyte.gz", "train-labels-idx1-ubyte"],
     "cifar10": ["cifar-10-batches-py/test_batch", "test_batch"],
 }
-
-
-def data_places(
-    name: str,  # data set name, e.g. 'fashion-mnist'
-    data_dir: str | Path | None = None,  # a folder to look in first
-):
-    "Folders searched for data set `name`: data_dir, then each $SUBSPACE_OPT_DATA folder and its `name` sub-folder."
-    env = os.environ.get("SUBSPACE_OPT_DATA")
-    roots = [f"/usr/share/datasets/{name}"] if env is None else [p for p in env.split(os.pathsep) if p]
-    return [Path(p) for p in [data_dir] if p] + [q for r in roots for q in (Path(r), Path(r) / name)]
 
 
 def find_data(
@@ -109,7 +111,7 @@ def find_data(
         f"{name} not found: looked for {markers[0]} in {where}; {INSTALL_HINTS.get(name, 'pass data_dir')}"
     )
 
-
+# %% ../nbs/04_data.ipynb #5ee3826a
 def data_available(
     name: str,  # a key of `DATA_MARKERS`
     data_dir: str | Path | None = None,  # a folder to look in first
@@ -120,7 +122,7 @@ def data_available(
     except FileNotFoundError:
         return False
 
-
+# %% ../nbs/04_data.ipynb #9d901e21
 def read_idx(path: str | Path):  # an IDX file, gzipped or not
     "The array stored in an IDX file (the MNIST format): uint8 images (n, h, w) or labels (n,)."
     path = Path(path)
@@ -129,20 +131,20 @@ def read_idx(path: str | Path):  # an IDX file, gzipped or not
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
-# %% ../nbs/04_data.ipynb #f59ac3a6
+# %% ../nbs/04_data.ipynb #36b06cf0
 def task_from_arrays(
-    name: str,
-    X_train,
-    y_train,
-    X_test,
-    y_test,  # numpy arrays, images first
-    n_train: int | None,
-    n_test: int | None,  # keep the first samples (None: all)
-    scale: float,
-    shape: tuple,
-    flatten: bool,  # pixel scale; image shape (-1, c, h, w); flatten images
-    device=None,
-    dtype: torch.dtype = torch.float32,  # placement of the tensors
+    name: str,  # data set name
+    X_train,  # training inputs (numpy), samples first
+    y_train,  # training labels
+    X_test,  # test inputs
+    y_test,  # test labels
+    n_train: int | None,  # keep the first n training samples (None: all)
+    n_test: int | None,  # keep the first n test samples (None: all)
+    scale: float,  # inputs are divided by it (255 for 8-bit pixels)
+    shape: tuple,  # image shape (-1, c, h, w) used when not flattening
+    flatten: bool,  # (n, features) inputs, else `shape`
+    device=None,  # default: `default_device()`
+    dtype: torch.dtype = torch.float32,  # floating dtype of the inputs
 ):
     "A `TaskData` from numpy arrays, after the first-n selection and scaling."
     for arg, n, total in (("n_train", n_train, len(X_train)), ("n_test", n_test, len(X_test))):
@@ -155,7 +157,7 @@ def task_from_arrays(
         name, X(X_train, n_train), y(y_train, n_train), X(X_test, n_test), y(y_test, n_test), int(np.max(y_train)) + 1
     )
 
-# %% ../nbs/04_data.ipynb #4e197710
+# %% ../nbs/04_data.ipynb #98b39e63
 def _load_idx(name, n_train, n_test, data_dir, flatten, device, dtype):
     folder = find_data(name, data_dir=data_dir)
     ext = ".gz" if (folder / "train-labels-idx1-ubyte.gz").exists() else ""
@@ -176,32 +178,32 @@ def load_fashion_mnist(
     n_test: int | None = None,  # first test images kept (None: all 10,000)
     data_dir=None,  # folder of the four IDX files (else $SUBSPACE_OPT_DATA, then Debian's)
     flatten: bool = True,  # (n, 784) for MLPs, else (n, 1, 28, 28)
-    device=None,
-    dtype: torch.dtype = torch.float32,  # placement
+    device=None,  # default: `default_device()`
+    dtype: torch.dtype = torch.float32,  # floating dtype of the inputs
 ):
     "Fashion-MNIST from its original IDX files as a `TaskData`; never downloads."
     return _load_idx("fashion-mnist", n_train, n_test, data_dir, flatten, device, dtype)
 
 
 def load_mnist(
-    n_train: int | None = 5000,
-    n_test: int | None = None,  # first images kept
+    n_train: int | None = 5000,  # first training images kept (None: all 60,000)
+    n_test: int | None = None,  # first test images kept (None: all 10,000)
     data_dir=None,  # folder of the four IDX files (required unless $SUBSPACE_OPT_DATA/mnist has them)
-    flatten: bool = True,
-    device=None,
-    dtype: torch.dtype = torch.float32,  # layout and placement
+    flatten: bool = True,  # (n, 784) for MLPs, else (n, 1, 28, 28)
+    device=None,  # default: `default_device()`
+    dtype: torch.dtype = torch.float32,  # floating dtype of the inputs
 ):
     "MNIST from local IDX files as a `TaskData`; never downloads."
     return _load_idx("mnist", n_train, n_test, data_dir, flatten, device, dtype)
 
-# %% ../nbs/04_data.ipynb #0a2028aa
+# %% ../nbs/04_data.ipynb #e81e5b52
 def load_cifar10(
-    n_train: int | None = 5000,
-    n_test: int | None = None,  # first images kept
+    n_train: int | None = 5000,  # first training images kept (None: all 50,000)
+    n_test: int | None = None,  # first test images kept (None: all 10,000)
     data_dir=None,  # folder holding 'cifar-10-batches-py' (or the batches themselves)
-    flatten: bool = False,
-    device=None,
-    dtype: torch.dtype = torch.float32,  # layout and placement
+    flatten: bool = False,  # (n, 3072) for MLPs, else (n, 3, 32, 32) images
+    device=None,  # default: `default_device()`
+    dtype: torch.dtype = torch.float32,  # floating dtype of the inputs
 ):
     "CIFAR-10 from local python-version batches as a `TaskData`; never downloads."
     folder = find_data("cifar10", data_dir=data_dir)
@@ -229,16 +231,22 @@ def load_cifar10(
         dtype,
     )
 
-# %% ../nbs/04_data.ipynb #fb057e47
+# %% ../nbs/04_data.ipynb #413eb220
+def _generated(name, X, y, n_train, device, dtype):
+    "A `TaskData` of generated features: the first `n_train` samples train, the rest test."
+    tr, te = slice(None, n_train), slice(n_train, None)
+    return task_from_arrays(name, X[tr], y[tr], X[te], y[te], None, None, 1.0, (-1, X.shape[1]), True, device, dtype)
+
+
 def gaussian_mixture(
-    n_train: int = 1000,
-    n_test: int = 1000,
-    dim: int = 20,
-    n_classes: int = 5,
-    separation: float = 3.0,
-    seed: int = 0,
-    device=None,
-    dtype: torch.dtype = torch.float32,  # sizes, seed, placement
+    n_train: int = 1000,  # training samples
+    n_test: int = 1000,  # test samples
+    dim: int = 20,  # input dimension
+    n_classes: int = 5,  # classes, one Gaussian each
+    separation: float = 3.0,  # norm of every class mean
+    seed: int = 0,  # seed of the means, labels and noise
+    device=None,  # default: `default_device()`
+    dtype: torch.dtype = torch.float32,  # floating dtype of the inputs
 ):
     "A seeded Gaussian-mixture classification task as a `TaskData`."
     g = np.random.default_rng(seed)
@@ -246,51 +254,25 @@ def gaussian_mixture(
     means *= separation / np.linalg.norm(means, axis=1, keepdims=True)
     y = g.integers(0, n_classes, n_train + n_test)
     X = means[y] + g.standard_normal((len(y), dim))
-    return task_from_arrays(
-        "gaussian-mixture",
-        X[:n_train],
-        y[:n_train],
-        X[n_train:],
-        y[n_train:],
-        None,
-        None,
-        1.0,
-        (-1, dim),
-        True,
-        device,
-        dtype,
-    )
+    return _generated("gaussian-mixture", X, y, n_train, device, dtype)
 
-
+# %% ../nbs/04_data.ipynb #088214da
 def teacher_student(
-    n_train: int = 1000,
-    n_test: int = 1000,
-    dim: int = 20,
-    n_classes: int = 5,
-    teacher_width: int = 32,
-    seed: int = 0,
-    device=None,
-    dtype: torch.dtype = torch.float32,  # sizes, seed, placement
+    n_train: int = 1000,  # training samples
+    n_test: int = 1000,  # test samples
+    dim: int = 20,  # input dimension
+    n_classes: int = 5,  # outputs of the teacher
+    teacher_width: int = 32,  # hidden width of the teacher
+    seed: int = 0,  # seed of the teacher and the inputs
+    device=None,  # default: `default_device()`
+    dtype: torch.dtype = torch.float32,  # floating dtype of the inputs
 ):
     "Labels from a random tanh teacher MLP on Gaussian inputs, as a `TaskData`."
     g = np.random.default_rng(seed)
     W1, W2 = g.standard_normal((dim, teacher_width)) / np.sqrt(dim), g.standard_normal((teacher_width, n_classes))
     X = g.standard_normal((n_train + n_test, dim))
     y = np.argmax(np.tanh(X @ W1) @ W2, axis=1)
-    return task_from_arrays(
-        "teacher-student",
-        X[:n_train],
-        y[:n_train],
-        X[n_train:],
-        y[n_train:],
-        None,
-        None,
-        1.0,
-        (-1, dim),
-        True,
-        device,
-        dtype,
-    )
+    return _generated("teacher-student", X, y, n_train, device, dtype)
 
 # %% ../nbs/04_data.ipynb #99914e9c
 TASKS = {

@@ -55,7 +55,7 @@ def _check_probes(n_probes, least):
     if not isinstance(n_probes, int) or n_probes < least:
         raise ValueError(f"`n_probes` must be an int >= {least}, got {n_probes!r}")
 
-# %% ../nbs/07_ggn.ipynb #0857c759
+# %% ../nbs/07_ggn.ipynb #9e291472
 def exact_quadratic(
     M,  # symmetric operator or tensor (p, p) with `@` on blocks
     quantity: str = "frobenius",  # 'trace' or 'frobenius' (‖M‖²_F)
@@ -69,7 +69,7 @@ def exact_quadratic(
         total += _per_column(E, M @ E, quantity).sum()
     return Estimate(total.item(), 0.0, "exact", p)
 
-
+# %% ../nbs/07_ggn.ipynb #6930a39b
 def hutchinson(
     M,  # symmetric operator or tensor (p, p)
     quantity: str = "frobenius",  # 'trace' or 'frobenius'
@@ -84,7 +84,7 @@ def hutchinson(
     per = _per_column(Z, M @ Z, quantity)
     return Estimate(per.mean().item(), (per.std() / math.sqrt(n_probes)).item(), "hutchinson", n_probes, n_probes)
 
-
+# %% ../nbs/07_ggn.ipynb #09d54445
 def hutchpp(
     M,  # symmetric operator or tensor (p, p)
     quantity: str = "frobenius",  # 'trace' or 'frobenius'
@@ -160,12 +160,14 @@ class Shares:
     parts: tuple  # (dom, cross, bulk) in the units of `total`: defined even where the total vanishes
 
     def keys(self):
+        "The three blocks, so that `dict(shares)` holds the three shares."
         return ("dom", "cross", "bulk")
 
     def __getitem__(self, key):
+        "The share of one block, `shares['dom']`; a `KeyError` for any other key."
         return getattr(self, key) if key in self.keys() else {}[key]
 
-
+# %% ../nbs/07_ggn.ipynb #540000e5
 def _ratios(parts, total):
     "Shares of `total`; NaN when it vanishes against its parts (tr(H_F) of a ReLU network cancels to round-off)."
     return [x / total if abs(total) > 1e-12 * sum(map(abs, parts)) else float("nan") for x in parts]
@@ -202,10 +204,10 @@ def curvature_energy(
 def trace_shares(
     M,  # symmetric operator or tensor (p, p); most meaningful for G (positive semi-definite)
     U: torch.Tensor,  # (p, k) orthonormal basis
-    method: str = "auto",
-    n_probes: int = 40,
-    seed: int = 0,
-    max_exact: int = 2048,  # as in `curvature_energy`
+    method: str = "auto",  # how tr((I−P)M(I−P)) is computed, as in `curvature_energy`
+    n_probes: int = 40,  # random vectors of the randomized methods
+    seed: int = 0,  # seed of the probes
+    max_exact: int = 2048,  # 'auto' is exact up to this p
 ):
     "Shares of tr(M) = tr(UᵀMU) + tr((I−P)M(I−P)) in span(U) and its complement (no cross term)."
     U = _check_basis(M, U)
@@ -308,6 +310,38 @@ def slq_density(
     density = (gauss * tau[None]).sum((1, 2)) / n_probes
     return SpectralDensity(grid, density, theta, tau, float(sigma), n_probes * m)
 
+# %% ../nbs/07_ggn.ipynb #7b52c808
+def _operators(model, loss, data):
+    "The Hessian H, its Gauss–Newton term G and the functional Hessian H_F of `model` on `data`, by name."
+    return {
+        "H": HessianOperator(model, loss, data),
+        "G": GGNOperator(model, loss, data),
+        "H_F": FunctionalHessianOperator(model, loss, data),
+    }
+
+
+def _shares_row(name, M, U, overlap, method, n_probes, seed, max_exact):
+    "One row of `CurvatureReport.shares`: the energy and trace shares of `M` in span(U)."
+    e, t = (
+        curvature_energy(M, U, method, n_probes, seed, max_exact),
+        trace_shares(M, U, method, n_probes, seed, max_exact),
+    )
+    return dict(
+        matrix=name,
+        energy_dom=e.dom,
+        energy_cross=e.cross,
+        energy_bulk=e.bulk,
+        frobenius_sq=e.total,
+        frobenius_rel_stderr=e.stderr / e.total,
+        trace_dom=t.dom,
+        trace_bulk=t.bulk,
+        trace=t.total,
+        trace_stderr=t.stderr,
+        estimator=e.method,
+        n_matvecs=e.n_matvecs + t.n_matvecs,
+        overlap_HG=overlap,
+    )
+
 # %% ../nbs/07_ggn.ipynb #e1964d7a
 @dataclass
 class CurvatureReport:
@@ -330,35 +364,10 @@ def curvature_report(
     max_exact: int = 2048,  # 'auto' is exact up to this p
 ):
     "Energy and trace shares of H, G and H_F in the top-k eigenspace of H, outliers' Rayleigh quotients, H/G overlap."
-    ops = {
-        "H": HessianOperator(model, loss, data),
-        "G": GGNOperator(model, loss, data),
-        "H_F": FunctionalHessianOperator(model, loss, data),
-    }
+    ops = _operators(model, loss, data)
     eh, eg = (block_lanczos(ops[n], k=k, tol=tol, n_blocks=4, seed=seed, max_restarts=200) for n in ("H", "G"))
-    U, overlap, rows = eh.eigenvectors, subspace_overlap(eh.eigenvectors, eg.eigenvectors), []
-    for name, M in ops.items():
-        e, t = (
-            curvature_energy(M, U, method, n_probes, seed, max_exact),
-            trace_shares(M, U, method, n_probes, seed, max_exact),
-        )
-        rows.append(
-            dict(
-                matrix=name,
-                energy_dom=e.dom,
-                energy_cross=e.cross,
-                energy_bulk=e.bulk,
-                frobenius_sq=e.total,
-                frobenius_rel_stderr=e.stderr / e.total,
-                trace_dom=t.dom,
-                trace_bulk=t.bulk,
-                trace=t.total,
-                trace_stderr=t.stderr,
-                estimator=e.method,
-                n_matvecs=e.n_matvecs + t.n_matvecs,
-                overlap_HG=overlap,
-            )
-        )
+    U, overlap = eh.eigenvectors, subspace_overlap(eh.eigenvectors, eg.eigenvectors)
+    rows = [_shares_row(name, M, U, overlap, method, n_probes, seed, max_exact) for name, M in ops.items()]
     out = rayleigh_quotients(U, **ops)
     out.insert(1, "lambda_H", eh.eigenvalues.cpu().numpy())
     out.insert(2, "lambda_G", eg.eigenvalues.cpu().numpy())
@@ -375,6 +384,7 @@ class TrajectoryCurvature:
 
 
 def _done_steps(path):
+    "The steps already in the CSV at `path`."
     return set(pd.read_csv(path).step) if path.exists() else set()
 
 
@@ -386,26 +396,9 @@ def _append_rows(path, df):
             old[old.step != df.step.iloc[0]].to_csv(path, index=False)
     df.to_csv(path, mode="a", header=not path.exists(), index=False)
 
-
-def analyze_run(
-    cfg: ExperimentConfig,  # the experiment whose runs kept snapshots (`snapshot_every`)
-    out_dir: str | Path,  # its folder (as given to `run_experiment`)
-    n_hessian: int | None = None,  # analyse on the first n training samples (default: all of them)
-    density_steps: tuple = (),  # snapshot steps at which to record SLQ densities
-    method: str = "auto",
-    n_probes: int = 40,
-    max_exact: int = 2048,  # bulk estimator (see `curvature_energy`)
-    slq_probes: int = 8,
-    slq_steps: int = 60,  # SLQ settings
-    device=None,  # where to compute (default: the experiment's device)
-    progress: bool = True,  # a progress bar over snapshots
-):
-    "Run `curvature_report` at every snapshot of every (method, seed) run of `out_dir`, resumably; return tidy tables."
-    out = Path(out_dir)
-    dev = torch.device(device or cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    data = load_experiment_data(cfg, dev)
-    X, y = data.train
-    hdata = (X, y) if n_hessian is None else (X[:n_hessian], y[:n_hessian])
+# %% ../nbs/07_ggn.ipynb #d9c3dffe
+def _snapshot_jobs(cfg, out):
+    "(method, seed, snapshot file) of every snapshot that the experiment's runs under `out` kept."
     jobs = [
         (m, s, p)
         for m in cfg.methods
@@ -414,34 +407,11 @@ def analyze_run(
     ]
     if not jobs:
         raise FileNotFoundError(f"no snapshots under {out / 'runs'}: run the experiment with `snapshot_every` set")
-    for m, s, path in tqdm(jobs, desc="curvature", disable=not progress):
-        run_dir, step = path.parent.parent, int(path.stem[4:])
-        tag = dict(method=m.name, seed=s, step=step)
-        if step in _done_steps(run_dir / "curvature.csv") and (
-            step not in density_steps or (run_dir / f"density-step{step}.csv").exists()
-        ):
-            continue
-        model = build_run(cfg, m, s, data)[0]
-        model.load_state_dict(torch.load(path, map_location=dev, weights_only=True))
-        if not all(torch.isfinite(q).all() for q in model.parameters()):
-            continue  # a diverged snapshot has no curvature
-        if step not in _done_steps(run_dir / "curvature.csv"):
-            rep = curvature_report(
-                model, cfg.loss, hdata, cfg.subspace.k or data.n_classes, method, n_probes, s, max_exact=max_exact
-            )
-            _append_rows(run_dir / "outliers.csv", rep.outliers.assign(**tag))
-            _append_rows(run_dir / "curvature.csv", rep.shares.assign(**tag))  # written last: marks the step done
-        if step in density_steps:
-            ops = {
-                "H": HessianOperator(model, cfg.loss, hdata),
-                "G": GGNOperator(model, cfg.loss, hdata),
-                "H_F": FunctionalHessianOperator(model, cfg.loss, hdata),
-            }
-            frames = [
-                pd.DataFrame({"matrix": n, "t": d.grid.numpy(), "density": d.density.numpy()})
-                for n, d in ((n, slq_density(M, slq_probes, slq_steps, seed=s)) for n, M in ops.items())
-            ]
-            pd.concat(frames).assign(**tag).to_csv(run_dir / f"density-step{step}.csv", index=False)
+    return jobs
+
+
+def _read_tables(cfg, out):
+    "The tables written into the run folders under `out`, concatenated (empty where none was written)."
     read = lambda pattern: [
         pd.read_csv(f)
         for m in cfg.methods
@@ -459,3 +429,63 @@ def analyze_run(
     return TrajectoryCurvature(
         **{k: pd.concat(v, ignore_index=True) if v else pd.DataFrame() for k, v in frames.items()}
     )
+
+# %% ../nbs/07_ggn.ipynb #4631f2b3
+def _snapshot_done(run_dir, step, density_steps):
+    "Whether the shares of `step` (and its densities, where asked for) are already on disk."
+    return step in _done_steps(run_dir / "curvature.csv") and (
+        step not in density_steps or (run_dir / f"density-step{step}.csv").exists()
+    )
+
+
+def _load_snapshot(cfg, m, s, data, path, dev):
+    "The model of run (m, s) with the snapshot's weights; None when they are not all finite (a diverged snapshot)."
+    model = build_run(cfg, m, s, data)[0]
+    model.load_state_dict(torch.load(path, map_location=dev, weights_only=True))
+    return model if all(torch.isfinite(q).all() for q in model.parameters()) else None
+
+
+def _densities(model, loss, data, n_probes, n_steps, seed):
+    "SLQ densities of H, G and H_F in one table: matrix, t, density."
+    frames = []
+    for name, M in _operators(model, loss, data).items():
+        d = slq_density(M, n_probes, n_steps, seed=seed)
+        frames.append(pd.DataFrame({"matrix": name, "t": d.grid.numpy(), "density": d.density.numpy()}))
+    return pd.concat(frames)
+
+# %% ../nbs/07_ggn.ipynb #55579708
+def analyze_run(
+    cfg: ExperimentConfig,  # the experiment whose runs kept snapshots (`snapshot_every`)
+    out_dir: str | Path,  # its folder (as given to `run_experiment`)
+    n_hessian: int | None = None,  # analyse on the first n training samples (default: all of them)
+    density_steps: tuple = (),  # snapshot steps at which to record SLQ densities
+    method: str = "auto",  # bulk estimator (see `curvature_energy`)
+    n_probes: int = 40,  # its random vectors
+    max_exact: int = 2048,  # 'auto' is exact up to this p
+    slq_probes: int = 8,  # SLQ probes of each density
+    slq_steps: int = 60,  # Lanczos steps per SLQ probe
+    device=None,  # where to compute (default: the experiment's device)
+    progress: bool = True,  # a progress bar over snapshots
+):
+    "Run `curvature_report` at every snapshot of every (method, seed) run of `out_dir`, resumably; return tidy tables."
+    out = Path(out_dir)
+    dev = torch.device(device or cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    data = load_experiment_data(cfg, dev)
+    X, y = data.train
+    hdata = (X, y) if n_hessian is None else (X[:n_hessian], y[:n_hessian])
+    for m, s, path in tqdm(_snapshot_jobs(cfg, out), desc="curvature", disable=not progress):
+        run_dir, step = path.parent.parent, int(path.stem[4:])
+        if _snapshot_done(run_dir, step, density_steps):
+            continue
+        model, tag = _load_snapshot(cfg, m, s, data, path, dev), dict(method=m.name, seed=s, step=step)
+        if model is None:
+            continue  # a diverged snapshot has no curvature
+        if step not in _done_steps(run_dir / "curvature.csv"):
+            k = cfg.subspace.k or data.n_classes
+            rep = curvature_report(model, cfg.loss, hdata, k, method, n_probes, s, max_exact=max_exact)
+            _append_rows(run_dir / "outliers.csv", rep.outliers.assign(**tag))
+            _append_rows(run_dir / "curvature.csv", rep.shares.assign(**tag))  # written last: marks the step done
+        if step in density_steps:
+            dens = _densities(model, cfg.loss, hdata, slq_probes, slq_steps, s)
+            dens.assign(**tag).to_csv(run_dir / f"density-step{step}.csv", index=False)
+    return _read_tables(cfg, out)

@@ -133,6 +133,21 @@ def _allocate(op, m, v0, gen):
     Q[:, 0] = q / q.norm()
     return Q, torch.zeros(m + 1, m, dtype=torch.float64, device=op.device)
 
+
+def _basis_size(k, p, max_iter):
+    "The Krylov basis size m per cycle: `max_iter`, by default min(p, max(2k+1, k+20)), with k < m <= p."
+    m = max_iter or min(p, max(2 * k + 1, k + 20))
+    if not k < m <= p:
+        raise ValueError(f"`max_iter` must be an int in ({k}, p={p}] (more than k), got {max_iter!r}")
+    return m
+
+# %% ../nbs/01_lanczos.ipynb #fb8e4491
+def _wanted_pairs(op, Q, theta, S, res, idx):
+    "The wanted Ritz pairs `idx` in descending order: values, vectors Q S, relative residuals, on the op's device."
+    order = idx[torch.argsort(theta[idx], descending=True)]
+    U = Q @ S[:, order].to(op.dtype).to(op.device)
+    return theta[order].to(op.device), U, _rel(res[order], theta[order]).to(op.device)
+
 # %% ../nbs/01_lanczos.ipynb #68f6473c
 def lanczos(
     op,  # symmetric operator: `shape`, `dtype`, `device`, `@` on (p,) — or a symmetric tensor
@@ -146,10 +161,7 @@ def lanczos(
     check_every: int = 5,  # steps between convergence checks (each is one host synchronisation)
 ):
     "Top-`k` eigenpairs of a symmetric operator by thick-restart Lanczos with full reorthogonalisation."
-    p = check_solver_args(op, k, tol, which)
-    m = max_iter or min(p, max(2 * k + 1, k + 20))
-    if not k < m <= p:
-        raise ValueError(f"`max_iter` must be an int in ({k}, p={p}] (more than k), got {max_iter!r}")
+    m = _basis_size(k, check_solver_args(op, k, tol, which), max_iter)
     gen = torch.Generator(device=op.device).manual_seed(seed)
     Q, T = _allocate(op, m, v0, gen)
     start, n_mv = 0, 0
@@ -172,16 +184,7 @@ def lanczos(
             f"lanczos did not converge: largest relative residual {rel.max():.2e} > tol={tol:g} after "
             f"{max_restarts} restarts ({n_mv} products); raise `max_iter` or `max_restarts`, or loosen `tol`"
         )
-    order = idx[torch.argsort(theta[idx], descending=True)]
-    U = Q[:, :stop] @ S[:, order].to(op.dtype).to(op.device)
-    return LanczosResult(
-        theta[order].to(op.device),
-        U,
-        _rel(res[order], theta[order]).to(op.device),
-        n_mv,
-        bool((rel <= tol).all()),
-        cycle,
-    )
+    return LanczosResult(*_wanted_pairs(op, Q[:, :stop], theta, S, res, idx), n_mv, bool((rel <= tol).all()), cycle)
 
 # %% ../nbs/01_lanczos.ipynb #556c9311
 def _orth_block(Q, W):

@@ -37,8 +37,69 @@ def _check_params(base, subspace):
         )
     return ps
 
-# %% ../nbs/03_optim.ipynb #0ed3c431
-class ProjectedOptimizer(torch.optim.Optimizer):
+
+def _check_args(base, mode, start_step, switch_threshold):
+    "Refuse a base that is not a torch optimizer, an unknown mode, a negative start step or a threshold outside (0, 1)."
+    if not isinstance(base, torch.optim.Optimizer):
+        raise TypeError(f"`base` must be a torch.optim.Optimizer, got {type(base).__name__}")
+    if mode not in MODES:
+        raise ValueError(f"`mode` must be one of {MODES}, got {mode!r}")
+    if not isinstance(start_step, int) or start_step < 0:
+        raise ValueError(f"`start_step` must be an int >= 0, got {start_step!r}")
+    if switch_threshold is not None and not 0 < switch_threshold < 1:
+        raise ValueError(f"`switch_threshold` must be None or in (0, 1), got {switch_threshold!r}")
+
+# %% ../nbs/03_optim.ipynb #105e35a2
+def _grad_vector(params):
+    "The gradients of `params` as one vector (p,); a missing gradient counts as zeros."
+    return torch.cat([(q.grad if q.grad is not None else torch.zeros_like(q)).reshape(-1) for q in params])
+
+
+def _param_vector(params):
+    "The values of `params` as one detached vector (p,)."
+    return torch.cat([q.detach().reshape(-1) for q in params])
+
+
+def _write(params, flat, attr):
+    "Copy a flat vector into the parameters (attr='data') or their gradients (attr='grad')."
+    for q, c in zip(params, flat.split([q.numel() for q in params])):
+        if attr == "grad" and q.grad is None:
+            q.grad = torch.zeros_like(q)
+        getattr(q, attr).copy_(c.view(q.shape))
+
+# %% ../nbs/03_optim.ipynb #9bf323d1
+class _WrapperBase(torch.optim.Optimizer):
+    "The torch.optim face of a wrapper of the optimizer `self.base` over `self.params`, tracked by `self.subspace`."
+
+    param_groups = property(lambda self: self.base.param_groups)
+    state = property(lambda self: self.base.state)
+    defaults = property(lambda self: self.base.defaults)
+
+    def zero_grad(self, set_to_none: bool = True):
+        self.base.zero_grad(set_to_none)
+
+    def state_dict(self):
+        "Base optimizer state, subspace tracker state and the wrapper's counters."
+        return dict(
+            base=self.base.state_dict(),
+            subspace=self.subspace.state_dict(),
+            n_steps=self.n_steps,
+            switch_step=self.switch_step,
+            ema=self.ema,
+        )
+
+    def load_state_dict(self, state: dict):  # a `state_dict()` of a wrapper with the same settings
+        "Restore a state saved by `state_dict()` (restore the model's parameters separately, as usual)."
+        self.base.load_state_dict(state["base"])
+        self.subspace.load_state_dict(state["subspace"])
+        self.n_steps, self.switch_step, self.ema = state["n_steps"], state["switch_step"], state["ema"]
+
+    def _flat_params(self):
+        "The parameters as one detached vector (p,), in the operator's order."
+        return _param_vector(self.params)
+
+# %% ../nbs/03_optim.ipynb #9be5cc00
+class ProjectedOptimizer(_WrapperBase):
     "Any torch optimizer whose gradient or update is recombined as a·P_dom + b·P_bulk on a tracked Dominant subspace."
 
     def __init__(
@@ -52,104 +113,72 @@ class ProjectedOptimizer(torch.optim.Optimizer):
         switch_threshold: float | None = None,  # or: project once the EMA of χ_k(∇L) exceeds this
         switch_ema: float = 0.9,  # EMA factor of the switch criterion
     ):
-        if not isinstance(base, torch.optim.Optimizer):
-            raise TypeError(f"`base` must be a torch.optim.Optimizer, got {type(base).__name__}")
-        if mode not in MODES:
-            raise ValueError(f"`mode` must be one of {MODES}, got {mode!r}")
-        if not isinstance(start_step, int) or start_step < 0:
-            raise ValueError(f"`start_step` must be an int >= 0, got {start_step!r}")
-        if switch_threshold is not None and not 0 < switch_threshold < 1:
-            raise ValueError(f"`switch_threshold` must be None or in (0, 1), got {switch_threshold!r}")
+        _check_args(base, mode, start_step, switch_threshold)
         self.base, self.subspace, self.mode = base, subspace, mode
         self.dom, self.bulk = _check_coef("dom", dom), _check_coef("bulk", bulk)
         self.params = _check_params(base, subspace)
         self.start_step, self.switch_threshold, self.switch_ema = start_step, switch_threshold, switch_ema
         self.n_steps, self.switch_step, self.ema, self.last, self.last_update = 0, None, 0.0, {}, None
 
-    param_groups = property(lambda self: self.base.param_groups)
-    state = property(lambda self: self.base.state)
-    defaults = property(lambda self: self.base.defaults)
-
-    def zero_grad(self, set_to_none: bool = True):
-        self.base.zero_grad(set_to_none)
-
     def __repr__(self):
+        "The coefficients, the mode and the wrapped optimizer."
         return f"ProjectedOptimizer(dom={self.dom}, bulk={self.bulk}, mode={self.mode!r}, base={self.base!r})"
 
-# %% ../nbs/03_optim.ipynb #80bf6362
-@patch
-def _flat_grad(self: ProjectedOptimizer):
-    return torch.cat([(q.grad if q.grad is not None else torch.zeros_like(q)).reshape(-1) for q in self.params])
+    def step(self, closure=None):  # re-evaluates the loss and its gradient, as in torch.optim
+        "One step of the base optimizer, with its gradient or update projected once the switch has happened."
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self.n_steps += 1
+        if (self.dom == self.bulk == 1.0) or not _active(self):
+            self.base.step()
+        else:
+            _projected_step(self)
+        return loss
 
-
-@patch
-def _flat_params(self: ProjectedOptimizer):
-    return torch.cat([q.detach().reshape(-1) for q in self.params])
-
-
-@patch
-def _write(self: ProjectedOptimizer, flat, attr):
-    "Copy a flat vector into the parameters (attr='data') or their gradients (attr='grad')."
-    for q, c in zip(self.params, flat.split([q.numel() for q in self.params])):
-        if attr == "grad" and q.grad is None:
-            q.grad = torch.zeros_like(q)
-        getattr(q, attr).copy_(c.view(q.shape))
-
-# %% ../nbs/03_optim.ipynb #7ce7f435
-@patch
-def _active(self: ProjectedOptimizer):
+# %% ../nbs/03_optim.ipynb #a6a3688b
+def _active(opt: ProjectedOptimizer):
     "Whether this step projects: after `start_step`, and once the alignment EMA passed `switch_threshold`."
-    if self.switch_step is not None:
+    if opt.switch_step is not None:
         return True
-    if self.n_steps <= self.start_step:
+    if opt.n_steps <= opt.start_step:
         return False
-    if self.switch_threshold is not None:
-        self.subspace.update()
-        self.ema = (
-            self.switch_ema * self.ema
-            + (1 - self.switch_ema) * alignment(self.subspace.basis, self.subspace.op.gradient()).item()
-        )
-        if self.ema <= self.switch_threshold:
+    if opt.switch_threshold is not None:
+        opt.subspace.update()
+        chi = alignment(opt.subspace.basis, opt.subspace.op.gradient()).item()
+        opt.ema = opt.switch_ema * opt.ema + (1 - opt.switch_ema) * chi
+        if opt.ema <= opt.switch_threshold:
             return False
-    self.switch_step = self.n_steps
+    opt.switch_step = opt.n_steps
     return True
 
-
-@patch
-def step(self: ProjectedOptimizer, closure=None):  # re-evaluates the loss and its gradient, as in torch.optim
-    "One step of the base optimizer, with its gradient or update projected once the switch has happened."
-    loss = None
-    if closure is not None:
-        with torch.enable_grad():
-            loss = closure()
-    self.n_steps += 1
-    if (self.dom == self.bulk == 1.0) or not self._active():
-        self.base.step()
-        return loss
-    self.subspace.update()
-    U, g, theta0 = self.subspace.basis, self._flat_grad(), self._flat_params()
-    if self.mode == "gradient":
-        self._write(project(U, g, self.dom, self.bulk), "grad")
-        self.base.step()
+# %% ../nbs/03_optim.ipynb #72c35e8b
+def _projected_step(opt: ProjectedOptimizer):
+    "Refresh when due; project the gradient before the base step, or the base step's update after it; diagnose."
+    opt.subspace.update()
+    U, g, theta0 = opt.subspace.basis, _grad_vector(opt.params), opt._flat_params()
+    if opt.mode == "gradient":
+        _write(opt.params, project(U, g, opt.dom, opt.bulk), "grad")
+        opt.base.step()
     else:
-        self.base.step()
-        self._write(theta0 + project(U, self._flat_params() - theta0, self.dom, self.bulk), "data")
-    self._diagnose(U, g, self._flat_params() - theta0)
-    return loss
+        opt.base.step()
+        _write(opt.params, theta0 + project(U, opt._flat_params() - theta0, opt.dom, opt.bulk), "data")
+    _diagnose(opt, U, g, opt._flat_params() - theta0)
 
 
-@patch
-def _diagnose(self: ProjectedOptimizer, U, g, delta):
+def _diagnose(opt: ProjectedOptimizer, U, g, delta):
+    "Store the step's diagnostics (tensors) in `opt.last`, and the applied update in `opt.last_update`."
     gd, dd = U.T @ g, U.T @ delta
     gd2, gb2 = (gd**2).sum(), (g**2).sum() - (gd**2).sum()
-    self.last = dict(
+    opt.last = dict(
         chi_grad=alignment(U, g),
         chi_update=alignment(U, delta),
-        lr_x_lambda1=self.param_groups[0]["lr"] * self.subspace.eigenvalues[0],
+        lr_x_lambda1=opt.param_groups[0]["lr"] * opt.subspace.eigenvalues[0],
         eff_lr_dom=-(dd @ gd) / gd2,
         eff_lr_bulk=-((delta @ g) - (dd @ gd)) / gb2,
     )
-    self.last_update = delta  # the applied step, for the runner's leakage measurement
+    opt.last_update = delta  # the applied step, for the runner's leakage measurement
 
 # %% ../nbs/03_optim.ipynb #c21b1294
 def dom_sgd(base, subspace, **kw):
@@ -172,7 +201,7 @@ def interpolated_sgd(
     "The interpolated family a·P_dom + b·P_bulk (Zakarin & Singh)."
     return ProjectedOptimizer(base, subspace, dom=dom, bulk=bulk, **kw)
 
-
+# %% ../nbs/03_optim.ipynb #3a4766bc
 def damped_dominant_sgd(
     base,  # the torch optimizer to wrap (SGD, momentum, Adam, ...)
     subspace,  # the `DominantSubspace` tracker that supplies U
@@ -201,26 +230,6 @@ def dom_bulk_sgd(
 ):
     "Dom↔Bulk slice: (a, b) = (1 − γ, γ)."
     return ProjectedOptimizer(base, subspace, dom=1.0 - gamma, bulk=gamma, **kw)
-
-# %% ../nbs/03_optim.ipynb #1f81045c
-@patch
-def state_dict(self: ProjectedOptimizer):
-    "Base optimizer state, subspace tracker state and the wrapper's counters."
-    return dict(
-        base=self.base.state_dict(),
-        subspace=self.subspace.state_dict(),
-        n_steps=self.n_steps,
-        switch_step=self.switch_step,
-        ema=self.ema,
-    )
-
-
-@patch
-def load_state_dict(self: ProjectedOptimizer, state: dict):  # a `state_dict()` of a wrapper with the same settings
-    "Restore a state saved by `state_dict()` (restore the model's parameters separately, as usual)."
-    self.base.load_state_dict(state["base"])
-    self.subspace.load_state_dict(state["subspace"])
-    self.n_steps, self.switch_step, self.ema = state["n_steps"], state["switch_step"], state["ema"]
 
 # %% ../nbs/03_optim.ipynb #acc51f60
 @patch

@@ -149,7 +149,7 @@ def plot_energy(
     fig.tight_layout()
     return fig
 
-
+# %% ../nbs/08_plots.ipynb #b90f3487
 def plot_density(
     densities: pd.DataFrame,  # rows with matrix, t, density (one snapshot)
     outliers: dict | None = None,  # matrix -> eigenvalues from the eigensolver, drawn as ticks

@@ -87,7 +87,7 @@ class DominantSubspace:
         "The (p, k) orthonormal basis U of the Dominant subspace (None before the first refresh)."
         return None if self.eigvecs is None else self.eigvecs[:, : self.k]
 
-# %% ../nbs/02_subspace.ipynb #fac9d10e
+# %% ../nbs/02_subspace.ipynb #c9f0a2ed
 def _solve(sub: DominantSubspace, op, cold: bool):
     "One cold (lanczos) or warm (block_lanczos from the previous basis + random directions) solve."
     if cold:
@@ -103,6 +103,13 @@ def _solve(sub: DominantSubspace, op, cold: bool):
     )  # `refresh` handles residuals above tol
 
 
+def _synced(op, res):
+    "A solve's eigenvectors, eigenvalues and residuals; each rank takes the first rank's copy on a data-parallel `op`."
+    bc = getattr(op, "broadcast", None)
+    sync = (lambda t: t) if bc is None else (lambda t: bc(t.to(op.device)).to(t.device))
+    return sync(res.eigenvectors), sync(res.eigenvalues), sync(res.residuals)
+
+# %% ../nbs/02_subspace.ipynb #2183898b
 @patch
 def refresh(self: DominantSubspace, op=None):  # operator for this refresh only (default: the subspace's own)
     "Recompute the top eigenpairs at the current parameters, warm-started when a basis exists; return `info`."
@@ -111,12 +118,8 @@ def refresh(self: DominantSubspace, op=None):  # operator for this refresh only 
     res = _solve(self, op, cold)
     if not cold and res.residuals.max() > self.restart_tol:
         res, cold = _solve(self, op, True), True
-    prev, bc = (
-        self.basis,
-        getattr(op, "broadcast", None),
-    )  # data-parallel operators: every rank takes the first rank's copy
-    sync = (lambda t: t) if bc is None else (lambda t: bc(t.to(op.device)).to(t.device))
-    self.eigvecs, self.eigenvalues, self.residuals = sync(res.eigenvectors), sync(res.eigenvalues), sync(res.residuals)
+    prev = self.basis
+    self.eigvecs, self.eigenvalues, self.residuals = _synced(op, res)  # data-parallel: every rank takes rank 0's
     self.n_matvecs += res.n_matvecs
     self.n_refreshes += 1
     drift = None if prev is None else ((prev.T @ self.basis).norm() ** 2 / self.k).item()
@@ -131,7 +134,7 @@ def refresh(self: DominantSubspace, op=None):  # operator for this refresh only 
     )
     return self.info
 
-
+# %% ../nbs/02_subspace.ipynb #5a521c43
 @patch
 def update(self: DominantSubspace, op=None):  # operator for a refresh, if one is due
     "Count one training step; refresh when due (every `refresh_every` calls, and on the first). Return whether it did."
@@ -141,7 +144,7 @@ def update(self: DominantSubspace, op=None):  # operator for a refresh, if one i
         self.refresh(op)
     return due
 
-# %% ../nbs/02_subspace.ipynb #477ab181
+# %% ../nbs/02_subspace.ipynb #7954e167
 def _as_flat(v):
     "A flat vector from a tensor (p,) or a sequence of tensors; and a function mapping flat results back."
     if isinstance(v, torch.Tensor):
@@ -152,23 +155,36 @@ def _as_flat(v):
     ]
 
 
-def _apply(fn):
-    def method(self: DominantSubspace, v):  # a vector (p,), or a list of tensors such as parameter gradients
-        if self.eigvecs is None:
-            raise RuntimeError("the subspace has no basis yet: call `refresh()` or `update()` first")
-        flat, back = _as_flat(v)
-        if flat.shape != (self.eigvecs.shape[0],):
-            raise ValueError(f"`v` must hold p={self.eigvecs.shape[0]} entries, got {tuple(flat.shape)}")
-        out = fn(self.basis, flat)
-        return out if out.ndim == 0 else back(out)
+def _on_basis(sub: DominantSubspace, fn, v):
+    "`fn(U, flat)` on the tracker's basis U for a vector (p,) or a list of tensors `v`; results come shaped like `v`."
+    if sub.eigvecs is None:
+        raise RuntimeError("the subspace has no basis yet: call `refresh()` or `update()` first")
+    flat, back = _as_flat(v)
+    if flat.shape != (sub.eigvecs.shape[0],):
+        raise ValueError(f"`v` must hold p={sub.eigvecs.shape[0]} entries, got {tuple(flat.shape)}")
+    out = fn(sub.basis, flat)
+    return out if out.ndim == 0 else back(out)
 
-    method.__doc__ = fn.__doc__
-    return method
+# %% ../nbs/02_subspace.ipynb #840b2027
+@patch
+def project_dom(self: DominantSubspace, v):  # a vector (p,), or a list of tensors such as parameter gradients
+    "P_dom v = U(Uᵀv), the component of `v` in the Dominant subspace, shaped like `v`."
+    # `project_dom` is still the function of (U, g) above: `@patch` leaves the module's name to it
+    return _on_basis(self, project_dom, v)
 
+# %% ../nbs/02_subspace.ipynb #66ef33d8
+@patch
+def project_bulk(self: DominantSubspace, v):  # a vector (p,), or a list of tensors such as parameter gradients
+    "P_bulk v = v − U(Uᵀv), the component of `v` orthogonal to the Dominant subspace, shaped like `v`."
+    # `project_bulk` is still the function of (U, g) above: `@patch` leaves the module's name to it
+    return _on_basis(self, project_bulk, v)
 
-DominantSubspace.project_dom, DominantSubspace.project_bulk, DominantSubspace.alignment = map(
-    _apply, (project_dom, project_bulk, alignment)
-)
+# %% ../nbs/02_subspace.ipynb #3790a755
+@patch
+def alignment(self: DominantSubspace, v):  # a vector (p,), or a list of tensors such as parameter gradients
+    "χ_k(v) = ‖P_dom v‖ / ‖v‖ in [0, 1] (0 for v = 0), as a float tensor."
+    # `alignment` is still the function of (U, v) above: `@patch` leaves the module's name to it
+    return _on_basis(self, alignment, v)
 
 # %% ../nbs/02_subspace.ipynb #e5226b33
 _STATE = ("eigvecs", "eigenvalues", "residuals", "n_matvecs", "n_refreshes", "n_updates", "info")

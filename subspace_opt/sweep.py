@@ -44,7 +44,37 @@ def expand_grid(
         points.append((point, label, config_from_dict(d)))
     return points
 
-# %% ../nbs/06a_sweep.ipynb #ee045629
+# %% ../nbs/06a_sweep.ipynb #4fa6190f
+def _jobs(points, out: Path):
+    "One job per grid point, method and seed: (config, method index, seed, run folder)."
+    return [
+        (cfg, mi, s, out / "points" / label / f"{m.name}-seed{s}")
+        for _, label, cfg in points
+        for mi, m in enumerate(cfg.methods)
+        for s in cfg.seeds
+    ]
+
+
+def _run_jobs(jobs: list, workers: int, progress: bool):
+    "Run `jobs` with `run_job`: in `workers` forkserver processes, or in this one."
+    if workers > 1:
+        with mp.get_context("forkserver").Pool(workers) as pool:
+            list(tqdm(pool.imap_unordered(run_job, jobs), total=len(jobs), desc="sweep", disable=not progress))
+    else:
+        [run_job(j) for j in tqdm(jobs, desc="sweep", disable=not progress)]
+
+
+def _collect(points, out: Path):
+    "Every job's rows in grid order, with a column per grid key holding the point's value."
+    frames = [
+        pd.read_csv(out / "points" / label / f"{m.name}-seed{s}" / "rows.csv").assign(**point)
+        for point, label, cfg in points
+        for m in cfg.methods
+        for s in cfg.seeds
+    ]
+    return pd.concat(frames, ignore_index=True)
+
+# %% ../nbs/06a_sweep.ipynb #8f777677
 def run_sweep(
     base: dict,  # experiment configuration as plain data
     grid: dict,  # dotted key -> list of values
@@ -57,27 +87,12 @@ def run_sweep(
     out.mkdir(parents=True, exist_ok=True)
     dev = base.get("device") or str(default_device())
     (out / "sweep.json").write_text(json.dumps({"base": base, "grid": grid, "environment": environment(dev)}, indent=2))
-    jobs = [
-        (cfg, mi, s, out / "points" / label / f"{m.name}-seed{s}")
-        for _, label, cfg in points
-        for mi, m in enumerate(cfg.methods)
-        for s in cfg.seeds
-    ]
-    if workers > 1:
-        with mp.get_context("forkserver").Pool(workers) as pool:
-            list(tqdm(pool.imap_unordered(run_job, jobs), total=len(jobs), desc="sweep", disable=not progress))
-    else:
-        [run_job(j) for j in tqdm(jobs, desc="sweep", disable=not progress)]
-    frames = []
-    for point, label, cfg in points:
-        for m in cfg.methods:
-            for s in cfg.seeds:
-                frames.append(pd.read_csv(out / "points" / label / f"{m.name}-seed{s}" / "rows.csv").assign(**point))
-    results = pd.concat(frames, ignore_index=True)
+    _run_jobs(_jobs(points, out), workers, progress)
+    results = _collect(points, out)
     results.to_csv(out / "results.csv", index=False)
     return results
 
-
+# %% ../nbs/06a_sweep.ipynb #e8e41192
 def load_sweep(path: str | Path):  # a JSON/YAML file: an experiment config plus `grid` and optionally `workers`
     "Read a sweep file; return (base config dict, grid, workers)."
     d = read_config_file(path)

@@ -83,7 +83,7 @@ def sgd_steps(
         losses.append(L.item())
     return losses
 
-# %% ../nbs/06_train.ipynb #9f279f11
+# %% ../nbs/06_train.ipynb #5c6f7209
 class ConfigError(ValueError):
     "A bad experiment configuration; the message names the key and what it accepts."
 
@@ -114,7 +114,7 @@ class SubspaceConfig:
     tol: float = 1e-2  # warm-refresh tolerance
     solver: str = "warm"  # 'warm': block refresh from the last basis; 'cold': a fresh Lanczos solve per refresh
 
-# %% ../nbs/06_train.ipynb #3ffa57e2
+# %% ../nbs/06_train.ipynb #791fadc7
 @dataclass
 class ExperimentConfig:
     "A full experiment: task, model, training, methods, subspace, seeds, logging."
@@ -149,7 +149,7 @@ ACCEPTED = {
     "solver": ("warm", "cold"),
 }
 
-# %% ../nbs/06_train.ipynb #fef14b7b
+# %% ../nbs/06_train.ipynb #554d4898
 def _convert(value, hint, where):
     "Check `value` against the type hint `hint` (str form), recursing into config dataclasses."
     opt = hint.endswith("| None")
@@ -178,7 +178,7 @@ def _build(cls, d, where):
             raise ConfigError(f"missing key `{where}.{f.name}`")
     return cls(**{k: _convert(v, cls.__annotations__[k], f"{where}.{k}") for k, v in d.items()})
 
-
+# %% ../nbs/06_train.ipynb #5e295a3f
 def config_from_dict(d: dict):  # plain data, e.g. parsed JSON or YAML
     "A checked `ExperimentConfig` from plain data; raises `ConfigError` naming the offending key."
     cfg = _build(ExperimentConfig, d, "config")
@@ -194,7 +194,7 @@ def config_from_dict(d: dict):  # plain data, e.g. parsed JSON or YAML
         raise ConfigError(f"`config.seeds` must be a non-empty list of ints, got {cfg.seeds!r}")
     return cfg
 
-
+# %% ../nbs/06_train.ipynb #081a7d9d
 def read_config_file(path: str | Path):  # a .json, .yaml or .yml file
     "The plain data of a JSON or YAML file; a missing or malformed file is a `ConfigError`."
     path = Path(path)
@@ -210,7 +210,32 @@ def load_config(path: str | Path):  # a .json, .yaml or .yml file
     "Read and check an experiment configuration file."
     return config_from_dict(read_config_file(path))
 
-# %% ../nbs/06_train.ipynb #ed24d404
+# %% ../nbs/06_train.ipynb #9bc3db05
+def _make_model(cfg: ExperimentConfig, data, seed: int):
+    "The seeded MLP or CNN of `cfg` for the inputs and classes of `data`, on the data's device."
+    dev = data.X_train.device
+    if cfg.model == "mlp":
+        return mlp((data.X_train[0].numel(), *cfg.hidden, data.n_classes), cfg.activation, seed=seed, device=dev)
+    shape = tuple(data.X_train.shape[1:])
+    return cnn(shape, data.n_classes, *cfg.hidden[:1], activation=cfg.activation, seed=seed, device=dev)
+
+
+def _base_optimizer(method: MethodConfig, params):
+    "The torch optimizer that `method` projects: SGD, SGD with momentum, or Adam."
+    return {
+        "sgd": lambda: torch.optim.SGD(params, lr=method.lr),
+        "momentum": lambda: torch.optim.SGD(params, lr=method.lr, momentum=method.momentum),
+        "adam": lambda: torch.optim.Adam(params, lr=method.lr),
+    }[method.base]()
+
+
+def _hessian_data(cfg: ExperimentConfig, data):
+    "This rank's share of the optimizer's Hessian data: the training set, or its first `n_hessian` samples."
+    s = cfg.subspace
+    full = s.hessian_data != "subsample"
+    return shard(data.train if full else (data.X_train[: s.n_hessian], data.y_train[: s.n_hessian]))
+
+# %% ../nbs/06_train.ipynb #92f173f1
 def build_run(
     cfg: ExperimentConfig,  # the experiment
     method: MethodConfig,  # one of its methods
@@ -218,89 +243,66 @@ def build_run(
     data,  # its `TaskData`
 ):
     "The model, the wrapped optimizer and the logging tracker of one run."
-    dev = data.X_train.device
-    if cfg.model == "mlp":
-        model = mlp((data.X_train[0].numel(), *cfg.hidden, data.n_classes), cfg.activation, seed=seed, device=dev)
-    else:
-        model = cnn(
-            tuple(data.X_train.shape[1:]),
-            data.n_classes,
-            *cfg.hidden[:1],
-            activation=cfg.activation,
-            seed=seed,
-            device=dev,
-        )
-    ps, m = model.parameters(), method
-    base = {
-        "sgd": lambda: torch.optim.SGD(ps, lr=m.lr),
-        "momentum": lambda: torch.optim.SGD(ps, lr=m.lr, momentum=m.momentum),
-        "adam": lambda: torch.optim.Adam(ps, lr=m.lr),
-    }[m.base]()
-    hdata = shard(
-        data.train
-        if cfg.subspace.hessian_data != "subsample"
-        else (data.X_train[: cfg.subspace.n_hessian], data.y_train[: cfg.subspace.n_hessian])
-    )
-    k, s = cfg.subspace.k or data.n_classes, cfg.subspace
+    model, m, s = _make_model(cfg, data, seed), method, cfg.subspace
+    base = _base_optimizer(m, model.parameters())
+    k = s.k or data.n_classes
     track = lambda op, T: DominantSubspace(
         op, k=k, refresh_every=T, n_eigs=s.n_eigs, tol=s.tol, seed=seed, cold_every=1 if s.solver == "cold" else None
     )
-    opt = ProjectedOptimizer(
-        base, track(HessianOperator(model, cfg.loss, hdata), s.refresh_every), m.dom, m.bulk, m.mode, m.start_step
-    )
-    return (
-        model,
-        opt,
-        track(HessianOperator(model, cfg.loss, shard(data.train)), 1),
-    )  # shard: this rank's part (all of it on one process)
+    op = HessianOperator(model, cfg.loss, _hessian_data(cfg, data))
+    opt = ProjectedOptimizer(base, track(op, s.refresh_every), m.dom, m.bulk, m.mode, m.start_step)
+    log_sub = track(
+        HessianOperator(model, cfg.loss, shard(data.train)), 1
+    )  # shard: this rank's part (all on one process)
+    return model, opt, log_sub
 
-# %% ../nbs/06_train.ipynb #f6095102
-def measure(
-    cfg,
-    model,
-    opt,
-    log_sub,
-    data,
-    step: int,  # the run's objects and the step number
-    initial: float | None = None,  # the initial train loss, to recognise divergence
-):
-    "One row of measurements at `step`; the curvature columns stay empty once the run has diverged."
-    train_loss, train_acc = evaluate(model, cfg.loss, data.train)
-    test_loss, test_acc = evaluate(model, cfg.loss, data.test)
-    lr = opt.param_groups[0]["lr"]
-    if initial is not None and _diverged(
-        cfg, dict(train_loss=train_loss), initial
-    ):  # no eigensolve on a blown-up model:
-        return dict(
-            step=step, train_loss=train_loss, train_acc=train_acc, test_loss=test_loss, test_acc=test_acc, lr=lr
-        )  # it may not converge
-    log_sub.refresh()
-    lam = log_sub.eigenvalues.tolist()
-    row = dict(
-        step=step,
-        train_loss=train_loss,
-        train_acc=train_acc,
-        test_loss=test_loss,
-        test_acc=test_acc,
-        lr=lr,
-        **{f"lambda_{i + 1}": v for i, v in enumerate(lam)},
-        lr_x_lambda1=lr * lam[0],
-        chi_full_grad=alignment(log_sub.basis, log_sub.op.gradient()).item(),
+# %% ../nbs/06_train.ipynb #ba4ad772
+def _diverged(cfg, row, initial):
+    "Why the logged `row` marks the run as diverged (a non-finite or blown-up train loss), or ''."
+    if not math.isfinite(row["train_loss"]):
+        return "non-finite train loss"
+    return (
+        f"train loss above {cfg.diverge_factor:g}x its initial value"
+        if row["train_loss"] > cfg.diverge_factor * initial
+        else ""
     )
+
+
+def _step_diagnostics(opt, log_sub):
+    "The optimizer's χ and effective learning rates of its last step, the update's leakage and the tracker's drift."
     diag = opt.last if opt.switch_step is not None else {}
-    row.update(
-        {
-            k: float(diag[k]) if k in diag else float("nan")
-            for k in ("chi_grad", "chi_update", "eff_lr_dom", "eff_lr_bulk")
-        }
-    )
+    names = ("chi_grad", "chi_update", "eff_lr_dom", "eff_lr_bulk")
+    row = {k: float(diag[k]) if k in diag else float("nan") for k in names}
     upd = opt.last_update if diag else None
     row["leakage"] = float("nan") if upd is None else alignment(log_sub.basis, upd.to(log_sub.basis.dtype)).item()
     row["drift"] = opt.subspace.info.get("drift") if diag else float("nan")
     row["drift"] = float("nan") if row["drift"] is None else row["drift"]
     return row
 
-# %% ../nbs/06_train.ipynb #19ec473a
+# %% ../nbs/06_train.ipynb #65ec0925
+def measure(
+    cfg,  # the experiment
+    model,  # the network being trained
+    opt,  # its `ProjectedOptimizer`
+    log_sub,  # the logging tracker (the full training set's Hessian)
+    data,  # the run's `TaskData`
+    step: int,  # the step number of the row
+    initial: float | None = None,  # the initial train loss, to recognise divergence
+):
+    "One row of measurements at `step`; the curvature columns stay empty once the run has diverged."
+    train_loss, train_acc = evaluate(model, cfg.loss, data.train)
+    test_loss, test_acc = evaluate(model, cfg.loss, data.test)
+    lr = opt.param_groups[0]["lr"]
+    row = dict(step=step, train_loss=train_loss, train_acc=train_acc, test_loss=test_loss, test_acc=test_acc, lr=lr)
+    if initial is not None and _diverged(cfg, row, initial):  # no eigensolve on a blown-up model: it may not converge
+        return row
+    log_sub.refresh()
+    lam = log_sub.eigenvalues.tolist()
+    row.update({f"lambda_{i + 1}": v for i, v in enumerate(lam)})
+    row.update(lr_x_lambda1=lr * lam[0], chi_full_grad=alignment(log_sub.basis, log_sub.op.gradient()).item())
+    return {**row, **_step_diagnostics(opt, log_sub)}
+
+# %% ../nbs/06_train.ipynb #7f9b2322
 def _append(path: Path, row: dict):
     "Append one row as one complete CSV line, in the header's column order (the first row writes the header)."
     if rank():
@@ -329,14 +331,16 @@ def _rows_until(path: Path, step: int):
 
 
 def _save(path: Path, state: dict):
+    "`torch.save` to a temporary file renamed into place (rank 0 only), so `path` is never half-written."
     if rank():
         return
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
 
-# %% ../nbs/06_train.ipynb #f22bc78c
+# %% ../nbs/06_train.ipynb #fbc4a0cb
 def _checkpoint(path, model, opt, log_sub, gen, state):
+    "Save everything a run needs to continue: model, optimizer, logging tracker, batch generator, loop state."
     _save(
         path,
         dict(
@@ -350,6 +354,7 @@ def _checkpoint(path, model, opt, log_sub, gen, state):
 
 
 def _restore(path, model, opt, log_sub, gen):
+    "Load a checkpoint of `_checkpoint` into the run's objects; return its loop state."
     c = torch.load(path, weights_only=False)
     model.load_state_dict(c["model"])
     opt.load_state_dict(c["opt"])
@@ -357,7 +362,7 @@ def _restore(path, model, opt, log_sub, gen):
     gen.set_state(c["gen"])
     return c["state"]
 
-
+# %% ../nbs/06_train.ipynb #40fb5b02
 def _snapshot(cfg, run_dir, model, step):
     "Keep the weights at `step` in `run_dir/snapshots/step<step>.pt` when `cfg.snapshot_every` asks for it."
     if cfg.snapshot_every and step % cfg.snapshot_every == 0:
@@ -371,16 +376,6 @@ def _next_batch(state, gen, n, b):
         state["order"] = torch.randperm(n, generator=gen).tolist()
     idx, state["order"] = state["order"][:b], state["order"][b:]
     return idx
-
-
-def _diverged(cfg, row, initial):
-    if not math.isfinite(row["train_loss"]):
-        return "non-finite train loss"
-    return (
-        f"train loss above {cfg.diverge_factor:g}x its initial value"
-        if row["train_loss"] > cfg.diverge_factor * initial
-        else ""
-    )
 
 # %% ../nbs/06_train.ipynb #aba67aa2
 def _flat(d, prefix=""):
@@ -443,78 +438,100 @@ def _finite_everywhere(loss):
     bad = (~torch.isfinite(loss.detach())).to(loss.dtype).reshape(1)
     return all_reduce_sum(bad, resolve_group()).item() == 0
 
-# %% ../nbs/06_train.ipynb #66632a21
+# %% ../nbs/06_train.ipynb #66a972c7
+def _begin(cfg, run_dir: Path, run: tuple, gen, tag: dict, data):
+    "The loop state: restored from the checkpoint (later rows dropped), or a fresh start with its step-0 row."
+    model, opt, log_sub = run
+    rows, ckpt = run_dir / "rows.csv", run_dir / "checkpoint.pt"
+    if ckpt.exists():
+        state = _restore(ckpt, model, opt, log_sub, gen)
+        _rows_until(rows, state["step"])
+        return state
+    rows.unlink(missing_ok=True)
+    row = measure(cfg, model, opt, log_sub, data, 0)
+    _append(rows, {**tag, **row, "diverged": False, "reason": ""})
+    _snapshot(cfg, run_dir, model, 0)
+    return dict(step=0, order=[], initial=row["train_loss"])
+
+
+def _step(cfg, run: tuple, net, data, state: dict, gen):
+    "One optimizer step on the next mini-batch (this rank's slice of it); '' or why the run stops."
+    model, opt, _ = run
+    X, y = data.train
+    idx = _next_batch(state, gen, len(X), cfg.batch_size)
+    local = shard(idx)  # this rank's slice of the global mini-batch
+    if cfg.subspace.hessian_data == "minibatch":
+        opt.subspace.op = HessianOperator(model, cfg.loss, (X[local], y[local]), check_determinism=False)
+    opt.zero_grad()
+    loss = _batch_loss(net(X[local]), y[local], cfg.loss, len(idx))
+    if not _finite_everywhere(loss):
+        return "non-finite mini-batch loss"
+    loss.backward()
+    opt.step()
+    state["step"] += 1
+    return ""
+
+# %% ../nbs/06_train.ipynb #8ca82b39
+def _log_and_checkpoint(cfg, run_dir: Path, run: tuple, gen, state: dict, tag: dict, data):
+    "After a step: snapshot, logged row and checkpoint when due; '' or the reason the run has diverged."
+    model, opt, log_sub = run
+    _snapshot(cfg, run_dir, model, state["step"])
+    reason = ""
+    if state["step"] % cfg.log_every == 0 or state["step"] == cfg.steps:
+        row = measure(cfg, model, opt, log_sub, data, state["step"], state["initial"])
+        reason = _diverged(cfg, row, state["initial"])
+        _append(run_dir / "rows.csv", {**tag, **row, "diverged": bool(reason), "reason": reason})
+    if state["step"] % cfg.checkpoint_every == 0 and not reason:
+        _checkpoint(run_dir / "checkpoint.pt", model, opt, log_sub, gen, state)
+    return reason
+
+
+def _finish(run_dir: Path, state: dict, reason: str, t0: float, start: int):
+    "Mark the run done: rank 0 writes `done.json` (steps, reason, seconds per step since `start`); all ranks wait."
+    if rank() == 0:
+        seconds_per_step = (time.perf_counter() - t0) / max(state["step"] - start, 1)
+        (run_dir / "done.json").write_text(
+            json.dumps(dict(steps=state["step"], reason=reason, seconds_per_step=seconds_per_step))
+        )
+    barrier()  # rank 0 has written every row
+
+# %% ../nbs/06_train.ipynb #a8301e22
 def run_one(
-    cfg: ExperimentConfig,
-    method: MethodConfig,
-    seed: int,  # what to run
-    run_dir: str | Path,
-    data,
-    progress: bool = True,  # where its files go; its TaskData; progress bar
+    cfg: ExperimentConfig,  # the experiment
+    method: MethodConfig,  # one of its methods
+    seed: int,  # one of its seeds
+    run_dir: str | Path,  # where its files go
+    data,  # its `TaskData`
+    progress: bool = True,  # show a progress bar
 ):
     "Train one (method, seed) run resumably, appending rows to `run_dir/rows.csv`; return its rows."
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     _claim_all(run_dir, _run_spec(cfg, method, seed))
-    rows, ckpt, done = run_dir / "rows.csv", run_dir / "checkpoint.pt", run_dir / "done.json"
-    if done.exists():
+    rows = run_dir / "rows.csv"
+    if (run_dir / "done.json").exists():
         return pd.read_csv(rows)
-    model, opt, log_sub = build_run(cfg, method, seed, data)
-    net = _ddp(model)
-    gen, state, tag = (
+    run = build_run(cfg, method, seed, data)
+    net, gen, tag = (
+        _ddp(run[0]),
         torch.Generator().manual_seed(seed),
-        dict(step=0, order=[], initial=None),
         dict(experiment=cfg.name, method=method.name, seed=seed),
     )
-    if ckpt.exists():
-        state = _restore(ckpt, model, opt, log_sub, gen)
-        _rows_until(rows, state["step"])
-    else:
-        rows.unlink(missing_ok=True)
-        row = measure(cfg, model, opt, log_sub, data, 0)
-        state["initial"] = row["train_loss"]
-        _append(rows, {**tag, **row, "diverged": False, "reason": ""})
-        _snapshot(cfg, run_dir, model, 0)
-    (X, y), reason, t0, start = data.train, "", time.perf_counter(), state["step"]
-    with tqdm(
-        total=cfg.steps, initial=state["step"], desc=f"{method.name} seed {seed}", disable=not progress or rank() > 0
-    ) as bar:
+    state = _begin(cfg, run_dir, run, gen, tag, data)
+    reason, t0, start = "", time.perf_counter(), state["step"]
+    bar = tqdm(total=cfg.steps, initial=start, desc=f"{method.name} seed {seed}", disable=not progress or rank() > 0)
+    with bar:
         while state["step"] < cfg.steps and not reason:
-            idx = _next_batch(state, gen, len(X), cfg.batch_size)
-            local = shard(idx)  # this rank's slice of the global mini-batch
-            if cfg.subspace.hessian_data == "minibatch":
-                opt.subspace.op = HessianOperator(model, cfg.loss, (X[local], y[local]), check_determinism=False)
-            opt.zero_grad()
-            loss = _batch_loss(net(X[local]), y[local], cfg.loss, len(idx))
-            if not _finite_everywhere(loss):
-                reason = "non-finite mini-batch loss"
+            reason = _step(cfg, run, net, data, state, gen)
+            if reason:
                 _append(rows, {**tag, "step": state["step"] + 1, "diverged": True, "reason": reason})
                 break
-            loss.backward()
-            opt.step()
-            state["step"] += 1
             bar.update()
-            _snapshot(cfg, run_dir, model, state["step"])
-            if state["step"] % cfg.log_every == 0 or state["step"] == cfg.steps:
-                row = measure(cfg, model, opt, log_sub, data, state["step"], state["initial"])
-                reason = _diverged(cfg, row, state["initial"])
-                _append(rows, {**tag, **row, "diverged": bool(reason), "reason": reason})
-            if state["step"] % cfg.checkpoint_every == 0 and not reason:
-                _checkpoint(ckpt, model, opt, log_sub, gen, state)
-    if rank() == 0:
-        done.write_text(
-            json.dumps(
-                dict(
-                    steps=state["step"],
-                    reason=reason,
-                    seconds_per_step=(time.perf_counter() - t0) / max(state["step"] - start, 1),
-                )
-            )
-        )
-    barrier()  # rank 0 has written every row
+            reason = _log_and_checkpoint(cfg, run_dir, run, gen, state, tag, data)
+    _finish(run_dir, state, reason, t0, start)
     return pd.read_csv(rows)
 
-# %% ../nbs/06_train.ipynb #013823d9
+# %% ../nbs/06_train.ipynb #8c084794
 def environment(device) -> dict:  # the torch device the work runs on
     "Versions and device name, recorded beside every result."
     import numpy, scipy
@@ -530,7 +547,7 @@ def environment(device) -> dict:  # the torch device the work runs on
         "threads": torch.get_num_threads(),
     }
 
-
+# %% ../nbs/06_train.ipynb #e5cfda4b
 def load_experiment_data(
     cfg: ExperimentConfig,  # the experiment
     device,  # where to put the tensors
@@ -541,7 +558,7 @@ def load_experiment_data(
         args.setdefault("flatten", False)
     return load_task(cfg.data, device=device, **args)
 
-
+# %% ../nbs/06_train.ipynb #2cf247fe
 def run_experiment(
     cfg: ExperimentConfig,  # the experiment
     out_dir: str | Path,  # its folder: rows, checkpoints and summaries

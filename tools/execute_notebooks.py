@@ -25,6 +25,17 @@ def has_flag(cell, flags):
     )
 
 
+def skip_or_clear(cell, flags):
+    """execnb's pre-processor: True skips a flagged cell (it keeps the outputs it has); any other code cell loses its
+    old outputs first, since execnb only replaces outputs when a cell makes some (a cell now silent would keep stale
+    ones)."""
+    if has_flag(cell, flags):
+        return True
+    if cell.cell_type == "code":
+        cell.outputs, cell.execution_count = [], None
+    return False
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("notebooks", nargs="+", type=Path)
@@ -46,7 +57,7 @@ def main(argv=None):
         shell = CaptureShell()
         os.chdir(src.parent)  # as nbdev_test does: relative paths in a notebook (e.g. runs/) are relative to its folder
         try:
-            shell.execute(src, dest, exc_stop=True, preproc=lambda c: has_flag(c, args.skip_flags))
+            shell.execute(src, dest, exc_stop=True, preproc=lambda c: skip_or_clear(c, args.skip_flags))
         except Exception:
             print(shell.prettytb(fname=src), file=sys.stderr)
             return 1
