@@ -21,7 +21,8 @@ from .optim import bulk_amplified_sgd, dom_bulk_sgd
 from .ggn import curvature_energy, curvature_report, trace_shares
 from .models import cnn, mlp
 from .data import load_digits, load_task
-from .train import load_config, run_experiment
+from .config import load_config
+from .train import run_experiment
 
 # %% ../nbs/10_api.ipynb #c47a858c
 # fmt: off

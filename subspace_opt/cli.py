@@ -16,16 +16,8 @@ from .lanczos import block_lanczos, lanczos, scipy_eigsh
 from .models import mlp
 from .plots import plot_curves, plot_heatmap, plot_sharpness, plot_spectrum
 from .sweep import load_sweep, run_sweep
-from subspace_opt.train import (
-    ConfigError,
-    config_from_dict,
-    environment,
-    evaluate,
-    load_config,
-    run_experiment,
-    sgd_steps,
-    summarize,
-)
+from .config import ConfigError, config_from_dict, load_config
+from .train import environment, evaluate, run_experiment, sgd_steps, summarize
 
 # %% auto #0
 __all__ = ['SOLVERS', 'DEMO', 'DEMO_THRESHOLD', 'new_run_dir', 'write_config', 'spectrum', 'plot_run', 'demo', 'main']

@@ -12,7 +12,8 @@ import torch
 from tqdm.auto import tqdm
 from .curvature import FunctionalHessianOperator, GGNOperator, HessianOperator, TorchLinearOperator
 from .lanczos import block_lanczos
-from .train import ExperimentConfig, build_run, load_experiment_data
+from .config import ExperimentConfig, load_experiment_data
+from .train import build_run
 
 # %% auto #0
 __all__ = ['QUANTITIES', 'ESTIMATORS', 'Estimate', 'exact_quadratic', 'hutchinson', 'hutchpp', 'estimate_quadratic',

@@ -9,7 +9,8 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 from .data import default_device
-from .train import ConfigError, config_from_dict, environment, read_config_file, run_job
+from .config import ConfigError, config_from_dict, read_config_file
+from .train import environment, run_job
 
 # %% auto #0
 __all__ = ['expand_grid', 'run_sweep', 'load_sweep']
