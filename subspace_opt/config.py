@@ -4,19 +4,21 @@
 
 # %% ../nbs/05b_config.ipynb #0b2b192d
 from __future__ import annotations
-import json
+import collections, inspect, json, math, re
 import yaml
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 import torch
-from .curvature import LOSSES
-from .optim import MODES
+from .optim import MODES, bulk_amplified_sgd, bulk_sgd, damped_dominant_sgd, dom_bulk_sgd, dom_sgd
+from .optim import interpolated_sgd
 from .data import TASKS, load_task
 from .models import ACTIVATIONS, cnn, mlp
 
 # %% auto #0
-__all__ = ['ACCEPTED', 'UserError', 'ConfigError', 'MethodConfig', 'SubspaceConfig', 'ExperimentConfig', 'config_from_dict',
-           'read_config_file', 'load_config', 'make_model', 'make_base_optimizer', 'load_experiment_data']
+__all__ = ['MODELS', 'BASE_OPTIMIZERS', 'LOSS_FUNCTIONS', 'PRESETS', 'ACCEPTED', 'RANGES', 'NAME_PATTERN', 'MAX_CONFIG_BYTES',
+           'UserError', 'ConfigError', 'MethodConfig', 'SubspaceConfig', 'ExperimentConfig', 'preset_arguments',
+           'make_model', 'make_base_optimizer', 'load_experiment_data', 'Interval', 'config_from_dict', 'check_rank',
+           'read_config_file', 'load_config']
 
 # %% ../nbs/05b_config.ipynb #5c6f7209
 class UserError(ValueError):
@@ -32,26 +34,26 @@ class ConfigError(UserError):
 class MethodConfig:
     "One optimizer in an experiment: a·P_dom + b·P_bulk on top of a base optimizer."
 
-    name: str  # label in the results, e.g. 'bulk-sgd'
-    dom: float = 1.0  # coefficient a of the Dominant part
-    bulk: float = 1.0  # coefficient b of the Bulk part
-    base: str = "sgd"  # 'sgd', 'momentum' or 'adam'
-    lr: float = 0.01  # learning rate η
-    momentum: float = 0.9  # momentum of base='momentum'
+    name: str  # label in the results and run folder name, e.g. 'bulk-sgd'
+    dom: float = 1.0  # coefficient a >= 0 of the Dominant part
+    bulk: float = 1.0  # coefficient b >= 0 of the Bulk part
+    base: str = "sgd"  # a key of `BASE_OPTIMIZERS`: 'sgd', 'momentum' or 'adam'
+    lr: float = 0.01  # learning rate η > 0
+    momentum: float = 0.9  # momentum of base='momentum', in [0, 1)
     mode: str = "gradient"  # 'gradient' or 'update'
-    start_step: int = 0  # plain base steps before projecting
+    start_step: int = 0  # plain base steps before projecting, >= 0
 
 
 @dataclass
 class SubspaceConfig:
     "How the Dominant subspace is tracked."
 
-    k: int | None = None  # rank (default: the number of classes)
-    refresh_every: int = 1  # refresh period T
+    k: int | None = None  # rank >= 1, below the parameter count (default: the number of classes)
+    refresh_every: int = 1  # refresh period T >= 1
     hessian_data: str = "full"  # 'full' training set, fixed first-n 'subsample', or current 'minibatch'
-    n_hessian: int = 1000  # samples of the 'subsample'
-    n_eigs: int | None = None  # eigenvalues logged (default k)
-    tol: float = 1e-2  # warm-refresh tolerance
+    n_hessian: int = 1000  # samples of the 'subsample', >= 1
+    n_eigs: int | None = None  # eigenvalues logged, >= k (default k)
+    tol: float = 1e-2  # warm-refresh tolerance, > 0
     solver: str = "warm"  # 'warm': block refresh from the last basis; 'cold': a fresh Lanczos solve per refresh
 
 # %% ../nbs/05b_config.ipynb #791fadc7
@@ -59,116 +61,84 @@ class SubspaceConfig:
 class ExperimentConfig:
     "A full experiment: task, model, training, methods, subspace, seeds, logging."
 
-    name: str = "experiment"  # experiment label
+    name: str = "experiment"  # experiment label (same rule as method names)
     data: str = "digits"  # a key of `TASKS`
     data_args: dict = field(default_factory=dict)  # keyword arguments of the loader (e.g. n_train)
-    model: str = "mlp"  # 'mlp' or 'cnn'
-    hidden: list = field(default_factory=lambda: [200, 200])  # MLP hidden widths (CNN: [channels])
+    model: str = "mlp"  # a key of `MODELS`: 'mlp' or 'cnn'
+    hidden: list = field(default_factory=lambda: [200, 200])  # MLP hidden widths >= 1 (CNN: [channels])
     activation: str = "tanh"  # 'tanh', 'relu' or 'gelu'
-    loss: str = "mse"  # 'mse' or 'ce'
-    batch_size: int = 50  # mini-batch size
-    steps: int = 1000  # optimizer steps per run
+    loss: str = "mse"  # a key of `LOSS_FUNCTIONS`: 'mse' or 'ce'
+    batch_size: int = 50  # mini-batch size >= 1
+    steps: int = 1000  # optimizer steps per run, >= 1
     methods: list = field(default_factory=list)  # list of MethodConfig
     subspace: SubspaceConfig = field(default_factory=SubspaceConfig)  # tracking settings
-    seeds: list = field(default_factory=lambda: [0])  # one run per method and seed
-    log_every: int = 10  # measure every N steps
-    checkpoint_every: int = 100  # checkpoint every N steps
-    snapshot_every: int | None = None  # also keep the weights every N steps (and at 0) in snapshots/
-    diverge_factor: float = 10.0  # a train loss above this multiple of the initial one is divergence
+    seeds: list = field(default_factory=lambda: [0])  # one run per method and seed: unique ints in [0, 2**32)
+    log_every: int = 10  # measure every N >= 1 steps
+    checkpoint_every: int = 100  # checkpoint every N >= 1 steps
+    snapshot_every: int | None = None  # also keep the weights every N >= 1 steps (and at 0) in snapshots/
+    diverge_factor: float = 10.0  # a train loss above this multiple (> 1) of the initial one is divergence
     device: str | None = None  # torch device (default: CUDA when present)
+
+# %% ../nbs/05b_config.ipynb #1fc1bcbd
+def _mlp(cfg, data, seed):
+    "The seeded MLP inputs -> `cfg.hidden` -> classes."
+    widths = (data.X_train[0].numel(), *cfg.hidden, data.n_classes)
+    return mlp(widths, cfg.activation, seed=seed, device=data.X_train.device)
+
+
+def _cnn(cfg, data, seed):
+    "The seeded small CNN on the images of `data`, with `cfg.hidden[0]` channels (default 32)."
+    shape, dev = tuple(data.X_train.shape[1:]), data.X_train.device
+    return cnn(shape, data.n_classes, *cfg.hidden[:1], activation=cfg.activation, seed=seed, device=dev)
+
+
+MODELS = {"mlp": _mlp, "cnn": _cnn}  # name -> builder(cfg, data, seed)
+BASE_OPTIMIZERS = {  # name -> builder(method, params)
+    "sgd": lambda m, params: torch.optim.SGD(params, lr=m.lr),
+    "momentum": lambda m, params: torch.optim.SGD(params, lr=m.lr, momentum=m.momentum),
+    "adam": lambda m, params: torch.optim.Adam(params, lr=m.lr),
+}
+LOSS_FUNCTIONS = {"mse": "½‖f − t‖² against one-hot targets", "ce": "softmax cross-entropy"}  # name -> what it is
+
+# %% ../nbs/05b_config.ipynb #791fadc8
+PRESETS = {  # name -> (the `subspace_opt.optim` function, its arguments -> (dom, bulk) as that function sets them)
+    "dom_sgd": (dom_sgd, lambda: (1.0, 0.0)),
+    "bulk_sgd": (bulk_sgd, lambda: (0.0, 1.0)),
+    "interpolated_sgd": (interpolated_sgd, lambda dom, bulk: (dom, bulk)),
+    "damped_dominant_sgd": (damped_dominant_sgd, lambda alpha: (1.0 - alpha, 1.0)),
+    "bulk_amplified_sgd": (bulk_amplified_sgd, lambda beta: (1.0, beta)),
+    "dom_bulk_sgd": (dom_bulk_sgd, lambda gamma: (1.0 - gamma, gamma)),
+}
+
+
+def preset_arguments(name: str):  # a key of `PRESETS`
+    "The arguments the preset `name` takes beside the method's own keys, e.g. ['alpha']."
+    return list(inspect.signature(PRESETS[name][1]).parameters)
 
 
 ACCEPTED = {
     "data": tuple(TASKS),
-    "model": ("mlp", "cnn"),
+    "model": tuple(MODELS),
     "activation": tuple(ACTIVATIONS),
-    "loss": LOSSES,
-    "base": ("sgd", "momentum", "adam"),
+    "loss": tuple(LOSS_FUNCTIONS),
+    "base": tuple(BASE_OPTIMIZERS),
     "mode": MODES,
     "hessian_data": ("full", "subsample", "minibatch"),
     "solver": ("warm", "cold"),
+    "preset": tuple(PRESETS),
 }
 
-# %% ../nbs/05b_config.ipynb #554d4898
-def _convert(value, hint, where):
-    "Check `value` against the type hint `hint` (str form), recursing into config dataclasses."
-    opt = hint.endswith("| None")
-    if opt and value is None:
-        return None
-    base = hint.replace("| None", "").strip()
-    if base in ("SubspaceConfig", "MethodConfig"):
-        return _build(globals()[base], value, where)
-    types = {"str": str, "int": int, "float": (int, float), "bool": bool, "dict": dict, "list": list}[base]
-    if isinstance(value, bool) and base != "bool" or not isinstance(value, types):
-        raise ConfigError(f"`{where}` must be {base}{' or null' if opt else ''}, got {type(value).__name__} {value!r}")
-    if where.split(".")[-1] in ACCEPTED and value not in ACCEPTED[where.split(".")[-1]]:
-        raise ConfigError(f"`{where}` must be one of {', '.join(ACCEPTED[where.split('.')[-1]])}; got {value!r}")
-    return float(value) if base == "float" else value
-
-
-def _build(cls, d, where):
-    if not isinstance(d, dict):
-        raise ConfigError(f"`{where}` must be a mapping, got {type(d).__name__}")
-    names = [f.name for f in fields(cls)]
-    for key in d:
-        if key not in names:
-            raise ConfigError(f"unknown key `{where}.{key}`; accepted: {', '.join(names)}")
-    for f in fields(cls):
-        if f.name not in d and f.default is MISSING and f.default_factory is MISSING:
-            raise ConfigError(f"missing key `{where}.{f.name}`")
-    return cls(**{k: _convert(v, cls.__annotations__[k], f"{where}.{k}") for k, v in d.items()})
-
-# %% ../nbs/05b_config.ipynb #5e295a3f
-def config_from_dict(d: dict):  # plain data, e.g. parsed JSON or YAML
-    "A checked `ExperimentConfig` from plain data; raises `ConfigError` naming the offending key."
-    cfg = _build(ExperimentConfig, d, "config")
-    if not cfg.methods:
-        raise ConfigError("`config.methods` must list at least one method")
-    cfg.methods = [_build(MethodConfig, m, f"config.methods[{i}]") for i, m in enumerate(cfg.methods)]
-    if len({m.name for m in cfg.methods}) < len(cfg.methods):
-        raise ConfigError("`config.methods` names must be unique")
-    for key in ("steps", "batch_size", "log_every", "checkpoint_every", "snapshot_every"):
-        if getattr(cfg, key) is not None and getattr(cfg, key) < 1:
-            raise ConfigError(f"`config.{key}` must be >= 1, got {getattr(cfg, key)}")
-    if not cfg.seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in cfg.seeds):
-        raise ConfigError(f"`config.seeds` must be a non-empty list of ints, got {cfg.seeds!r}")
-    return cfg
-
-# %% ../nbs/05b_config.ipynb #081a7d9d
-def read_config_file(path: str | Path):  # a .json, .yaml or .yml file
-    "The plain data of a JSON or YAML file; a missing or malformed file is a `ConfigError`."
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"config file {path} does not exist")
-    try:
-        return json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
-    except (json.JSONDecodeError, yaml.YAMLError) as e:
-        raise ConfigError(f"cannot parse {path}: {str(e).splitlines()[0]}") from None
-
-
-def load_config(path: str | Path):  # a .json, .yaml or .yml file
-    "Read and check an experiment configuration file."
-    return config_from_dict(read_config_file(path))
-
-# %% ../nbs/05b_config.ipynb #1fc1bcbd
+# %% ../nbs/05b_config.ipynb #1fc1bcbe
 def make_model(cfg: ExperimentConfig, data, seed: int):
     "The seeded MLP or CNN of `cfg` for the inputs and classes of `data`, on the data's device."
-    dev = data.X_train.device
-    if cfg.model == "mlp":
-        return mlp((data.X_train[0].numel(), *cfg.hidden, data.n_classes), cfg.activation, seed=seed, device=dev)
-    shape = tuple(data.X_train.shape[1:])
-    return cnn(shape, data.n_classes, *cfg.hidden[:1], activation=cfg.activation, seed=seed, device=dev)
+    return MODELS[cfg.model](cfg, data, seed)
 
 
 def make_base_optimizer(method: MethodConfig, params):
     "The torch optimizer that `method` projects: SGD, SGD with momentum, or Adam."
-    return {
-        "sgd": lambda: torch.optim.SGD(params, lr=method.lr),
-        "momentum": lambda: torch.optim.SGD(params, lr=method.lr, momentum=method.momentum),
-        "adam": lambda: torch.optim.Adam(params, lr=method.lr),
-    }[method.base]()
+    return BASE_OPTIMIZERS[method.base](method, params)
 
-# %% ../nbs/05b_config.ipynb #e5cfda4b
+
 def load_experiment_data(
     cfg: ExperimentConfig,  # the experiment
     device,  # where to put the tensors
@@ -178,3 +148,250 @@ def load_experiment_data(
     if cfg.model == "cnn" and cfg.data in ("digits", "fashion-mnist", "mnist", "cifar10"):
         args.setdefault("flatten", False)
     return load_task(cfg.data, device=device, **args)
+
+# %% ../nbs/05b_config.ipynb #39950f79
+@dataclass(frozen=True)
+class Interval:
+    "The numbers from `lo` to `hi` (None: unbounded above), each end included unless marked open."
+
+    lo: float  # lower end
+    hi: float | None = None  # upper end
+    lo_open: bool = False  # exclude `lo`
+    hi_open: bool = False  # exclude `hi`
+
+    def __contains__(self, x):
+        above = x > self.lo or (x == self.lo and not self.lo_open)
+        return above and (self.hi is None or x < self.hi or (x == self.hi and not self.hi_open))
+
+    def __str__(self):
+        if self.hi is None:
+            return f"{'>' if self.lo_open else '>='} {self.lo}"
+        return f"in {'(' if self.lo_open else '['}{self.lo}, {self.hi}{')' if self.hi_open else ']'}"
+
+
+_COUNTS = ("k", "n_eigs", "refresh_every", "n_hessian", "steps", "batch_size", "hidden")
+RANGES = {  # key -> the numbers it accepts (each entry of a list); every float is finite as well
+    **dict.fromkeys(_COUNTS + ("log_every", "checkpoint_every", "snapshot_every", "beta"), Interval(1)),
+    **dict.fromkeys(("start_step", "dom", "bulk"), Interval(0)),
+    **dict.fromkeys(("lr", "tol"), Interval(0, lo_open=True)),
+    **dict.fromkeys(("alpha", "gamma"), Interval(0, 1)),
+    "momentum": Interval(0, 1, hi_open=True),
+    "diverge_factor": Interval(1, lo_open=True),
+    "seeds": Interval(0, 2**32, hi_open=True),
+}
+
+# %% ../nbs/05b_config.ipynb #2cac3bb3
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
+_READ_AS_DATA = re.compile(r"-?([\d._]*\d[\d._]*(e-?\d[\d_]*)?|inf|infinity|nan|na|null|none|true|false)?", re.I)
+
+
+def _check_name(value: str, where: str):
+    "`value` if it can name a run folder and a table entry (not read back as a number or NaN), else a ConfigError."
+    if not NAME_PATTERN.fullmatch(value) or _READ_AS_DATA.fullmatch(value):
+        raise ConfigError(
+            f"`{where}` must be 1 to 100 of A-Z a-z 0-9 . _ - not starting with '.', and not read as a number or a "
+            f"missing value (such as nan, NA, null, true, 1e3); got {value[:60]!r}"
+        )
+    return value
+
+# %% ../nbs/05b_config.ipynb #554d4898
+def _show(value):
+    "A short one-line repr of `value` for an error message."
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _most_common(items):
+    "The most frequent of `items`, in linear time (to name a repeated entry)."
+    return collections.Counter(items).most_common(1)[0][0]
+
+
+def _path(where: str, key):
+    "The path of `key` inside `where`, one line whatever the key holds."
+    return f"{where}.{key}" if isinstance(key, str) and re.fullmatch(r"\w{1,60}", key) else f"{where}[{_show(key)}]"
+
+
+def _convert(value, hint, where):
+    "Check `value` against the type hint `hint` (str form) and the range of its key, recursing into config dataclasses."
+    opt = hint.endswith("| None")
+    if opt and value is None:
+        return None
+    base = hint.replace("| None", "").strip()
+    if base in ("SubspaceConfig", "MethodConfig"):
+        return _build(globals()[base], value, where)
+    types = {"str": str, "int": int, "float": (int, float), "bool": bool, "dict": dict, "list": list}[base]
+    if isinstance(value, bool) and base != "bool" or not isinstance(value, types):
+        kind = f"{base}{' or null' if opt else ''}"
+        raise ConfigError(f"`{where}` must be {kind}, got {type(value).__name__} {_show(value)}")
+    key, shown = re.sub(r"\[\d+\]$", "", where.rsplit(".", 1)[-1]), _show(value)  # 'c.hidden[0]' -> 'hidden'
+    if key in ACCEPTED and value not in ACCEPTED[key]:
+        raise ConfigError(f"`{where}` must be one of {', '.join(ACCEPTED[key])}; got {shown}")
+    if base == "float":  # a finite float; an int too large for a float is infinite
+        value = float(value) if isinstance(value, float) or abs(value) < 2**1000 else math.inf
+        if not math.isfinite(value):
+            ranged = f" {RANGES[key]}" if key in RANGES else ""
+            raise ConfigError(f"`{where}` must be a finite number{ranged}, got {shown}")
+    if base in ("int", "float") and key in RANGES and value not in RANGES[key]:
+        raise ConfigError(f"`{where}` must be {RANGES[key]}, got {shown}")
+    return _check_name(value, where) if key == "name" and base == "str" else value
+
+# %% ../nbs/05b_config.ipynb #d0d6115c
+def _build(cls, d, where):
+    if not isinstance(d, dict):
+        raise ConfigError(f"`{where}` must be a mapping, got {type(d).__name__}")
+    names = [f.name for f in fields(cls)]
+    for key in d:
+        if key not in names:
+            accepted = names + (["preset"] if cls is MethodConfig else [])
+            raise ConfigError(f"unknown key `{_path(where, key)}`; accepted: {', '.join(accepted)}")
+    for f in fields(cls):
+        if f.name not in d and f.default is MISSING and f.default_factory is MISSING:
+            raise ConfigError(f"missing key `{where}.{f.name}`")
+    return cls(**{k: _convert(v, cls.__annotations__[k], f"{where}.{k}") for k, v in d.items()})
+
+
+def _resolve_preset(m, where: str):
+    "The plain data of a method with its `preset` and the preset's arguments replaced by the coefficients dom, bulk."
+    if not isinstance(m, dict) or "preset" not in m:
+        return m
+    name = _convert(m["preset"], "str", f"{where}.preset")
+    args, own = preset_arguments(name), [f.name for f in fields(MethodConfig) if f.name not in ("dom", "bulk")]
+    for key in m:
+        if key != "preset" and key not in own and key not in args:
+            takes = ", ".join(args) or "no arguments"
+            raise ConfigError(f"unknown key `{_path(where, key)}`; preset {name} takes {takes} (it sets dom and bulk)")
+    for a in args:
+        if a not in m:
+            raise ConfigError(f"missing key `{where}.{a}`, the argument of preset {name}")
+    dom, bulk = PRESETS[name][1](*[_convert(m[a], "float", f"{where}.{a}") for a in args])
+    return {**{k: v for k, v in m.items() if k in own}, "dom": dom, "bulk": bulk}
+
+# %% ../nbs/05b_config.ipynb #6f25f358
+def _check_lists(cfg: ExperimentConfig):
+    "Hidden widths: ints >= 1, at most one for a CNN; seeds: a non-empty list of unique ints in range."
+    cfg.hidden = [_convert(w, "int", f"config.hidden[{i}]") for i, w in enumerate(cfg.hidden)]
+    if cfg.model == "cnn" and len(cfg.hidden) > 1:
+        raise ConfigError(f"`config.hidden` of a cnn holds at most one width (its channels), got {_show(cfg.hidden)}")
+    if not cfg.seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in cfg.seeds):
+        raise ConfigError(f"`config.seeds` must be a non-empty list of ints, got {_show(cfg.seeds)}")
+    cfg.seeds = [_convert(s, "int", f"config.seeds[{i}]") for i, s in enumerate(cfg.seeds)]
+    if len(set(cfg.seeds)) < len(cfg.seeds):
+        raise ConfigError(f"`config.seeds` must be unique (one run each), got {_most_common(cfg.seeds)!r} twice")
+
+
+def _check_context(cfg: ExperimentConfig):
+    "`n_eigs` against `k`, the device string, and `data_args` against the keyword arguments of the task's loader."
+    s = cfg.subspace
+    if s.k is not None and s.n_eigs is not None and s.n_eigs < s.k:
+        raise ConfigError(f"`config.subspace.n_eigs` must be >= k={s.k} (the tracked eigenvalues), got {s.n_eigs}")
+    if cfg.device is not None:
+        try:
+            torch.device(cfg.device)
+        except (RuntimeError, ValueError):
+            raise ConfigError(f"`config.device` must be a torch device like cuda:1, got {_show(cfg.device)}") from None
+    params = inspect.signature(TASKS[cfg.data]).parameters
+    hints = {n: p.annotation for n, p in params.items() if n not in ("device", "dtype")}
+    for key, value in cfg.data_args.items():
+        if key not in hints:
+            where = _path("config.data_args", key)
+            raise ConfigError(f"unknown key `{where}`; {cfg.data} accepts: {', '.join(hints)}")
+        if hints[key] in ("int", "int | None", "float", "bool", "str"):
+            _convert(value, hints[key], f"config.data_args.{key}")
+
+# %% ../nbs/05b_config.ipynb #5e295a3f
+def config_from_dict(d: dict):  # plain data, e.g. parsed JSON or YAML
+    "A checked `ExperimentConfig` from plain data; raises `ConfigError` naming the offending key."
+    cfg = _build(ExperimentConfig, d, "config")
+    if not cfg.methods:
+        raise ConfigError("`config.methods` must list at least one method")
+    where = [f"config.methods[{i}]" for i in range(len(cfg.methods))]
+    cfg.methods = [_build(MethodConfig, _resolve_preset(m, w), w) for m, w in zip(cfg.methods, where)]
+    if len({m.name for m in cfg.methods}) < len(cfg.methods):
+        names = _most_common([m.name for m in cfg.methods])
+        raise ConfigError(f"`config.methods` names must be unique (they name run folders), got {names!r} twice")
+    _check_lists(cfg)
+    _check_context(cfg)
+    return cfg
+
+
+def check_rank(
+    cfg: ExperimentConfig,  # a checked configuration
+    p: int,  # the model's parameter count
+    n_classes: int | None = None,  # the task's classes: the rank when `cfg.subspace.k` is null
+):
+    "The rank k the runner tracks; a ConfigError naming `config.subspace.k` (or `n_eigs`) unless k <= n_eigs < p."
+    s = cfg.subspace
+    k = s.k or n_classes
+    if k is not None and not k < p:
+        given = f"{k}" if s.k else f"null (the number of classes, {k})"
+        raise ConfigError(f"`config.subspace.k` must be below p={p}, the model's parameter count; got {given}")
+    if s.n_eigs is not None and not (k or 1) <= s.n_eigs < p:
+        raise ConfigError(f"`config.subspace.n_eigs` must be in [k={k}, p={p}), p the parameter count; got {s.n_eigs}")
+    return k
+
+# %% ../nbs/05b_config.ipynb #08614de4
+MAX_CONFIG_BYTES = 1 << 20  # the largest configuration file read, in bytes (1 MiB)
+
+
+def _scan_yaml(text: str, path: Path):
+    "Refuse anchors, aliases and repeated mapping keys, from the events alone (before anything is built)."
+    stack = []  # per open collection: [keys seen, or None in a sequence; nodes seen]
+    for ev in yaml.parse(text, Loader=yaml.SafeLoader):
+        line = ev.start_mark.line + 1
+        if isinstance(ev, yaml.AliasEvent) or getattr(ev, "anchor", None) is not None:
+            raise ConfigError(f"cannot read {path}: YAML anchors and aliases (&, *) are not accepted (line {line})")
+        if isinstance(ev, yaml.NodeEvent) and stack and stack[-1][0] is not None:
+            keys, count = stack[-1]
+            if count % 2 == 0 and isinstance(ev, yaml.ScalarEvent):
+                if ev.value in keys:
+                    raise ConfigError(f"cannot parse {path}: key {_show(ev.value)} repeated (line {line})")
+                keys.add(ev.value)
+            stack[-1][1] += 1
+        if isinstance(ev, yaml.CollectionStartEvent):
+            stack.append([set() if isinstance(ev, yaml.MappingStartEvent) else None, 0])
+        elif isinstance(ev, yaml.CollectionEndEvent):
+            stack.pop()
+
+
+def _unique_pairs(pairs, path: Path):
+    "A JSON object's pairs as a dict, refusing a repeated key."
+    if len(d := dict(pairs)) < len(pairs):
+        raise ConfigError(f"cannot parse {path}: key {_show(_most_common(k for k, _ in pairs))} repeated")
+    return d
+
+# %% ../nbs/05b_config.ipynb #081a7d9d
+def _problem(e: Exception):
+    "The problem and place of a JSON or YAML syntax error, on one line."
+    mark = getattr(e, "problem_mark", None)
+    return " ".join((f"{e.problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else str(e)).split())
+
+
+def read_config_file(path: str | Path):  # a .json, .yaml or .yml file
+    "The plain data of a JSON or YAML file of at most 1 MiB; a missing, unreadable or bad file is a `ConfigError`."
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES} bytes (1 MiB), the most read")
+    try:
+        text = raw.decode("utf-8")
+        if path.suffix == ".json":
+            return json.loads(text, object_pairs_hook=lambda pairs: _unique_pairs(pairs, path))
+        _scan_yaml(text, path)
+        return yaml.safe_load(text)
+    except UnicodeDecodeError:
+        raise ConfigError(f"cannot read config file {path}: it is not UTF-8 text") from None
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        raise ConfigError(f"cannot parse {path}: {_problem(e)}") from None
+    except RecursionError:
+        raise ConfigError(f"cannot parse {path}: nested too deeply") from None
+
+
+def load_config(path: str | Path):  # a .json, .yaml or .yml file
+    "Read and check an experiment configuration file."
+    return config_from_dict(read_config_file(path))

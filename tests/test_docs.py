@@ -231,8 +231,8 @@ def test_signatures_read_as_written():
     assert not as_def, as_def
     assert any(t.lstrip().startswith("class DominantSubspace(") for _, t in sigs)
     api = sorted(set(module_pages().values()))
-    assert not [p for p in api if "NoneType" in re.sub(r"<[^>]+>", "", (SITE / p).read_text())], (
-        "NoneType shown as a type"
+    assert not [p for p in api if "NoneType" in re.sub(r"<[^>]+>", "", _visible(p))], (
+        "NoneType shown as a type"  # (a folded test may quote an error message that names it)
     )
     raw = [(p, l.strip()) for p, t in sigs for l in t.splitlines() if re.search(r"\]\((https?://|[\w./-]+\.html)", l)]
     assert not raw, raw

@@ -190,8 +190,14 @@ def frontmatter(nb):
     return {k: str(v) for k, v in (yaml.safe_load(text.strip("-\n")) or {}).items()}
 
 
+# nbdev links every backticked name it indexes, private helpers included; those have no API entry to land on
+_re_private_link = re.compile(r"\[(`[^`\]]+`)\]\(" + re.escape(DOC_HOST) + r"[\w./-]*#_[a-z0-9]\w*\)", re.I)
+
+
 def relink(text, depth):
-    "nbdev's absolute links to the doc host -> relative links inside the site; strip pandoc link attributes."
+    """nbdev's absolute links to the doc host -> relative links inside the site; strip pandoc link attributes; a link
+    to a private helper (`_name`, which has no entry) becomes its code name."""
+    text = _re_private_link.sub(r"\1", text)
     up = "../" * depth
     text = re.sub(re.escape(DOC_HOST) + r"([\w./-]*)", lambda m: up + (m.group(1) or "index.html"), text)
     return _re_attrs.sub(r"\1", text)
