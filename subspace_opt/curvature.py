@@ -5,19 +5,18 @@
 # %% ../nbs/00_curvature.ipynb #20db774d
 from __future__ import annotations
 import time
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from fastcore.basics import patch
-from scipy.sparse.linalg import LinearOperator
 from torch.func import functional_call, grad, jvp, vjp, vmap
+from .operators import LinearCombinationOperator as LinearCombinationOperator, grad_rows
+from .operators import TorchLinearOperator, all_reduce_sum, check_agree, gather_meta, resolve_group
 
 # %% auto #0
 __all__ = ['LOSSES', 'METHODS', 'check_loss', 'loss_sum', 'prepare_targets', 'loss_hessian_product', 'as_batches',
-           'TorchLinearOperator', 'LinearCombinationOperator', 'params_to_vector', 'check_deterministic',
-           'resolve_group', 'all_reduce_sum', 'gather_meta', 'check_agree', 'CurvatureOperator', 'grad_rows',
-           'HessianOperator', 'GGNOperator', 'FunctionalHessianOperator']
+           'params_to_vector', 'check_deterministic', 'CurvatureOperator', 'HessianOperator', 'GGNOperator',
+           'FunctionalHessianOperator']
 
 # %% ../nbs/00_curvature.ipynb #54ecd9db
 LOSSES = ("mse", "ce")
@@ -79,13 +78,24 @@ def loss_hessian_product(
     p = out.softmax(-1)
     return p * U - p * (p * U).sum(-1, keepdim=True)
 
+# %% ../nbs/00_curvature.ipynb #c3e96bd1
+def _refuse_nonfinite(pairs):  # (X, y) batches, in order
+    "Raise a `ValueError` naming `data` and the first sample whose floating input or target holds NaN or inf."
+    start = 0
+    for X, y in pairs:
+        for name, t in (("X", X), ("y", y)):
+            bad = (~torch.isfinite(t)).nonzero() if t.is_floating_point() else []
+            if len(bad):
+                raise ValueError(f"`data` must be finite: {name} holds NaN or inf at sample {start + int(bad[0, 0])}")
+        start += len(X)
+
 # %% ../nbs/00_curvature.ipynb #4e1465dd
 def as_batches(
     data,  # an (X, y) pair of tensors, or an iterable of (X, y) batches
     batch_size: int | None = None,  # split batches into chunks of at most this many samples
     allow_empty: bool = False,  # return [] for data without samples (one rank's empty shard)
 ):
-    "Materialise `data` as a fixed list of non-empty `(X, y)` batches of at most `batch_size` samples."
+    "Materialise finite `data` as a fixed list of non-empty `(X, y)` batches of at most `batch_size` samples."
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"`batch_size` must be None or an int >= 1, got {batch_size!r}")
     if isinstance(data, torch.utils.data.DataLoader) and data.drop_last:
@@ -108,102 +118,8 @@ def as_batches(
         batches += [(X[i : i + step], y[i : i + step]) for i in range(0, len(X), step)]
     if not batches and not allow_empty:
         raise ValueError("`data` holds no samples")
+    _refuse_nonfinite(pairs)
     return batches
-
-# %% ../nbs/00_curvature.ipynb #1c6884e7
-class _LinearMap:
-    "The core of a matrix-free operator on R^p: `shape`, `dtype`, `device`, and `@` through `_matmat` on blocks (p, b)."
-
-    SELF_ADJOINT = True
-
-    def __init__(
-        self,
-        shape: tuple,  # (p, p)
-        dtype: torch.dtype,  # dtype of the vectors it acts on
-        device: torch.device,  # device of the vectors it acts on
-    ):
-        self.shape, self.dtype, self.device = tuple(shape), dtype, torch.device(device)
-
-    def _matmat(self, V: torch.Tensor) -> torch.Tensor:
-        "The product with a block V (p, b); every operator defines its own."
-        raise NotImplementedError
-
-    def __matmul__(self, v):
-        "`op @ v`: the product with a vector (p,) or a block (p, b), in the operator's dtype and on its device."
-        v = torch.as_tensor(v)
-        if v.ndim not in (1, 2) or v.shape[0] != self.shape[1]:
-            raise ValueError(f"`v` must have shape (p,) or (p, b) with p={self.shape[1]}, got {tuple(v.shape)}")
-        V = v.to(self.device, self.dtype)
-        return self._matmat(V[:, None])[:, 0] if v.ndim == 1 else self._matmat(V)
-
-    def __repr__(self):
-        "The class name with the shape, dtype and device."
-        return f"{type(self).__name__}(shape={self.shape}, dtype={self.dtype}, device={self.device})"
-
-# %% ../nbs/00_curvature.ipynb #7e094c07
-class TorchLinearOperator(_LinearMap):
-    "A linear map on R^p given by `_matmat` on blocks (p, b); `@` accepts vectors (p,) and blocks (p, b)."
-
-    def __add__(self, other):
-        "`op + other`: the sum of two operators of one shape."
-        return LinearCombinationOperator(_terms(self) + _terms(other))
-
-    def __mul__(self, c: float):
-        "`op * c`: the operator scaled by the number `c`."
-        return LinearCombinationOperator([(c * a, op) for a, op in _terms(self)])
-
-    def __rmul__(self, c: float):
-        "`c * op`: the operator scaled by the number `c`."
-        return self * c
-
-    def __neg__(self):
-        "`-op`: the operator scaled by −1."
-        return self * -1.0
-
-    def __sub__(self, other):
-        "`op - other`: the difference of two operators of one shape."
-        return self + (-other)
-
-    def broadcast(self, t: torch.Tensor):  # a tensor on the operator's device
-        "`t` as the first rank of the operator's group holds it (here: unchanged; data-parallel operators override it)."
-        return t
-
-# %% ../nbs/00_curvature.ipynb #a7b20b47
-class LinearCombinationOperator(TorchLinearOperator):
-    "The operator Σ_j c_j M_j of operators of one shape; built by `+`, `-` and scalar `*`."
-
-    def __init__(self, terms):  # list of (coefficient, operator) pairs
-        shapes = {op.shape for _, op in terms}
-        if len(shapes) != 1:
-            raise ValueError(f"operators in a sum must share one shape, got {sorted(shapes)}")
-        super().__init__(terms[0][1].shape, terms[0][1].dtype, terms[0][1].device)
-        self.terms = list(terms)
-
-    def _matmat(self, V):
-        "Σ_j c_j M_j V: one product with each term."
-        return sum(c * op._matmat(V) for c, op in self.terms)
-
-    def broadcast(self, t: torch.Tensor):  # a tensor on the operator's device
-        "`t` as the first rank of its first term's group holds it."
-        return self.terms[0][1].broadcast(t)
-
-
-def _terms(op):
-    "The (coefficient, operator) terms of `op`: its own for a combination, else the single term (1.0, op)."
-    return op.terms if isinstance(op, LinearCombinationOperator) else [(1.0, op)]
-
-# %% ../nbs/00_curvature.ipynb #0c6134f0
-@patch
-def to_scipy(self: TorchLinearOperator) -> LinearOperator:
-    "This operator as a `scipy.sparse.linalg.LinearOperator` on numpy arrays (products run in torch)."
-
-    def matmat(X):
-        X = np.asarray(X)
-        V = torch.as_tensor(X.reshape(self.shape[1], -1)).to(self.device, self.dtype)
-        return self._matmat(V).cpu().numpy().reshape(X.shape)
-
-    np_dtype = torch.empty((), dtype=self.dtype).numpy().dtype
-    return LinearOperator(self.shape, matvec=matmat, rmatvec=matmat, matmat=matmat, rmatmat=matmat, dtype=np_dtype)
 
 # %% ../nbs/00_curvature.ipynb #c9ea8794
 def params_to_vector(model: torch.nn.Module):  # the network whose trainable parameters to flatten
@@ -268,62 +184,6 @@ def check_deterministic(
             "as in train-mode BatchNorm): call `model.eval()` or remove BatchNorm"
         )
 
-# %% ../nbs/00_curvature.ipynb #6610d9aa
-def resolve_group(
-    process_group=None,  # None: the default group if torch.distributed is initialised; a ProcessGroup; False: local
-):
-    "The process group whose ranks share an operator's data, or None for a single-process operator."
-    if process_group is False:
-        return None
-    ready = dist.is_available() and dist.is_initialized()
-    if process_group is None:
-        return dist.group.WORLD if ready else None
-    if not ready:
-        raise RuntimeError(
-            "`process_group` was given but torch.distributed is not initialised: call "
-            "torch.distributed.init_process_group (or subspace_opt.distributed.init_from_env) first"
-        )
-    return process_group
-
-
-def all_reduce_sum(
-    t: torch.Tensor,  # tensor to sum in place over the ranks
-    group=None,  # a process group from `resolve_group` (None: leave `t` as it is)
-):
-    "Sum `t` in place over the ranks of `group` with one all-reduce, and return it."
-    if group is not None:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
-    return t
-
-
-def gather_meta(
-    group,  # a process group (or None)
-    **meta,  # picklable facts about this rank
-):
-    "The `meta` dicts of every rank of `group`, in rank order (one `all_gather_object`); `[meta]` without a group."
-    if group is None:
-        return [meta]
-    out = [None] * dist.get_world_size(group)
-    dist.all_gather_object(out, meta, group=group)
-    return out
-
-# %% ../nbs/00_curvature.ipynb #8a738108
-def check_agree(
-    metas: list,  # `gather_meta` output, one dict per rank
-    key: str,  # the fact that must be equal on every rank
-    what: str,  # how to name it in the message
-    ranks: list | None = None,  # the ranks of `metas` (default 0, 1, ...)
-):
-    "Raise a `ValueError` listing each rank's value unless all ranks agree on `metas[r][key]`; return the value."
-    vals, ranks = [m[key] for m in metas], ranks or list(range(len(metas)))
-    if any(v != vals[0] for v in vals):
-        raise ValueError(
-            f"ranks disagree on {what} ("
-            + ", ".join(f"rank {r}: {v}" for r, v in zip(ranks, vals))
-            + "): build the operator on every rank from the same model, dtype and device type"
-        )
-    return vals[0]
-
 # %% ../nbs/00_curvature.ipynb #f1bd8d4a
 def _agree_across_ranks(metas: list):  # `gather_meta` output, one dict of facts per rank
     "Check the ranks agree on all but the sample count; return the global n and the output count and method to use."
@@ -354,10 +214,8 @@ class _ShardedData(_ModelParameters):
     ):
         self.loss, self.group = check_loss(loss), resolve_group(process_group)
         super().__init__(model)
-        raw = [
-            (self._input(X), y.to(self.device))
-            for X, y in as_batches(data, batch_size, allow_empty=self.group is not None)
-        ]
+        batches = as_batches(data, batch_size, allow_empty=self.group is not None)
+        raw = [(self._input(X), y.to(self.device)) for X, y in batches]
         self.n_outputs = None
         if raw:
             out = self._forward(self._params(), raw[0][0][:2], copy=True)
@@ -370,6 +228,15 @@ class _ShardedData(_ModelParameters):
     def _input(self, X):
         "`X` on the operator's device; floating inputs in its dtype, integer inputs (e.g. tokens) keep theirs."
         return X.to(self.device, self.dtype if X.is_floating_point() else X.dtype)
+
+    def _why_not_finite(self):
+        "Which of this rank's tensors hold NaN or inf: the model's parameters or buffers, or the data."
+        named = [*self.model.named_parameters(), *self.model.named_buffers()]
+        named += [("data", t) for b in self.batches for t in b]
+        bad = list(dict.fromkeys(n for n, q in named if q.is_floating_point() and not q.isfinite().all()))
+        if bad:
+            return f"the model's parameters or the data are not finite (NaN or inf in {', '.join(bad[:3])})"
+        return "the model's parameters and the data are finite on this rank, so the outputs or the loss overflowed"
 
 # %% ../nbs/00_curvature.ipynb #b49a5658
 class _Reduction(_ShardedData):
@@ -489,28 +356,6 @@ def gradient(self: CurvatureOperator):
             )
             total = total + torch.cat([g.reshape(-1) for g in gs])
     return (self._reduce(total) / self.n).detach()
-
-# %% ../nbs/00_curvature.ipynb #9966b612
-def grad_rows(
-    outputs,  # tensors y_i (with autograd history)
-    inputs,  # tensors x_j to differentiate with respect to
-    rows,  # cotangents, rows[i] of shape (b, *outputs[i].shape)
-    batched: bool | None = None,  # one batched autograd call (default: on CUDA) or a loop over the block
-):
-    "The block of vector-Jacobian products Σ_i (∂y_i/∂x)ᵀ rows[i][r] for r < b, flattened as (b, Σ_j numel(x_j))."
-    b, batched = len(rows[0]), rows[0].is_cuda if batched is None else batched
-    keep = [i for i, y in enumerate(outputs) if y.requires_grad]
-    if not keep:
-        return torch.zeros(b, sum(x.numel() for x in inputs), dtype=rows[0].dtype, device=rows[0].device)
-    ys, cs = [outputs[i] for i in keep], [rows[i] for i in keep]
-    kw = dict(retain_graph=True, allow_unused=True, materialize_grads=True)
-    if batched and b > 1:
-        gs = torch.autograd.grad(ys, inputs, cs, is_grads_batched=True, **kw)
-    else:
-        gs = [
-            torch.stack(g) for g in zip(*(torch.autograd.grad(ys, inputs, [c[r] for c in cs], **kw) for r in range(b)))
-        ]
-    return torch.cat([g.reshape(b, -1) for g in gs], 1)
 
 # %% ../nbs/00_curvature.ipynb #3d23ca0b
 class HessianOperator(CurvatureOperator):

@@ -4,6 +4,8 @@
 
 # %% ../nbs/01_lanczos.ipynb #37688fa7
 from __future__ import annotations
+import math
+import numbers
 import warnings
 from dataclasses import dataclass
 import numpy as np
@@ -11,8 +13,8 @@ import torch
 from scipy.sparse.linalg import LinearOperator, aslinearoperator, eigsh
 
 # %% auto #0
-__all__ = ['WHICH', 'LanczosResult', 'check_solver_args', 'select', 'principal_cosines', 'lanczos', 'block_lanczos',
-           'scipy_eigsh']
+__all__ = ['WHICH', 'LanczosResult', 'check_solver_args', 'check_symmetric', 'select', 'principal_cosines', 'lanczos',
+           'block_lanczos', 'scipy_eigsh']
 
 # %% ../nbs/01_lanczos.ipynb #742d9eee
 @dataclass
@@ -23,28 +25,91 @@ class LanczosResult:
     eigenvectors: torch.Tensor  # (p, k) orthonormal columns, operator's dtype and device
     residuals: torch.Tensor  # (k,) float64, ‖Hu − λu‖ / |λ|
     n_matvecs: int  # operator-vector products used (a block of b counts b)
-    converged: bool = True  # all residuals <= tol
+    converged: bool = False  # the residuals were checked against tol and all are <= tol
     n_restarts: int = 0  # restart cycles after the first
 
 
 WHICH = ("LA", "LM", "SA")
 
+# %% ../nbs/01_lanczos.ipynb #4b66b599
+def _check_operator(op):  # what a solver was given as its operator
+    "Refuse an `op` the solvers cannot multiply, or a tensor with NaN or inf entries; return its dimension p."
+    usable = all(hasattr(op, a) for a in ("shape", "device", "__matmul__"))
+    if not usable or not isinstance(getattr(op, "dtype", None), torch.dtype):
+        raise TypeError(
+            "`op` must be a torch.Tensor or an operator with `shape`, `dtype` (a torch dtype), `device` and `@` "
+            f"(e.g. a TorchLinearOperator), got {type(op).__name__}"
+        )
+    if len(op.shape) != 2 or op.shape[0] != op.shape[1] or not op.dtype.is_floating_point:
+        raise ValueError(f"`op` must be square (p, p) with a floating dtype, got shape {tuple(op.shape)}, {op.dtype}")
+    if isinstance(op, torch.Tensor) and not torch.isfinite(op).all():
+        raise ValueError("`op` must be finite: the tensor holds NaN or inf entries")
+    return op.shape[0]
 
+
+def _check_int(
+    value,  # the argument's value
+    name: str,  # the argument's name, for the message
+    low: int,  # the smallest value accepted
+):
+    "Return `value` if it is an int >= `low`, else raise a `ValueError` naming the argument."
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"`{name}` must be an int >= {low}, got {value!r}")
+    return int(value)
+
+# %% ../nbs/01_lanczos.ipynb #529ad267
 def check_solver_args(
-    op,  # the operator, for its dimension p
+    op,  # the operator (or symmetric tensor), for its dimension p
     k: int,  # number of eigenpairs, 1 <= k < p
-    tol: float,  # relative residual tolerance, > 0
+    tol: float,  # relative residual tolerance, finite and > 0
     which: str,  # one of `WHICH`
 ):
     "Validate the common solver arguments against operator `op`; return its dimension p."
-    p = op.shape[0]
-    if not isinstance(k, (int, np.integer)) or not 1 <= k < p:
+    p = _check_operator(op)
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k < p:
         raise ValueError(f"`k` must be an int in [1, p={p}), got {k!r}")
-    if not tol > 0:
-        raise ValueError(f"`tol` must be > 0, got {tol!r}")
+    if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not 0 < tol < math.inf:
+        raise ValueError(f"`tol` must be > 0 and finite, got {tol!r}")
     if which not in WHICH:
         raise ValueError(f"`which` must be one of {WHICH}, got {which!r}")
     return p
+
+# %% ../nbs/01_lanczos.ipynb #dfcc8edb
+def _describe(op):
+    "The operator as `Class(shape=..., dtype=..., device=...)`, without its entries."
+    return f"{type(op).__name__}(shape={tuple(op.shape)}, dtype={op.dtype}, device={op.device})"
+
+
+def _check_products(M, op, solver: str):
+    "Raise a `FloatingPointError` naming `op` if `M` (made of its products) holds NaN or inf."
+    if not (np.isfinite(M).all() if isinstance(M, np.ndarray) else torch.isfinite(M).all()):
+        raise FloatingPointError(
+            f"{solver}: a product with {_describe(op)} is not finite (NaN or inf): its entries, or the parameters "
+            "or data it is built on, are not finite"
+        )
+
+
+def check_symmetric(
+    op,  # square operator or tensor; one that declares `SELF_ADJOINT = True` is taken at its word
+    seed: int = 0,  # seed of the random probe pair
+    rtol: float | None = None,  # largest accepted asymmetry; default √ε of the dtype (1.5e-8 float64, 3.5e-4 float32)
+):
+    "Refuse `op` unless |uᵀAv − vᵀAu| <= rtol ‖A‖‖u‖‖v‖ on a random pair; return that relative asymmetry."
+    if getattr(op, "SELF_ADJOINT", False) is True:
+        return 0.0
+    g = torch.Generator(device=op.device).manual_seed(seed)
+    u, v = torch.randn(2, op.shape[0], generator=g, dtype=op.dtype, device=op.device)
+    Au, Av = op @ u, op @ v
+    _check_products(torch.stack([Au, Av]), op, "check_symmetric")
+    scale = float(torch.maximum(Au.norm() / u.norm(), Av.norm() / v.norm()) * u.norm() * v.norm())
+    asym = float((u @ Av - v @ Au).abs()) / scale if scale > 0 else 0.0
+    rtol = torch.finfo(op.dtype).eps ** 0.5 if rtol is None else rtol
+    if asym > rtol:
+        raise ValueError(
+            f"`op` must be symmetric: |uᵀAv − vᵀAu| = {asym:.1e} ‖A‖‖u‖‖v‖ > {rtol:.1e} on a random pair "
+            f"({_describe(op)}); the solvers find eigenpairs of symmetric operators only"
+        )
+    return asym
 
 # %% ../nbs/01_lanczos.ipynb #887ed33b
 def select(
@@ -113,8 +178,7 @@ def _restart(Q, T, theta, S, res_vec, keep, m):
 # %% ../nbs/01_lanczos.ipynb #64e37a12
 def _checkpoints(start, m, k, every):
     "Pairs (from, to) of Lanczos steps between convergence checks in a cycle that fills the basis from `start` to `m`."
-    if not isinstance(every, int) or every < 1:
-        raise ValueError(f"`check_every` must be an int >= 1, got {every!r}")
+    every = _check_int(every, "check_every", 1)
     stops = list(range(max(start + every, k + 1), m, every)) + [m]
     return list(zip([start] + stops[:-1], stops))
 
@@ -127,8 +191,10 @@ def _allocate(op, m, v0, gen):
         if v0 is None
         else torch.as_tensor(v0).to(op.device, op.dtype)
     )
-    if q.shape != (p,) or not q.norm() > 0:
-        raise ValueError(f"`v0` must be a non-zero vector of shape (p={p},), got shape {tuple(q.shape)}")
+    if q.shape != (p,) or not q.norm() > 0 or not torch.isfinite(q).all():
+        raise ValueError(
+            f"`v0` must be a non-zero vector of shape (p={p},) with finite entries, got shape {tuple(q.shape)}"
+        )
     Q = torch.zeros(m + 1, p, dtype=op.dtype, device=op.device).T  # column j is contiguous in memory
     Q[:, 0] = q / q.norm()
     return Q, torch.zeros(m + 1, m, dtype=torch.float64, device=op.device)
@@ -136,10 +202,10 @@ def _allocate(op, m, v0, gen):
 
 def _basis_size(k, p, max_iter):
     "The Krylov basis size m per cycle: `max_iter`, by default min(p, max(2k+1, k+20)), with k < m <= p."
-    m = max_iter or min(p, max(2 * k + 1, k + 20))
-    if not k < m <= p:
+    m = min(p, max(2 * k + 1, k + 20)) if max_iter is None else max_iter
+    if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or not k < m <= p:
         raise ValueError(f"`max_iter` must be an int in ({k}, p={p}] (more than k), got {max_iter!r}")
-    return m
+    return int(m)
 
 # %% ../nbs/01_lanczos.ipynb #fb8e4491
 def _wanted_pairs(op, Q, theta, S, res, idx):
@@ -162,6 +228,8 @@ def lanczos(
 ):
     "Top-`k` eigenpairs of a symmetric operator by thick-restart Lanczos with full reorthogonalisation."
     m = _basis_size(k, check_solver_args(op, k, tol, which), max_iter)
+    max_restarts = _check_int(max_restarts, "max_restarts", 0)
+    check_symmetric(op, seed)
     gen = torch.Generator(device=op.device).manual_seed(seed)
     Q, T = _allocate(op, m, v0, gen)
     start, n_mv = 0, 0
@@ -169,6 +237,7 @@ def lanczos(
         for j, stop in _checkpoints(start, m, k, check_every):
             _expand(op, Q, T, j, stop, gen)
             n_mv += stop - j
+            _check_products(T[: stop + 1, :stop], op, "lanczos")
             theta, S, res = _ritz(T, stop)
             idx = select(theta, k, which)
             rel = _rel(res[idx], theta[idx])
@@ -209,16 +278,20 @@ def _rayleigh_ritz(Q, W, k, which):
 def _start_block(op, k, U0, n_blocks, block_size, max_restarts, seed):
     "Validated start block (p, b), random when `U0` is None."
     p = op.shape[0]
+    n_blocks, max_restarts = _check_int(n_blocks, "n_blocks", 1), _check_int(max_restarts, "max_restarts", 0)
+    b = k + max(2, k // 2) if block_size is None else _check_int(block_size, "block_size", k)
     if U0 is None:
-        b = block_size or k + max(2, k // 2)
         U0 = torch.randn(
             p, b, generator=torch.Generator(device=op.device).manual_seed(seed), dtype=op.dtype, device=op.device
         )
+    U0 = torch.as_tensor(U0).to(op.device, op.dtype)
     if U0.ndim != 2 or U0.shape[0] != p or not k <= U0.shape[1] or n_blocks * U0.shape[1] > p:
         raise ValueError(f"`U0` must have shape (p={p}, b) with k={k} <= b and n_blocks*b <= p, got {tuple(U0.shape)}")
+    if not torch.isfinite(U0).all():
+        raise ValueError("`U0` must be finite, got NaN or inf entries")
     if n_blocks < 2 and max_restarts:
         raise ValueError(f"`n_blocks` must be >= 2 to make progress, got {n_blocks}")
-    return U0.to(op.device, op.dtype)
+    return U0
 
 # %% ../nbs/01_lanczos.ipynb #db63c2e3
 def block_lanczos(
@@ -236,6 +309,7 @@ def block_lanczos(
     "Top-`k` eigenpairs by restarted block Krylov + Rayleigh–Ritz, warm-startable from a previous basis `U0`."
     check_solver_args(op, k, tol, which)
     U0 = _start_block(op, k, U0, n_blocks, block_size, max_restarts, seed)
+    check_symmetric(op, seed)
     b, U = U0.shape[1], _orth_block(None, U0)
     HU, n_mv = op @ U, b
     for cycle in range(max_restarts + 1):
@@ -244,7 +318,9 @@ def block_lanczos(
             Qs.append(_orth_block(torch.cat(Qs, 1), Ws[-1]))
             Ws.append(op @ Qs[-1])
             n_mv += b
-        th, Ub, HUb, rel = _rayleigh_ritz(torch.cat(Qs, 1), torch.cat(Ws, 1), b, which)
+        W = torch.cat(Ws, 1)
+        _check_products(W, op, "block_lanczos")
+        th, Ub, HUb, rel = _rayleigh_ritz(torch.cat(Qs, 1), W, b, which)
         if (rel[:k] <= tol).all():
             break
         U, HU = Ub, HUb
@@ -257,33 +333,54 @@ def block_lanczos(
     order = torch.argsort(th[:k], descending=True)
     return LanczosResult(th[order], Ub[:, order], rel[order], n_mv, bool((rel[:k] <= tol).all()), cycle)
 
+# %% ../nbs/01_lanczos.ipynb #29f65c84
+def _as_scipy(op):
+    "`op` for ARPACK: its own `to_scipy()`, a tensor's numpy array, or products through `@` on numpy vectors."
+    if hasattr(op, "to_scipy"):
+        return op.to_scipy()
+    if isinstance(op, torch.Tensor):
+        return aslinearoperator(op.detach().cpu().numpy())
+    mv = lambda x: (op @ torch.as_tensor(np.asarray(x).reshape(-1)).to(op.device, op.dtype)).cpu().numpy()
+    return LinearOperator(op.shape, matvec=mv, dtype=torch.empty((), dtype=op.dtype).numpy().dtype)
+
+
+def _eigsh_result(op, vals, vecs, n_mv, tol, residuals):
+    "ARPACK's pairs as a `LanczosResult`, descending; with `residuals`, converged only if they are all <= tol."
+    order = np.argsort(-vals)
+    lam = torch.as_tensor(vals[order].astype(np.float64), device=op.device)
+    U = torch.as_tensor(np.ascontiguousarray(vecs[:, order])).to(op.device, op.dtype)
+    if not residuals:
+        return LanczosResult(lam, U, torch.full_like(lam, float("nan")), n_mv, True, 0)
+    res = _rel(((op @ U) - U * lam.to(op.dtype)).norm(dim=0).double(), lam)
+    converged = bool((res <= tol).all())
+    if not converged:
+        warnings.warn(f"scipy_eigsh: ARPACK stopped, but the largest relative residual {res.max():.2e} > tol={tol:g}")
+    return LanczosResult(lam, U, res, n_mv, converged, 0)
+
 # %% ../nbs/01_lanczos.ipynb #6333c5f4
 def scipy_eigsh(
-    op,  # operator with `to_scipy()`, or a symmetric tensor
+    op,  # symmetric operator (with `to_scipy()` or `@`), or a symmetric tensor
     k: int = 10,  # number of eigenpairs
     tol: float = 1e-6,  # ARPACK's relative accuracy
     seed: int = 0,  # seed of the start vector
     which: str = "LA",  # 'LA', 'LM' or 'SA'
-    ncv: int | None = None,  # ARPACK's basis size (default 2k + 1)
+    ncv: int | None = None,  # ARPACK's basis size, k < ncv <= p (default min(p, max(2k + 1, 20)))
     residuals: bool = True,  # compute the residuals (one extra block product)
 ):
     "Top-`k` eigenpairs by scipy's `eigsh` (ARPACK), returned as a `LanczosResult`."
     p = check_solver_args(op, k, tol, which)
-    A = op.to_scipy() if hasattr(op, "to_scipy") else aslinearoperator(op.detach().cpu().numpy())
+    if ncv is not None and (isinstance(ncv, bool) or not isinstance(ncv, (int, np.integer)) or not k < ncv <= p):
+        raise ValueError(f"`ncv` must be None or an int in ({k}, p={p}], got {ncv!r}")
+    check_symmetric(op, seed)
+    A = _as_scipy(op)
     n_mv = [0]
 
     def mv(x):
         n_mv[0] += 1
-        return A.matvec(x)
+        y = A.matvec(x)
+        _check_products(y, op, "scipy_eigsh")
+        return y
 
     v0 = np.random.default_rng(seed).standard_normal(p).astype(A.dtype)
     vals, vecs = eigsh(LinearOperator(A.shape, matvec=mv, dtype=A.dtype), k=k, which=which, tol=tol, v0=v0, ncv=ncv)
-    order = np.argsort(-vals)
-    lam = torch.as_tensor(vals[order].astype(np.float64), device=op.device)
-    U = torch.as_tensor(np.ascontiguousarray(vecs[:, order])).to(op.device, op.dtype)
-    res = (
-        _rel(((op @ U) - U * lam.to(op.dtype)).norm(dim=0).double(), lam)
-        if residuals
-        else torch.full_like(lam, float("nan"))
-    )
-    return LanczosResult(lam, U, res, n_mv[0], True, 0)
+    return _eigsh_result(op, vals, vecs, n_mv[0], tol, residuals)

@@ -1,5 +1,7 @@
 """Every curvature operator against its dense float64 matrix, on every case and device (cross-cutting tests)."""
 
+import math
+
 import pytest
 import torch
 from cases import CASES, DEVICE_PARAMS
@@ -164,3 +166,104 @@ def test_refuses_model_without_second_derivatives():
         HessianOperator(_FirstOrderNet().double(), "mse", data)
     with pytest.raises(RuntimeError, match=r"double backward does not reach parameters \['a.weight', 'a.bias'\]"):
         GGNOperator(_FirstOrderNet().double(), "ce", data, method="reverse")
+
+
+# NaN and inf: refused where they enter (the data, the vector), and named where they surface (a product).
+def _message(excinfo):
+    "The error's message, which must be one line."
+    assert "\n" not in str(excinfo.value), str(excinfo.value)
+    return str(excinfo.value)
+
+
+@pytest.mark.parametrize("name", list(OPERATORS))
+@pytest.mark.parametrize(
+    "case_index, where, bad, expected",
+    [
+        (0, ("X", 0, (2, 1)), math.nan, "X holds NaN or inf at sample 2"),
+        (0, ("X", 1, (4, 0)), math.inf, "X holds NaN or inf at sample 15"),  # second batch: 11 + 4
+        (4, ("y", 1, (0, 2)), -math.inf, "y holds NaN or inf at sample 11"),  # float targets for MSE
+        (5, ("X", 0, (3, 0, 1, 2)), math.nan, "X holds NaN or inf at sample 3"),  # images
+    ],
+)
+def test_refuses_nonfinite_data(name, case_index, where, bad, expected):
+    "NaN in the data used to pass construction and surface as a `linalg.eigh` failure inside a solver."
+    case = CASES[case_index]
+    model, data = case.build()
+    tensor, batch, index = where
+    data[batch][0 if tensor == "X" else 1][index] = bad
+    with pytest.raises(ValueError, match=r"^`data` must be finite: ") as e:
+        OPERATORS[name][0](model, case.loss, data)
+    assert expected in _message(e)
+
+
+@pytest.mark.parametrize("name", list(OPERATORS))
+@pytest.mark.parametrize("method", ["forward", "reverse"])
+def test_nonfinite_parameters_refuse_the_product(name, method):
+    model, data = CASES[1].build()
+    op = OPERATORS[name][0](model, CASES[1].loss, data, method=method)
+    v = torch.randn(op.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    good, bias = op @ v, model[2].bias[1].item()
+    with torch.no_grad():
+        model[2].bias[1] = math.nan
+    for x in (v, torch.stack([v, v], 1)):
+        with pytest.raises(FloatingPointError) as e:
+            op @ x
+        text = _message(e)
+        assert text.startswith(f"{type(op).__name__}(shape={op.shape}, dtype=torch.float64, device=cpu) @ v is not")
+        assert text.endswith("the model's parameters or the data are not finite (NaN or inf in 2.bias)")
+    with pytest.raises(FloatingPointError, match=r"NaN or inf in 2\.bias"):
+        op.to_scipy().matvec(v.numpy())
+    twice = op - 2 * OPERATORS[name][0](model, CASES[1].loss, data, method=method, check_determinism=False)
+    with pytest.raises(FloatingPointError) as e:
+        twice @ v
+    assert _message(e).count("2.bias") == 1  # both terms give the same reason: it is given once
+    with torch.no_grad():
+        model[2].bias[1] = bias
+    assert torch.allclose(op @ v, good, rtol=1e-12, atol=0)  # usable again once the parameters are
+
+
+def test_nonfinite_buffers_and_overflow_are_told_apart():
+    model, data = CASES[0].build()
+    bn = torch.nn.Sequential(model, torch.nn.BatchNorm1d(3)).double().eval()
+    op = HessianOperator(bn, "mse", data)
+    v = torch.ones(op.shape[0], dtype=torch.float64)
+    bn[1].running_var[2] = math.nan
+    with pytest.raises(FloatingPointError) as e:
+        op @ v
+    assert _message(e).endswith("(NaN or inf in 1.running_var)")
+    bn[1].running_var[2] = 1.0
+    with torch.no_grad():
+        for q in model.parameters():
+            q.mul_(1e200)  # finite, but the outputs and the loss overflow
+    with pytest.raises(FloatingPointError) as e:
+        op @ v
+    assert _message(e).endswith(
+        "the model's parameters and the data are finite on this rank, so the outputs or the loss overflowed"
+    )
+
+
+def test_data_changed_in_place_after_construction_is_named():
+    "The operator holds the caller's tensors when no copy is needed, so later in-place edits reach it."
+    model, data = CASES[0].build()
+    op = GGNOperator(model, "mse", data)
+    data[1][0][2, 3] = math.nan
+    with pytest.raises(
+        FloatingPointError, match=r"the model's parameters or the data are not finite \(NaN or inf in data\)$"
+    ):
+        op @ torch.ones(op.shape[0], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_refuses_nonfinite_v(bad):
+    model, data = CASES[0].build()
+    op = HessianOperator(model, "mse", data)
+    v = torch.ones(op.shape[0], dtype=torch.float64)
+    v[7] = bad
+    for x in (v, torch.stack([torch.ones_like(v), v], 1), v.numpy()):
+        with pytest.raises(
+            ValueError, match=r"^`v` must be finite in the operator's dtype, got NaN or inf entries"
+        ) as e:
+            op @ x
+        assert "(HessianOperator(shape=" in _message(e)
+    with pytest.raises(ValueError, match="`v` must be finite"):
+        op.to_scipy().matvec(v.numpy())
