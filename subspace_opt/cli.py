@@ -4,23 +4,40 @@
 
 # %% ../nbs/09_cli.ipynb #1d323c44
 from __future__ import annotations
-import argparse, json, sys, time, traceback
+import argparse, json, math, os, re, sys, tempfile, time, traceback
 from datetime import datetime
 from pathlib import Path
 import pandas as pd
 import torch
 from .curvature import HessianOperator
-from .data import default_device, load_digits
+from .data import check_device, load_digits
 from .distributed import finish, init_from_env, rank, shutdown
 from .lanczos import block_lanczos, lanczos, scipy_eigsh
 from .models import mlp
-from .plots import plot_curves, plot_heatmap, plot_sharpness, plot_spectrum
+from .plots import plot_run, plot_spectrum
 from .sweep import load_sweep, run_sweep
-from .config import ConfigError, config_from_dict, load_config
+from .config import ACCEPTED, UserError, config_from_dict, load_config
 from .train import environment, evaluate, run_experiment, sgd_steps, summarize
 
 # %% auto #0
-__all__ = ['SOLVERS', 'DEMO', 'DEMO_THRESHOLD', 'new_run_dir', 'write_config', 'spectrum', 'plot_run', 'demo', 'main']
+__all__ = ['SOLVERS', 'DEMO', 'DEMO_THRESHOLD', 'AFTER_INTERRUPT', 'new_run_dir', 'write_config', 'spectrum', 'demo', 'main']
+
+# %% ../nbs/09_cli.ipynb #bbc5dd9e
+def _check_writable(
+    path: str | Path,  # a folder to write into: existing, or to be created
+    name: str,  # how an error names it, e.g. '--out'
+):
+    "`path` as a `Path` if it is, or can become, a folder this process writes into; else a `UserError` naming `name`."
+    path = Path(path)
+    base = next(p for p in (path, *path.parents) if os.path.exists(p))  # the nearest part of the path that exists
+    try:
+        if not base.is_dir():
+            raise NotADirectoryError(0, "a file, not a folder")
+        with tempfile.TemporaryFile(dir=base):
+            pass
+    except OSError as e:
+        raise UserError(f"`{name}`: cannot write into {base.absolute()} ({e.strerror or e})") from None
+    return path
 
 # %% ../nbs/09_cli.ipynb #9f3316a7
 def new_run_dir(
@@ -28,6 +45,7 @@ def new_run_dir(
     job: str,  # job name, the folder's prefix
 ):
     "Create and return a fresh folder `out/job-YYYYmmdd-HHMMSS[-N]`."
+    _check_writable(out, "out")
     base = Path(out) / f"{job}-{datetime.now():%Y%m%d-%H%M%S}"
     path, i = base, 1
     while path.exists():
@@ -42,9 +60,8 @@ def write_config(
     device,  # the torch device it ran on
 ):
     "Write `config.json` with the job's arguments and the environment it ran in."
-    (path / "config.json").write_text(
-        json.dumps({"config": config, "environment": environment(device)}, indent=2, default=str)
-    )
+    record = {"config": config, "environment": environment(device)}
+    (path / "config.json").write_text(json.dumps(record, indent=2, default=str))
 
 # %% ../nbs/09_cli.ipynb #793c166a
 SOLVERS = {"lanczos": lanczos, "block": block_lanczos, "eigsh": scipy_eigsh}  # the solvers `spectrum` offers
@@ -62,14 +79,26 @@ def _spectrum_table(res, k, lr):
 def _solve_record(res, seconds, model, loss, train):
     "What `config.json` keeps of a solve: its size, cost and convergence, and the trained model's loss and accuracy."
     train_loss, train_acc = evaluate(model, loss, train)
-    return dict(
-        p=res.eigenvectors.shape[0],
-        n_matvecs=res.n_matvecs,
-        solve_seconds=seconds,
-        converged=res.converged,
-        train_loss=train_loss,
-        train_acc=train_acc,
-    )
+    solve = dict(p=res.eigenvectors.shape[0], n_matvecs=res.n_matvecs, solve_seconds=seconds, converged=res.converged)
+    return solve | dict(train_loss=train_loss, train_acc=train_acc)
+
+# %% ../nbs/09_cli.ipynb #9cfa7d7d
+def _mlp_size(widths):  # layer widths, inputs first
+    "The parameter count p of an MLP with these layer widths (weights and biases)."
+    return sum((a + 1) * b for a, b in zip(widths[:-1], widths[1:]))
+
+
+def _largest_k(solver: str, p: int):
+    "The most eigenpairs `solver` computes for an operator of size p."
+    q = p // 2  # block: two blocks of k + max(2, k // 2) vectors fit in p, so k <= q - 2 and k + k // 2 <= q
+    return p - 1 if solver != "block" else min(q - 2, (2 * q + 1) // 3)
+
+
+def _check_k(k, hidden, solver, name):
+    "A `UserError` naming `name` unless `solver` can compute k eigenpairs for the digits MLP with `hidden` widths."
+    p = _mlp_size((64, *hidden, 10))
+    if not 1 <= k <= _largest_k(solver, p):
+        raise UserError(f"`{name}` must be in [1, {_largest_k(solver, p)}] for solver {solver} (p = {p}), got {k}")
 
 # %% ../nbs/09_cli.ipynb #59a6c91f
 def spectrum(
@@ -88,9 +117,11 @@ def spectrum(
     progress: bool = True,  # show the training progress bar
 ):
     "Train a digits MLP, compute the top-`k` Hessian eigenpairs, write table + figure; return (run folder, table)."
+    config = dict(locals())
     if solver not in SOLVERS:
-        raise ValueError(f"`solver` must be one of {tuple(SOLVERS)}, got {solver!r}")
-    config, dev = dict(locals()), torch.device(device or default_device())
+        raise UserError(f"`solver` must be one of {', '.join(SOLVERS)}, got {solver!r}")
+    _check_k(k, hidden, solver, "k")
+    dev = check_device(device, "device")
     data = load_digits(seed=seed, device=dev)
     model = mlp((64, *hidden, data.n_classes), activation=activation, seed=seed, device=dev)
     sgd_steps(model, loss, data.train, train_steps, lr=lr, batch_size=batch_size, seed=seed, progress=progress)
@@ -127,30 +158,6 @@ DEMO = dict(
 )
 DEMO_THRESHOLD = 0.2  # train loss for "steps to threshold"
 
-# %% ../nbs/09_cli.ipynb #9c3aba8d
-def plot_run(run_dir: str | Path):  # a folder with results.csv
-    "Write loss.png, test_acc.png, sharpness.png (and heatmap.png for a 2-key sweep) for `run_dir`; return the paths."
-    run_dir = Path(run_dir)
-    if not (run_dir / "results.csv").exists():
-        raise FileNotFoundError(f"no results.csv in {run_dir}")
-    results, paths = pd.read_csv(run_dir / "results.csv"), []
-    grid = list(json.loads((run_dir / "sweep.json").read_text())["grid"]) if (run_dir / "sweep.json").exists() else []
-    figs = (
-        []
-        if grid
-        else [
-            ("loss", lambda: plot_curves(results)),
-            ("test_acc", lambda: plot_curves(results, "test_acc")),
-            ("sharpness", lambda: plot_sharpness(results)),
-        ]
-    )
-    if len(grid) == 2:
-        figs.append(("heatmap", lambda: plot_heatmap(results, grid[1], grid[0])))
-    for name, make in figs:
-        make().savefig(run_dir / f"{name}.png", dpi=120)
-        paths.append(run_dir / f"{name}.png")
-    return paths
-
 # %% ../nbs/09_cli.ipynb #3431a66f
 def demo(
     out: str = "runs",  # parent folder of the run folder
@@ -166,20 +173,50 @@ def demo(
     plot_run(path)
     return path, summary
 
+# %% ../nbs/09_cli.ipynb #cab41327
+class _Parser(argparse.ArgumentParser):
+    "An argument parser whose errors are a one-line `UserError` naming the argument, not a usage text and an exit."
+
+    def error(self, message):
+        "Raise `message` as a `UserError` that knows the (sub)command it is about (`prog`)."
+        e = UserError(message)
+        e.prog = self.prog
+        raise e
+
+
+def _int_in(least: int, most: int | None = None):
+    "An argparse type: an int in [least, most] (no upper end when `most` is None), else what it accepts."
+    accepts = f"an int >= {least}" if most is None else f"an int in [{least}, {most}]"
+
+    def parse(text):
+        value = int(text) if re.fullmatch(r"\s*[+-]?\d+\s*", text) else None
+        if value is None or value < least or (most is not None and value > most):
+            raise argparse.ArgumentTypeError(f"must be {accepts}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _positive_float(text):
+    "An argparse type: a finite number > 0."
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
 # %% ../nbs/09_cli.ipynb #e7c21ab1
 def _common_args(q):
     "`--device` and `--out`, which every computing job takes."
-    q.add_argument("--device", default=None, help="torch device (default: cuda if present)")
+    q.add_argument("--device", default=None, help="cpu, cuda, cuda:<index> or mps (default: cuda if present)")
     q.add_argument("--out", default=None, help="output folder (default: runs/)")
 
 
 def _demo_args(sub, fmt):
-    d = sub.add_parser(
-        "demo",
-        help="SGD vs Dom-SGD vs Bulk-SGD vs an interpolated method on digits (the main job)",
-        formatter_class=fmt,
-    )
-    d.add_argument("--steps", type=int, default=400, help="optimizer steps per method")
+    d = sub.add_parser("demo", help="SGD vs Dom-SGD vs Bulk-SGD vs damped dominant on digits", formatter_class=fmt)
+    d.add_argument("--steps", type=_int_in(1), default=400, help="optimizer steps per method")
     _common_args(d)
 
 
@@ -190,13 +227,9 @@ def _run_args(sub, fmt):
 
 
 def _sweep_args(sub, fmt):
-    sw = sub.add_parser(
-        "sweep",
-        help="run (or resume) a grid of experiments from a JSON/YAML config with a `grid` key",
-        formatter_class=fmt,
-    )
+    sw = sub.add_parser("sweep", help="run (or resume) a grid of experiments", formatter_class=fmt)
     sw.add_argument("config", help="experiment configuration plus `grid` (dotted key -> list) and optional `workers`")
-    sw.add_argument("--workers", type=int, default=None, help="worker processes (default: the config, else 1)")
+    sw.add_argument("--workers", type=_int_in(1), default=None, help="worker processes (default: the config, else 1)")
     _common_args(sw)
 
 # %% ../nbs/09_cli.ipynb #51a12358
@@ -206,25 +239,23 @@ def _plot_args(sub, fmt):
 
 
 def _spectrum_args(sub, fmt):
-    s = sub.add_parser(
-        "spectrum", help="top-k Hessian eigenvalues of an MLP on scikit-learn digits", formatter_class=fmt
-    )
-    s.add_argument("--k", type=int, default=10, help="number of eigenpairs")
-    s.add_argument("--hidden", type=int, nargs="+", default=[128, 128], help="hidden layer widths")
-    s.add_argument("--activation", default="tanh", choices=["tanh", "relu", "gelu"])
-    s.add_argument("--loss", default="mse", choices=["mse", "ce"])
-    s.add_argument("--train-steps", type=int, default=300, help="SGD steps before measuring")
-    s.add_argument("--lr", type=float, default=0.1, help="SGD learning rate")
+    s = sub.add_parser("spectrum", help="top-k Hessian eigenvalues of an MLP on digits", formatter_class=fmt)
+    s.add_argument("--k", type=_int_in(1), default=10, help="number of eigenpairs")
+    s.add_argument("--hidden", type=_int_in(1), nargs="+", default=[128, 128], help="hidden layer widths")
+    s.add_argument("--activation", default="tanh", choices=ACCEPTED["activation"])
+    s.add_argument("--loss", default="mse", choices=ACCEPTED["loss"])
+    s.add_argument("--train-steps", type=_int_in(0), default=300, help="SGD steps before measuring")
+    s.add_argument("--lr", type=_positive_float, default=0.1, help="SGD learning rate")
     s.add_argument("--solver", default="lanczos", choices=list(SOLVERS))
-    s.add_argument("--tol", type=float, default=1e-6, help="relative residual tolerance")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--tol", type=_positive_float, default=1e-6, help="relative residual tolerance")
+    s.add_argument("--seed", type=_int_in(0, 2**32 - 1), default=0)
     _common_args(s)
 
 
 def _parser():
     "The `subspace-opt` argument parser: one subcommand per job."
-    p = argparse.ArgumentParser(prog="subspace-opt", description="Sharp and flat directions of the loss Hessian.")
-    sub = p.add_subparsers(dest="job", required=True)
+    p = _Parser(prog="subspace-opt", description="Sharp and flat directions of the loss Hessian.")
+    sub = p.add_subparsers(dest="job", required=True, metavar="{demo,run,sweep,plot,spectrum}")
     for add in (_demo_args, _run_args, _sweep_args, _plot_args, _spectrum_args):
         add(sub, argparse.ArgumentDefaultsHelpFormatter)
     return p
@@ -235,64 +266,62 @@ def _show(table):
     print(table.to_string(index=False, float_format=lambda x: f"{x:.6g}"))
 
 
+def _progress():
+    "Whether to draw progress bars: when stderr is a terminal (not a log file or a pipe)."
+    return sys.stderr.isatty()
+
+
 def _plot_job(a):
     "`subspace-opt plot`: write the figures of a run or sweep folder and print their paths."
-    print("\n".join(map(str, plot_run(a.run_dir))))
+    if not os.path.isdir(a.run_dir):
+        why = "is a file" if os.path.exists(a.run_dir) else "does not exist"
+        raise UserError(f"`run_dir` must be the folder of a run or sweep, but {a.run_dir} {why}")
+    print("\n".join(map(str, plot_run(_check_writable(a.run_dir, "run_dir")))))
 
 
 def _spectrum_job(a):
-    "`subspace-opt spectrum`: run `spectrum`, print its table and where it wrote it."
-    path, table = spectrum(
-        k=a.k,
-        hidden=tuple(a.hidden),
-        activation=a.activation,
-        loss=a.loss,
-        train_steps=a.train_steps,
-        lr=a.lr,
-        solver=a.solver,
-        tol=a.tol,
-        seed=a.seed,
-        device=a.device,
-        out=a.out or "runs",
-    )
+    "`subspace-opt spectrum`: check the arguments, run `spectrum`, print its table and where it wrote it."
+    _check_k(a.k, a.hidden, a.solver, "--k")
+    dev, out = check_device(a.device, "--device"), _check_writable(a.out or "runs", "--out")
+    args = {n: getattr(a, n) for n in ("k", "activation", "loss", "train_steps", "lr", "solver", "tol", "seed")}
+    path, table = spectrum(**args, hidden=tuple(a.hidden), device=dev, out=out, progress=_progress())
     _show(table)
     print(f"\nresults: {path / 'spectrum.csv'}\nfigure:  {path / 'spectrum.png'}\nrun folder: {path}")
 
 # %% ../nbs/09_cli.ipynb #5564c4e2
 def _demo_job(a):
-    "`subspace-opt demo`: run `demo`, print its summary and where it wrote it."
-    path, table = demo(out=a.out or "runs", steps=a.steps, device=a.device)
+    "`subspace-opt demo`: check the arguments, run `demo`, print its summary and where it wrote it."
+    dev, out = check_device(a.device, "--device"), _check_writable(a.out or "runs", "--out")
+    path, table = demo(out=out, steps=a.steps, device=a.device and str(dev), progress=_progress())
     _show(table)
-    print(
-        f"\nresults: {path / 'results.csv'}\nfigures: {path / 'loss.png'}, {path / 'sharpness.png'}\nrun folder: {path}"
-    )
+    print(f"\nresults: {path / 'results.csv'}\nfigures: {path / 'loss.png'}, {path / 'sharpness.png'}")
+    print(f"run folder: {path}")
 
 
 def _sweep_job(a):
     "`subspace-opt sweep`: run (or resume) a sweep, plot it, print the last row of each run."
     base, grid, workers = load_sweep(a.config)
     if a.device:
-        base["device"] = a.device
-    path = Path(a.out or Path("runs") / f"{base.get('name', 'experiment')}-sweep")
-    results = run_sweep(base, grid, path, workers=a.workers or workers)
+        base["device"] = str(check_device(a.device, "--device"))
+    elif isinstance(base.get("device"), str):
+        check_device(base["device"], "config.device")
+    path = _check_writable(a.out or Path("runs") / f"{base.get('name', 'experiment')}-sweep", "--out")
+    results = run_sweep(base, grid, path, workers=a.workers or workers, progress=_progress())
     plot_run(path)
-    _show(
-        results.groupby(["method", "seed", *grid], sort=False).tail(1)[
-            ["method", "seed", *grid, "step", "train_loss", "diverged"]
-        ]
-    )
+    last = results.groupby(["method", "seed", *grid], sort=False).tail(1)
+    _show(last[["method", "seed", *grid, "step", "train_loss", "diverged"]])
     print(f"\nresults: {path / 'results.csv'}\nrun folder: {path}")
 
 # %% ../nbs/09_cli.ipynb #7f838e95
 def _run_job(a):
     "`subspace-opt run`: run (or resume) an experiment, on every rank under `torchrun`; rank 0 plots and prints."
     cfg = load_config(a.config)
-    if a.device:
-        cfg.device = a.device
-    path = Path(a.out or Path("runs") / cfg.name)
+    cfg.device = str(check_device(a.device, "--device")) if a.device else cfg.device
+    check_device(cfg.device, "config.device")
+    path = _check_writable(a.out or Path("runs") / cfg.name, "--out")
     a.distributed = init_from_env()  # under torchrun: join the process group (gloo on CPU, nccl on CUDA); else a no-op
     try:
-        results = run_experiment(cfg, path)
+        results = run_experiment(cfg, path, progress=_progress())
     finally:
         me = rank()
         shutdown()  # every rank leaves the group once the run is written
@@ -304,6 +333,32 @@ def _run_job(a):
     )
     print(f"\nresults: {path / 'results.csv'}\nrun folder: {path}")
 
+# %% ../nbs/09_cli.ipynb #f10f7e31
+AFTER_INTERRUPT = {  # what the same command does after Ctrl-C, per job
+    "run": "resumes the run from its last checkpoint",
+    "sweep": "resumes the sweep, keeping the runs it finished",
+    **dict.fromkeys(("demo", "spectrum", "plot"), "starts it again"),
+}
+
+
+def _say(prog, message, code):
+    "Print `prog: message` as one line on stderr; return the exit status `code`."
+    line = re.sub(r"\s*[\r\n]+\s*", " ", str(message)).strip()
+    print(f"{prog}: {line}", file=sys.stderr, flush=True)
+    return code
+
+
+def _save_traceback(argv):
+    "Write the command line, versions and the traceback being handled to a new temporary file; its path (or why not)."
+    try:
+        fd, path = tempfile.mkstemp(prefix="subspace-opt-", suffix="-traceback.txt")
+        with os.fdopen(fd, "w") as f:
+            f.write(f"subspace-opt {' '.join(argv)}\npython {sys.version.split()[0]}, torch {torch.__version__}\n")
+            traceback.print_exc(file=f)
+        return path
+    except OSError as e:
+        return f"nowhere (it could not be saved: {e})"
+
 # %% ../nbs/09_cli.ipynb #1f422a09
 def _job(a):
     "Run the job that the parsed arguments name; 0 once it is done."
@@ -313,18 +368,24 @@ def _job(a):
 
 
 def main(argv=None):  # command-line arguments (default: sys.argv[1:])
-    "Entry point of the `subspace-opt` console script; bad input exits with status 2 and a one-line message."
-    a = _parser().parse_args(argv)
+    "Entry point of `subspace-opt`: 0 when done; one line on stderr and 2 (bad input), 130 (Ctrl-C) or 1 (a bug)."
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        a = _parser().parse_args(argv)
+    except UserError as e:
+        return _say(getattr(e, "prog", "subspace-opt"), f"error: {e}", 2)
+    except SystemExit as e:  # --help, printed
+        return e.code or 0
+    prog = f"subspace-opt {a.job}"
     try:
         code = _job(a)
-    except (ConfigError, FileNotFoundError) as e:
-        print(f"subspace-opt {a.job}: error: {e}", file=sys.stderr)
-        code = 2
-    except BaseException:
-        if not getattr(a, "distributed", False):
-            raise
-        traceback.print_exc()
-        code = 1
+    except (UserError, FileNotFoundError) as e:  # FileNotFoundError: a data set that is not installed
+        code = _say(prog, f"error: {e}", 2)
+    except KeyboardInterrupt:
+        code = _say(prog, f"interrupted; the same command {AFTER_INTERRUPT[a.job]}", 130)
+    except Exception as e:
+        saved = _save_traceback(argv)
+        code = _say(prog, f"internal error: {type(e).__name__}: {e} (the full traceback is in {saved})", 1)
     if getattr(a, "distributed", False):
         finish(code)  # under torchrun: exit without interpreter teardown (`finish`)
     return code

@@ -4,21 +4,59 @@
 
 # %% ../nbs/04_data.ipynb #5d7cdb2a
 from __future__ import annotations
-import gzip, os, pickle
+import gzip, inspect, os, pickle
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['INSTALL_HINTS', 'DATA_MARKERS', 'TASKS', 'default_device', 'TaskData', 'load_digits', 'data_places', 'find_data',
-           'data_available', 'read_idx', 'task_from_arrays', 'load_fashion_mnist', 'load_mnist', 'load_cifar10',
-           'gaussian_mixture', 'teacher_student', 'load_task']
+__all__ = ['INSTALL_HINTS', 'DATA_MARKERS', 'CIFAR_GLOBALS', 'TASKS', 'default_device', 'check_device', 'TaskData', 'load_digits',
+           'data_places', 'find_data', 'data_available', 'read_idx', 'task_from_arrays', 'load_fashion_mnist',
+           'load_mnist', 'CifarUnpickler', 'read_cifar_batch', 'load_cifar10', 'gaussian_mixture', 'teacher_student',
+           'load_task']
 
 # %% ../nbs/04_data.ipynb #04441b7f
 def default_device() -> torch.device:
     "CUDA when a GPU is present, else the CPU."
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+# %% ../nbs/04_data.ipynb #911ef67d
+def _user_error(message: str):
+    "A `subspace_opt.config.UserError` with `message` (imported on use: `config` imports this module)."
+    from subspace_opt.config import UserError
+
+    return UserError(message)
+
+
+def _check_sizes(sizes: dict):  # name -> (value, least allowed value)
+    "A `UserError` naming the first of `sizes` whose value is not an int >= its least allowed value."
+    for name, (value, least) in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+            raise _user_error(f"`{name}` must be an int >= {least}, got {value!r}")
+
+# %% ../nbs/04_data.ipynb #a5ea161d
+def check_device(
+    device,  # a torch device or its name ('cpu', 'cuda', 'cuda:1', 'mps'); None: `default_device()`
+    name: str = "device",  # how an error names it, e.g. '--device' or 'config.device'
+):
+    "The `torch.device` that `device` names, if this machine has it; else a one-line `UserError` naming `name`."
+    if device is None:
+        return default_device()
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda", "mps"):
+        raise _user_error(f"`{name}` must be cpu, cuda, cuda:<index> or mps, got {device!r}")
+    n = torch.cuda.device_count() if dev.type == "cuda" and torch.cuda.is_available() else 0
+    if dev.type == "cuda" and n == 0:
+        raise _user_error(f"`{name}` is {device!r}, but this machine has no CUDA device; use cpu")
+    if dev.type == "cuda" and (dev.index or 0) >= n:
+        raise _user_error(f"`{name}` is {device!r}, but this machine has {n} CUDA device(s): cuda:0 to cuda:{n - 1}")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise _user_error(f"`{name}` is {device!r}, but this machine has no MPS device; use cpu")
+    return dev
 
 # %% ../nbs/04_data.ipynb #92bbb0d7
 @dataclass
@@ -54,15 +92,15 @@ def load_digits(
     "scikit-learn's bundled digits as a `TaskData`, split and scaled to [0, 1], on `device`."
     from sklearn.datasets import load_digits as _sk_digits
 
-    if not 0 < test_fraction < 1:
-        raise ValueError(f"`test_fraction` must lie in (0, 1), got {test_fraction!r}")
+    if not isinstance(test_fraction, (int, float)) or not 0 < test_fraction < 1:
+        raise _user_error(f"`test_fraction` must lie in (0, 1), got {test_fraction!r}")
     X, y = _sk_digits(return_X_y=True)
     perm = np.random.default_rng(seed).permutation(len(X))
     n_test = int(round(test_fraction * len(X)))
     te, tr = perm[:n_test], perm[n_test:]
     if n_train is not None:
-        if not 1 <= n_train <= len(tr):
-            raise ValueError(f"`n_train` must be in [1, {len(tr)}], got {n_train!r}")
+        if isinstance(n_train, bool) or not isinstance(n_train, (int, np.integer)) or not 1 <= n_train <= len(tr):
+            raise _user_error(f"`n_train` must be in [1, {len(tr)}], got {n_train!r}")
         tr = tr[:n_train]
     dev = device or default_device()
     shape = (-1, 64) if flatten else (-1, 1, 8, 8)
@@ -101,7 +139,7 @@ def find_data(
 ):
     "The first of `data_places(name, data_dir)` that holds one of `markers`; a one-line error if none does."
     if markers is None and name not in DATA_MARKERS:
-        raise ValueError(f"`name` must be one of {', '.join(DATA_MARKERS)} (or give `markers`), got {name!r}")
+        raise _user_error(f"`name` must be one of {', '.join(DATA_MARKERS)} (or give `markers`), got {name!r}")
     markers, places = markers or DATA_MARKERS[name], data_places(name, data_dir)
     for place in places:
         if any((place / m).exists() for m in markers):
@@ -148,8 +186,8 @@ def task_from_arrays(
 ):
     "A `TaskData` from numpy arrays, after the first-n selection and scaling."
     for arg, n, total in (("n_train", n_train, len(X_train)), ("n_test", n_test, len(X_test))):
-        if n is not None and not 1 <= n <= total:
-            raise ValueError(f"`{arg}` must be in [1, {total}], got {n!r}")
+        if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= total):
+            raise _user_error(f"`{arg}` must be in [1, {total}], got {n!r}")
     dev = device or default_device()
     X = lambda a, n: torch.as_tensor(a[:n] / scale).reshape((len(a[:n]), -1) if flatten else shape).to(dev, dtype)
     y = lambda a, n: torch.as_tensor(np.array(a[:n]), dtype=torch.long, device=dev)
@@ -196,6 +234,46 @@ def load_mnist(
     "MNIST from local IDX files as a `TaskData`; never downloads."
     return _load_idx("mnist", n_train, n_test, data_dir, flatten, device, dtype)
 
+# %% ../nbs/04_data.ipynb #5cc4d6c7
+CIFAR_GLOBALS = {  # (module, name): the only globals a CIFAR-10 python batch names, to rebuild its numpy arrays
+    ("numpy.core.multiarray", "_reconstruct"),  # arrays pickled by numpy 1 (the published batches)
+    ("numpy._core.multiarray", "_reconstruct"),  # arrays pickled by numpy 2
+    ("numpy.core.numeric", "_frombuffer"),  # arrays at pickle protocol 5, numpy 1
+    ("numpy._core.numeric", "_frombuffer"),  # arrays at pickle protocol 5, numpy 2
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+}
+
+
+class CifarUnpickler(pickle.Unpickler):
+    "Unpickles CIFAR-10 python batches: numpy arrays, dicts, lists, numbers, strings; refuses every other global."
+
+    def find_class(self, module, name):
+        "The global `module.name` if it is one of `CIFAR_GLOBALS`; else an `UnpicklingError` naming it."
+        if (module, name) in CIFAR_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"it names {module}.{name}, which a CIFAR-10 batch never does")
+
+# %% ../nbs/04_data.ipynb #b08109c6
+def read_cifar_batch(path: str | Path):  # a batch file, e.g. 'cifar-10-batches-py/data_batch_1'
+    "(images (n, 3072) uint8, labels (n,) int64) of a CIFAR-10 python batch, read by `CifarUnpickler`."
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            d = CifarUnpickler(fh, encoding="bytes").load()
+        X, y = d[b"data"], np.asarray(d[b"labels"])
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # not a batch (nothing in it ran): a bad file, whatever the error
+        why = str(e) if isinstance(e, pickle.UnpicklingError) else f"{type(e).__name__}: {e}"
+        raise _user_error(f"{path} is not a CIFAR-10 python batch: {why.splitlines()[0] if why else ''}") from None
+    ok = isinstance(X, np.ndarray) and X.dtype == np.uint8 and X.ndim == 2 and X.shape[1] == 3072
+    if not (ok and y.shape == (len(X),) and np.issubdtype(y.dtype, np.integer) and ((0 <= y) & (y < 10)).all()):
+        raise _user_error(
+            f"{path} is not a CIFAR-10 python batch: b'data' must be a uint8 array (n, 3072), b'labels' n ints in 0..9"
+        )
+    return X, y.astype(np.int64)
+
 # %% ../nbs/04_data.ipynb #e81e5b52
 def load_cifar10(
     n_train: int | None = 5000,  # first training images kept (None: all 50,000)
@@ -205,17 +283,12 @@ def load_cifar10(
     device=None,  # default: `default_device()`
     dtype: torch.dtype = torch.float32,  # floating dtype of the inputs
 ):
-    "CIFAR-10 from local python-version batches as a `TaskData`; never downloads."
+    "CIFAR-10 from local python-version batches (read by `read_cifar_batch`) as a `TaskData`; never downloads."
     folder = find_data("cifar10", data_dir=data_dir)
     folder = folder / "cifar-10-batches-py" if (folder / "cifar-10-batches-py").exists() else folder
 
-    def batch(f):
-        with open(folder / f, "rb") as fh:
-            d = pickle.load(fh, encoding="bytes")
-        return d[b"data"], np.asarray(d[b"labels"])
-
-    tr = [batch(f"data_batch_{i}") for i in range(1, 6)]
-    Xte, yte = batch("test_batch")
+    tr = [read_cifar_batch(folder / f"data_batch_{i}") for i in range(1, 6)]
+    Xte, yte = read_cifar_batch(folder / "test_batch")
     return task_from_arrays(
         "cifar10",
         np.concatenate([a for a, _ in tr]),
@@ -249,6 +322,7 @@ def gaussian_mixture(
     dtype: torch.dtype = torch.float32,  # floating dtype of the inputs
 ):
     "A seeded Gaussian-mixture classification task as a `TaskData`."
+    _check_sizes(dict(n_train=(n_train, 1), n_test=(n_test, 1), dim=(dim, 1), n_classes=(n_classes, 2), seed=(seed, 0)))
     g = np.random.default_rng(seed)
     means = g.standard_normal((n_classes, dim))
     means *= separation / np.linalg.norm(means, axis=1, keepdims=True)
@@ -268,6 +342,8 @@ def teacher_student(
     dtype: torch.dtype = torch.float32,  # floating dtype of the inputs
 ):
     "Labels from a random tanh teacher MLP on Gaussian inputs, as a `TaskData`."
+    sizes = dict(n_train=(n_train, 1), n_test=(n_test, 1), dim=(dim, 1), n_classes=(n_classes, 2))
+    _check_sizes(sizes | dict(teacher_width=(teacher_width, 1), seed=(seed, 0)))
     g = np.random.default_rng(seed)
     W1, W2 = g.standard_normal((dim, teacher_width)) / np.sqrt(dim), g.standard_normal((teacher_width, n_classes))
     X = g.standard_normal((n_train + n_test, dim))
@@ -289,7 +365,11 @@ def load_task(
     name: str,  # a key of `TASKS`
     **kwargs,  # keyword arguments of its loader
 ):
-    "Load the task `name` with its loader's keyword arguments."
+    "Load the task `name` with its loader's keyword arguments; an unknown name or argument is a `UserError`."
     if name not in TASKS:
-        raise ValueError(f"unknown data set {name!r}; accepted: {', '.join(TASKS)}")
+        raise _user_error(f"unknown data set {name!r}; accepted: {', '.join(TASKS)}")
+    accepted = list(inspect.signature(TASKS[name]).parameters)
+    unknown = [k for k in kwargs if k not in accepted]
+    if unknown:
+        raise _user_error(f"unknown argument `{unknown[0]}` of the {name} loader; accepted: {', '.join(accepted)}")
     return TASKS[name](**kwargs)

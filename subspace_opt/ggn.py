@@ -6,20 +6,15 @@
 from __future__ import annotations
 import math
 from dataclasses import dataclass
-from pathlib import Path
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 from .curvature import FunctionalHessianOperator, GGNOperator, HessianOperator, TorchLinearOperator
 from .lanczos import block_lanczos
-from .config import ExperimentConfig, load_experiment_data
-from .train import build_run
 
 # %% auto #0
 __all__ = ['QUANTITIES', 'ESTIMATORS', 'Estimate', 'exact_quadratic', 'hutchinson', 'hutchpp', 'estimate_quadratic',
            'BulkOperator', 'Shares', 'curvature_energy', 'trace_shares', 'rayleigh_quotients', 'subspace_overlap',
-           'SpectralDensity', 'slq_density', 'CurvatureReport', 'curvature_report', 'TrajectoryCurvature',
-           'analyze_run']
+           'SpectralDensity', 'slq_density', 'CurvatureReport', 'curvature_report']
 
 # %% ../nbs/07_ggn.ipynb #f3fd1239
 QUANTITIES = ("trace", "frobenius")
@@ -374,119 +369,11 @@ def curvature_report(
     out.insert(2, "lambda_G", eg.eigenvalues.cpu().numpy())
     return CurvatureReport(pd.DataFrame(rows), out, U)
 
-# %% ../nbs/07_ggn.ipynb #88f22fe6
-@dataclass
-class TrajectoryCurvature:
-    "Curvature analysis at the snapshots of an experiment's runs, as tidy tables."
+# %% ../nbs/07_ggn.ipynb #17a86c12
+def __getattr__(name):
+    "`analyze_run` and `TrajectoryCurvature`, which live in `subspace_opt.trajectory`, imported on first use."
+    if name in ("analyze_run", "TrajectoryCurvature"):
+        from subspace_opt import trajectory
 
-    shares: pd.DataFrame  # rows of `CurvatureReport.shares` with method, seed and step
-    outliers: pd.DataFrame  # rows of `CurvatureReport.outliers` with method, seed and step
-    densities: pd.DataFrame  # method, seed, step, matrix, t, density (only the `density_steps`)
-
-
-def _done_steps(path):
-    "The steps already in the CSV at `path`."
-    return set(pd.read_csv(path).step) if path.exists() else set()
-
-
-def _append_rows(path, df):
-    "Append `df` to the CSV at `path`, first dropping rows of its step left by an interrupted earlier attempt."
-    if path.exists():
-        old = pd.read_csv(path)
-        if (old.step == df.step.iloc[0]).any():
-            old[old.step != df.step.iloc[0]].to_csv(path, index=False)
-    df.to_csv(path, mode="a", header=not path.exists(), index=False)
-
-# %% ../nbs/07_ggn.ipynb #d9c3dffe
-def _snapshot_jobs(cfg, out):
-    "(method, seed, snapshot file) of every snapshot that the experiment's runs under `out` kept."
-    jobs = [
-        (m, s, p)
-        for m in cfg.methods
-        for s in cfg.seeds
-        for p in sorted((out / "runs" / f"{m.name}-seed{s}" / "snapshots").glob("step*.pt"))
-    ]
-    if not jobs:
-        raise FileNotFoundError(f"no snapshots under {out / 'runs'}: run the experiment with `snapshot_every` set")
-    return jobs
-
-
-def _read_tables(cfg, out):
-    "The tables written into the run folders under `out`, concatenated (empty where none was written)."
-    read = lambda pattern: [
-        pd.read_csv(f)
-        for m in cfg.methods
-        for s in cfg.seeds
-        for f in sorted((out / "runs" / f"{m.name}-seed{s}").glob(pattern))
-    ]
-    frames = {
-        name: read(pattern)
-        for name, pattern in (
-            ("shares", "curvature.csv"),
-            ("outliers", "outliers.csv"),
-            ("densities", "density-step*.csv"),
-        )
-    }
-    return TrajectoryCurvature(
-        **{k: pd.concat(v, ignore_index=True) if v else pd.DataFrame() for k, v in frames.items()}
-    )
-
-# %% ../nbs/07_ggn.ipynb #4631f2b3
-def _snapshot_done(run_dir, step, density_steps):
-    "Whether the shares of `step` (and its densities, where asked for) are already on disk."
-    return step in _done_steps(run_dir / "curvature.csv") and (
-        step not in density_steps or (run_dir / f"density-step{step}.csv").exists()
-    )
-
-
-def _load_snapshot(cfg, m, s, data, path, dev):
-    "The model of run (m, s) with the snapshot's weights; None when they are not all finite (a diverged snapshot)."
-    model = build_run(cfg, m, s, data)[0]
-    model.load_state_dict(torch.load(path, map_location=dev, weights_only=True))
-    return model if all(torch.isfinite(q).all() for q in model.parameters()) else None
-
-
-def _densities(model, loss, data, n_probes, n_steps, seed):
-    "SLQ densities of H, G and H_F in one table: matrix, t, density."
-    frames = []
-    for name, M in _operators(model, loss, data).items():
-        d = slq_density(M, n_probes, n_steps, seed=seed)
-        frames.append(pd.DataFrame({"matrix": name, "t": d.grid.numpy(), "density": d.density.numpy()}))
-    return pd.concat(frames)
-
-# %% ../nbs/07_ggn.ipynb #55579708
-def analyze_run(
-    cfg: ExperimentConfig,  # the experiment whose runs kept snapshots (`snapshot_every`)
-    out_dir: str | Path,  # its folder (as given to `run_experiment`)
-    n_hessian: int | None = None,  # analyse on the first n training samples (default: all of them)
-    density_steps: tuple = (),  # snapshot steps at which to record SLQ densities
-    method: str = "auto",  # bulk estimator (see `curvature_energy`)
-    n_probes: int = 40,  # its random vectors
-    max_exact: int = 2048,  # 'auto' is exact up to this p
-    slq_probes: int = 8,  # SLQ probes of each density
-    slq_steps: int = 60,  # Lanczos steps per SLQ probe
-    device=None,  # where to compute (default: the experiment's device)
-    progress: bool = True,  # a progress bar over snapshots
-):
-    "Run `curvature_report` at every snapshot of every (method, seed) run of `out_dir`, resumably; return tidy tables."
-    out = Path(out_dir)
-    dev = torch.device(device or cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    data = load_experiment_data(cfg, dev)
-    X, y = data.train
-    hdata = (X, y) if n_hessian is None else (X[:n_hessian], y[:n_hessian])
-    for m, s, path in tqdm(_snapshot_jobs(cfg, out), desc="curvature", disable=not progress):
-        run_dir, step = path.parent.parent, int(path.stem[4:])
-        if _snapshot_done(run_dir, step, density_steps):
-            continue
-        model, tag = _load_snapshot(cfg, m, s, data, path, dev), dict(method=m.name, seed=s, step=step)
-        if model is None:
-            continue  # a diverged snapshot has no curvature
-        if step not in _done_steps(run_dir / "curvature.csv"):
-            k = cfg.subspace.k or data.n_classes
-            rep = curvature_report(model, cfg.loss, hdata, k, method, n_probes, s, max_exact=max_exact)
-            _append_rows(run_dir / "outliers.csv", rep.outliers.assign(**tag))
-            _append_rows(run_dir / "curvature.csv", rep.shares.assign(**tag))  # written last: marks the step done
-        if step in density_steps:
-            dens = _densities(model, cfg.loss, hdata, slq_probes, slq_steps, s)
-            dens.assign(**tag).to_csv(run_dir / f"density-step{step}.csv", index=False)
-    return _read_tables(cfg, out)
+        return getattr(trajectory, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

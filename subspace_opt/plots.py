@@ -4,13 +4,16 @@
 
 # %% ../nbs/08_plots.ipynb #436d7213
 from __future__ import annotations
+import json
+from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from .config import UserError
 
 # %% auto #0
-__all__ = ['plot_spectrum', 'plot_curves', 'plot_sharpness', 'plot_heatmap', 'plot_energy', 'plot_density']
+__all__ = ['plot_spectrum', 'plot_curves', 'plot_sharpness', 'plot_heatmap', 'plot_run', 'plot_energy', 'plot_density']
 
 # %% ../nbs/08_plots.ipynb #d5f6eb2f
 def plot_spectrum(
@@ -109,6 +112,43 @@ def plot_heatmap(
         a.invert_yaxis()
     fig.tight_layout()
     return fig
+
+# %% ../nbs/08_plots.ipynb #4d676d69
+def _read_results(run_dir: Path):
+    "The results table of a run or sweep folder and the sweep's grid keys ([] for a run); a `UserError` if unusable."
+    f, sweep = run_dir / "results.csv", run_dir / "sweep.json"
+    if not f.is_file():
+        raise UserError(f"no results.csv in {run_dir}: give the folder of a finished run or sweep")
+    try:
+        results, grid = pd.read_csv(f), (list(json.loads(sweep.read_text())["grid"]) if sweep.exists() else [])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"cannot read the results in {run_dir}: {e}") from None
+    numbers = ["step", "train_loss", *([] if grid else ["test_acc", "lambda_1", "lr"])]
+    missing = [c for c in ["method", "diverged", *numbers, *(["seed", *grid] if grid else [])] if c not in results]
+    words = [c for c in numbers if c in results and not pd.api.types.is_numeric_dtype(results[c])]
+    why = f"no column {', '.join(missing)}" if missing else "no rows" if results.empty else ""
+    why = why or (f"column {words[0]} holds no numbers" if words else "")
+    if why:
+        raise UserError(f"{f} is not the results of a run or sweep: {why}")
+    return results, grid
+
+
+def plot_run(run_dir: str | Path):  # a run or sweep folder, with results.csv
+    "Write loss.png, test_acc.png, sharpness.png (a 2-key sweep: heatmap.png) into `run_dir`; return the paths."
+    run_dir = Path(run_dir)
+    results, grid = _read_results(run_dir)
+    figs = {
+        "loss": lambda: plot_curves(results),
+        "test_acc": lambda: plot_curves(results, "test_acc"),
+        "sharpness": lambda: plot_sharpness(results),
+    }
+    if grid:
+        figs = {"heatmap": lambda: plot_heatmap(results, grid[1], grid[0])} if len(grid) == 2 else {}
+    for name, make in figs.items():
+        fig = make()
+        fig.savefig(run_dir / f"{name}.png", dpi=120)
+        plt.close(fig)
+    return [run_dir / f"{name}.png" for name in figs]
 
 # %% ../nbs/08_plots.ipynb #ccc8d4a2
 def plot_energy(

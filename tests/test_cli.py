@@ -1,12 +1,18 @@
-"""The console script end to end, as a user runs it."""
+"""The console script end to end, as a user runs it: its jobs, and how it answers bad input, Ctrl-C and bugs."""
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
+import subspace_opt.cli as cli
 
 # the installed console script: beside this Python (a venv), else on PATH
 CLI = shutil.which("subspace-opt", path=str(Path(sys.executable).parent)) or shutil.which("subspace-opt")
@@ -99,3 +105,218 @@ def test_a_distributed_run_leaves_through_finish(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(cli, "run_experiment", boom)
     assert cli.main(["run", str(cfg), "--out", str(tmp_path / "bad")]) == 1 and codes == [0, 1]
     assert "RuntimeError: rank lost" in capsys.readouterr().err  # the traceback is printed before the exit
+
+
+# --- bad input, interruptions and internal errors: one line on stderr, never a traceback ---
+
+SMALL = {
+    "name": "small",
+    "data": "digits",
+    "data_args": {"n_train": 60},
+    "hidden": [8],
+    "steps": 4,
+    "log_every": 2,
+    "batch_size": 20,
+    "subspace": {"k": 2},
+    "device": "cpu",
+    "methods": [{"name": "sgd", "lr": 0.1}],
+}
+
+
+def _config(**changes):
+    "SMALL with `changes`: `subspace__k=...` sets subspace.k, `method__lr=...` sets methods[0].lr."
+    d = json.loads(json.dumps(SMALL))
+    for key, value in changes.items():
+        part, _, sub = key.partition("__")
+        target = d["subspace"] if part == "subspace" else d["methods"][0] if part == "method" else d
+        target[sub or part] = value
+    return d
+
+
+BAD_CONFIGS = [  # (configuration, what the one line names)
+    (_config(hidden=[0]), "`config.hidden[0]` must be >= 1"),
+    (_config(hidden=[-3, 8]), "`config.hidden[0]`"),
+    (_config(hidden=["wide"]), "`config.hidden[0]`"),
+    (_config(subspace__k=-1), "`config.subspace.k`"),
+    (_config(subspace__k=0), "`config.subspace.k`"),
+    (_config(subspace__k=10**6), "`config.subspace.k` must be below p=610"),
+    (_config(subspace__refresh_every=0), "`config.subspace.refresh_every`"),
+    (_config(subspace__tol=0), "`config.subspace.tol`"),
+    (_config(subspace__solver="lobpcg"), "`config.subspace.solver` must be one of warm, cold"),
+    (_config(method__lr=-1), "`config.methods[0].lr`"),
+    (_config(method__base="lbfgs"), "`config.methods[0].base` must be one of"),
+    (_config(method__momentum=2.0, method__base="momentum"), "`config.methods[0].momentum`"),
+    (_config(method__start_step=-1), "`config.methods[0].start_step`"),
+    (_config(device="banana"), "`config.device`"),
+    (_config(device="cuda:7"), "`config.device` is 'cuda:7', but this machine has"),
+    (_config(data_args={"n_train": 0}), "`n_train` must be in [1, 1438], got 0"),
+    (_config(data_args={"ntrain": 10}), "`config.data_args.ntrain`"),
+    (_config(data="imagenet"), "`config.data` must be one of"),
+    (_config(steps=0), "`config.steps`"),
+    (_config(methods=[]), "`config.methods` must list at least one method"),
+    (_config(seeds=[-1]), "`config.seeds[0]`"),
+    (_config(name="../../elsewhere"), "`config.name`"),
+    (_config(learning_rate=0.1), "unknown key `config.learning_rate`"),
+]
+
+
+def _bad_arguments(tmp):
+    "(command line, what the one line names) for bad arguments, with the files they refer to made under `tmp`."
+    (tmp / "file").write_text("not a folder")
+    (tmp / "ok.json").write_text(json.dumps(SMALL))
+    (tmp / "sweep.json").write_text(json.dumps({**SMALL, "grid": {"methods.lr": [0.1, 0.2]}}))
+    (tmp / "nogrid.json").write_text(json.dumps(SMALL))
+    (tmp / "broken.yaml").write_text("methods: [\n")
+    (tmp / "empty").mkdir()
+    (tmp / "garbage").mkdir()
+    (tmp / "garbage" / "results.csv").write_text("a,b\n1,2\n")
+    ok, file = str(tmp / "ok.json"), str(tmp / "file")
+    return [
+        ([], "the following arguments are required: {demo,run,sweep,plot,spectrum}"),
+        (["banana"], "invalid choice: 'banana'"),
+        (["spectrum", "--k", "0"], "argument --k: must be an int >= 1, got '0'"),
+        (["spectrum", "--k", "-3"], "argument --k: must be an int >= 1, got '-3'"),
+        (["spectrum", "--k", "ten"], "argument --k: must be an int >= 1, got 'ten'"),
+        (["spectrum", "--k", "100000", "--hidden", "8"], "`--k` must be in [1, 609] for solver lanczos (p = 610)"),
+        (
+            ["spectrum", "--k", "300", "--hidden", "8", "--solver", "block"],
+            "`--k` must be in [1, 203] for solver block",
+        ),
+        (["spectrum", "--solver", "arpack"], "argument --solver: invalid choice: 'arpack'"),
+        (["spectrum", "--hidden", "0"], "argument --hidden: must be an int >= 1, got '0'"),
+        (["spectrum", "--hidden"], "argument --hidden: expected at least one argument"),
+        (["spectrum", "--lr", "-0.1"], "argument --lr: must be a finite number > 0"),
+        (["spectrum", "--lr", "nan"], "argument --lr: must be a finite number > 0"),
+        (["spectrum", "--tol", "0"], "argument --tol: must be a finite number > 0"),
+        (["spectrum", "--train-steps", "-1"], "argument --train-steps: must be an int >= 0"),
+        (["spectrum", "--seed", "-1"], "argument --seed: must be an int in [0, 4294967295]"),
+        (["spectrum", "--activation", "sigmoid"], "argument --activation: invalid choice: 'sigmoid'"),
+        (["spectrum", "--loss", "hinge"], "argument --loss: invalid choice: 'hinge'"),
+        (["spectrum", "--device", "banana"], "`--device` must be cpu, cuda, cuda:<index> or mps, got 'banana'"),
+        (["spectrum", "--device", "cuda:7"], "`--device` is 'cuda:7', but this machine has"),
+        (["spectrum", "--out", file], f"`--out`: cannot write into {file} (a file, not a folder)"),
+        (["spectrum", "--out", f"{file}/runs"], f"`--out`: cannot write into {file} (a file, not a folder)"),
+        (["spectrum", "--out", "/sys/subspace-opt-runs"], "`--out`: cannot write into /sys ("),
+        (["spectrum", "--frobnicate"], "unrecognized arguments: --frobnicate"),
+        (["demo", "--steps", "0"], "argument --steps: must be an int >= 1, got '0'"),
+        (["demo", "--device", "cuda:7"], "`--device` is 'cuda:7', but this machine has"),
+        (["demo", "--out", file], "`--out`: cannot write into"),
+        (["run"], "the following arguments are required: config"),
+        (["run", str(tmp / "missing.json")], "does not exist"),
+        (["run", str(tmp / "broken.yaml")], "cannot parse"),
+        (["run", ok, "--device", "banana"], "`--device` must be cpu, cuda, cuda:<index> or mps"),
+        (["run", ok, "--device", "cuda:7"], "`--device` is 'cuda:7', but this machine has"),
+        (["run", ok, "--out", file], "`--out`: cannot write into"),
+        (["sweep", str(tmp / "missing.json")], "does not exist"),
+        (["sweep", str(tmp / "nogrid.json")], "missing key `grid`"),
+        (["sweep", str(tmp / "sweep.json"), "--workers", "0"], "argument --workers: must be an int >= 1"),
+        (["sweep", str(tmp / "sweep.json"), "--device", "banana"], "`--device` must be cpu, cuda"),
+        (["sweep", str(tmp / "sweep.json"), "--out", file], "`--out`: cannot write into"),
+        (["plot"], "the following arguments are required: run_dir"),
+        (["plot", str(tmp / "nowhere")], "`run_dir` must be the folder of a run or sweep, but"),
+        (["plot", file], f"`run_dir` must be the folder of a run or sweep, but {file} is a file"),
+        (["plot", str(tmp / "empty")], "no results.csv in"),
+        (["plot", str(tmp / "garbage")], "is not the results of a run or sweep: no column method"),
+    ]
+
+
+def _one_line_exit_2(code, err, expected):
+    assert code == 2, (code, err)
+    assert "Traceback" not in err and err.endswith("\n") and err.count("\n") == 1, err
+    assert expected in err, err
+
+
+def test_bad_arguments_are_one_line_exit_2(tmp_path, capsys):
+    cases = _bad_arguments(tmp_path)
+    assert len(cases) >= 30
+    for argv, expected in cases:
+        code = cli.main(argv)
+        _one_line_exit_2(code, capsys.readouterr().err, expected)
+    assert not (tmp_path / "file").is_dir() and not list((tmp_path / "empty").iterdir())  # nothing was written
+
+
+@pytest.mark.parametrize(
+    "config, expected", BAD_CONFIGS, ids=[e.split("`")[1] + f"-{i}" for i, (_, e) in enumerate(BAD_CONFIGS)]
+)
+def test_bad_configs_are_one_line_exit_2(tmp_path, capsys, config, expected):
+    (tmp_path / "cfg.json").write_text(json.dumps(config))
+    code = cli.main(["run", str(tmp_path / "cfg.json"), "--out", str(tmp_path / "out")])
+    _one_line_exit_2(code, capsys.readouterr().err, expected)
+
+
+def test_bad_input_through_the_console_script(tmp_path):
+    "The same in real processes: the exit status, and stderr as the shell shows it."
+    (tmp_path / "cfg.json").write_text(json.dumps(_config(hidden=[0])))
+    for argv, expected in (
+        (["spectrum", "--k", "0"], "subspace-opt spectrum: error: argument --k: must be an int >= 1, got '0'\n"),
+        (["spectrum", "--device", "cuda:7"], "subspace-opt spectrum: error: `--device` is 'cuda:7', but this machine"),
+        (["run", str(tmp_path / "cfg.json")], "subspace-opt run: error: `config.hidden[0]` must be >= 1, got 0\n"),
+        (["plot", str(tmp_path / "nowhere")], "subspace-opt plot: error: `run_dir` must be the folder of a run or"),
+        (["frobnicate"], "subspace-opt: error: argument {demo,run,sweep,plot,spectrum}: invalid choice: 'frobnicate'"),
+    ):
+        p = subprocess.run([CLI, *argv], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert p.returncode == 2 and p.stderr.startswith(expected) and p.stderr.count("\n") == 1, p.stderr
+        assert p.stdout == ""
+    assert subprocess.run([CLI, "run", "--help"], capture_output=True, text=True, timeout=300).returncode == 0
+
+
+def test_an_internal_error_is_one_line_naming_the_saved_traceback(tmp_path, monkeypatch, capsys):
+    "A bug: exit status 1, one line with the file that holds the full traceback."
+    (tmp_path / "cfg.json").write_text(json.dumps(SMALL))
+
+    def boom(*a, **k):
+        raise RuntimeError("something broke\nover two lines")
+
+    monkeypatch.setattr(cli, "run_experiment", boom)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the traceback file goes
+    assert cli.main(["run", str(tmp_path / "cfg.json"), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    head = "subspace-opt run: internal error: RuntimeError: something broke over two lines (the full traceback is in "
+    assert err.startswith(head) and err.endswith(")\n"), err
+    saved = Path(err[len(head) : -2])
+    assert saved.parent == tmp_path and saved.name.startswith("subspace-opt-")
+    text = saved.read_text()
+    assert text.startswith(f"subspace-opt run {tmp_path / 'cfg.json'} --out {tmp_path / 'out'}\npython ")
+    assert "Traceback (most recent call last)" in text and "in boom" in text and "RuntimeError: something broke" in text
+
+
+def test_an_internal_error_in_a_real_process(tmp_path):
+    code = (
+        "import sys, subspace_opt.cli as cli\n"
+        "def boom(a): raise ZeroDivisionError('division by zero')\n"
+        "cli._job = boom\n"
+        "sys.exit(cli.main(['plot', '.']))\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert p.returncode == 1 and p.stderr.count("\n") == 1 and "Traceback" not in p.stderr, p.stderr
+    assert p.stderr.startswith("subspace-opt plot: internal error: ZeroDivisionError: division by zero (the full")
+    saved = Path(p.stderr.split("the full traceback is in ")[1].rstrip(")\n"))
+    assert "ZeroDivisionError" in saved.read_text()
+    saved.unlink()
+
+
+INTERRUPTED = {**SMALL, "name": "interrupted", "data_args": {"n_train": 100}, "steps": 1500, "log_every": 10}
+INTERRUPTED |= {"checkpoint_every": 50}
+
+
+def test_ctrl_c_is_one_line_and_the_same_command_resumes(tmp_path):
+    "SIGINT once the run is logging: exit 130 and one line; the same command then finishes the run, rows complete."
+    (tmp_path / "cfg.json").write_text(json.dumps(INTERRUPTED))
+    cmd = [CLI, "run", str(tmp_path / "cfg.json"), "--out", str(tmp_path / "out"), "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    rows = tmp_path / "out" / "runs" / "sgd-seed0" / "rows.csv"
+    deadline = time.time() + 300
+    while proc.poll() is None and time.time() < deadline and not (rows.exists() and rows.read_text().count("\n") >= 2):
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, (proc.returncode, err)
+    assert err == "subspace-opt run: interrupted; the same command resumes the run from its last checkpoint\n", err
+    assert not (tmp_path / "out" / "runs" / "sgd-seed0" / "done.json").exists()
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert again.returncode == 0 and again.stderr == "", again.stderr
+    results = pd.read_csv(tmp_path / "out" / "results.csv")
+    assert results.step.tolist() == list(range(0, 1501, 10))  # every logged step once, in order

@@ -1,7 +1,16 @@
 """GGN analysis against dense float64 on every shared case and device: energy and trace shares, Rayleigh quotients,
 randomized estimators and SLQ on the device."""
 
+import ast
+import io
+import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
 import pytest
 import torch
 from cases import CASES, DEVICE_PARAMS
@@ -88,3 +97,107 @@ def test_report_eigenvalues_match_dense():
         want = torch.linalg.eigvalsh(f(model, case.loss, data))[-K:].flip(0)
         assert torch.allclose(torch.tensor(rep.outliers[col].values), want, rtol=1e-7, atol=1e-9), col
     assert rep.shares.matrix.tolist() == ["H", "G", "H_F"] and (rep.shares.overlap_HG.between(0, 1 + 1e-9)).all()
+
+
+SMALL_RUN = {
+    "name": "traj",
+    "data": "digits",
+    "data_args": {"n_train": 60},
+    "hidden": [4],
+    "steps": 4,
+    "log_every": 2,
+    "checkpoint_every": 2,
+    "snapshot_every": 4,
+    "batch_size": 20,
+    "subspace": {"k": 3},
+    "methods": [{"name": "sgd", "lr": 0.1}],
+    "device": "cpu",
+}
+
+# Imports the analysis modules with the package's __init__ skipped (it imports everything) and the training loop,
+# the sweep and the command line made unimportable; runs `analyze_run`; prints its shares as JSON.
+WITHOUT_TRAINING = """
+import importlib.abc, json, sys, types
+from pathlib import Path
+
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name in ("subspace_opt.train", "subspace_opt.sweep", "subspace_opt.cli"):
+            raise ImportError(f"{name} is blocked")
+
+sys.meta_path.insert(0, Block())
+pkg = types.ModuleType("subspace_opt")
+pkg.__path__ = [sys.argv[1]]
+sys.modules["subspace_opt"] = pkg
+from subspace_opt.config import config_from_dict
+from subspace_opt.ggn import analyze_run
+cfg = config_from_dict(json.loads(Path(sys.argv[2]).read_text()))
+tc = analyze_run(cfg, sys.argv[3], method="exact", progress=False)
+assert not [m for m in sys.modules if m in ("subspace_opt.train", "subspace_opt.sweep", "subspace_opt.cli")]
+print(tc.shares.to_json())
+"""
+
+
+def test_trajectory_analysis_needs_no_training_loop(tmp_path):
+    "`analyze_run` (from `ggn`, where it is re-exported) works with `subspace_opt.train` unimportable."
+    import subspace_opt
+    from subspace_opt.config import config_from_dict
+    from subspace_opt.train import run_experiment
+    from subspace_opt.trajectory import analyze_run
+
+    (tmp_path / "cfg.json").write_text(json.dumps(SMALL_RUN))
+    run_experiment(config_from_dict(SMALL_RUN), tmp_path / "run", progress=False)
+    pkg_dir = str(Path(subspace_opt.__file__).parent)
+    p = subprocess.run(
+        [sys.executable, "-c", WITHOUT_TRAINING, pkg_dir, str(tmp_path / "cfg.json"), str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    got = pd.read_json(io.StringIO(p.stdout))
+    assert sorted(got.step.unique()) == [0, 4] and got.matrix.tolist() == ["H", "G", "H_F"] * 2
+    again = analyze_run(config_from_dict(SMALL_RUN), tmp_path / "run", method="exact", progress=False)  # read back
+    pd.testing.assert_frame_equal(again.shares, got, check_dtype=False)
+
+
+def test_analysis_modules_import_nothing_of_the_runner():
+    "The source of `ggn` and `trajectory`: no import of `train`, `sweep` or `cli`."
+    import subspace_opt
+
+    for name in ("ggn", "trajectory"):
+        tree = ast.parse((Path(subspace_opt.__file__).parent / f"{name}.py").read_text())
+        imported = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)] + [
+            a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
+        ]
+        imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names]
+        assert not [m for m in imported if m.split(".")[-1] in ("train", "sweep", "cli")], (name, imported)
+    assert len((Path(subspace_opt.__file__).parent / "ggn.py").read_text().splitlines()) <= 400
+
+
+class _Plant:
+    "Unpickles by calling `io.open(path, 'w')`: a file that appears is code that ran."
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (io.open, (self.path, "w"))
+
+
+def test_planted_snapshot_is_refused_and_runs_nothing(tmp_path):
+    from subspace_opt.config import UserError, config_from_dict
+    from subspace_opt.ggn import analyze_run
+    from subspace_opt.train import run_experiment
+
+    cfg = config_from_dict(SMALL_RUN)
+    run_experiment(cfg, tmp_path / "run", progress=False)
+    snap = sorted((tmp_path / "run" / "runs" / "sgd-seed0" / "snapshots").glob("step*.pt"))[-1]  # the last one
+    weights = torch.load(snap, weights_only=True)
+    torch.save({**weights, "extra": _Plant(tmp_path / "payload-ran")}, snap)
+    with pytest.raises(UserError, match=f"{snap.name} is not a weights snapshot: it holds more than tensors"):
+        analyze_run(cfg, tmp_path / "run", method="exact", progress=False)
+    assert not (tmp_path / "payload-ran").exists()
+    torch.load(snap, weights_only=False)  # the payload is real: an unrestricted load runs it
+    assert (tmp_path / "payload-ran").exists()
