@@ -252,12 +252,19 @@ def _spectrum_args(sub, fmt):
     _common_args(s)
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    "`--help` with each default shown once: options whose default is None say what it means in their own help."
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def _parser():
     "The `subspace-opt` argument parser: one subcommand per job."
     p = _Parser(prog="subspace-opt", description="Sharp and flat directions of the loss Hessian.")
     sub = p.add_subparsers(dest="job", required=True, metavar="{demo,run,sweep,plot,spectrum}")
     for add in (_demo_args, _run_args, _sweep_args, _plot_args, _spectrum_args):
-        add(sub, argparse.ArgumentDefaultsHelpFormatter)
+        add(sub, _Help)
     return p
 
 # %% ../nbs/09_cli.ipynb #39389f36
