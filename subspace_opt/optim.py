@@ -8,7 +8,6 @@ import math
 import torch
 from fastcore.basics import patch
 from .subspace import DominantSubspace, alignment, project
-from .lanczos import lanczos
 
 # %% auto #0
 __all__ = ['MODES', 'ProjectedOptimizer', 'dom_sgd', 'bulk_sgd', 'interpolated_sgd', 'damped_dominant_sgd', 'bulk_amplified_sgd',
@@ -139,13 +138,13 @@ class ProjectedOptimizer(_WrapperBase):
 
 # %% ../nbs/03_optim.ipynb #a6a3688b
 def _active(opt: ProjectedOptimizer):
-    "Whether this step projects: after `start_step`, and once the alignment EMA passed `switch_threshold`."
+    "Whether this step projects: after `start_step`, once past the `switch_threshold`; first, it updates the tracker."
+    if opt.switch_step is None and opt.n_steps <= opt.start_step:
+        return False
+    opt.subspace.update()  # the one place a step updates the tracker: once per step that uses it
     if opt.switch_step is not None:
         return True
-    if opt.n_steps <= opt.start_step:
-        return False
     if opt.switch_threshold is not None:
-        opt.subspace.update()
         chi = alignment(opt.subspace.basis, opt.subspace.op.gradient()).item()
         opt.ema = opt.switch_ema * opt.ema + (1 - opt.switch_ema) * chi
         if opt.ema <= opt.switch_threshold:
@@ -155,8 +154,7 @@ def _active(opt: ProjectedOptimizer):
 
 # %% ../nbs/03_optim.ipynb #72c35e8b
 def _projected_step(opt: ProjectedOptimizer):
-    "Refresh when due; project the gradient before the base step, or the base step's update after it; diagnose."
-    opt.subspace.update()
+    "Project the gradient before the base step, or the base step's update after it, on the tracked basis; diagnose."
     U, g, theta0 = opt.subspace.basis, _grad_vector(opt.params), opt._flat_params()
     if opt.mode == "gradient":
         _write(opt.params, project(U, g, opt.dom, opt.bulk), "grad")
@@ -236,8 +234,9 @@ def dom_bulk_sgd(
 def leakage(
     self: ProjectedOptimizer,
     delta: torch.Tensor,  # an update (p,), e.g. the last applied one
-    tol: float = 1e-6,  # accuracy of the fresh solve
+    tol: float = 1e-6,  # accuracy of the fresh solve (`angle_bound` target)
 ):
-    "χ_k of `delta` in a Dominant subspace freshly computed (cold Lanczos) at the current parameters."
-    fresh = lanczos(self.subspace.op, k=self.subspace.k, tol=tol)
-    return alignment(fresh.eigenvectors, delta.to(fresh.eigenvectors.dtype))
+    "χ_k of `delta` in a Dominant subspace freshly computed (a cold block solve) at the current parameters."
+    fresh = DominantSubspace(self.subspace.op, k=self.subspace.k, cold_tol=tol)
+    fresh.refresh()
+    return alignment(fresh.basis, delta.to(fresh.basis.dtype))

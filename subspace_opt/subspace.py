@@ -4,13 +4,16 @@
 
 # %% ../nbs/02_subspace.ipynb #84c88d71
 from __future__ import annotations
+import math
 import time
+import warnings
+from typing import NamedTuple
 import torch
 from fastcore.basics import patch
-from .lanczos import block_lanczos, lanczos
+from .lanczos import check_symmetric
 
 # %% auto #0
-__all__ = ['project', 'project_dom', 'project_bulk', 'alignment', 'DominantSubspace']
+__all__ = ['project', 'project_dom', 'project_bulk', 'alignment', 'angle_bound', 'DominantSubspace']
 
 # %% ../nbs/02_subspace.ipynb #d531b8ad
 def project(
@@ -49,38 +52,174 @@ def alignment(
     n = v.norm()
     return torch.where(n > 0, (U.T @ v).norm() / n.clamp_min(torch.finfo(v.dtype).tiny), torch.zeros_like(n))
 
+# %% ../nbs/02_subspace.ipynb #8132a7ed
+def _orth_against(
+    B: torch.Tensor | None,  # (p, m) orthonormal columns, or None
+    W: torch.Tensor,  # (p, b) block
+):
+    "An orthonormal basis (p, b) of the part of `W` orthogonal to span(B): Gram–Schmidt against B, then QR; twice."
+    for _ in range(2):
+        if B is not None:
+            W = W - B @ (B.T @ W)
+        W = torch.linalg.qr(W)[0]
+    return W
+
+
+def _rayleigh_ritz(
+    Q: torch.Tensor,  # (p, m) orthonormal basis
+    W: torch.Tensor,  # (p, m) its image H Q
+):
+    "The Ritz values (float64, descending) of H on span(Q), the Ritz vectors Q S and their images W S."
+    T = (Q.T @ W).double().cpu()
+    theta, S = torch.linalg.eigh((T + T.T) / 2)
+    S = S.flip(1).to(Q.device, Q.dtype)
+    return theta.flip(0), Q @ S, W @ S
+
+# %% ../nbs/02_subspace.ipynb #e8862aeb
+def angle_bound(
+    theta: torch.Tensor,  # (b,) Ritz values, descending, b > k
+    V: torch.Tensor,  # (p, b) their Ritz vectors
+    HV: torch.Tensor,  # (p, b) the vectors' images H V
+    k: int,  # the rank at whose boundary the gap is taken
+):
+    "Estimate of sin∠(span V[:, :k], top-k eigenspace) ≤ ‖R_k‖₂ / (θ_k − θ_{k+1} − ‖r_{k+1}‖); also ‖R_k‖₂ and ‖r_i‖."
+    R = HV - V * theta.to(V.device, V.dtype)
+    norms = R.norm(dim=0).double().cpu()
+    G = (R[:, :k].T @ R[:, :k]).double().cpu()
+    rho = torch.linalg.eigvalsh((G + G.T) / 2)[-1].clamp_min(0).sqrt().item()
+    gap = (theta[k - 1] - theta[k] - norms[k]).item()
+    return (rho / gap if gap > 0 else math.inf), rho, norms
+
+# %% ../nbs/02_subspace.ipynb #f0201198
+class _Solve(NamedTuple):
+    "What a block solve returns: the b Ritz pairs, their images, the boundary test and the products used."
+
+    theta: torch.Tensor  # (b,) Ritz values, float64, descending
+    V: torch.Tensor  # (p, b) Ritz vectors
+    HV: torch.Tensor  # (p, b) their images
+    bound: float  # `angle_bound` at k
+    rel: torch.Tensor  # (b,) relative residuals ‖Hv − θv‖ / |θ|
+    n_matvecs: int  # operator-vector products (a block of b counts b)
+    converged: bool  # the block passed `_accepted`
+
+
+def _accepted(
+    theta: torch.Tensor,  # (b,) Ritz values
+    check: tuple,  # `angle_bound`'s (bound, ‖R_k‖₂, residual norms)
+    k: int,  # rank of the tracked subspace
+    n_eigs: int,  # pairs tracked, k <= n_eigs < b
+    tol: float,  # target of the bound, and of the relative residuals of pairs k+1..n_eigs
+    eps: float,  # machine epsilon of the operator's dtype
+):
+    "Bound <= tol (or residuals at rounding level, 10³ε|θ₁|), and relative residuals <= tol for pairs k+1..n_eigs."
+    bound, rho, norms = check
+    floor = 1e3 * eps * theta.abs().max().item()
+    extra = norms[k:n_eigs]
+    extra_ok = bool((extra <= tol * theta[k:n_eigs].abs()).all()) or extra.numel() == 0 or extra.max().item() <= floor
+    return (bound <= tol or rho <= floor) and extra_ok
+
+# %% ../nbs/02_subspace.ipynb #e595c043
+def _block_solve(
+    op,  # symmetric operator (or tensor) with `@` on blocks (p, b)
+    Q: torch.Tensor,  # (p, b) orthonormal start block, b > n_eigs
+    k: int,  # rank of the subspace whose boundary is tested
+    n_eigs: int,  # pairs that must be accurate, k <= n_eigs < b
+    tol: float,  # target of the boundary test and of the residuals of pairs k+1..n_eigs
+    max_blocks: int,  # block products at most
+    depth: int,  # blocks the Krylov basis holds before a thick restart to the b best Ritz vectors
+):
+    "Block Krylov from `Q`: Rayleigh–Ritz after every block product, the next block from the residuals, until accepted."
+    (p, b), eps = Q.shape, torch.finfo(Q.dtype).eps
+    basis, images, n, n_mv = Q, _product(op, Q), 1, b
+    while True:
+        theta, V, HV = _rayleigh_ritz(basis, images)
+        theta, V, HV = theta[:b], V[:, :b], HV[:, :b]
+        check = angle_bound(theta, V, HV, k)
+        ok = _accepted(theta, check, k, n_eigs, tol, eps)
+        if basis.shape[1] + b > min(p, depth * b):
+            basis, images = V, HV  # thick restart: the b best Ritz vectors and their images, no new products
+        room = min(b, p - basis.shape[1])
+        if ok or n >= max_blocks or room == 0:
+            return _Solve(theta, V, HV, check[0], check[2] / theta.abs().clamp_min(1e-300), n_mv, ok or room == 0)
+        new = _orth_against(basis, (HV - V * theta.to(V.device, V.dtype))[:, :room])
+        basis, images = torch.cat([basis, new], 1), torch.cat([images, _product(op, new)], 1)
+        n, n_mv = n + 1, n_mv + room
+
+
+def _product(op, Q):
+    "`op @ Q`, refused with a one-line error when it is not finite (a tensor `op` does not check itself)."
+    W = op @ Q
+    if not torch.isfinite(W).all():
+        raise FloatingPointError(f"DominantSubspace: a product with the operator ({type(op).__name__}) is NaN or inf")
+    return W
+
+# %% ../nbs/02_subspace.ipynb #5c3536ee
+def _check_rank(
+    k: int,  # rank of the Dominant subspace
+    n_eigs: int,  # eigenpairs tracked
+    oversample: int,  # extra block columns
+    p: int,  # the operator's dimension
+):
+    "Refuse a rank, a number of tracked pairs or an oversampling the tracker cannot honour on dimension `p`."
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < p:
+        raise ValueError(f"`k` must be an int in [1, p={p}), got {k!r}")
+    if isinstance(n_eigs, bool) or not isinstance(n_eigs, int) or not k <= n_eigs < p:
+        raise ValueError(f"`n_eigs` must be an int in [k={k}, p={p}), got {n_eigs!r}")
+    if isinstance(oversample, bool) or not isinstance(oversample, int) or oversample < 1:
+        raise ValueError(
+            f"`oversample` must be an int >= 1 (the gap at the k boundary needs one more pair), got {oversample!r}"
+        )
+
+
+def _check_policy(
+    refresh_every,  # an int T >= 1, or 'auto'
+    min_every: int,  # 'auto': fewest steps between refreshes
+    max_every: int,  # 'auto': most steps between refreshes
+    drift_tol: float,  # 'auto': target drift between refreshes
+):
+    "Refuse a refresh policy the tracker cannot follow; return the first period."
+    if refresh_every != "auto" and (
+        isinstance(refresh_every, bool) or not isinstance(refresh_every, int) or refresh_every < 1
+    ):
+        raise ValueError(f"`refresh_every` must be an int >= 1 or 'auto', got {refresh_every!r}")
+    if isinstance(min_every, bool) or not isinstance(min_every, int) or min_every < 1:
+        raise ValueError(f"`min_every` must be an int >= 1, got {min_every!r}")
+    if isinstance(max_every, bool) or not isinstance(max_every, int) or max_every < min_every:
+        raise ValueError(f"`max_every` must be an int >= min_every={min_every}, got {max_every!r}")
+    if isinstance(drift_tol, bool) or not isinstance(drift_tol, (int, float)) or not 0 < drift_tol <= 1:
+        raise ValueError(f"`drift_tol` must be a number in (0, 1], got {drift_tol!r}")
+    return min_every if refresh_every == "auto" else refresh_every
+
 # %% ../nbs/02_subspace.ipynb #aef67d7a
 class DominantSubspace:
-    "Warm-started tracking of the top-`k` eigenspace of a curvature operator, and projections onto it."
+    "Warm-started block Krylov tracking of the top-`k` eigenspace of a curvature operator, and projections onto it."
 
     def __init__(
         self,
         op,  # curvature operator (or symmetric tensor) whose top eigenspace to track
         k: int = 10,  # rank of the Dominant subspace
-        refresh_every: int = 1,  # refresh on every T-th call of `update()`
+        refresh_every: int | str = 1,  # refresh on every T-th call of `update()`, or 'auto' (from the measured drift)
         n_eigs: int | None = None,  # eigenpairs tracked (>= k), e.g. 2k to log λ_{k+1..2k}
-        tol: float = 1e-2,  # relative residual target of warm refreshes
-        cold_tol: float = 1e-6,  # relative residual target of cold solves
-        restart_tol: float = 0.1,  # a warm refresh ending above this residual triggers a cold solve
+        tol: float = 0.1,  # warm refreshes: target of `angle_bound`, the sine of the angle to the exact subspace
+        cold_tol: float = 1e-6,  # cold solves: the same target
+        restart_tol: float = 0.1,  # a warm refresh ending with a relative residual above this triggers a cold solve
         cold_every: int | None = None,  # force a cold solve every N refreshes (None: never)
-        oversample: int = 0,  # extra random directions in the warm block
-        max_warm_restarts: int = 3,  # extra cycles a warm refresh may take to reach `tol`
-        seed: int = 0,  # seed of the cold start vectors and the oversampling directions
+        oversample: int = 2,  # block columns beyond `n_eigs` (>= 1)
+        max_warm_restarts: int = 3,  # block products a warm refresh may add to its first to reach `tol`
+        seed: int = 0,  # seed of the random start blocks of cold solves
+        min_every: int = 4,  # 'auto': fewest steps between two refreshes
+        max_every: int = 50,  # 'auto': most steps between two refreshes
+        drift_tol: float = 0.3,  # 'auto': drift (sine of the largest principal angle) to allow between refreshes
     ):
-        p = op.shape[0]
-        self.n_eigs = n_eigs or k
-        if not isinstance(k, int) or not 1 <= k < p:
-            raise ValueError(f"`k` must be an int in [1, p={p}), got {k!r}")
-        if not isinstance(self.n_eigs, int) or not k <= self.n_eigs < p:
-            raise ValueError(f"`n_eigs` must be an int in [k={k}, p={p}), got {n_eigs!r}")
-        if not isinstance(refresh_every, int) or refresh_every < 1:
-            raise ValueError(f"`refresh_every` must be an int >= 1, got {refresh_every!r}")
+        p, self.n_eigs = op.shape[0], n_eigs or k
+        _check_rank(k, self.n_eigs, oversample, p)
+        self.period = _check_policy(refresh_every, min_every, max_every, drift_tol)
         self.op, self.k, self.refresh_every, self.tol, self.cold_tol = op, k, refresh_every, tol, cold_tol
         self.restart_tol, self.cold_every, self.max_warm_restarts = restart_tol, cold_every, max_warm_restarts
-        self.oversample = oversample
+        self.oversample, self.min_every, self.max_every, self.drift_tol = oversample, min_every, max_every, drift_tol
         self.gen = torch.Generator(device=op.device).manual_seed(seed)
         self.seed, self.eigvecs, self.eigenvalues, self.residuals, self.info = seed, None, None, None, {}
-        self.n_matvecs = self.n_refreshes = self.n_updates = 0
+        self.block, self.n_matvecs, self.n_refreshes, self.n_updates, self.last_refresh = None, 0, 0, 0, 0
 
     @property
     def basis(self):
@@ -88,60 +227,101 @@ class DominantSubspace:
         return None if self.eigvecs is None else self.eigvecs[:, : self.k]
 
 # %% ../nbs/02_subspace.ipynb #c9f0a2ed
-def _solve(sub: DominantSubspace, op, cold: bool):
-    "One cold (lanczos) or warm (block_lanczos from the previous basis + random directions) solve."
-    if cold:
-        return lanczos(op, k=sub.n_eigs, tol=sub.cold_tol, seed=sub.seed + sub.n_refreshes)
-    extra = torch.randn(op.shape[0], sub.oversample, generator=sub.gen, dtype=op.dtype, device=op.device)
-    return block_lanczos(
-        op,
-        k=sub.n_eigs,
-        U0=torch.cat([sub.eigvecs, extra], 1),
-        tol=sub.tol,
-        max_restarts=sub.max_warm_restarts,
-        warn=False,
-    )  # `refresh` handles residuals above tol
+def _cold_solve(sub: DominantSubspace, op):
+    "A block Krylov solve to `cold_tol` from a random block of n_eigs + oversample columns (at most p)."
+    check_symmetric(op, sub.seed)
+    b = min(sub.n_eigs + sub.oversample, op.shape[0])
+    Q = _orth_against(None, torch.randn(op.shape[0], b, generator=sub.gen, dtype=op.dtype, device=op.device))
+    res = _block_solve(op, Q, sub.k, sub.n_eigs, sub.cold_tol, _COLD_BLOCKS, max(4, 2 + -(-20 // b)))
+    if not res.converged:
+        warnings.warn(
+            f"DominantSubspace: a cold solve stopped at angle bound {res.bound:.1e} > cold_tol={sub.cold_tol:g} after "
+            f"{res.n_matvecs} products; the eigenvalues at the k={sub.k} boundary may be tied (choose k at a gap)"
+        )
+    return res
 
 
-def _synced(op, res):
-    "A solve's eigenvectors, eigenvalues and residuals; each rank takes the first rank's copy on a data-parallel `op`."
+def _warm_solve(sub: DominantSubspace, op):
+    "Block Krylov from the carried block: one block product and Rayleigh–Ritz, more only while the test fails."
+    n = 1 + sub.max_warm_restarts
+    return _block_solve(op, sub.block, sub.k, sub.n_eigs, sub.tol, n, n)
+
+
+_COLD_BLOCKS = 100  # block products a cold solve may take
+
+
+def _synced(op, *tensors):
+    "The tensors as the first rank holds them, on every rank of a data-parallel `op` (unchanged on one process)."
     bc = getattr(op, "broadcast", None)
-    sync = (lambda t: t) if bc is None else (lambda t: bc(t.to(op.device)).to(t.device))
-    return sync(res.eigenvectors), sync(res.eigenvalues), sync(res.residuals)
+    return tuple(t if bc is None else bc(t.to(op.device)).to(t.device) for t in tensors)
+
+# %% ../nbs/02_subspace.ipynb #2f01b3c9
+def _drift(
+    prev: torch.Tensor | None,  # the previous basis (p, k), or None
+    U: torch.Tensor,  # the new basis (p, k)
+):
+    "‖U_prevᵀU‖²_F / k (1: unmoved) and the sine of the largest principal angle; (None, None) without `prev`."
+    if prev is None:
+        return None, None
+    s = torch.linalg.svdvals((prev.T @ U).double())
+    return (s.square().sum() / U.shape[1]).item(), math.sqrt(max(0.0, 1.0 - min(1.0, s.min().item()) ** 2))
+
+
+def _next_period(sub: DominantSubspace, angle: float | None):
+    "The period after a refresh: T, or for 'auto' the last one scaled by drift_tol / angle (x0.5..x2), in the bounds."
+    if sub.refresh_every != "auto":
+        return sub.refresh_every
+    if angle is None:
+        return sub.min_every
+    factor = min(2.0, max(0.5, sub.drift_tol / max(angle, 1e-12)))
+    return int(min(sub.max_every, max(sub.min_every, round(sub.period * factor))))
 
 # %% ../nbs/02_subspace.ipynb #2183898b
 @patch
 def refresh(self: DominantSubspace, op=None):  # operator for this refresh only (default: the subspace's own)
-    "Recompute the top eigenpairs at the current parameters, warm-started when a basis exists; return `info`."
-    op, t0 = op if op is not None else self.op, time.perf_counter()
-    cold = self.eigvecs is None or bool(self.cold_every and self.n_refreshes % self.cold_every == 0)
-    res = _solve(self, op, cold)
-    if not cold and res.residuals.max() > self.restart_tol:
-        res, cold = _solve(self, op, True), True
-    prev = self.basis
-    self.eigvecs, self.eigenvalues, self.residuals = _synced(op, res)  # data-parallel: every rank takes rank 0's
-    self.n_matvecs += res.n_matvecs
-    self.n_refreshes += 1
-    drift = None if prev is None else ((prev.T @ self.basis).norm() ** 2 / self.k).item()
+    "Recompute the top eigenpairs at the current parameters (warm from the carried block, if any); return `info`."
+    op, t0, prev = op if op is not None else self.op, time.perf_counter(), self.basis
+    cold = self.block is None or bool(self.cold_every and self.n_refreshes % self.cold_every == 0)
+    res = _cold_solve(self, op) if cold else _warm_solve(self, op)
+    n_mv = res.n_matvecs
+    if not cold and res.rel[: self.k].max() > self.restart_tol:  # lost: the carried block no longer holds the space
+        res, cold = _cold_solve(self, op), True
+        n_mv += res.n_matvecs
+    m, dev = self.n_eigs, op.device
+    synced = _synced(op, res.V[:, :m], res.theta[:m].to(dev), res.rel[:m].to(dev), _orth_against(None, res.HV))
+    self.eigvecs, self.eigenvalues, self.residuals, self.block = synced  # the block: one power step ahead
+    self.n_matvecs, self.n_refreshes, self.last_refresh = self.n_matvecs + n_mv, self.n_refreshes + 1, self.n_updates
+    drift, angle = _drift(prev, self.basis)
+    self.period = _next_period(self, angle)
     self.info = dict(
         refresh=self.n_refreshes,
         cold=cold,
-        n_matvecs=res.n_matvecs,
+        n_matvecs=n_mv,
         seconds=time.perf_counter() - t0,
         drift=drift,
+        angle=angle,
+        bound=res.bound,
+        converged=res.converged,
         max_residual=self.residuals.max().item(),
         eigenvalues=self.eigenvalues.tolist(),
+        period=self.period,
     )
     return self.info
 
 # %% ../nbs/02_subspace.ipynb #5a521c43
 @patch
 def update(self: DominantSubspace, op=None):  # operator for a refresh, if one is due
-    "Count one training step; refresh when due (every `refresh_every` calls, and on the first). Return whether it did."
-    due = self.eigvecs is None or self.n_updates % self.refresh_every == 0
-    self.n_updates += 1
+    "Count one training step; refresh on the first and then when due (every T-th, or by the 'auto' period)."
+    since = self.n_updates - self.last_refresh
+    if self.eigvecs is None:
+        due = True
+    elif self.refresh_every == "auto":
+        due = since >= self.period
+    else:
+        due = self.n_updates % self.refresh_every == 0
     if due:
         self.refresh(op)
+    self.n_updates += 1
     return due
 
 # %% ../nbs/02_subspace.ipynb #7954e167
@@ -187,18 +367,20 @@ def alignment(self: DominantSubspace, v):  # a vector (p,), or a list of tensors
     return _on_basis(self, alignment, v)
 
 # %% ../nbs/02_subspace.ipynb #e5226b33
-_STATE = ("eigvecs", "eigenvalues", "residuals", "n_matvecs", "n_refreshes", "n_updates", "info")
+_STATE = ("eigvecs", "eigenvalues", "residuals", "block", "n_matvecs", "n_refreshes", "n_updates", "last_refresh")
+_STATE = _STATE + ("period", "info")
 
 
 @patch
 def state_dict(self: DominantSubspace):
-    "The tracker's state: basis and eigenpairs, counters, last `info`, and the generator state."
+    "The tracker's state: basis, eigenpairs and carried block, counters, the 'auto' period, last `info`, generator."
     return {**{a: getattr(self, a) for a in _STATE}, "generator": self.gen.get_state()}
 
 
 @patch
 def load_state_dict(self: DominantSubspace, state: dict):  # a `state_dict()` of a tracker with the same settings
-    "Restore a state saved by `state_dict()`."
+    "Restore a state saved by `state_dict()` (one without a carried block makes the next refresh cold)."
+    older = dict(block=None, last_refresh=state.get("n_updates", 0), period=self.period)
     for a in _STATE:
-        setattr(self, a, state[a])
+        setattr(self, a, state[a] if a in state else older[a])
     self.gen.set_state(state["generator"])

@@ -104,10 +104,39 @@ def test_checkpoint_on_disk_resumes_exactly(device, tmp_path):
     torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, tmp_path / "ckpt.pt")
     steps(model, data, opt, range(7, 15))
     model2, data2, opt2 = make()
-    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=False)
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
     model2.load_state_dict(ckpt["model"])
     opt2.load_state_dict(ckpt["opt"])
     steps(model2, data2, opt2, range(7, 15))
     for a, b in zip(model.parameters(), model2.parameters()):
         assert torch.equal(a, b)
     assert opt.subspace.n_refreshes == opt2.subspace.n_refreshes == 8
+
+
+@pytest.mark.parametrize("refresh_every", [1, 3])
+def test_one_update_per_step_across_the_switch(refresh_every):
+    "The switch step updates the tracker once, like every other step: T = 1 refreshes at every step, T = 3 at 1 in 3."
+    model, data = CASES[0].build()
+    X, y = torch.cat([b[0] for b in data]), torch.cat([b[1] for b in data])
+    sub = DominantSubspace(HessianOperator(model, "mse", data), k=3, refresh_every=refresh_every)
+    opt = bulk_sgd(torch.optim.SGD(model.parameters(), lr=0.05), sub, switch_threshold=0.5, switch_ema=0.8)
+    for s in range(12):
+        opt.zero_grad()
+        _mse(model, X[s % 3 :: 3], y[s % 3 :: 3]).backward()
+        opt.step()
+    assert opt.switch_step is not None and 1 < opt.switch_step < 12
+    assert sub.n_updates == 12 and sub.n_refreshes == -(-12 // refresh_every)
+
+
+def test_no_updates_before_start_step_and_none_for_the_base_optimizer():
+    "Steps before `start_step` and an (a, b) = (1, 1) wrapper never touch the tracker."
+    model, data = CASES[0].build()
+    X, y = torch.cat([b[0] for b in data]), torch.cat([b[1] for b in data])
+    for (dom, bulk), start, want in [((0.0, 1.0), 4, 6), ((1.0, 1.0), 0, 0)]:
+        sub = DominantSubspace(HessianOperator(model, "mse", data), k=3)
+        opt = ProjectedOptimizer(torch.optim.SGD(model.parameters(), lr=0.05), sub, dom, bulk, start_step=start)
+        for s in range(10):
+            opt.zero_grad()
+            _mse(model, X, y).backward()
+            opt.step()
+        assert sub.n_updates == sub.n_refreshes == want, (dom, bulk)
