@@ -86,7 +86,10 @@ def angle_bound(
     R = HV - V * theta.to(V.device, V.dtype)
     norms = R.norm(dim=0).double().cpu()
     G = (R[:, :k].T @ R[:, :k]).double().cpu()
-    rho = torch.linalg.eigvalsh((G + G.T) / 2)[-1].clamp_min(0).sqrt().item()
+    try:
+        rho = torch.linalg.eigvalsh((G + G.T) / 2)[-1].clamp_min(0).sqrt().item()
+    except torch.linalg.LinAlgError:  # huge or non-finite residuals (a blowing-up model): ‖R‖₂ ≤ ‖R‖_F
+        rho = G.trace().clamp_min(0).sqrt().item()
     gap = (theta[k - 1] - theta[k] - norms[k]).item()
     return (rho / gap if gap > 0 else math.inf), rho, norms
 
