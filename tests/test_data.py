@@ -13,6 +13,7 @@ import torch
 from optional_data import needs_data
 from subspace_opt.config import UserError
 from subspace_opt.data import find_data, load_cifar10, load_fashion_mnist, load_task, read_cifar_batch
+from planted import Plant
 
 
 @needs_data("fashion-mnist")
@@ -98,16 +99,6 @@ def _cifar_batch_bytes(n, seed):
     return f.getvalue().replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n"), d
 
 
-class _Plant:
-    "Unpickles by calling `io.open(path, 'w')`: a file that appears is code that ran."
-
-    def __init__(self, path):
-        self.path = str(path)
-
-    def __reduce__(self):
-        return (io.open, (self.path, "w"))
-
-
 def _cifar_folder(root, planted=None):
     "A cifar-10-batches-py folder of genuine tiny batches; the batch `planted` (a name) carries a payload instead."
     folder = root / "cifar-10-batches-py"
@@ -117,7 +108,7 @@ def _cifar_folder(root, planted=None):
         raw, batches[name] = _cifar_batch_bytes(3, i)
         (folder / name).write_bytes(raw)
     if planted:
-        payload = {b"data": np.zeros((3, 3072), np.uint8), b"labels": _Plant(root / "payload-ran")}
+        payload = {b"data": np.zeros((3, 3072), np.uint8), b"labels": Plant(root / "payload-ran")}
         (folder / planted).write_bytes(pickle.dumps(payload))
     return folder, batches
 

@@ -17,6 +17,7 @@ from cases import CASES, DEVICE_PARAMS
 from subspace_opt.curvature import FunctionalHessianOperator, GGNOperator, HessianOperator
 from subspace_opt.dense_reference import dense_functional_hessian, dense_ggn, dense_hessian
 from subspace_opt.ggn import curvature_energy, curvature_report, hutchpp, rayleigh_quotients, slq_density, trace_shares
+from planted import Plant
 
 MATRICES = {
     "H": (HessianOperator, dense_hessian),
@@ -176,16 +177,6 @@ def test_analysis_modules_import_nothing_of_the_runner():
     assert len((Path(subspace_opt.__file__).parent / "ggn.py").read_text().splitlines()) <= 400
 
 
-class _Plant:
-    "Unpickles by calling `io.open(path, 'w')`: a file that appears is code that ran."
-
-    def __init__(self, path):
-        self.path = str(path)
-
-    def __reduce__(self):
-        return (io.open, (self.path, "w"))
-
-
 def test_planted_snapshot_is_refused_and_runs_nothing(tmp_path):
     from subspace_opt.config import UserError, config_from_dict
     from subspace_opt.ggn import analyze_run
@@ -195,7 +186,7 @@ def test_planted_snapshot_is_refused_and_runs_nothing(tmp_path):
     run_experiment(cfg, tmp_path / "run", progress=False)
     snap = sorted((tmp_path / "run" / "runs" / "sgd-seed0" / "snapshots").glob("step*.pt"))[-1]  # the last one
     weights = torch.load(snap, weights_only=True)
-    torch.save({**weights, "extra": _Plant(tmp_path / "payload-ran")}, snap)
+    torch.save({**weights, "extra": Plant(tmp_path / "payload-ran")}, snap)
     with pytest.raises(UserError, match=f"{snap.name} is not a weights snapshot: it holds more than tensors"):
         analyze_run(cfg, tmp_path / "run", method="exact", progress=False)
     assert not (tmp_path / "payload-ran").exists()
