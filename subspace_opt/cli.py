@@ -33,8 +33,7 @@ def _check_writable(
     try:
         if not base.is_dir():
             raise NotADirectoryError(0, "a file, not a folder")
-        with tempfile.TemporaryFile(dir=base):
-            pass
+        tempfile.TemporaryFile(dir=base).close()
     except OSError as e:
         raise UserError(f"`{name}`: cannot write into {base.absolute()} ({e.strerror or e})") from None
     return path
@@ -132,9 +131,8 @@ def spectrum(
     table.to_csv(path / "spectrum.csv", index=False)
     config.update(_solve_record(res, seconds, model, loss, data.train))
     write_config(path, config, dev)
-    plot_spectrum(
-        table.eigenvalue, table.rel_residual, lr=lr, title=f"digits MLP, top-{k} Hessian eigenvalues"
-    ).savefig(path / "spectrum.png", dpi=120)
+    fig = plot_spectrum(table.eigenvalue, table.rel_residual, lr=lr, title=f"digits MLP, top-{k} Hessian eigenvalues")
+    fig.savefig(path / "spectrum.png", dpi=120)
     return path, table
 
 # %% ../nbs/09_cli.ipynb #bf899d3b

@@ -4,13 +4,14 @@
 
 # %% ../nbs/06a_sweep.ipynb #620b4397
 from __future__ import annotations
-import copy, itertools, json, multiprocessing as mp
+import copy, itertools, multiprocessing as mp
 from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 from .data import default_device
 from .config import ConfigError, config_from_dict, read_config_file
-from .train import environment, run_job
+from .runfolder import SAFE_NAME, RunFolder
+from .train import check_run, environment, run_job, task_data, tracked_rank
 
 # %% auto #0
 __all__ = ['expand_grid', 'run_sweep', 'load_sweep']
@@ -28,13 +29,26 @@ def _set(d: dict, key: str, value):
         d[head] = value
 
 
+def _check_grid(grid: dict):
+    "A `ConfigError` unless `grid` maps keys to non-empty lists of distinct values that fit in folder names."
+    if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
+        raise ConfigError("`grid` must map dotted keys to non-empty lists of values")
+    for key, values in grid.items():
+        labels = [f"{key}={v}" for v in values]
+        for i, label in enumerate(labels):
+            if label in labels[:i]:
+                raise ConfigError(f"`grid.{key}` repeats the value {values[i]!r}; each value must appear once")
+            if not SAFE_NAME.fullmatch(label):
+                chars = "letters, digits and . _ - = , +"
+                raise ConfigError(f"`grid.{key}` value {values[i]!r} cannot be part of a folder name (use {chars})")
+
+# %% ../nbs/06a_sweep.ipynb #03124c01
 def expand_grid(
     base: dict,  # experiment configuration as plain data
     grid: dict,  # dotted key -> list of values
 ):
     "Checked configurations for every grid point, as a list of (point values, label, ExperimentConfig)."
-    if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
-        raise ConfigError("`grid` must map dotted keys to non-empty lists of values")
+    _check_grid(grid)
     points = []
     for values in itertools.product(*grid.values()):
         point = dict(zip(grid, values))
@@ -46,14 +60,17 @@ def expand_grid(
     return points
 
 # %% ../nbs/06a_sweep.ipynb #4fa6190f
-def _jobs(points, out: Path):
-    "One job per grid point, method and seed: (config, method index, seed, run folder)."
-    return [
-        (cfg, mi, s, out / "points" / label / f"{m.name}-seed{s}")
+def _jobs(points, out: RunFolder):
+    "One job per grid point, method and seed: (config, method index, seed, run folder inside `out`)."
+    jobs = [
+        (cfg, mi, s, out.sub("points", label, f"{m.name}-seed{s}").path)
         for _, label, cfg in points
         for mi, m in enumerate(cfg.methods)
         for s in cfg.seeds
     ]
+    if len({j[3] for j in jobs}) < len(jobs):
+        raise ConfigError("two grid points share a folder name: make their values differ in writing")
+    return jobs
 
 
 def _run_jobs(jobs: list, workers: int, progress: bool):
@@ -65,10 +82,10 @@ def _run_jobs(jobs: list, workers: int, progress: bool):
         [run_job(j) for j in tqdm(jobs, desc="sweep", disable=not progress)]
 
 
-def _collect(points, out: Path):
+def _collect(points, out: RunFolder):
     "Every job's rows in grid order, with a column per grid key holding the point's value."
     frames = [
-        pd.read_csv(out / "points" / label / f"{m.name}-seed{s}" / "rows.csv").assign(**point)
+        out.sub("points", label, f"{m.name}-seed{s}").read_rows().assign(**point)
         for point, label, cfg in points
         for m in cfg.methods
         for s in cfg.seeds
@@ -84,13 +101,18 @@ def run_sweep(
     progress: bool = True,  # a progress bar over jobs
 ):
     "Run (or resume) every grid point, method and seed; return the combined rows with one column per grid key."
-    out, points = Path(out_dir), expand_grid(base, grid)
-    out.mkdir(parents=True, exist_ok=True)
-    dev = base.get("device") or str(default_device())
-    (out / "sweep.json").write_text(json.dumps({"base": base, "grid": grid, "environment": environment(dev)}, indent=2))
-    _run_jobs(_jobs(points, out), workers, progress)
-    results = _collect(points, out)
-    results.to_csv(out / "results.csv", index=False)
+    out, points = RunFolder(out_dir), expand_grid(base, grid)
+    with out.lock():
+        jobs = _jobs(points, out)
+        for cfg, mi, seed, path in jobs:
+            check_run(cfg, cfg.methods[mi], seed, RunFolder(path, out.path))
+        for _, _, cfg in points:
+            tracked_rank(cfg, task_data(cfg))
+        dev = base.get("device") or str(default_device())
+        out.write_json("sweep.json", {"base": base, "grid": grid, "environment": environment(dev)})
+        _run_jobs(jobs, workers, progress)
+        results = _collect(points, out)
+        out.write_csv("results.csv", results)
     return results
 
 # %% ../nbs/06a_sweep.ipynb #e8e41192

@@ -4,11 +4,12 @@
 
 # %% ../nbs/06_train.ipynb #d8e81051
 from __future__ import annotations
-import json, math, os, platform, time
+import json, math, platform, time
 from dataclasses import asdict
 from pathlib import Path
 import pandas as pd
 import torch
+from fastcore.basics import patch
 from tqdm.auto import tqdm
 from torch.nn.parallel import DistributedDataParallel
 from .curvature import HessianOperator, all_reduce_sum, check_loss, loss_sum, prepare_targets
@@ -17,11 +18,13 @@ from .subspace import DominantSubspace, alignment
 from .optim import ProjectedOptimizer
 from .data import default_device
 from .distributed import barrier, local_loss_scale, rank, shard, world_size
-from .config import ConfigError, ExperimentConfig, MethodConfig
+from .config import ExperimentConfig, MethodConfig, UserError, check_rank
 from .config import load_experiment_data, make_base_optimizer, make_model
+from .runfolder import RunFolder, all_ranks
 
 # %% auto #0
-__all__ = ['evaluate', 'sgd_steps', 'build_run', 'measure', 'run_one', 'environment', 'run_experiment', 'run_job', 'summarize']
+__all__ = ['evaluate', 'sgd_steps', 'build_run', 'measure', 'check_run', 'Run', 'run_one', 'environment', 'tracked_rank',
+           'run_experiment', 'task_data', 'run_job', 'summarize']
 
 # %% ../nbs/06_train.ipynb #4fc2253f
 @torch.no_grad()
@@ -36,9 +39,8 @@ def evaluate(
     total, correct = 0.0, 0
     for i in range(0, len(X), chunk):
         out = model(X[i : i + chunk])
-        total += loss_sum(
-            out, prepare_targets(y[i : i + chunk], check_loss(loss), out.shape[1], out.dtype), loss
-        ).item()
+        t = prepare_targets(y[i : i + chunk], check_loss(loss), out.shape[1], out.dtype)
+        total += loss_sum(out, t, loss).item()
         correct += (out.argmax(1) == y[i : i + chunk]).sum().item()
     return total / len(X), correct / len(X)
 
@@ -81,7 +83,7 @@ def _hessian_data(cfg: ExperimentConfig, data):
     full = s.hessian_data != "subsample"
     return shard(data.train if full else (data.X_train[: s.n_hessian], data.y_train[: s.n_hessian]))
 
-# %% ../nbs/06_train.ipynb #92f173f1
+
 def build_run(
     cfg: ExperimentConfig,  # the experiment
     method: MethodConfig,  # one of its methods
@@ -91,15 +93,13 @@ def build_run(
     "The model, the wrapped optimizer and the logging tracker of one run."
     model, m, s = make_model(cfg, data, seed), method, cfg.subspace
     base = make_base_optimizer(m, model.parameters())
-    k = s.k or data.n_classes
+    k = check_rank(cfg, sum(q.numel() for q in model.parameters()), data.n_classes)  # the tracked rank
     track = lambda op, T: DominantSubspace(
         op, k=k, refresh_every=T, n_eigs=s.n_eigs, tol=s.tol, seed=seed, cold_every=1 if s.solver == "cold" else None
     )
     op = HessianOperator(model, cfg.loss, _hessian_data(cfg, data))
     opt = ProjectedOptimizer(base, track(op, s.refresh_every), m.dom, m.bulk, m.mode, m.start_step)
-    log_sub = track(
-        HessianOperator(model, cfg.loss, shard(data.train)), 1
-    )  # shard: this rank's part (all on one process)
+    log_sub = track(HessianOperator(model, cfg.loss, shard(data.train)), 1)  # shard: this rank's part (or all)
     return model, opt, log_sub
 
 # %% ../nbs/06_train.ipynb #ba4ad772
@@ -107,11 +107,8 @@ def _diverged(cfg, row, initial):
     "Why the logged `row` marks the run as diverged (a non-finite or blown-up train loss), or ''."
     if not math.isfinite(row["train_loss"]):
         return "non-finite train loss"
-    return (
-        f"train loss above {cfg.diverge_factor:g}x its initial value"
-        if row["train_loss"] > cfg.diverge_factor * initial
-        else ""
-    )
+    blown = row["train_loss"] > cfg.diverge_factor * initial
+    return f"train loss above {cfg.diverge_factor:g}x its initial value" if blown else ""
 
 
 def _step_diagnostics(opt, log_sub):
@@ -148,74 +145,28 @@ def measure(
     row.update(lr_x_lambda1=lr * lam[0], chi_full_grad=alignment(log_sub.basis, log_sub.op.gradient()).item())
     return {**row, **_step_diagnostics(opt, log_sub)}
 
-# %% ../nbs/06_train.ipynb #7f9b2322
-def _append(path: Path, row: dict):
-    "Append one row as one complete CSV line, in the header's column order (the first row writes the header)."
-    if rank():
-        return  # data-parallel runs: rank 0 writes
-    df, new = pd.DataFrame([row]), not path.exists()
-    if not new:
-        df = df.reindex(columns=path.open().readline().strip().split(","))
-    with open(path, "a") as f:
-        f.write(df.to_csv(index=False, header=new))
-        f.flush()
+# %% ../nbs/06_train.ipynb #670ba0ad
+def _run_spec(cfg: ExperimentConfig, method: MethodConfig, seed: int):
+    "What fixes a run's trajectory and rows: the config without name, other methods and seeds; the method; the seed."
+    c = {k: v for k, v in asdict(cfg).items() if k not in ("name", "methods", "seeds")}
+    return json.loads(json.dumps(dict(config=c, method=asdict(method), seed=seed), default=str))
 
 
-def _rows_until(path: Path, step: int):
-    "Rows of `path` up to `step`, ignoring a last line cut off by an interruption; rewrites the file."
-    if rank():
-        return
-    if not path.exists():
-        return
-    text = path.read_text()
-    text = text[: text.rfind("\n") + 1]
-    rows = pd.read_csv(pd.io.common.StringIO(text)) if text.strip() else pd.DataFrame()
-    rows = rows[rows.step <= step] if len(rows) else rows
-    path.unlink()
-    for r in rows.to_dict("records"):
-        _append(path, r)
+def _logged(cfg: ExperimentConfig):
+    "step -> the steps that a run of `cfg` logs up to it: 0, every `log_every`-th and the last."
+    return lambda step: [s for s in range(step + 1) if s % cfg.log_every == 0 or s == cfg.steps]
 
 
-def _save(path: Path, state: dict):
-    "`torch.save` to a temporary file renamed into place (rank 0 only), so `path` is never half-written."
-    if rank():
-        return
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+def check_run(
+    cfg: ExperimentConfig,  # the experiment
+    method: MethodConfig,  # one of its methods
+    seed: int,  # one of its seeds
+    folder: RunFolder,  # the run's folder
+):
+    "A `UserError` unless `folder` can hold this run or resume it: same configuration, its own checkpoint, whole rows."
+    all_ranks(lambda: folder.check(_run_spec(cfg, method, seed), _logged(cfg)))
 
-# %% ../nbs/06_train.ipynb #fbc4a0cb
-def _checkpoint(path, model, opt, log_sub, gen, state):
-    "Save everything a run needs to continue: model, optimizer, logging tracker, batch generator, loop state."
-    _save(
-        path,
-        dict(
-            model=model.state_dict(),
-            opt=opt.state_dict(),
-            log_sub=log_sub.state_dict(),
-            gen=gen.get_state(),
-            state=state,
-        ),
-    )
-
-
-def _restore(path, model, opt, log_sub, gen):
-    "Load a checkpoint of `_checkpoint` into the run's objects; return its loop state."
-    c = torch.load(path, weights_only=False)
-    model.load_state_dict(c["model"])
-    opt.load_state_dict(c["opt"])
-    log_sub.load_state_dict(c["log_sub"])
-    gen.set_state(c["gen"])
-    return c["state"]
-
-# %% ../nbs/06_train.ipynb #40fb5b02
-def _snapshot(cfg, run_dir, model, step):
-    "Keep the weights at `step` in `run_dir/snapshots/step<step>.pt` when `cfg.snapshot_every` asks for it."
-    if cfg.snapshot_every and step % cfg.snapshot_every == 0:
-        (run_dir / "snapshots").mkdir(exist_ok=True)
-        _save(run_dir / "snapshots" / f"step{step:07d}.pt", model.state_dict())
-
-
+# %% ../nbs/06_train.ipynb #34fe9702
 def _next_batch(state, gen, n, b):
     "The next mini-batch indices: a fresh seeded permutation whenever fewer than b indices remain in the epoch."
     if len(state["order"]) < b:
@@ -223,54 +174,11 @@ def _next_batch(state, gen, n, b):
     idx, state["order"] = state["order"][:b], state["order"][b:]
     return idx
 
-# %% ../nbs/06_train.ipynb #aba67aa2
-def _flat(d, prefix=""):
-    "Nested dict -> {dotted key: value}."
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def _run_spec(cfg: ExperimentConfig, method: MethodConfig, seed: int):
-    "What fixes a run's trajectory and rows: the config without name, other methods and seeds; the method; the seed."
-    c = {k: v for k, v in asdict(cfg).items() if k not in ("name", "methods", "seeds")}
-    return json.loads(json.dumps(dict(config=c, method=asdict(method), seed=seed), default=str))
-
-
-def _claim(run_dir: Path, spec: dict):
-    "Record `spec` in `run_dir/run.json`, or check that the folder holds a run of that same specification."
-    path = run_dir / "run.json"
-    if not path.exists():
-        path.write_text(json.dumps(spec, indent=2))
-        return
-    old, new = _flat(json.loads(path.read_text())), _flat(spec)
-    diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-    if diff:
-        raise ConfigError(
-            f"{run_dir} holds a run of another configuration (differs in {', '.join(diff)}); "
-            "delete that folder or choose another out_dir"
-        )
-
-# %% ../nbs/06_train.ipynb #d4ed39d0
-def _claim_all(run_dir: Path, spec: dict):
-    "`_claim` for every rank: rank 0 records a new run; every rank checks an existing one, so all raise together."
-    barrier()
-    existed = (run_dir / "run.json").exists()
-    barrier()
-    if existed or rank() == 0:
-        _claim(run_dir, spec)
-
 
 def _ddp(model):
     "`model` in DistributedDataParallel (gradients averaged over ranks) when several ranks share the run; else itself."
-    if world_size() == 1:
-        return model
-    dev = next(model.parameters()).device
-    return DistributedDataParallel(model, device_ids=[dev] if dev.type == "cuda" else None)
+    dev, wrap = next(model.parameters()).device, world_size() > 1
+    return DistributedDataParallel(model, device_ids=[dev] if dev.type == "cuda" else None) if wrap else model
 
 
 def _batch_loss(out, y, loss: str, global_batch: int):
@@ -284,64 +192,115 @@ def _finite_everywhere(loss):
     bad = (~torch.isfinite(loss.detach())).to(loss.dtype).reshape(1)
     return all_reduce_sum(bad, resolve_group()).item() == 0
 
-# %% ../nbs/06_train.ipynb #66a972c7
-def _begin(cfg, run_dir: Path, run: tuple, gen, tag: dict, data):
-    "The loop state: restored from the checkpoint (later rows dropped), or a fresh start with its step-0 row."
-    model, opt, log_sub = run
-    rows, ckpt = run_dir / "rows.csv", run_dir / "checkpoint.pt"
-    if ckpt.exists():
-        state = _restore(ckpt, model, opt, log_sub, gen)
-        _rows_until(rows, state["step"])
-        return state
-    rows.unlink(missing_ok=True)
-    row = measure(cfg, model, opt, log_sub, data, 0)
-    _append(rows, {**tag, **row, "diverged": False, "reason": ""})
-    _snapshot(cfg, run_dir, model, 0)
-    return dict(step=0, order=[], initial=row["train_loss"])
+# %% ../nbs/06_train.ipynb #a938d125
+class Run:
+    "One (method, seed) run in its `RunFolder`: model, optimizer, logging tracker, batch generator and loop state."
+
+    def __init__(
+        self,
+        cfg: ExperimentConfig,  # the experiment
+        method: MethodConfig,  # one of its methods
+        seed: int,  # one of its seeds
+        folder: RunFolder,  # its folder, claimed for this run (`RunFolder.claim`)
+        data,  # its `TaskData`
+    ):
+        self.cfg, self.folder, self.data = cfg, folder, data
+        self.model, self.opt, self.log_sub = build_run(cfg, method, seed, data)
+        self.net, self.gen = _ddp(self.model), torch.Generator().manual_seed(seed)
+        self.tag = dict(experiment=cfg.name, method=method.name, seed=seed)
+        self.state, self.reason = dict(step=0, order=[], initial=float("nan")), ""
+
+    @property
+    def over(self):
+        "Whether the run has taken its last step or stopped on divergence."
+        return bool(self.reason) or self.state["step"] >= self.cfg.steps
+
+    def _row(self, row: dict):
+        "A row of measurements with the run's tag and its divergence columns."
+        return {**self.tag, **row, "diverged": bool(self.reason), "reason": self.reason}
+
+    def _snapshot(self):
+        "Keep the weights when `snapshot_every` asks for them at this step."
+        if self.cfg.snapshot_every and self.state["step"] % self.cfg.snapshot_every == 0:
+            self.folder.save_snapshot(self.state["step"], self.model.state_dict())
+
+# %% ../nbs/06_train.ipynb #5c148767
+def _restore(run: Run, c: dict):
+    "Put a checkpoint's states into the run's objects."
+    try:
+        run.model.load_state_dict(c["model"])
+        run.opt.load_state_dict(c["opt"])
+        run.log_sub.load_state_dict(c["log_sub"])
+        run.gen.set_state(c["gen"])
+        s = c["state"]
+        run.state = dict(step=int(s["step"]), order=[int(i) for i in s["order"]], initial=float(s["initial"]))
+    except (KeyError, RuntimeError, TypeError, ValueError):
+        raise UserError(f"{run.folder.checkpoint} does not fit this run: delete it to start that run over") from None
 
 
-def _step(cfg, run: tuple, net, data, state: dict, gen):
-    "One optimizer step on the next mini-batch (this rank's slice of it); '' or why the run stops."
-    model, opt, _ = run
-    X, y = data.train
-    idx = _next_batch(state, gen, len(X), cfg.batch_size)
+@patch
+def start(self: Run):
+    "Resume from the checkpoint, cutting rows.csv back to it, or log the step-0 row of a fresh run; return the step."
+    c = all_ranks(self.folder.load_checkpoint)
+    if c is not None:
+        all_ranks(lambda: _restore(self, c))
+        step = self.state["step"]
+        all_ranks(lambda: self.folder.keep_rows(step, _logged(self.cfg)(step)))
+        return step
+    row = measure(self.cfg, self.model, self.opt, self.log_sub, self.data, 0)
+    self.folder.write_csv("rows.csv", pd.DataFrame([self._row(row)]))
+    self._snapshot()
+    self.state["initial"] = row["train_loss"]
+    return 0
+
+# %% ../nbs/06_train.ipynb #43f91283
+@patch
+def step(self: Run):
+    "One optimizer step on the next mini-batch (this rank's slice); False, with a row saying why, on a non-finite loss."
+    X, y = self.data.train
+    idx = _next_batch(self.state, self.gen, len(X), self.cfg.batch_size)
     local = shard(idx)  # this rank's slice of the global mini-batch
-    if cfg.subspace.hessian_data == "minibatch":
-        opt.subspace.op = HessianOperator(model, cfg.loss, (X[local], y[local]), check_determinism=False)
-    opt.zero_grad()
-    loss = _batch_loss(net(X[local]), y[local], cfg.loss, len(idx))
+    if self.cfg.subspace.hessian_data == "minibatch":
+        self.opt.subspace.op = HessianOperator(self.model, self.cfg.loss, (X[local], y[local]), check_determinism=False)
+    self.opt.zero_grad()
+    loss = _batch_loss(self.net(X[local]), y[local], self.cfg.loss, len(idx))
     if not _finite_everywhere(loss):
-        return "non-finite mini-batch loss"
+        self.reason = "non-finite mini-batch loss"
+        self.folder.append_row({**self.tag, "step": self.state["step"] + 1, "diverged": True, "reason": self.reason})
+        return False
     loss.backward()
-    opt.step()
-    state["step"] += 1
-    return ""
+    self.opt.step()
+    self.state["step"] += 1
+    return True
 
-# %% ../nbs/06_train.ipynb #8ca82b39
-def _log_and_checkpoint(cfg, run_dir: Path, run: tuple, gen, state: dict, tag: dict, data):
-    "After a step: snapshot, logged row and checkpoint when due; '' or the reason the run has diverged."
-    model, opt, log_sub = run
-    _snapshot(cfg, run_dir, model, state["step"])
-    reason = ""
-    if state["step"] % cfg.log_every == 0 or state["step"] == cfg.steps:
-        row = measure(cfg, model, opt, log_sub, data, state["step"], state["initial"])
-        reason = _diverged(cfg, row, state["initial"])
-        _append(run_dir / "rows.csv", {**tag, **row, "diverged": bool(reason), "reason": reason})
-    if state["step"] % cfg.checkpoint_every == 0 and not reason:
-        _checkpoint(run_dir / "checkpoint.pt", model, opt, log_sub, gen, state)
-    return reason
+# %% ../nbs/06_train.ipynb #5aebb101
+@patch
+def measure(self: Run):
+    "After a step: the snapshot, logged row and checkpoint that are due; '' or why the run has diverged."
+    cfg, step = self.cfg, self.state["step"]
+    self._snapshot()
+    if step % cfg.log_every == 0 or step == cfg.steps:
+        row = measure(cfg, self.model, self.opt, self.log_sub, self.data, step, self.state["initial"])  # the function
+        self.reason = _diverged(cfg, row, self.state["initial"])
+        self.folder.append_row(self._row(row))
+    if step % cfg.checkpoint_every == 0 and not self.reason:
+        states = dict(model=self.model.state_dict(), opt=self.opt.state_dict(), log_sub=self.log_sub.state_dict())
+        self.folder.save_checkpoint(dict(**states, gen=self.gen.get_state(), state=self.state), step)
+    return self.reason
 
 
-def _finish(run_dir: Path, state: dict, reason: str, t0: float, start: int):
-    "Mark the run done: rank 0 writes `done.json` (steps, reason, seconds per step since `start`); all ranks wait."
-    if rank() == 0:
-        seconds_per_step = (time.perf_counter() - t0) / max(state["step"] - start, 1)
-        (run_dir / "done.json").write_text(
-            json.dumps(dict(steps=state["step"], reason=reason, seconds_per_step=seconds_per_step))
-        )
+@patch
+def finish(
+    self: Run,
+    seconds: float,  # the time the loop took
+    start: int,  # the step it started from
+):
+    "Mark the run done: done.json with its steps, why it stopped and the seconds per step; all ranks wait for it."
+    per_step = seconds / max(self.state["step"] - start, 1)
+    self.folder.mark_done(dict(steps=self.state["step"], reason=self.reason, seconds_per_step=per_step))
     barrier()  # rank 0 has written every row
 
-# %% ../nbs/06_train.ipynb #a8301e22
+# %% ../nbs/06_train.ipynb #00f88293
 def run_one(
     cfg: ExperimentConfig,  # the experiment
     method: MethodConfig,  # one of its methods
@@ -350,34 +309,22 @@ def run_one(
     data,  # its `TaskData`
     progress: bool = True,  # show a progress bar
 ):
-    "Train one (method, seed) run resumably, appending rows to `run_dir/rows.csv`; return its rows."
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _claim_all(run_dir, _run_spec(cfg, method, seed))
-    rows = run_dir / "rows.csv"
-    if (run_dir / "done.json").exists():
-        return pd.read_csv(rows)
-    run = build_run(cfg, method, seed, data)
-    net, gen, tag = (
-        _ddp(run[0]),
-        torch.Generator().manual_seed(seed),
-        dict(experiment=cfg.name, method=method.name, seed=seed),
-    )
-    state = _begin(cfg, run_dir, run, gen, tag, data)
-    reason, t0, start = "", time.perf_counter(), state["step"]
-    bar = tqdm(total=cfg.steps, initial=start, desc=f"{method.name} seed {seed}", disable=not progress or rank() > 0)
-    with bar:
-        while state["step"] < cfg.steps and not reason:
-            reason = _step(cfg, run, net, data, state, gen)
-            if reason:
-                _append(rows, {**tag, "step": state["step"] + 1, "diverged": True, "reason": reason})
-                break
-            bar.update()
-            reason = _log_and_checkpoint(cfg, run_dir, run, gen, state, tag, data)
-    _finish(run_dir, state, reason, t0, start)
-    return pd.read_csv(rows)
+    "Train one (method, seed) run resumably in `run_dir`, holding its lock; return its rows (`rows.csv`)."
+    with RunFolder(run_dir).lock() as folder:
+        all_ranks(lambda: folder.claim(_run_spec(cfg, method, seed)))
+        if not folder.is_done:
+            run = Run(cfg, method, seed, folder, data)
+            start, t0 = run.start(), time.perf_counter()
+            desc, quiet = f"{method.name} seed {seed}", not progress or rank() > 0
+            with tqdm(total=cfg.steps, initial=start, desc=desc, disable=quiet) as bar:
+                while not run.over:
+                    if run.step():
+                        bar.update()
+                        run.measure()
+            run.finish(time.perf_counter() - t0, start)
+        return folder.read_rows()
 
-# %% ../nbs/06_train.ipynb #8c084794
+# %% ../nbs/06_train.ipynb #8f2550ac
 def environment(device) -> dict:  # the torch device the work runs on
     "Versions and device name, recorded beside every result."
     import numpy, scipy
@@ -393,43 +340,54 @@ def environment(device) -> dict:  # the torch device the work runs on
         "threads": torch.get_num_threads(),
     }
 
-# %% ../nbs/06_train.ipynb #2cf247fe
+# %% ../nbs/06_train.ipynb #bd174bd0
+def tracked_rank(
+    cfg: ExperimentConfig,  # the experiment
+    data,  # its `TaskData`
+):
+    "The rank k that the runs of `cfg` track, checked below its model's parameter count p (else a `ConfigError`)."
+    return check_rank(cfg, sum(q.numel() for q in make_model(cfg, data, cfg.seeds[0]).parameters()), data.n_classes)
+
+
 def run_experiment(
     cfg: ExperimentConfig,  # the experiment
     out_dir: str | Path,  # its folder: rows, checkpoints and summaries
     progress: bool = True,  # show progress bars
 ):
     "Run (or resume) every method and seed of `cfg` into `out_dir`; return the combined results."
-    out, dev = Path(out_dir), torch.device(cfg.device or default_device())
-    out.mkdir(parents=True, exist_ok=True)
+    out, dev = RunFolder(out_dir), torch.device(cfg.device or default_device())
     data = load_experiment_data(cfg, dev)
-    if rank() == 0:
-        (out / "config.json").write_text(
-            json.dumps({"config": asdict(cfg), "environment": environment(dev), "world_size": world_size()}, indent=2)
-        )
-    frames = [
-        run_one(cfg, m, s, out / "runs" / f"{m.name}-seed{s}", data, progress) for m in cfg.methods for s in cfg.seeds
-    ]
-    results = pd.concat(frames, ignore_index=True)
-    if rank() == 0:
-        results.to_csv(out / "results.csv", index=False)
+    with out.lock():
+        runs = [(m, s, out.sub("runs", f"{m.name}-seed{s}")) for m in cfg.methods for s in cfg.seeds]
+        for m, s, folder in runs:
+            check_run(cfg, m, s, folder)
+        tracked_rank(cfg, data)
+        record = {"config": asdict(cfg), "environment": environment(dev), "world_size": world_size()}
+        out.write_json("config.json", record)
+        results = pd.concat([run_one(cfg, m, s, f.path, data, progress) for m, s, f in runs], ignore_index=True)
+        out.write_csv("results.csv", results)
     return results
 
-# %% ../nbs/06_train.ipynb #2829550e
+# %% ../nbs/06_train.ipynb #88795781
 _DATA = {}
 
 
-def run_job(job: tuple):  # (ExperimentConfig, method index, seed, run folder)
-    "Run one job of a sweep in this process, loading (and caching) its task; return the run folder."
-    cfg, mi, seed, run_dir = job
+def task_data(cfg: ExperimentConfig):  # a configuration
+    "The task of `cfg` on its device, loaded once per process and cached (a sweep's points share it)."
     dev = torch.device(cfg.device or default_device())
     key = (cfg.data, json.dumps(cfg.data_args, sort_keys=True), cfg.model, str(dev))
     if key not in _DATA:
         _DATA[key] = load_experiment_data(cfg, dev)
-    run_one(cfg, cfg.methods[mi], seed, run_dir, _DATA[key], progress=False)
+    return _DATA[key]
+
+
+def run_job(job: tuple):  # (ExperimentConfig, method index, seed, run folder)
+    "Run one job of a sweep in this process, with its task from `task_data`; return the run folder."
+    cfg, mi, seed, run_dir = job
+    run_one(cfg, cfg.methods[mi], seed, run_dir, task_data(cfg), progress=False)
     return str(run_dir)
 
-# %% ../nbs/06_train.ipynb #d1e8103d
+# %% ../nbs/06_train.ipynb #e10b9bfd
 def summarize(
     results: pd.DataFrame,  # rows of `run_experiment`
     out_dir: str | Path,  # its folder (for the timings in runs/*/done.json)
@@ -439,7 +397,7 @@ def summarize(
     runs = []
     for (method, seed), r in results.groupby(["method", "seed"], sort=False):
         hit = r[r.train_loss <= threshold]
-        done = json.loads((Path(out_dir) / "runs" / f"{method}-seed{seed}" / "done.json").read_text())
+        done = json.loads(RunFolder(out_dir).sub("runs", f"{method}-seed{seed}").file("done.json").read_text())
         runs.append(
             dict(
                 method=method,

@@ -12,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 from .config import ExperimentConfig, UserError, load_experiment_data, make_model
 from .ggn import _operators, curvature_report, slq_density
+from .runfolder import RunFolder, atomic_write
 
 # %% auto #0
 __all__ = ['TrajectoryCurvature', 'analyze_run']
@@ -31,13 +32,15 @@ def _done_steps(path):
     return set(pd.read_csv(path).step) if path.exists() else set()
 
 
+def _write_csv(path: Path, df: pd.DataFrame):
+    "Write `df` to the CSV at `path` whole (a temporary file renamed over it), without its index."
+    atomic_write(path, lambda f: f.write(df.to_csv(index=False).encode()))
+
+
 def _append_rows(path, df):
-    "Append `df` to the CSV at `path`, first dropping rows of its step left by an interrupted earlier attempt."
-    if path.exists():
-        old = pd.read_csv(path)
-        if (old.step == df.step.iloc[0]).any():
-            old[old.step != df.step.iloc[0]].to_csv(path, index=False)
-    df.to_csv(path, mode="a", header=not path.exists(), index=False)
+    "Add `df` to the CSV at `path`, rewritten whole, replacing rows of its step left by an interrupted earlier attempt."
+    old = [pd.read_csv(path).query(f"step != {int(df.step.iloc[0])}")] if path.exists() else []
+    _write_csv(path, pd.concat([*old, df], ignore_index=True))
 
 # %% ../nbs/07a_trajectory.ipynb #d9c3dffe
 def _snapshot_jobs(cfg, out):
@@ -120,24 +123,24 @@ def analyze_run(
     progress: bool = True,  # a progress bar over snapshots
 ):
     "Run `curvature_report` at every snapshot of every (method, seed) run of `out_dir`, resumably; return tidy tables."
-    out = Path(out_dir)
+    out, jobs = Path(out_dir), _snapshot_jobs(cfg, Path(out_dir))
     dev = torch.device(device or cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    data = load_experiment_data(cfg, dev)
+    data, k = load_experiment_data(cfg, dev), cfg.subspace.k
     X, y = data.train
     hdata = (X, y) if n_hessian is None else (X[:n_hessian], y[:n_hessian])
-    for m, s, path in tqdm(_snapshot_jobs(cfg, out), desc="curvature", disable=not progress):
-        run_dir, step = path.parent.parent, int(path.stem[4:])
-        if _snapshot_done(run_dir, step, density_steps):
-            continue
-        model, tag = _load_snapshot(cfg, s, data, path, dev), dict(method=m.name, seed=s, step=step)
-        if model is None:
-            continue  # a diverged snapshot has no curvature
-        if step not in _done_steps(run_dir / "curvature.csv"):
-            k = cfg.subspace.k or data.n_classes
-            rep = curvature_report(model, cfg.loss, hdata, k, method, n_probes, s, max_exact=max_exact)
-            _append_rows(run_dir / "outliers.csv", rep.outliers.assign(**tag))
-            _append_rows(run_dir / "curvature.csv", rep.shares.assign(**tag))  # written last: marks the step done
-        if step in density_steps:
-            dens = _densities(model, cfg.loss, hdata, slq_probes, slq_steps, s)
-            dens.assign(**tag).to_csv(run_dir / f"density-step{step}.csv", index=False)
+    with RunFolder(out).lock():  # no run adds snapshots meanwhile, and no other analysis writes these tables
+        for m, s, path in tqdm(jobs, desc="curvature", disable=not progress):
+            run_dir, step, tag = path.parent.parent, int(path.stem[4:]), dict(method=m.name, seed=s)
+            model = None if _snapshot_done(run_dir, step, density_steps) else _load_snapshot(cfg, s, data, path, dev)
+            if model is None:
+                continue  # done earlier, or a diverged snapshot, which has no curvature
+            if step not in _done_steps(run_dir / "curvature.csv"):
+                rep = curvature_report(
+                    model, cfg.loss, hdata, k or data.n_classes, method, n_probes, s, max_exact=max_exact
+                )
+                _append_rows(run_dir / "outliers.csv", rep.outliers.assign(**tag, step=step))
+                _append_rows(run_dir / "curvature.csv", rep.shares.assign(**tag, step=step))  # last: marks it done
+            if step in density_steps:
+                dens = _densities(model, cfg.loss, hdata, slq_probes, slq_steps, s)
+                _write_csv(run_dir / f"density-step{step}.csv", dens.assign(**tag, step=step))
     return _read_tables(cfg, out)

@@ -42,3 +42,39 @@ def test_sweep_with_workers_then_resume(tmp_path):
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "out" / "results.csv"), res)
+
+
+def _sweep(tmp_path, grid, **base):
+    cfg = tmp_path / "sweep.json"
+    cfg.write_text(
+        json.dumps(
+            {
+                "data_args": {"n_train": 100},
+                "hidden": [8],
+                "steps": 10,
+                "methods": [{"name": "sgd"}],
+                **base,
+                "grid": grid,
+            }
+        )
+    )
+    cmd = [CLI, "sweep", str(cfg), "--out", str(tmp_path / "out"), "--device", "cpu"]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+
+
+def test_repeated_grid_value_is_refused(tmp_path):
+    "The same value twice would run one folder twice (two workers writing the same rows): one line, status 2."
+    out = _sweep(tmp_path, {"methods.lr": [0.1, 0.2, 0.1]})
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.strip().splitlines() == [
+        "subspace-opt sweep: error: `grid.methods.lr` repeats the value 0.1; each value must appear once"
+    ]
+    assert not (tmp_path / "out").exists()
+
+
+def test_grid_value_cannot_lead_out_of_the_sweep(tmp_path):
+    (tmp_path / "base").mkdir()
+    out = _sweep(tmp_path / "base", {"name": ["a", "../../../escaped"]})
+    assert out.returncode == 2 and "cannot be part of a folder name" in out.stderr and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["base", "sweep.json"]  # nothing written, anywhere

@@ -1,6 +1,9 @@
-"""The runner end to end: kill a real `subspace-opt run` mid-way, resume it, and get exactly the uninterrupted rows."""
+"""The runner end to end: kill a real `subspace-opt run` mid-way, resume it, and get exactly the uninterrupted rows;
+refuse what would corrupt a run folder — a planted checkpoint, a second process, a resume under another configuration,
+rows that lost lines — with one line and status 2."""
 
 import json
+import pickle
 import shutil
 import signal
 import subprocess
@@ -10,6 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
+
+from subspace_opt.runfolder import RunFolder
 
 CLI = shutil.which("subspace-opt", path=str(Path(sys.executable).parent)) or shutil.which("subspace-opt")
 CONFIG = dict(
@@ -40,10 +46,18 @@ def _run(cfg_path, out, **kw):
     )
 
 
-def test_kill_and_resume_equals_uninterrupted(tmp_path):
-    cfg = tmp_path / "cfg.json"
-    cfg.write_text(json.dumps(CONFIG))
-    assert _run(cfg, tmp_path / "a").returncode == 0
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    "The config file of the experiment and the folder of its uninterrupted run."
+    tmp = tmp_path_factory.mktemp("uninterrupted")
+    (tmp / "cfg.json").write_text(json.dumps(CONFIG))
+    done = _run(tmp / "cfg.json", tmp / "a")
+    assert done.returncode == 0, done.stderr
+    return tmp / "cfg.json", tmp / "a"
+
+
+def test_kill_and_resume_equals_uninterrupted(uninterrupted, tmp_path):
+    cfg, ref = uninterrupted
     # interrupt a real process once the first run is past a checkpoint (step 40) but not finished
     proc = subprocess.Popen(
         [CLI, "run", str(cfg), "--out", str(tmp_path / "b"), "--device", "cpu"],
@@ -64,7 +78,7 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
     assert (tmp_path / "b" / "runs" / "bulk-seed0" / "checkpoint.pt").exists()
     out = _run(cfg, tmp_path / "b")
     assert out.returncode == 0, out.stderr
-    a, b = pd.read_csv(tmp_path / "a" / "results.csv"), pd.read_csv(tmp_path / "b" / "results.csv")
+    a, b = pd.read_csv(ref / "results.csv"), pd.read_csv(tmp_path / "b" / "results.csv")
     assert a.step.max() == 300 and len(a) > 150 and not a.duplicated(["method", "seed", "step"]).any()
     pd.testing.assert_frame_equal(a, b)  # none lost, none duplicated, same values
 
@@ -101,3 +115,85 @@ def test_missing_data_set_exits_2(tmp_path, monkeypatch):
     cfg.write_text(json.dumps({"data": "mnist", "data_args": {"data_dir": str(tmp_path)}, "methods": [{"name": "a"}]}))
     out = _run(cfg, tmp_path / "out")
     assert out.returncode == 2 and "mnist not found" in out.stderr and "Traceback" not in out.stderr
+
+
+def _files(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+def _one_line_refusal(out, *parts):
+    "The run exited with status 2 and one line naming `parts`, no traceback."
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    line = out.stderr.strip()
+    assert len(line.splitlines()) == 1 and all(p in line for p in parts), line
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('ran')",))
+
+
+@pytest.mark.parametrize("plant", ["torch.save", "bare pickle"])
+def test_planted_checkpoint_is_refused_and_never_runs(uninterrupted, tmp_path, plant):
+    cfg, ref = uninterrupted
+    shutil.copytree(ref, tmp_path / "out")
+    run = tmp_path / "out" / "runs" / "bulk-seed0"
+    (run / "done.json").unlink()
+    if plant == "torch.save":
+        torch.save({"model": _Payload(tmp_path / "marker"), "step": 280}, run / "checkpoint.pt")
+    else:
+        (run / "checkpoint.pt").write_bytes(pickle.dumps(_Payload(tmp_path / "marker"), pickle.HIGHEST_PROTOCOL))
+    before = _files(tmp_path / "out")
+    _one_line_refusal(_run(cfg, tmp_path / "out"), "checkpoint.pt does not load as tensors and plain data: delete it")
+    assert not (tmp_path / "marker").exists()
+    assert _files(tmp_path / "out") == before
+
+
+def test_two_runs_on_one_folder_one_is_refused(uninterrupted, tmp_path):
+    "Started together on one --out: one runs to the end, the other is refused at once; no row twice."
+    cfg, ref = uninterrupted
+    cmd = [CLI, "run", str(cfg), "--out", str(tmp_path / "out"), "--device", "cpu"]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [subprocess.CompletedProcess(cmd, p.wait(timeout=600), *p.communicate()) for p in procs]
+    codes = sorted(o.returncode for o in outs)
+    assert codes == [0, 2], [o.stderr[-2000:] for o in outs]
+    _one_line_refusal(next(o for o in outs if o.returncode == 2), f"{tmp_path / 'out'} is in use by another process")
+    a, b = pd.read_csv(ref / "results.csv"), pd.read_csv(tmp_path / "out" / "results.csv")
+    assert not b.duplicated(["method", "seed", "step"]).any()
+    pd.testing.assert_frame_equal(a, b)
+    for rows in (tmp_path / "out" / "runs").glob("*/rows.csv"):
+        assert pd.read_csv(rows).step.is_unique
+
+
+def test_a_folder_in_use_is_left_alone(uninterrupted, tmp_path):
+    cfg, ref = uninterrupted
+    shutil.copytree(ref, tmp_path / "out")
+    before = _files(tmp_path / "out")
+    with RunFolder(tmp_path / "out").lock():  # another process holds the folder
+        _one_line_refusal(_run(cfg, tmp_path / "out"), "is in use by another process")
+    assert _files(tmp_path / "out") == before
+
+
+def test_refused_resume_keeps_config_json(uninterrupted, tmp_path):
+    cfg, ref = uninterrupted
+    shutil.copytree(ref, tmp_path / "out")
+    before = _files(tmp_path / "out")
+    (tmp_path / "other.json").write_text(json.dumps({**CONFIG, "steps": 200}))
+    _one_line_refusal(_run(tmp_path / "other.json", tmp_path / "out"), "holds a run of another configuration")
+    assert _files(tmp_path / "out") == before
+
+
+def test_emptied_rows_are_refused_then_the_run_starts_over(uninterrupted, tmp_path):
+    cfg, ref = uninterrupted
+    shutil.copytree(ref, tmp_path / "out")
+    run = tmp_path / "out" / "runs" / "sgd-seed1"
+    (run / "done.json").unlink()
+    (run / "rows.csv").write_text("")
+    _one_line_refusal(_run(cfg, tmp_path / "out"), f"delete {run / 'checkpoint.pt'} to start that run over")
+    (run / "checkpoint.pt").unlink()
+    again = _run(cfg, tmp_path / "out")
+    assert again.returncode == 0, again.stderr[-3000:]
+    pd.testing.assert_frame_equal(pd.read_csv(ref / "results.csv"), pd.read_csv(tmp_path / "out" / "results.csv"))
