@@ -49,7 +49,7 @@ class SubspaceConfig:
     "How the Dominant subspace is tracked."
 
     k: int | None = None  # rank >= 1, below the parameter count (default: the number of classes)
-    refresh_every: int = 1  # refresh period T >= 1
+    refresh_every: int | str = 1  # refresh period T >= 1, or 'auto': the tracker sets T from the drift it measures
     hessian_data: str = "full"  # 'full' training set, fixed first-n 'subsample', or current 'minibatch'
     n_hessian: int = 1000  # samples of the 'subsample', >= 1
     n_eigs: int | None = None  # eigenvalues logged, >= k (default k)
@@ -125,6 +125,7 @@ ACCEPTED = {
     "mode": MODES,
     "hessian_data": ("full", "subsample", "minibatch"),
     "solver": ("warm", "cold"),
+    "refresh_every": ("auto",),  # besides a count T
     "preset": tuple(PRESETS),
 }
 
@@ -194,7 +195,7 @@ def _check_name(value: str, where: str):
         )
     return value
 
-# %% ../nbs/05b_config.ipynb #554d4898
+# %% ../nbs/05b_config.ipynb #ac75f5ed
 def _show(value):
     "A short one-line repr of `value` for an error message."
     text = repr(value)
@@ -210,13 +211,19 @@ def _path(where: str, key):
     "The path of `key` inside `where`, one line whatever the key holds."
     return f"{where}.{key}" if isinstance(key, str) and re.fullmatch(r"\w{1,60}", key) else f"{where}[{_show(key)}]"
 
-
+# %% ../nbs/05b_config.ipynb #554d4898
 def _convert(value, hint, where):
     "Check `value` against the type hint `hint` (str form) and the range of its key, recursing into config dataclasses."
     opt = hint.endswith("| None")
     if opt and value is None:
         return None
     base = hint.replace("| None", "").strip()
+    if base == "int | str":  # a count or one of its key's words (refresh_every: T or 'auto')
+        key = where.rsplit(".", 1)[-1]
+        if isinstance(value, str) and value not in ACCEPTED[key]:
+            words = ", ".join(ACCEPTED[key])
+            raise ConfigError(f"`{where}` must be an int {RANGES[key]} or one of {words}; got {_show(value)}")
+        base = "str" if isinstance(value, str) else "int"
     if base in ("SubspaceConfig", "MethodConfig"):
         return _build(globals()[base], value, where)
     types = {"str": str, "int": int, "float": (int, float), "bool": bool, "dict": dict, "list": list}[base]
@@ -224,7 +231,7 @@ def _convert(value, hint, where):
         kind = f"{base}{' or null' if opt else ''}"
         raise ConfigError(f"`{where}` must be {kind}, got {type(value).__name__} {_show(value)}")
     key, shown = re.sub(r"\[\d+\]$", "", where.rsplit(".", 1)[-1]), _show(value)  # 'c.hidden[0]' -> 'hidden'
-    if key in ACCEPTED and value not in ACCEPTED[key]:
+    if base == "str" and key in ACCEPTED and value not in ACCEPTED[key]:
         raise ConfigError(f"`{where}` must be one of {', '.join(ACCEPTED[key])}; got {shown}")
     if base == "float":  # a finite float; an int too large for a float is infinite
         value = float(value) if isinstance(value, float) or abs(value) < 2**1000 else math.inf

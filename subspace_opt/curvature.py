@@ -142,8 +142,8 @@ class _ModelParameters(TorchLinearOperator):
         "The trainable parameters by name, detached: the point where `torch.func` differentiates."
         return {n: q.detach() for n, q in self.model.named_parameters() if q.requires_grad}
 
-    def _live(self):
-        "The trainable parameters themselves, in order: what `torch.autograd` differentiates."
+    def parameters(self):
+        "The trainable parameters, in the order of the flat vector: what autograd differentiates and the optimizer updates."
         return [q for q in self.model.parameters() if q.requires_grad]
 
     def _forward(self, params, X, copy=False):
@@ -280,7 +280,7 @@ class _MethodChoice(_Reduction):
 
     def _check_second_order(self, X, t):
         "Raise a RuntimeError if double backward silently misses parameters that the loss depends on."
-        live = self._live()
+        live = self.parameters()
         L = loss_sum(self.model(X), t, self.loss)
         g = torch.autograd.grad(L, live, create_graph=True, allow_unused=True)
         reach = lambda gi, q: (
@@ -348,7 +348,7 @@ class CurvatureOperator(_MethodChoice):
 @patch
 def gradient(self: CurvatureOperator):
     "The gradient (p,) of the mean loss over the operator's data (all ranks' shards), at the current parameters."
-    live, total = self._live(), torch.zeros(self.shape[0], dtype=self.dtype, device=self.device)
+    live, total = self.parameters(), torch.zeros(self.shape[0], dtype=self.dtype, device=self.device)
     with torch.enable_grad():
         for X, t in self.batches:
             gs = torch.autograd.grad(
@@ -364,7 +364,7 @@ class HessianOperator(CurvatureOperator):
     def _batch_matmat(self, X, t, Vt):
         "The Hessian of the summed loss of batch (X, t) times each row of Vt: (b, p) -> (b, p)."
         if self.method == "reverse":
-            live = self._live()
+            live = self.parameters()
             g = torch.autograd.grad(
                 loss_sum(self.model(X), t, self.loss), live, create_graph=True, materialize_grads=True
             )
@@ -380,7 +380,7 @@ class GGNOperator(CurvatureOperator):
     def _batch_matmat(self, X, t, Vt):
         "The GGN of the summed loss of batch (X, t) times each row of Vt: (b, p) -> (b, p)."
         if self.method == "reverse":
-            live, out = self._live(), self.model(X)
+            live, out = self.parameters(), self.model(X)
             u = torch.zeros_like(out, requires_grad=True)
             jt_u = torch.autograd.grad(out, live, u, create_graph=True, materialize_grads=True)  # Jᵀu, linear in u
             Jv = grad_rows(jt_u, [u], self._rows(Vt)).view(len(Vt), *out.shape)

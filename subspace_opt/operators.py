@@ -11,8 +11,8 @@ from fastcore.basics import patch
 from scipy.sparse.linalg import LinearOperator
 
 # %% auto #0
-__all__ = ['TorchLinearOperator', 'LinearCombinationOperator', 'resolve_group', 'all_reduce_sum', 'gather_meta', 'check_agree',
-           'grad_rows']
+__all__ = ['OPERATOR_PROTOCOL', 'TorchLinearOperator', 'LinearCombinationOperator', 'resolve_group', 'all_reduce_sum',
+           'gather_meta', 'check_agree', 'grad_rows']
 
 # %% ../nbs/00b_operators.ipynb #efbaea84
 class _LinearMap:
@@ -127,6 +127,9 @@ def to_scipy(self: TorchLinearOperator) -> LinearOperator:
     np_dtype = torch.empty((), dtype=self.dtype).numpy().dtype
     adjoint = matmat if self.SELF_ADJOINT else None
     return LinearOperator(self.shape, matvec=matmat, rmatvec=adjoint, matmat=matmat, rmatmat=adjoint, dtype=np_dtype)
+
+# %% ../nbs/00b_operators.ipynb #e065056e
+OPERATOR_PROTOCOL = ("shape", "dtype", "device", "__matmul__", "broadcast", "parameters", "gradient")  # see the table
 
 # %% ../nbs/00b_operators.ipynb #6610d9aa
 def resolve_group(

@@ -27,7 +27,7 @@ def _check_coef(name, c):
 
 def _check_params(base, subspace):
     "The parameters in the operator's order; refuse a subspace whose model is not what `base` updates."
-    ps = subspace.op._live() if hasattr(subspace.op, "_live") else None
+    ps = subspace.op.parameters() if callable(getattr(subspace.op, "parameters", None)) else None
     opt = {id(q) for g in base.param_groups for q in g["params"]}
     if ps is None or {id(q) for q in ps} != opt:
         raise ValueError(
