@@ -42,6 +42,7 @@ class MethodConfig:
     momentum: float = 0.9  # momentum of base='momentum', in [0, 1)
     mode: str = "gradient"  # 'gradient' or 'update'
     start_step: int = 0  # plain base steps before projecting, >= 0
+    switch_threshold: float | None = None  # or: project once the EMA of χ_k(∇L) exceeds this, in (0, 1)
 
 
 @dataclass
@@ -177,6 +178,7 @@ RANGES = {  # key -> the numbers it accepts (each entry of a list); every float 
     **dict.fromkeys(("lr", "tol"), Interval(0, lo_open=True)),
     **dict.fromkeys(("alpha", "gamma"), Interval(0, 1)),
     "momentum": Interval(0, 1, hi_open=True),
+    "switch_threshold": Interval(0, 1, lo_open=True, hi_open=True),
     "diverge_factor": Interval(1, lo_open=True),
     "seeds": Interval(0, 2**32, hi_open=True),
 }

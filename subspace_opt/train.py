@@ -23,8 +23,8 @@ from .config import load_experiment_data, make_base_optimizer, make_model
 from .runfolder import RunFolder, all_ranks
 
 # %% auto #0
-__all__ = ['evaluate', 'sgd_steps', 'build_run', 'measure', 'check_run', 'Run', 'run_one', 'environment', 'tracked_rank',
-           'run_experiment', 'task_data', 'run_job', 'summarize']
+__all__ = ['TIMING', 'evaluate', 'sgd_steps', 'build_run', 'measure', 'check_run', 'Run', 'run_one', 'environment',
+           'tracked_rank', 'run_experiment', 'task_data', 'run_job', 'summarize']
 
 # %% ../nbs/06_train.ipynb #4fc2253f
 @torch.no_grad()
@@ -98,7 +98,7 @@ def build_run(
         op, k=k, refresh_every=T, n_eigs=s.n_eigs, tol=s.tol, seed=seed, cold_every=1 if s.solver == "cold" else None
     )
     op = HessianOperator(model, cfg.loss, _hessian_data(cfg, data))
-    opt = ProjectedOptimizer(base, track(op, s.refresh_every), m.dom, m.bulk, m.mode, m.start_step)
+    opt = ProjectedOptimizer(base, track(op, s.refresh_every), m.dom, m.bulk, m.mode, m.start_step, m.switch_threshold)
     log_sub = track(HessianOperator(model, cfg.loss, shard(data.train)), 1)  # shard: this rank's part (or all)
     return model, opt, log_sub
 
@@ -137,6 +137,7 @@ def measure(
     test_loss, test_acc = evaluate(model, cfg.loss, data.test)
     lr = opt.param_groups[0]["lr"]
     row = dict(step=step, train_loss=train_loss, train_acc=train_acc, test_loss=test_loss, test_acc=test_acc, lr=lr)
+    row.update(eta_dom=opt.dom * lr, eta_bulk=opt.bulk * lr, hvps=opt.subspace.n_matvecs)  # the step sizes a·η, b·η
     if initial is not None and _diverged(cfg, row, initial):  # no eigensolve on a blown-up model: it may not converge
         return row
     log_sub.refresh()
@@ -193,6 +194,9 @@ def _finite_everywhere(loss):
     return all_reduce_sum(bad, resolve_group()).item() == 0
 
 # %% ../nbs/06_train.ipynb #a938d125
+TIMING = ("train_seconds",)  # the row's columns that time the run: a resumed run's differ from an uninterrupted one's
+
+
 class Run:
     "One (method, seed) run in its `RunFolder`: model, optimizer, logging tracker, batch generator and loop state."
 
@@ -208,7 +212,7 @@ class Run:
         self.model, self.opt, self.log_sub = build_run(cfg, method, seed, data)
         self.net, self.gen = _ddp(self.model), torch.Generator().manual_seed(seed)
         self.tag = dict(experiment=cfg.name, method=method.name, seed=seed)
-        self.state, self.reason = dict(step=0, order=[], initial=float("nan")), ""
+        self.state, self.reason = dict(step=0, order=[], initial=float("nan"), train_seconds=0.0), ""
 
     @property
     def over(self):
@@ -216,8 +220,14 @@ class Run:
         return bool(self.reason) or self.state["step"] >= self.cfg.steps
 
     def _row(self, row: dict):
-        "A row of measurements with the run's tag and its divergence columns."
-        return {**self.tag, **row, "diverged": bool(self.reason), "reason": self.reason}
+        "A row of measurements with the run's tag, its training time so far and its divergence columns."
+        return {
+            **self.tag,
+            **row,
+            **{k: self.state[k] for k in TIMING},
+            "diverged": bool(self.reason),
+            "reason": self.reason,
+        }
 
     def _snapshot(self):
         "Keep the weights when `snapshot_every` asks for them at this step."
@@ -234,6 +244,7 @@ def _restore(run: Run, c: dict):
         run.gen.set_state(c["gen"])
         s = c["state"]
         run.state = dict(step=int(s["step"]), order=[int(i) for i in s["order"]], initial=float(s["initial"]))
+        run.state["train_seconds"] = float(s["train_seconds"])
     except (KeyError, RuntimeError, TypeError, ValueError):
         raise UserError(f"{run.folder.checkpoint} does not fit this run: delete it to start that run over") from None
 
@@ -254,10 +265,17 @@ def start(self: Run):
     return 0
 
 # %% ../nbs/06_train.ipynb #43f91283
+def _now(model):
+    "The wall clock once the model's device has done its queued work (CUDA kernels run asynchronously)."
+    if next(model.parameters()).is_cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
 @patch
 def step(self: Run):
     "One optimizer step on the next mini-batch (this rank's slice); False, with a row saying why, on a non-finite loss."
-    X, y = self.data.train
+    t0, (X, y) = _now(self.model), self.data.train
     idx = _next_batch(self.state, self.gen, len(X), self.cfg.batch_size)
     local = shard(idx)  # this rank's slice of the global mini-batch
     if self.cfg.subspace.hessian_data == "minibatch":
@@ -269,8 +287,9 @@ def step(self: Run):
         self.folder.append_row({**self.tag, "step": self.state["step"] + 1, "diverged": True, "reason": self.reason})
         return False
     loss.backward()
-    self.opt.step()
+    self.opt.step()  # with the tracker's refresh when one is due
     self.state["step"] += 1
+    self.state["train_seconds"] += _now(self.model) - t0  # steps and refreshes only: no logging, no evaluation
     return True
 
 # %% ../nbs/06_train.ipynb #5aebb101
