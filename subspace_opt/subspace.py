@@ -7,13 +7,13 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from typing import NamedTuple
 import torch
 from fastcore.basics import patch
+from .krylov import _Solve, _block_solve, _orth_against, angle_bound
 from .lanczos import check_symmetric
 
 # %% auto #0
-__all__ = ['project', 'project_dom', 'project_bulk', 'alignment', 'angle_bound', 'DominantSubspace']
+__all__ = ['project', 'project_dom', 'project_bulk', 'alignment', 'choose_k', 'DominantSubspace']
 
 # %% ../nbs/02_subspace.ipynb #d531b8ad
 def project(
@@ -52,110 +52,6 @@ def alignment(
     n = v.norm()
     return torch.where(n > 0, (U.T @ v).norm() / n.clamp_min(torch.finfo(v.dtype).tiny), torch.zeros_like(n))
 
-# %% ../nbs/02_subspace.ipynb #8132a7ed
-def _orth_against(
-    B: torch.Tensor | None,  # (p, m) orthonormal columns, or None
-    W: torch.Tensor,  # (p, b) block
-):
-    "An orthonormal basis (p, b) of the part of `W` orthogonal to span(B): Gram–Schmidt against B, then QR; twice."
-    for _ in range(2):
-        if B is not None:
-            W = W - B @ (B.T @ W)
-        W = torch.linalg.qr(W)[0]
-    return W
-
-
-def _rayleigh_ritz(
-    Q: torch.Tensor,  # (p, m) orthonormal basis
-    W: torch.Tensor,  # (p, m) its image H Q
-):
-    "The Ritz values (float64, descending) of H on span(Q), the Ritz vectors Q S and their images W S."
-    T = (Q.T @ W).double().cpu()
-    theta, S = torch.linalg.eigh((T + T.T) / 2)
-    S = S.flip(1).to(Q.device, Q.dtype)
-    return theta.flip(0), Q @ S, W @ S
-
-# %% ../nbs/02_subspace.ipynb #e8862aeb
-def angle_bound(
-    theta: torch.Tensor,  # (b,) Ritz values, descending, b > k
-    V: torch.Tensor,  # (p, b) their Ritz vectors
-    HV: torch.Tensor,  # (p, b) the vectors' images H V
-    k: int,  # the rank at whose boundary the gap is taken
-):
-    "Estimate of sin∠(span V[:, :k], top-k eigenspace) ≤ ‖R_k‖₂ / (θ_k − θ_{k+1} − ‖r_{k+1}‖); also ‖R_k‖₂ and ‖r_i‖."
-    R = HV - V * theta.to(V.device, V.dtype)
-    norms = R.norm(dim=0).double().cpu()
-    G = (R[:, :k].T @ R[:, :k]).double().cpu()
-    try:
-        rho = torch.linalg.eigvalsh((G + G.T) / 2)[-1].clamp_min(0).sqrt().item()
-    except torch.linalg.LinAlgError:  # huge or non-finite residuals (a blowing-up model): ‖R‖₂ ≤ ‖R‖_F
-        rho = G.trace().clamp_min(0).sqrt().item()
-    gap = (theta[k - 1] - theta[k] - norms[k]).item()
-    return (rho / gap if gap > 0 else math.inf), rho, norms
-
-# %% ../nbs/02_subspace.ipynb #f0201198
-class _Solve(NamedTuple):
-    "What a block solve returns: the b Ritz pairs, their images, the boundary test and the products used."
-
-    theta: torch.Tensor  # (b,) Ritz values, float64, descending
-    V: torch.Tensor  # (p, b) Ritz vectors
-    HV: torch.Tensor  # (p, b) their images
-    bound: float  # `angle_bound` at k
-    rel: torch.Tensor  # (b,) relative residuals ‖Hv − θv‖ / |θ|
-    n_matvecs: int  # operator-vector products (a block of b counts b)
-    converged: bool  # the block passed `_accepted`
-
-
-def _accepted(
-    theta: torch.Tensor,  # (b,) Ritz values
-    check: tuple,  # `angle_bound`'s (bound, ‖R_k‖₂, residual norms)
-    k: int,  # rank of the tracked subspace
-    n_eigs: int,  # pairs tracked, k <= n_eigs < b
-    tol: float,  # target of the bound, and of the relative residuals of pairs k+1..n_eigs
-    eps: float,  # machine epsilon of the operator's dtype
-):
-    "Bound <= tol (or residuals at rounding level, 10³ε|θ₁|), and relative residuals <= tol for pairs k+1..n_eigs."
-    bound, rho, norms = check
-    floor = 1e3 * eps * theta.abs().max().item()
-    extra = norms[k:n_eigs]
-    extra_ok = bool((extra <= tol * theta[k:n_eigs].abs()).all()) or extra.numel() == 0 or extra.max().item() <= floor
-    return (bound <= tol or rho <= floor) and extra_ok
-
-# %% ../nbs/02_subspace.ipynb #e595c043
-def _block_solve(
-    op,  # symmetric operator (or tensor) with `@` on blocks (p, b)
-    Q: torch.Tensor,  # (p, b) orthonormal start block, b > n_eigs
-    k: int,  # rank of the subspace whose boundary is tested
-    n_eigs: int,  # pairs that must be accurate, k <= n_eigs < b
-    tol: float,  # target of the boundary test and of the residuals of pairs k+1..n_eigs
-    max_blocks: int,  # block products at most
-    depth: int,  # blocks the Krylov basis holds before a thick restart to the b best Ritz vectors
-):
-    "Block Krylov from `Q`: Rayleigh–Ritz after every block product, the next block from the residuals, until accepted."
-    (p, b), eps = Q.shape, torch.finfo(Q.dtype).eps
-    basis, images, n, n_mv = Q, _product(op, Q), 1, b
-    while True:
-        theta, V, HV = _rayleigh_ritz(basis, images)
-        theta, V, HV = theta[:b], V[:, :b], HV[:, :b]
-        check = angle_bound(theta, V, HV, k)
-        ok = _accepted(theta, check, k, n_eigs, tol, eps)
-        if basis.shape[1] + b > min(p, depth * b):
-            basis, images = V, HV  # thick restart: the b best Ritz vectors and their images, no new products
-        room = min(b, p - basis.shape[1])
-        if ok or n >= max_blocks or room == 0:
-            return _Solve(theta, V, HV, check[0], check[2] / theta.abs().clamp_min(1e-300), n_mv, ok or room == 0)
-        new = _orth_against(basis, (HV - V * theta.to(V.device, V.dtype))[:, :room])
-        basis, images = torch.cat([basis, new], 1), torch.cat([images, _product(op, new)], 1)
-        n, n_mv = n + 1, n_mv + room
-
-
-def _product(op, Q):
-    "`op @ Q`, refused with a one-line error when it is not finite (a tensor `op` does not check itself)."
-    W = op @ Q
-    if not torch.isfinite(W).all():
-        raise FloatingPointError(f"DominantSubspace: a product with the operator ({type(op).__name__}) is NaN or inf")
-    return W
-
 # %% ../nbs/02_subspace.ipynb #5c3536ee
 def _check_rank(
     k: int,  # rank of the Dominant subspace
@@ -193,6 +89,26 @@ def _check_policy(
         raise ValueError(f"`drift_tol` must be a number in (0, 1], got {drift_tol!r}")
     return min_every if refresh_every == "auto" else refresh_every
 
+# %% ../nbs/02_subspace.ipynb #a7ebf643
+def choose_k(eigenvalues: torch.Tensor):  # the top eigenvalues, descending (at least 2)
+    "The rank k at the largest gap λ_k − λ_{k+1} among `eigenvalues` (the first of equal gaps): the outlier count."
+    lam = torch.as_tensor(eigenvalues, dtype=torch.float64)
+    if lam.ndim != 1 or len(lam) < 2 or not torch.isfinite(lam).all() or (lam[1:] > lam[:-1]).any():
+        raise ValueError(f"`eigenvalues` must be at least 2 finite numbers in descending order, got {lam.tolist()}")
+    return int(torch.argmax(lam[:-1] - lam[1:])) + 1
+
+
+def _initial_rank(
+    k,  # an int, or 'auto'
+    max_k,  # 'auto': the largest rank considered
+):
+    "The rank a tracker starts with: `k`, or `max_k` while k='auto' waits for its first cold solve."
+    if k != "auto":
+        return k
+    if isinstance(max_k, bool) or not isinstance(max_k, int) or max_k < 1:
+        raise ValueError(f"`max_k` must be an int >= 1 (the largest rank k='auto' considers), got {max_k!r}")
+    return max_k
+
 # %% ../nbs/02_subspace.ipynb #aef67d7a
 class DominantSubspace:
     "Warm-started block Krylov tracking of the top-`k` eigenspace of a curvature operator, and projections onto it."
@@ -200,7 +116,7 @@ class DominantSubspace:
     def __init__(
         self,
         op,  # curvature operator (or symmetric tensor) whose top eigenspace to track
-        k: int = 10,  # rank of the Dominant subspace
+        k: int | str = 10,  # rank of the Dominant subspace, or 'auto': the count of outliers (`choose_k`)
         refresh_every: int | str = 1,  # refresh on every T-th call of `update()`, or 'auto' (from the measured drift)
         n_eigs: int | None = None,  # eigenpairs tracked (>= k), e.g. 2k to log λ_{k+1..2k}
         tol: float = 0.1,  # warm refreshes: target of `angle_bound`, the sine of the angle to the exact subspace
@@ -213,8 +129,10 @@ class DominantSubspace:
         min_every: int = 4,  # 'auto': fewest steps between two refreshes
         max_every: int = 50,  # 'auto': most steps between two refreshes
         drift_tol: float = 0.3,  # 'auto': drift (sine of the largest principal angle) to allow between refreshes
+        max_k: int = 20,  # k='auto': the largest rank considered
     ):
-        p, self.n_eigs = op.shape[0], n_eigs or k
+        k, self.auto_k, self.max_k, self.n_eigs_asked = _initial_rank(k, max_k), k == "auto", max_k, n_eigs
+        p, self.n_eigs, self.k_pending = op.shape[0], max(n_eigs or k, k) if self.auto_k else n_eigs or k, self.auto_k
         _check_rank(k, self.n_eigs, oversample, p)
         self.period = _check_policy(refresh_every, min_every, max_every, drift_tol)
         self.op, self.k, self.refresh_every, self.tol, self.cold_tol = op, k, refresh_every, tol, cold_tol
@@ -284,12 +202,13 @@ def _next_period(sub: DominantSubspace, angle: float | None):
 def refresh(self: DominantSubspace, op=None):  # operator for this refresh only (default: the subspace's own)
     "Recompute the top eigenpairs at the current parameters (warm from the carried block, if any); return `info`."
     op, t0, prev = op if op is not None else self.op, time.perf_counter(), self.basis
-    cold = self.block is None or bool(self.cold_every and self.n_refreshes % self.cold_every == 0)
+    cold = self.block is None or bool(self.cold_every and self.n_refreshes % self.cold_every == 0)  # k_pending: None
     res = _cold_solve(self, op) if cold else _warm_solve(self, op)
     n_mv = res.n_matvecs
     if not cold and res.rel[: self.k].max() > self.restart_tol:  # lost: the carried block no longer holds the space
         res, cold = _cold_solve(self, op), True
         n_mv += res.n_matvecs
+    res = _settle_rank(self, res) if self.k_pending else res
     m, dev = self.n_eigs, op.device
     synced = _synced(op, res.V[:, :m], res.theta[:m].to(dev), res.rel[:m].to(dev), _orth_against(None, res.HV))
     self.eigvecs, self.eigenvalues, self.residuals, self.block = synced  # the block: one power step ahead
@@ -308,6 +227,7 @@ def refresh(self: DominantSubspace, op=None):  # operator for this refresh only 
         max_residual=self.residuals.max().item(),
         eigenvalues=self.eigenvalues.tolist(),
         period=self.period,
+        k=self.k,
     )
     return self.info
 
@@ -326,6 +246,24 @@ def update(self: DominantSubspace, op=None):  # operator for a refresh, if one i
         self.refresh(op)
     self.n_updates += 1
     return due
+
+# %% ../nbs/02_subspace.ipynb #94bfada6
+def _settle_rank(sub: DominantSubspace, res: _Solve):
+    "k='auto': the rank from the cold solve's Ritz values (`choose_k`), and the solve cut to n_eigs + oversample pairs."
+    sub.k = choose_k(res.theta[: sub.max_k + 1])
+    sub.n_eigs, sub.k_pending = max(sub.n_eigs_asked or sub.k, sub.k), False
+    b = min(sub.n_eigs + sub.oversample, len(res.theta))
+    theta, V, HV = res.theta[:b], res.V[:, :b], res.HV[:, :b]
+    return res._replace(theta=theta, V=V, HV=HV, rel=res.rel[:b], bound=angle_bound(theta, V, HV, sub.k)[0])
+
+
+@patch
+def estimate_k(self: DominantSubspace):
+    "k='auto': choose k afresh at the next refresh, by a cold solve over `max_k` pairs (k stays fixed otherwise)."
+    if not self.auto_k:
+        raise ValueError("`estimate_k` needs a tracker built with k='auto'")
+    self.k, self.n_eigs = self.max_k, max(self.n_eigs_asked or self.max_k, self.max_k)
+    self.k_pending, self.block = True, None
 
 # %% ../nbs/02_subspace.ipynb #7954e167
 def _as_flat(v):
@@ -371,7 +309,7 @@ def alignment(self: DominantSubspace, v):  # a vector (p,), or a list of tensors
 
 # %% ../nbs/02_subspace.ipynb #e5226b33
 _STATE = ("eigvecs", "eigenvalues", "residuals", "block", "n_matvecs", "n_refreshes", "n_updates", "last_refresh")
-_STATE = _STATE + ("period", "info")
+_STATE = _STATE + ("period", "info", "k", "n_eigs", "k_pending")
 
 
 @patch
@@ -383,7 +321,8 @@ def state_dict(self: DominantSubspace):
 @patch
 def load_state_dict(self: DominantSubspace, state: dict):  # a `state_dict()` of a tracker with the same settings
     "Restore a state saved by `state_dict()` (one without a carried block makes the next refresh cold)."
-    older = dict(block=None, last_refresh=state.get("n_updates", 0), period=self.period)
+    older = dict(block=None, last_refresh=state.get("n_updates", 0), period=self.period, k=self.k, n_eigs=self.n_eigs)
+    older["k_pending"] = self.k_pending
     for a in _STATE:
         setattr(self, a, state[a] if a in state else older[a])
     self.gen.set_state(state["generator"])
