@@ -4,172 +4,19 @@
 
 # %% ../nbs/09_cli.ipynb #1d323c44
 from __future__ import annotations
-import argparse, json, math, os, re, sys, tempfile, time, traceback
-from datetime import datetime
+import argparse, math, os, re, sys, tempfile, traceback
 from pathlib import Path
-import pandas as pd
 import torch
-from .curvature import HessianOperator
-from .data import check_device, load_digits
+from .data import check_device
 from .distributed import finish, init_from_env, rank, shutdown
-from .lanczos import block_lanczos, lanczos, scipy_eigsh
-from .models import mlp
-from .plots import plot_run, plot_spectrum
+from .jobs import SOLVERS, _check_k, _check_writable, compare, demo, spectrum
+from .plots import plot_run
 from .sweep import load_sweep, run_sweep
-from .config import ACCEPTED, UserError, config_from_dict, load_config
-from .train import environment, evaluate, run_experiment, sgd_steps, summarize
+from .config import ACCEPTED, UserError, load_config
+from .train import run_experiment
 
 # %% auto #0
-__all__ = ['SOLVERS', 'DEMO', 'DEMO_THRESHOLD', 'AFTER_INTERRUPT', 'new_run_dir', 'write_config', 'spectrum', 'demo', 'main']
-
-# %% ../nbs/09_cli.ipynb #bbc5dd9e
-def _check_writable(
-    path: str | Path,  # a folder to write into: existing, or to be created
-    name: str,  # how an error names it, e.g. '--out'
-):
-    "`path` as a `Path` if it is, or can become, a folder this process writes into; else a `UserError` naming `name`."
-    path = Path(path)
-    base = next(p for p in (path, *path.parents) if os.path.exists(p))  # the nearest part of the path that exists
-    try:
-        if not base.is_dir():
-            raise NotADirectoryError(0, "a file, not a folder")
-        tempfile.TemporaryFile(dir=base).close()
-    except OSError as e:
-        raise UserError(f"`{name}`: cannot write into {base.absolute()} ({e.strerror or e})") from None
-    return path
-
-# %% ../nbs/09_cli.ipynb #9f3316a7
-def new_run_dir(
-    out: str | Path,  # parent folder
-    job: str,  # job name, the folder's prefix
-):
-    "Create and return a fresh folder `out/job-YYYYmmdd-HHMMSS[-N]`."
-    _check_writable(out, "out")
-    base = Path(out) / f"{job}-{datetime.now():%Y%m%d-%H%M%S}"
-    path, i = base, 1
-    while path.exists():
-        path, i = Path(f"{base}-{i}"), i + 1
-    path.mkdir(parents=True)
-    return path
-
-
-def write_config(
-    path: Path,  # run folder
-    config: dict,  # the job's arguments and results
-    device,  # the torch device it ran on
-):
-    "Write `config.json` with the job's arguments and the environment it ran in."
-    record = {"config": config, "environment": environment(device)}
-    (path / "config.json").write_text(json.dumps(record, indent=2, default=str))
-
-# %% ../nbs/09_cli.ipynb #793c166a
-SOLVERS = {"lanczos": lanczos, "block": block_lanczos, "eigsh": scipy_eigsh}  # the solvers `spectrum` offers
-
-# %% ../nbs/09_cli.ipynb #eca26728
-def _spectrum_table(res, k, lr):
-    "One row per eigenpair of the solver's result: i, λᵢ, its relative residual and ηλᵢ."
-    table = pd.DataFrame(
-        {"i": range(1, k + 1), "eigenvalue": res.eigenvalues.cpu().numpy(), "rel_residual": res.residuals.cpu().numpy()}
-    )
-    table["lr_x_eigenvalue"] = lr * table.eigenvalue
-    return table
-
-
-def _solve_record(res, seconds, model, loss, train):
-    "What `config.json` keeps of a solve: its size, cost and convergence, and the trained model's loss and accuracy."
-    train_loss, train_acc = evaluate(model, loss, train)
-    solve = dict(p=res.eigenvectors.shape[0], n_matvecs=res.n_matvecs, solve_seconds=seconds, converged=res.converged)
-    return solve | dict(train_loss=train_loss, train_acc=train_acc)
-
-# %% ../nbs/09_cli.ipynb #9cfa7d7d
-def _mlp_size(widths):  # layer widths, inputs first
-    "The parameter count p of an MLP with these layer widths (weights and biases)."
-    return sum((a + 1) * b for a, b in zip(widths[:-1], widths[1:]))
-
-
-def _largest_k(solver: str, p: int):
-    "The most eigenpairs `solver` computes for an operator of size p."
-    q = p // 2  # block: two blocks of k + max(2, k // 2) vectors fit in p, so k <= q - 2 and k + k // 2 <= q
-    return p - 1 if solver != "block" else min(q - 2, (2 * q + 1) // 3)
-
-
-def _check_k(k, hidden, solver, name):
-    "A `UserError` naming `name` unless `solver` can compute k eigenpairs for the digits MLP with `hidden` widths."
-    p = _mlp_size((64, *hidden, 10))
-    if not 1 <= k <= _largest_k(solver, p):
-        raise UserError(f"`{name}` must be in [1, {_largest_k(solver, p)}] for solver {solver} (p = {p}), got {k}")
-
-# %% ../nbs/09_cli.ipynb #59a6c91f
-def spectrum(
-    k: int = 10,  # number of eigenpairs
-    hidden=(128, 128),  # hidden layer widths of the MLP
-    activation: str = "tanh",  # 'tanh', 'relu' or 'gelu'
-    loss: str = "mse",  # 'mse' or 'ce'
-    train_steps: int = 300,  # SGD steps before measuring
-    lr: float = 0.1,  # SGD learning rate η
-    batch_size: int = 50,  # SGD batch size
-    solver: str = "lanczos",  # one of `SOLVERS`
-    tol: float = 1e-6,  # relative residual tolerance of the solver
-    seed: int = 0,  # seed of the data split, initialisation and batch order
-    device=None,  # torch device (default: `default_device()`)
-    out: str = "runs",  # parent folder of the run folder
-    progress: bool = True,  # show the training progress bar
-):
-    "Train a digits MLP, compute the top-`k` Hessian eigenpairs, write table + figure; return (run folder, table)."
-    config = dict(locals())
-    if solver not in SOLVERS:
-        raise UserError(f"`solver` must be one of {', '.join(SOLVERS)}, got {solver!r}")
-    _check_k(k, hidden, solver, "k")
-    dev = check_device(device, "device")
-    data = load_digits(seed=seed, device=dev)
-    model = mlp((64, *hidden, data.n_classes), activation=activation, seed=seed, device=dev)
-    sgd_steps(model, loss, data.train, train_steps, lr=lr, batch_size=batch_size, seed=seed, progress=progress)
-    t0 = time.perf_counter()
-    res = SOLVERS[solver](HessianOperator(model, loss, data.train), k=k, tol=tol, seed=seed)
-    seconds = time.perf_counter() - t0
-    table, path = _spectrum_table(res, k, lr), new_run_dir(out, "spectrum")
-    table.to_csv(path / "spectrum.csv", index=False)
-    config.update(_solve_record(res, seconds, model, loss, data.train))
-    write_config(path, config, dev)
-    fig = plot_spectrum(table.eigenvalue, table.rel_residual, lr=lr, title=f"digits MLP, top-{k} Hessian eigenvalues")
-    fig.savefig(path / "spectrum.png", dpi=120)
-    return path, table
-
-# %% ../nbs/09_cli.ipynb #bf899d3b
-DEMO = dict(
-    name="demo",
-    data="digits",
-    hidden=[64, 64],
-    activation="tanh",
-    loss="mse",
-    batch_size=50,
-    steps=400,
-    log_every=25,
-    checkpoint_every=100,
-    subspace=dict(k=10, refresh_every=1),
-    methods=[
-        dict(name="sgd", lr=0.2),
-        dict(name="dom-sgd", dom=1.0, bulk=0.0, lr=0.2),
-        dict(name="bulk-sgd", dom=0.0, bulk=1.0, lr=0.2),
-        dict(name="damped-dominant-0.5", dom=0.5, bulk=1.0, lr=0.2),
-    ],
-)
-DEMO_THRESHOLD = 0.2  # train loss for "steps to threshold"
-
-# %% ../nbs/09_cli.ipynb #3431a66f
-def demo(
-    out: str = "runs",  # parent folder of the run folder
-    steps: int = 400,  # optimizer steps per method
-    device=None,  # torch device (default: CUDA when present)
-    progress: bool = True,  # show progress bars
-):
-    "SGD vs Dom-SGD vs Bulk-SGD vs damped dominant on digits; return (run folder, summary table)."
-    cfg = config_from_dict({**DEMO, "steps": steps, "device": device})
-    path = new_run_dir(out, "demo")
-    summary = summarize(run_experiment(cfg, path, progress), path, DEMO_THRESHOLD)
-    summary.to_csv(path / "summary.csv", index=False)
-    plot_run(path)
-    return path, summary
+__all__ = ['AFTER_INTERRUPT', 'main']
 
 # %% ../nbs/09_cli.ipynb #cab41327
 class _Parser(argparse.ArgumentParser):
@@ -231,6 +78,12 @@ def _sweep_args(sub, fmt):
     _common_args(sw)
 
 # %% ../nbs/09_cli.ipynb #51a12358
+def _compare_args(sub, fmt):
+    c = sub.add_parser("compare", help="time to target loss of every run; best against best", formatter_class=fmt)
+    c.add_argument("run_dir", help="run or sweep folder holding results.csv")
+    c.add_argument("--target", type=_positive_float, nargs="+", required=True, help="train-loss targets, e.g. 0.1 0.03")
+
+
 def _plot_args(sub, fmt):
     pl = sub.add_parser("plot", help="figures from a run or sweep folder", formatter_class=fmt)
     pl.add_argument("run_dir", help="folder holding results.csv")
@@ -260,8 +113,8 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
 def _parser():
     "The `subspace-opt` argument parser: one subcommand per job."
     p = _Parser(prog="subspace-opt", description="Sharp and flat directions of the loss Hessian.")
-    sub = p.add_subparsers(dest="job", required=True, metavar="{demo,run,sweep,plot,spectrum}")
-    for add in (_demo_args, _run_args, _sweep_args, _plot_args, _spectrum_args):
+    sub = p.add_subparsers(dest="job", required=True, metavar="{demo,run,sweep,plot,spectrum,compare}")
+    for add in (_demo_args, _run_args, _sweep_args, _plot_args, _spectrum_args, _compare_args):
         add(sub, _Help)
     return p
 
@@ -282,6 +135,12 @@ def _plot_job(a):
         why = "is a file" if os.path.exists(a.run_dir) else "does not exist"
         raise UserError(f"`run_dir` must be the folder of a run or sweep, but {a.run_dir} {why}")
     print("\n".join(map(str, plot_run(_check_writable(a.run_dir, "run_dir")))))
+
+
+def _compare_job(a):
+    "`subspace-opt compare`: write time_to_target.csv into the folder; print each method's best against the best."
+    print(compare(a.run_dir, a.target)[1])
+    print(f"\ntable: {Path(a.run_dir) / 'time_to_target.csv'}")
 
 
 def _spectrum_job(a):
@@ -342,7 +201,7 @@ def _run_job(a):
 AFTER_INTERRUPT = {  # what the same command does after Ctrl-C, per job
     "run": "resumes the run from its last checkpoint",
     "sweep": "resumes the sweep, keeping the runs it finished",
-    **dict.fromkeys(("demo", "spectrum", "plot"), "starts it again"),
+    **dict.fromkeys(("demo", "spectrum", "plot", "compare"), "starts it again"),
 }
 
 
@@ -367,7 +226,8 @@ def _save_traceback(argv):
 # %% ../nbs/09_cli.ipynb #1f422a09
 def _job(a):
     "Run the job that the parsed arguments name; 0 once it is done."
-    jobs = {"demo": _demo_job, "run": _run_job, "sweep": _sweep_job, "plot": _plot_job, "spectrum": _spectrum_job}
+    jobs = dict(demo=_demo_job, run=_run_job, sweep=_sweep_job, plot=_plot_job, spectrum=_spectrum_job)
+    jobs["compare"] = _compare_job
     jobs[a.job](a)
     return 0
 

@@ -117,17 +117,10 @@ def preset_arguments(name: str):  # a key of `PRESETS`
     return list(inspect.signature(PRESETS[name][1]).parameters)
 
 
-ACCEPTED = {
-    "data": tuple(TASKS),
-    "model": tuple(MODELS),
-    "activation": tuple(ACTIVATIONS),
-    "loss": tuple(LOSS_FUNCTIONS),
-    "base": tuple(BASE_OPTIMIZERS),
-    "mode": MODES,
-    "hessian_data": ("full", "subsample", "minibatch"),
-    "solver": ("warm", "cold"),
-    "refresh_every": ("auto",),  # besides a count T
-    "preset": tuple(PRESETS),
+ACCEPTED = {  # key -> the names it accepts: the registries above, and the lists of the layers below
+    **dict(data=tuple(TASKS), model=tuple(MODELS), activation=tuple(ACTIVATIONS), loss=tuple(LOSS_FUNCTIONS)),
+    **dict(base=tuple(BASE_OPTIMIZERS), mode=MODES, hessian_data=("full", "subsample", "minibatch")),
+    **dict(solver=("warm", "cold"), refresh_every=("auto",), preset=tuple(PRESETS)),  # refresh_every: or a count T
 }
 
 # %% ../nbs/05b_config.ipynb #1fc1bcbe

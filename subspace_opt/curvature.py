@@ -7,76 +7,15 @@ from __future__ import annotations
 import time
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from fastcore.basics import patch
 from torch.func import functional_call, grad, jvp, vjp, vmap
+from .losses import LOSSES as LOSSES, check_loss, loss_hessian_product, loss_sum, prepare_targets
 from .operators import LinearCombinationOperator as LinearCombinationOperator, grad_rows
 from .operators import TorchLinearOperator, all_reduce_sum, check_agree, gather_meta, resolve_group
 
 # %% auto #0
-__all__ = ['LOSSES', 'METHODS', 'check_loss', 'loss_sum', 'prepare_targets', 'loss_hessian_product', 'as_batches',
-           'params_to_vector', 'check_deterministic', 'CurvatureOperator', 'HessianOperator', 'GGNOperator',
-           'FunctionalHessianOperator']
-
-# %% ../nbs/00_curvature.ipynb #54ecd9db
-LOSSES = ("mse", "ce")
-
-
-def check_loss(loss: str):  # loss name to validate
-    "Return `loss` if it is one of `LOSSES`, else raise a `ValueError` naming the accepted values."
-    if loss not in LOSSES:
-        raise ValueError(f"`loss` must be one of {LOSSES}, got {loss!r}")
-    return loss
-
-
-def loss_sum(
-    out: torch.Tensor,  # model outputs, (n, C)
-    target: torch.Tensor,  # prepared targets: (n, C) floats for 'mse', (n,) labels for 'ce'
-    loss: str,  # 'mse' or 'ce'
-):
-    "Sum over samples of the per-sample loss (½‖f − t‖² or softmax cross-entropy)."
-    if loss == "mse":
-        return 0.5 * (out - target).pow(2).sum()
-    return F.cross_entropy(out, target, reduction="sum")
-
-# %% ../nbs/00_curvature.ipynb #a93c977d
-def prepare_targets(
-    y: torch.Tensor,  # integer labels (n,), or float targets (n, C) for 'mse'
-    loss: str,  # 'mse' or 'ce'
-    n_outputs: int,  # C, the model's output count
-    dtype: torch.dtype,  # floating dtype of the model
-):
-    "Targets in the form `loss_sum` expects: (n, C) floats for 'mse', (n,) int64 labels for 'ce'."
-    if y.is_floating_point():
-        if loss == "ce":
-            raise TypeError(
-                "`y` for loss='ce' must hold integer class labels, got float targets; use loss='mse' for float targets"
-            )
-        if y.ndim != 2 or y.shape[1] != n_outputs:
-            raise ValueError(
-                f"float `y` must have shape (n, {n_outputs}) to match the model's outputs, got {tuple(y.shape)}"
-            )
-        return y.to(dtype)
-    if y.ndim != 1:
-        raise ValueError(f"integer `y` must be a vector of labels (n,), got shape {tuple(y.shape)}")
-    lo, hi = int(y.min()), int(y.max())
-    if lo < 0 or hi >= n_outputs:
-        raise ValueError(
-            f"labels in `y` must lie in [0, {n_outputs}) (the model's output count), got range [{lo}, {hi}]"
-        )
-    return F.one_hot(y.long(), n_outputs).to(dtype) if loss == "mse" else y.long()
-
-# %% ../nbs/00_curvature.ipynb #b8970d7a
-def loss_hessian_product(
-    out: torch.Tensor,  # model outputs (n, C) where the loss Hessian is taken
-    U: torch.Tensor,  # output-space vectors (..., n, C)
-    loss: str,  # 'mse' or 'ce'
-):
-    "Per-sample ∇²_f ℓ · U in closed form: U for 'mse', (diag(p) − p pᵀ) U with p = softmax(out) for 'ce'."
-    if loss == "mse":
-        return U
-    p = out.softmax(-1)
-    return p * U - p * (p * U).sum(-1, keepdim=True)
+__all__ = ['METHODS', 'as_batches', 'params_to_vector', 'check_deterministic', 'CurvatureOperator', 'HessianOperator',
+           'GGNOperator', 'FunctionalHessianOperator']
 
 # %% ../nbs/00_curvature.ipynb #c3e96bd1
 def _refuse_nonfinite(pairs):  # (X, y) batches, in order
@@ -143,7 +82,7 @@ class _ModelParameters(TorchLinearOperator):
         return {n: q.detach() for n, q in self.model.named_parameters() if q.requires_grad}
 
     def parameters(self):
-        "The trainable parameters, in the order of the flat vector: what autograd differentiates and the optimizer updates."
+        "The trainable parameters, in flat-vector order: what autograd differentiates and the optimizer updates."
         return [q for q in self.model.parameters() if q.requires_grad]
 
     def _forward(self, params, X, copy=False):
@@ -397,3 +336,21 @@ class FunctionalHessianOperator(CurvatureOperator):
     def _batch_matmat(self, X, t, Vt):
         "H − G of the summed loss of batch (X, t) times each row of Vt: (b, p) -> (b, p)."
         return HessianOperator._batch_matmat(self, X, t, Vt) - GGNOperator._batch_matmat(self, X, t, Vt)
+
+# %% ../nbs/00_curvature.ipynb #6a2d9b41
+@patch
+def with_data(
+    self: CurvatureOperator,
+    data,  # an (X, y) pair or an iterable of (X, y) batches, such as a mini-batch (this rank's shard)
+    batch_size: int | None = None,  # split the data into chunks of at most this many samples
+):
+    "The same curvature (class, model, loss, method, ranks) on new `data`, without re-running the constructor's probes."
+    new = type(self).__new__(type(self))
+    new.__dict__.update(vars(self))  # shares the model and what was decided: method, output count, process group
+    batches = as_batches(data, batch_size, allow_empty=self.group is not None)
+    targets = [prepare_targets(y.to(self.device), self.loss, self.n_outputs, self.dtype) for _, y in batches]
+    new.batches = [(self._input(X), t) for (X, _), t in zip(batches, targets)]
+    new.n_local = sum(len(X) for X, _ in new.batches)
+    n = all_reduce_sum(torch.tensor(new.n_local, device=self.device), self.group)  # the global sample count
+    new.n, new.comm_seconds, new.n_reductions = int(n), 0.0, 0
+    return new

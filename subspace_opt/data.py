@@ -4,17 +4,17 @@
 
 # %% ../nbs/04_data.ipynb #5d7cdb2a
 from __future__ import annotations
-import gzip, inspect, os, pickle
+import gzip, inspect, os, pickle, platform
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['INSTALL_HINTS', 'DATA_MARKERS', 'CIFAR_GLOBALS', 'TASKS', 'default_device', 'check_device', 'TaskData', 'load_digits',
-           'data_places', 'find_data', 'data_available', 'read_idx', 'task_from_arrays', 'load_fashion_mnist',
-           'load_mnist', 'CifarUnpickler', 'read_cifar_batch', 'load_cifar10', 'gaussian_mixture', 'teacher_student',
-           'load_task']
+__all__ = ['INSTALL_HINTS', 'DATA_MARKERS', 'CIFAR_GLOBALS', 'TASKS', 'default_device', 'check_device', 'environment', 'TaskData',
+           'load_digits', 'data_places', 'find_data', 'data_available', 'read_idx', 'task_from_arrays',
+           'load_fashion_mnist', 'load_mnist', 'CifarUnpickler', 'read_cifar_batch', 'load_cifar10', 'gaussian_mixture',
+           'teacher_student', 'load_task']
 
 # %% ../nbs/04_data.ipynb #04441b7f
 def default_device() -> torch.device:
@@ -57,6 +57,22 @@ def check_device(
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise _user_error(f"`{name}` is {device!r}, but this machine has no MPS device; use cpu")
     return dev
+
+# %% ../nbs/04_data.ipynb #8f2550ac
+def environment(device) -> dict:  # the torch device the work runs on
+    "Versions and device name, recorded beside every result."
+    import numpy, scipy
+
+    dev = torch.device(device)
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "scipy": scipy.__version__,
+        "device": str(dev),
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.machine() + " CPU",
+        "threads": torch.get_num_threads(),
+    }
 
 # %% ../nbs/04_data.ipynb #92bbb0d7
 @dataclass

@@ -10,7 +10,7 @@ import pandas as pd
 
 # %% auto #0
 __all__ = ['RUN_COLUMNS', 'COSTS', 'MAX_EXACT_SEEDS', 'run_keys', 'time_to_target', 'rank_configs', 'sign_flip_pvalue',
-           'best_vs_best', 'describe']
+           'best_vs_best', 'describe', 'summarize']
 
 # %% ../nbs/06b_results.ipynb #0000000b
 RUN_COLUMNS = ("method", "seed", "step", "train_loss")  # the columns every results table has
@@ -254,3 +254,21 @@ def describe(comparison: pd.DataFrame):  # a `best_vs_best` table
         versus = f"ratio to {c.baseline} {r.ratio:.3g}, p={r.p_value:.2g} over {r.n_paired} seeds"
         lines.append(f"  {r[family]}" + (f" [{setting}]" if setting else "") + f": {spread}, {reached}; {versus}")
     return "\n".join(lines)
+
+# %% ../nbs/06b_results.ipynb #1f2a8822
+def summarize(
+    results: pd.DataFrame,  # an experiment's rows: `method, seed, step, train_loss, test_acc, diverged, train_seconds`
+    threshold: float,  # train-loss threshold for "steps to threshold"
+):
+    "One row per method, means over its seeds: final loss and accuracy, steps to `threshold`, divergence, ms per step."
+    reach = time_to_target(results, threshold, keys=[]).set_index(["method", "seed"]).step
+    runs = []
+    for (method, seed), r in results.sort_values("step", kind="stable").groupby(["method", "seed"], sort=False):
+        timed = r[r.train_seconds.notna() & (r.step > 0)] if "train_seconds" in r.columns else r.iloc[:0]
+        ms = 1e3 * timed.train_seconds.iloc[-1] / timed.step.iloc[-1] if len(timed) else math.nan
+        last = r.iloc[-1]
+        runs.append(
+            dict(method=method, final_train_loss=last.train_loss, final_test_acc=last.test_acc)
+            | dict(steps_to_threshold=reach[method, seed], diverged=bool(r.diverged.any()), ms_per_step=ms)
+        )
+    return pd.DataFrame(runs).groupby("method", sort=False).agg("mean").reset_index()

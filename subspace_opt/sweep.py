@@ -8,10 +8,10 @@ import copy, itertools, multiprocessing as mp
 from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
-from .data import default_device
+from .data import default_device, environment
 from .config import ConfigError, config_from_dict, read_config_file
 from .runfolder import SAFE_NAME, RunFolder
-from .train import check_run, environment, run_job, task_data, tracked_rank
+from .train import check_run, run_job, task_data, tracked_rank
 
 # %% auto #0
 __all__ = ['expand_grid', 'run_sweep', 'load_sweep']

@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_train.ipynb #d8e81051
 from __future__ import annotations
-import json, math, platform, time
+import json, math, time
 from dataclasses import asdict
 from pathlib import Path
 import pandas as pd
@@ -16,15 +16,15 @@ from .curvature import HessianOperator, all_reduce_sum, check_loss, loss_sum, pr
 from .curvature import resolve_group
 from .subspace import DominantSubspace, alignment
 from .optim import ProjectedOptimizer
-from .data import default_device
+from .data import default_device, environment
 from .distributed import barrier, local_loss_scale, rank, shard, world_size
 from .config import ExperimentConfig, MethodConfig, UserError, check_rank
 from .config import load_experiment_data, make_base_optimizer, make_model
 from .runfolder import RunFolder, all_ranks
 
 # %% auto #0
-__all__ = ['TIMING', 'evaluate', 'sgd_steps', 'build_run', 'measure', 'check_run', 'Run', 'run_one', 'environment',
-           'tracked_rank', 'run_experiment', 'task_data', 'run_job', 'summarize']
+__all__ = ['TIMING', 'evaluate', 'sgd_steps', 'build_run', 'measure', 'check_run', 'Run', 'run_one', 'tracked_rank',
+           'run_experiment', 'task_data', 'run_job']
 
 # %% ../nbs/06_train.ipynb #4fc2253f
 @torch.no_grad()
@@ -343,22 +343,6 @@ def run_one(
             run.finish(time.perf_counter() - t0, start)
         return folder.read_rows()
 
-# %% ../nbs/06_train.ipynb #8f2550ac
-def environment(device) -> dict:  # the torch device the work runs on
-    "Versions and device name, recorded beside every result."
-    import numpy, scipy
-
-    dev = torch.device(device)
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
-        "scipy": scipy.__version__,
-        "device": str(dev),
-        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.machine() + " CPU",
-        "threads": torch.get_num_threads(),
-    }
-
 # %% ../nbs/06_train.ipynb #bd174bd0
 def tracked_rank(
     cfg: ExperimentConfig,  # the experiment
@@ -405,26 +389,3 @@ def run_job(job: tuple):  # (ExperimentConfig, method index, seed, run folder)
     cfg, mi, seed, run_dir = job
     run_one(cfg, cfg.methods[mi], seed, run_dir, task_data(cfg), progress=False)
     return str(run_dir)
-
-# %% ../nbs/06_train.ipynb #e10b9bfd
-def summarize(
-    results: pd.DataFrame,  # rows of `run_experiment`
-    out_dir: str | Path,  # its folder (for the timings in runs/*/done.json)
-    threshold: float,  # train-loss threshold for "steps to threshold"
-):
-    "One row per method: final loss and accuracy, steps to `threshold`, divergences, seconds per step."
-    runs = []
-    for (method, seed), r in results.groupby(["method", "seed"], sort=False):
-        hit = r[r.train_loss <= threshold]
-        done = json.loads(RunFolder(out_dir).sub("runs", f"{method}-seed{seed}").file("done.json").read_text())
-        runs.append(
-            dict(
-                method=method,
-                final_train_loss=r.train_loss.iloc[-1],
-                final_test_acc=r.test_acc.iloc[-1],
-                steps_to_threshold=hit.step.iloc[0] if len(hit) else float("nan"),
-                diverged=bool(r.diverged.any()),
-                ms_per_step=1e3 * done["seconds_per_step"],
-            )
-        )
-    return pd.DataFrame(runs).groupby("method", sort=False).agg("mean").reset_index()

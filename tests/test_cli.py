@@ -172,7 +172,7 @@ def _bad_arguments(tmp):
     (tmp / "garbage" / "results.csv").write_text("a,b\n1,2\n")
     ok, file = str(tmp / "ok.json"), str(tmp / "file")
     return [
-        ([], "the following arguments are required: {demo,run,sweep,plot,spectrum}"),
+        ([], "the following arguments are required: {demo,run,sweep,plot,spectrum,compare}"),
         (["banana"], "invalid choice: 'banana'"),
         (["spectrum", "--k", "0"], "argument --k: must be an int >= 1, got '0'"),
         (["spectrum", "--k", "-3"], "argument --k: must be an int >= 1, got '-3'"),
@@ -252,7 +252,10 @@ def test_bad_input_through_the_console_script(tmp_path):
         (["spectrum", "--device", "cuda:7"], "subspace-opt spectrum: error: `--device` is 'cuda:7', but this machine"),
         (["run", str(tmp_path / "cfg.json")], "subspace-opt run: error: `config.hidden[0]` must be >= 1, got 0\n"),
         (["plot", str(tmp_path / "nowhere")], "subspace-opt plot: error: `run_dir` must be the folder of a run or"),
-        (["frobnicate"], "subspace-opt: error: argument {demo,run,sweep,plot,spectrum}: invalid choice: 'frobnicate'"),
+        (
+            ["frobnicate"],
+            "subspace-opt: error: argument {demo,run,sweep,plot,spectrum,compare}: invalid choice: 'frobnicate'",
+        ),
     ):
         p = subprocess.run([CLI, *argv], capture_output=True, text=True, timeout=300, cwd=tmp_path)
         assert p.returncode == 2 and p.stderr.startswith(expected) and p.stderr.count("\n") == 1, p.stderr

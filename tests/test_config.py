@@ -298,7 +298,7 @@ def test_the_recorded_experiment_configs_load_as_written():
 
 
 def test_the_demo_config_loads():
-    from subspace_opt.cli import DEMO
+    from subspace_opt.jobs import DEMO
 
     cfg = config_from_dict(DEMO)
     assert [m.name for m in cfg.methods] == ["sgd", "dom-sgd", "bulk-sgd", "damped-dominant-0.5"]
