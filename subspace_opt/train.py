@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from torch.nn.parallel import DistributedDataParallel
 from .curvature import HessianOperator, all_reduce_sum, check_loss, loss_sum, prepare_targets
 from .curvature import resolve_group
+from .sources import MinibatchSubspace
 from .subspace import DominantSubspace, alignment
 from .optim import ProjectedOptimizer
 from .data import default_device, environment
@@ -94,12 +95,14 @@ def build_run(
     model, m, s = make_model(cfg, data, seed), method, cfg.subspace
     base = make_base_optimizer(m, model.parameters())
     k = check_rank(cfg, sum(q.numel() for q in model.parameters()), data.n_classes)  # the tracked rank
-    track = lambda op, T: DominantSubspace(
-        op, k=k, refresh_every=T, n_eigs=s.n_eigs, tol=s.tol, seed=seed, cold_every=1 if s.solver == "cold" else None
-    )
+    kw = dict(k=k, n_eigs=s.n_eigs, tol=s.tol, seed=seed, cold_every=1 if s.solver == "cold" else None)
+    tracker = MinibatchSubspace if s.hessian_data == "minibatch" else DominantSubspace  # 'minibatch': see `Run.step`
     op = HessianOperator(model, cfg.loss, _hessian_data(cfg, data))
-    opt = ProjectedOptimizer(base, track(op, s.refresh_every), m.dom, m.bulk, m.mode, m.start_step, m.switch_threshold)
-    log_sub = track(HessianOperator(model, cfg.loss, shard(data.train)), 1)  # shard: this rank's part (or all)
+    sub = tracker(op, refresh_every=s.refresh_every, **kw)
+    opt = ProjectedOptimizer(base, sub, m.dom, m.bulk, m.mode, m.start_step, m.switch_threshold)
+    log_sub = DominantSubspace(
+        HessianOperator(model, cfg.loss, shard(data.train)), refresh_every=1, **kw
+    )  # shard: ours
     return model, opt, log_sub
 
 # %% ../nbs/06_train.ipynb #ba4ad772
@@ -279,7 +282,7 @@ def step(self: Run):
     idx = _next_batch(self.state, self.gen, len(X), self.cfg.batch_size)
     local = shard(idx)  # this rank's slice of the global mini-batch
     if self.cfg.subspace.hessian_data == "minibatch":
-        self.opt.subspace.op = HessianOperator(self.model, self.cfg.loss, (X[local], y[local]), check_determinism=False)
+        self.opt.subspace.set_batch(X[local], y[local])  # an operator on it is built only when a refresh is due
     self.opt.zero_grad()
     loss = _batch_loss(self.net(X[local]), y[local], self.cfg.loss, len(idx))
     if not _finite_everywhere(loss):
