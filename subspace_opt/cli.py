@@ -97,7 +97,7 @@ def _spectrum_args(sub, fmt):
     s.add_argument("--loss", default="mse", choices=ACCEPTED["loss"])
     s.add_argument("--train-steps", type=_int_in(0), default=300, help="SGD steps before measuring")
     s.add_argument("--lr", type=_positive_float, default=0.1, help="SGD learning rate")
-    s.add_argument("--solver", default="lanczos", choices=list(SOLVERS))
+    s.add_argument("--solver", default="block", choices=list(SOLVERS), help="block finds repeated eigenvalues")
     s.add_argument("--tol", type=_positive_float, default=1e-6, help="relative residual tolerance")
     s.add_argument("--seed", type=_int_in(0, 2**32 - 1), default=0)
     _common_args(s)

@@ -107,7 +107,7 @@ def spectrum(
     train_steps: int = 300,  # SGD steps before measuring
     lr: float = 0.1,  # SGD learning rate η
     batch_size: int = 50,  # SGD batch size
-    solver: str = "lanczos",  # one of `SOLVERS`
+    solver: str = "block",  # one of `SOLVERS` (block: repeated eigenvalues found with their multiplicity)
     tol: float = 1e-6,  # relative residual tolerance of the solver
     seed: int = 0,  # seed of the data split, initialisation and batch order
     device=None,  # torch device (default: `default_device()`)

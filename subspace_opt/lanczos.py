@@ -208,11 +208,18 @@ def _basis_size(k, p, max_iter):
     return int(m)
 
 # %% ../nbs/01_lanczos.ipynb #fb8e4491
-def _wanted_pairs(op, Q, theta, S, res, idx):
-    "The wanted Ritz pairs `idx` in descending order: values, vectors Q S, relative residuals, on the op's device."
+def _wanted_pairs(op, Q, theta, S, res, idx, tol=0.0):
+    "The wanted Ritz pairs `idx` in descending order: values, vectors Q S, relative residuals; warns on a likely tie."
     order = idx[torch.argsort(theta[idx], descending=True)]
-    U = Q @ S[:, order].to(op.dtype).to(op.device)
-    return theta[order].to(op.device), U, _rel(res[order], theta[order]).to(op.device)
+    vals, U = theta[order], Q @ S[:, order].to(op.dtype).to(op.device)
+    close = (vals[:-1] - vals[1:]).abs() <= max(math.sqrt(tol), 1e-12) * vals.abs().max()
+    if close.any():
+        i = int(close.nonzero()[0, 0])
+        warnings.warn(
+            f"lanczos: eigenvalues {i + 1} and {i + 2} agree ({vals[i]:.6g}): probably a repeated eigenvalue, whose "
+            "further copies a single start vector cannot see; use block_lanczos or DominantSubspace for its subspace"
+        )
+    return vals.to(op.device), U, _rel(res[order], vals).to(op.device)
 
 # %% ../nbs/01_lanczos.ipynb #68f6473c
 def lanczos(
@@ -231,8 +238,7 @@ def lanczos(
     max_restarts = _check_int(max_restarts, "max_restarts", 0)
     check_symmetric(op, seed)
     gen = torch.Generator(device=op.device).manual_seed(seed)
-    Q, T = _allocate(op, m, v0, gen)
-    start, n_mv = 0, 0
+    (Q, T), start, n_mv = _allocate(op, m, v0, gen), 0, 0
     for cycle in range(max_restarts + 1):
         for j, stop in _checkpoints(start, m, k, check_every):
             _expand(op, Q, T, j, stop, gen)
@@ -253,7 +259,8 @@ def lanczos(
             f"lanczos did not converge: largest relative residual {rel.max():.2e} > tol={tol:g} after "
             f"{max_restarts} restarts ({n_mv} products); raise `max_iter` or `max_restarts`, or loosen `tol`"
         )
-    return LanczosResult(*_wanted_pairs(op, Q[:, :stop], theta, S, res, idx), n_mv, bool((rel <= tol).all()), cycle)
+    pairs = _wanted_pairs(op, Q[:, :stop], theta, S, res, idx, tol)
+    return LanczosResult(*pairs, n_mv, bool((rel <= tol).all()), cycle)
 
 # %% ../nbs/01_lanczos.ipynb #556c9311
 def _orth_block(Q, W):

@@ -177,7 +177,7 @@ def _bad_arguments(tmp):
         (["spectrum", "--k", "0"], "argument --k: must be an int >= 1, got '0'"),
         (["spectrum", "--k", "-3"], "argument --k: must be an int >= 1, got '-3'"),
         (["spectrum", "--k", "ten"], "argument --k: must be an int >= 1, got 'ten'"),
-        (["spectrum", "--k", "100000", "--hidden", "8"], "`--k` must be in [1, 609] for solver lanczos (p = 610)"),
+        (["spectrum", "--k", "100000", "--hidden", "8"], "`--k` must be in [1, 203] for solver block (p = 610)"),
         (
             ["spectrum", "--k", "300", "--hidden", "8", "--solver", "block"],
             "`--k` must be in [1, 203] for solver block",
