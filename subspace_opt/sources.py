@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 import torch
 from .curvature import CurvatureOperator, GGNOperator, HessianOperator, as_batches
+from .krylov import _orth_against
 from .subspace import DominantSubspace
 
 # %% auto #0
@@ -213,18 +214,6 @@ def _check_source(
     if refresh_every is not None and bad:
         raise ValueError(f"`refresh_every` must be None or an int >= 1, got {refresh_every!r}")
 
-
-def _orthonormal(
-    B: torch.Tensor | None,  # (p, r) orthonormal columns, or None
-    W: torch.Tensor,  # (p, n) block
-):
-    "An orthonormal basis (p, n) of the part of `W` orthogonal to span(B): projection then QR, twice for accuracy."
-    for _ in range(2):
-        if B is not None:
-            W = W - B @ (B.T @ W)
-        W = torch.linalg.qr(W)[0]
-    return W
-
 # %% ../nbs/02a_sources.ipynb #db9a2c42
 class _BasisSource(_SourceState):
     "The interface of `DominantSubspace` around a basis made without curvature products."
@@ -301,7 +290,7 @@ class UpdatePCASubspace(_BasisSource):
         tol = max(D.shape) * torch.finfo(D.dtype).eps * (s[0].item() if len(s) else 0.0)
         r = min(self.k, int((s > tol).sum()))
         self.singular_values = s[: self.k]
-        return torch.cat([U[:, :r], _orthonormal(U[:, :r], self._random(self.k - r))], 1)
+        return torch.cat([U[:, :r], _orth_against(U[:, :r], self._random(self.k - r))], 1)
 
 # %% ../nbs/02a_sources.ipynb #1ff63f3b
 class RandomSubspace(_BasisSource):
@@ -318,4 +307,4 @@ class RandomSubspace(_BasisSource):
 
     def _new_basis(self):
         "The Q factor of a (p, k) standard normal matrix: a uniformly distributed k-dimensional subspace."
-        return _orthonormal(None, self._random(self.k))
+        return _orth_against(None, self._random(self.k))
