@@ -17,7 +17,7 @@ from .models import ACTIVATIONS, cnn, mlp
 # %% auto #0
 __all__ = ['MODELS', 'BASE_OPTIMIZERS', 'LOSS_FUNCTIONS', 'PRESETS', 'ACCEPTED', 'RANGES', 'NAME_PATTERN', 'MAX_CONFIG_BYTES',
            'UserError', 'ConfigError', 'MethodConfig', 'SubspaceConfig', 'ExperimentConfig', 'preset_arguments',
-           'make_model', 'make_base_optimizer', 'load_experiment_data', 'Interval', 'config_from_dict', 'check_rank',
+           'make_model', 'make_base_optimizer', 'load_experiment_data', 'Interval', 'config_from_dict',
            'read_config_file', 'load_config']
 
 # %% ../nbs/05b_config.ipynb #5c6f7209
@@ -56,6 +56,7 @@ class SubspaceConfig:
     n_eigs: int | None = None  # eigenvalues logged, >= k (default k)
     tol: float = 1e-2  # warm-refresh tolerance, > 0
     solver: str = "warm"  # 'warm': block refresh from the last basis; 'cold': a fresh Lanczos solve per refresh
+    source: str = "hessian"  # tracked 'hessian' or 'ggn'; 'update_pca' (last updates) or 'random': no products
 
 # %% ../nbs/05b_config.ipynb #791fadc7
 @dataclass
@@ -121,6 +122,7 @@ ACCEPTED = {  # key -> the names it accepts: the registries above, and the lists
     **dict(data=tuple(TASKS), model=tuple(MODELS), activation=tuple(ACTIVATIONS), loss=tuple(LOSS_FUNCTIONS)),
     **dict(base=tuple(BASE_OPTIMIZERS), mode=MODES, hessian_data=("full", "subsample", "minibatch")),
     **dict(solver=("warm", "cold"), refresh_every=("auto",), preset=tuple(PRESETS)),  # refresh_every: or a count T
+    **dict(source=("hessian", "ggn", "update_pca", "random")),
 }
 
 # %% ../nbs/05b_config.ipynb #1fc1bcbe
@@ -286,6 +288,8 @@ def _check_context(cfg: ExperimentConfig):
     s = cfg.subspace
     if s.k is not None and s.n_eigs is not None and s.n_eigs < s.k:
         raise ConfigError(f"`config.subspace.n_eigs` must be >= k={s.k} (the tracked eigenvalues), got {s.n_eigs}")
+    if s.refresh_every == "auto" and s.source in ("update_pca", "random"):
+        raise ConfigError(f"`config.subspace.refresh_every` auto needs a tracked source (hessian, ggn), not {s.source}")
     if cfg.device is not None:
         try:
             torch.device(cfg.device)
@@ -314,22 +318,6 @@ def config_from_dict(d: dict):  # plain data, e.g. parsed JSON or YAML
     _check_lists(cfg)
     _check_context(cfg)
     return cfg
-
-
-def check_rank(
-    cfg: ExperimentConfig,  # a checked configuration
-    p: int,  # the model's parameter count
-    n_classes: int | None = None,  # the task's classes: the rank when `cfg.subspace.k` is null
-):
-    "The rank k the runner tracks; a ConfigError naming `config.subspace.k` (or `n_eigs`) unless k <= n_eigs < p."
-    s = cfg.subspace
-    k = s.k or n_classes
-    if k is not None and not k < p:
-        given = f"{k}" if s.k else f"null (the number of classes, {k})"
-        raise ConfigError(f"`config.subspace.k` must be below p={p}, the model's parameter count; got {given}")
-    if s.n_eigs is not None and not (k or 1) <= s.n_eigs < p:
-        raise ConfigError(f"`config.subspace.n_eigs` must be in [k={k}, p={p}), p the parameter count; got {s.n_eigs}")
-    return k
 
 # %% ../nbs/05b_config.ipynb #08614de4
 MAX_CONFIG_BYTES = 1 << 20  # the largest configuration file read, in bytes (1 MiB)

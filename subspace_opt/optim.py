@@ -7,11 +7,13 @@ from __future__ import annotations
 import math
 import torch
 from fastcore.basics import patch
+from tqdm.auto import tqdm
+from .losses import check_loss, loss_sum, prepare_targets
 from .subspace import DominantSubspace, alignment, project
 
 # %% auto #0
 __all__ = ['MODES', 'ProjectedOptimizer', 'dom_sgd', 'bulk_sgd', 'interpolated_sgd', 'damped_dominant_sgd', 'bulk_amplified_sgd',
-           'dom_bulk_sgd']
+           'dom_bulk_sgd', 'sgd_steps']
 
 # %% ../nbs/03_optim.ipynb #7e08f5f6
 MODES = ("gradient", "update")
@@ -240,3 +242,35 @@ def leakage(
     fresh = DominantSubspace(self.subspace.op, k=self.subspace.k, cold_tol=tol)
     fresh.refresh()
     return alignment(fresh.basis, delta.to(fresh.basis.dtype))
+
+# %% ../nbs/03_optim.ipynb #df6076d2
+def sgd_steps(
+    model: torch.nn.Module,  # network to train, in place
+    loss: str,  # 'mse' or 'ce'
+    data,  # the training (X, y) pair
+    steps: int,  # number of SGD steps
+    lr: float = 0.1,  # learning rate η
+    batch_size: int = 50,  # samples per step
+    seed: int = 0,  # seed of the batch order
+    progress: bool = True,  # show a progress bar
+):
+    "Run `steps` steps of plain mini-batch SGD on the mean `loss`; return the list of mini-batch losses."
+    check_loss(loss)
+    if not lr > 0:
+        raise ValueError(f"`lr` must be > 0, got {lr!r}")
+    X, y = data
+    if not 1 <= batch_size <= len(X):
+        raise ValueError(f"`batch_size` must be in [1, {len(X)}], got {batch_size!r}")
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    gen, order, losses = torch.Generator().manual_seed(seed), [], []
+    for _ in tqdm(range(steps), desc="SGD", disable=not progress):
+        if len(order) < batch_size:
+            order = torch.randperm(len(X), generator=gen).tolist()
+        idx, order = order[:batch_size], order[batch_size:]
+        out = model(X[idx])
+        L = loss_sum(out, prepare_targets(y[idx], loss, out.shape[1], out.dtype), loss) / len(idx)
+        opt.zero_grad()
+        L.backward()
+        opt.step()
+        losses.append(L.item())
+    return losses

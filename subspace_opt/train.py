@@ -12,19 +12,19 @@ import torch
 from fastcore.basics import patch
 from tqdm.auto import tqdm
 from torch.nn.parallel import DistributedDataParallel
-from .curvature import HessianOperator, all_reduce_sum, check_loss, loss_sum, prepare_targets
+from .curvature import GGNOperator, HessianOperator, all_reduce_sum, check_loss, loss_sum, prepare_targets
 from .curvature import resolve_group
-from .sources import MinibatchSubspace
+from .sources import MinibatchSubspace, RandomSubspace, UpdatePCASubspace
 from .subspace import DominantSubspace, alignment
-from .optim import ProjectedOptimizer
+from .optim import ProjectedOptimizer, sgd_steps as sgd_steps  # sgd_steps: importable from here too
 from .data import default_device, environment
 from .distributed import barrier, local_loss_scale, rank, shard, world_size
-from .config import ExperimentConfig, MethodConfig, UserError, check_rank
+from .config import ConfigError, ExperimentConfig, MethodConfig, UserError
 from .config import load_experiment_data, make_base_optimizer, make_model
 from .runfolder import RunFolder, all_ranks
 
 # %% auto #0
-__all__ = ['TIMING', 'evaluate', 'sgd_steps', 'build_run', 'measure', 'check_run', 'Run', 'run_one', 'tracked_rank',
+__all__ = ['TIMING', 'evaluate', 'check_rank', 'build_run', 'measure', 'check_run', 'Run', 'run_one', 'tracked_rank',
            'run_experiment', 'task_data', 'run_job']
 
 # %% ../nbs/06_train.ipynb #4fc2253f
@@ -45,37 +45,21 @@ def evaluate(
         correct += (out.argmax(1) == y[i : i + chunk]).sum().item()
     return total / len(X), correct / len(X)
 
-# %% ../nbs/06_train.ipynb #df6076d2
-def sgd_steps(
-    model: torch.nn.Module,  # network to train, in place
-    loss: str,  # 'mse' or 'ce'
-    data,  # the training (X, y) pair
-    steps: int,  # number of SGD steps
-    lr: float = 0.1,  # learning rate η
-    batch_size: int = 50,  # samples per step
-    seed: int = 0,  # seed of the batch order
-    progress: bool = True,  # show a progress bar
+# %% ../nbs/06_train.ipynb #7015e4ce
+def check_rank(
+    cfg: ExperimentConfig,  # a checked configuration
+    p: int,  # the model's parameter count
+    n_classes: int | None = None,  # the task's classes: the rank when `cfg.subspace.k` is null
 ):
-    "Run `steps` steps of plain mini-batch SGD on the mean `loss`; return the list of mini-batch losses."
-    check_loss(loss)
-    if not lr > 0:
-        raise ValueError(f"`lr` must be > 0, got {lr!r}")
-    X, y = data
-    if not 1 <= batch_size <= len(X):
-        raise ValueError(f"`batch_size` must be in [1, {len(X)}], got {batch_size!r}")
-    opt = torch.optim.SGD(model.parameters(), lr=lr)
-    gen, order, losses = torch.Generator().manual_seed(seed), [], []
-    for _ in tqdm(range(steps), desc="SGD", disable=not progress):
-        if len(order) < batch_size:
-            order = torch.randperm(len(X), generator=gen).tolist()
-        idx, order = order[:batch_size], order[batch_size:]
-        out = model(X[idx])
-        L = loss_sum(out, prepare_targets(y[idx], loss, out.shape[1], out.dtype), loss) / len(idx)
-        opt.zero_grad()
-        L.backward()
-        opt.step()
-        losses.append(L.item())
-    return losses
+    "The rank k the runner tracks; a ConfigError naming `config.subspace.k` (or `n_eigs`) unless k <= n_eigs < p."
+    s = cfg.subspace
+    k = s.k or n_classes
+    if k is not None and not k < p:
+        given = f"{k}" if s.k else f"null (the number of classes, {k})"
+        raise ConfigError(f"`config.subspace.k` must be below p={p}, the model's parameter count; got {given}")
+    if s.n_eigs is not None and not (k or 1) <= s.n_eigs < p:
+        raise ConfigError(f"`config.subspace.n_eigs` must be in [k={k}, p={p}), p the parameter count; got {s.n_eigs}")
+    return k
 
 # %% ../nbs/06_train.ipynb #9bc3db05
 def _hessian_data(cfg: ExperimentConfig, data):
@@ -83,6 +67,16 @@ def _hessian_data(cfg: ExperimentConfig, data):
     s = cfg.subspace
     full = s.hessian_data != "subsample"
     return shard(data.train if full else (data.X_train[: s.n_hessian], data.y_train[: s.n_hessian]))
+
+
+def _subspace(s, op, kw):
+    "The optimizer's subspace by `source`: the tracked top-k eigenspace of `op`, or one made without its products."
+    if s.source == "update_pca":  # the top directions of the last max(20, k) updates
+        return UpdatePCASubspace(op, kw["k"], m=max(20, kw["k"]), refresh_every=s.refresh_every, seed=kw["seed"])
+    if s.source == "random":  # a random k-dimensional subspace, drawn anew every T steps
+        return RandomSubspace(op, kw["k"], seed=kw["seed"], refresh_every=s.refresh_every)
+    tracker = MinibatchSubspace if s.hessian_data == "minibatch" else DominantSubspace  # 'minibatch': see `Run.step`
+    return tracker(op, refresh_every=s.refresh_every, **kw)
 
 
 def build_run(
@@ -96,13 +90,10 @@ def build_run(
     base = make_base_optimizer(m, model.parameters())
     k = check_rank(cfg, sum(q.numel() for q in model.parameters()), data.n_classes)  # the tracked rank
     kw = dict(k=k, n_eigs=s.n_eigs, tol=s.tol, seed=seed, cold_every=1 if s.solver == "cold" else None)
-    tracker = MinibatchSubspace if s.hessian_data == "minibatch" else DominantSubspace  # 'minibatch': see `Run.step`
-    op = HessianOperator(model, cfg.loss, _hessian_data(cfg, data))
-    sub = tracker(op, refresh_every=s.refresh_every, **kw)
-    opt = ProjectedOptimizer(base, sub, m.dom, m.bulk, m.mode, m.start_step, m.switch_threshold)
-    log_sub = DominantSubspace(
-        HessianOperator(model, cfg.loss, shard(data.train)), refresh_every=1, **kw
-    )  # shard: ours
+    op = (GGNOperator if s.source == "ggn" else HessianOperator)(model, cfg.loss, _hessian_data(cfg, data))
+    opt = ProjectedOptimizer(base, _subspace(s, op, kw), m.dom, m.bulk, m.mode, m.start_step, m.switch_threshold)
+    log_op = HessianOperator(model, cfg.loss, shard(data.train))  # shard: this rank's part (all on one process)
+    log_sub = DominantSubspace(log_op, refresh_every=1, **kw)
     return model, opt, log_sub
 
 # %% ../nbs/06_train.ipynb #ba4ad772
@@ -191,10 +182,23 @@ def _batch_loss(out, y, loss: str, global_batch: int):
     return total / global_batch if world_size() == 1 else total * local_loss_scale(global_batch)
 
 
-def _finite_everywhere(loss):
-    "Whether the mini-batch loss is finite on every rank (one small all-reduce under torch.distributed)."
-    bad = (~torch.isfinite(loss.detach())).to(loss.dtype).reshape(1)
-    return all_reduce_sum(bad, resolve_group()).item() == 0
+def _batch_trouble(
+    loss,  # this rank's loss to back-propagate (`_batch_loss`)
+    cfg: ExperimentConfig,  # the experiment, for its `diverge_factor`
+    initial: float,  # the initial train loss (NaN: not known yet)
+):
+    "Why the mini-batch loss ends the run (non-finite on a rank, or a mean above diverge_factor × initial), or ''."
+    mine = loss.detach().reshape(1)
+    bad = ~torch.isfinite(mine)
+    total = all_reduce_sum(torch.cat([bad.to(mine.dtype), torch.where(bad, 0.0, mine)]), resolve_group())
+    if total[0].item() > 0:
+        return "non-finite mini-batch loss"
+    mean = total[1].item() / world_size()  # under DDP the ranks' shares add up to world_size × the mean
+    return (
+        f"mini-batch loss above {cfg.diverge_factor:g}x the initial train loss"
+        if mean > cfg.diverge_factor * initial
+        else ""
+    )
 
 # %% ../nbs/06_train.ipynb #a938d125
 TIMING = ("train_seconds",)  # the row's columns that time the run: a resumed run's differ from an uninterrupted one's
@@ -277,7 +281,7 @@ def _now(model):
 
 @patch
 def step(self: Run):
-    "One optimizer step on the next mini-batch (this rank's slice); False, with a row saying why, on a non-finite loss."
+    "One optimizer step on the next mini-batch (this rank's slice); False, with a row saying why, if its loss blew up."
     t0, (X, y) = _now(self.model), self.data.train
     idx = _next_batch(self.state, self.gen, len(X), self.cfg.batch_size)
     local = shard(idx)  # this rank's slice of the global mini-batch
@@ -285,8 +289,8 @@ def step(self: Run):
         self.opt.subspace.set_batch(X[local], y[local])  # an operator on it is built only when a refresh is due
     self.opt.zero_grad()
     loss = _batch_loss(self.net(X[local]), y[local], self.cfg.loss, len(idx))
-    if not _finite_everywhere(loss):
-        self.reason = "non-finite mini-batch loss"
+    self.reason = _batch_trouble(loss, self.cfg, self.state["initial"])  # before any refresh on a blown-up model
+    if self.reason:
         self.folder.append_row({**self.tag, "step": self.state["step"] + 1, "diverged": True, "reason": self.reason})
         return False
     loss.backward()
@@ -354,7 +358,7 @@ def tracked_rank(
     "The rank k that the runs of `cfg` track, checked below its model's parameter count p (else a `ConfigError`)."
     return check_rank(cfg, sum(q.numel() for q in make_model(cfg, data, cfg.seeds[0]).parameters()), data.n_classes)
 
-
+# %% ../nbs/06_train.ipynb #05fc85a3
 def run_experiment(
     cfg: ExperimentConfig,  # the experiment
     out_dir: str | Path,  # its folder: rows, checkpoints and summaries

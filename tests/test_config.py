@@ -24,7 +24,6 @@ from subspace_opt.config import (
     MethodConfig,
     SubspaceConfig,
     UserError,
-    check_rank,
     config_from_dict,
     load_config,
     load_experiment_data,
@@ -33,6 +32,7 @@ from subspace_opt.config import (
     preset_arguments,
     read_config_file,
 )
+from subspace_opt.train import check_rank
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "nbs" / "experiments" / "runs"
