@@ -148,6 +148,25 @@ def test_docs_cover_every_public_name():
 
 
 @needs_site
+def test_no_page_shows_a_traceback():
+    """No page shows a Python traceback: the build executes a notebook's import cells for `show_doc`, and an error it
+    caught there must not replace the outputs the notebook saved. Notebooks show expected errors as printed text."""
+    shown = {p: t[:200] for p in site_pages() if (t := _traceback((SITE / p).read_text()))}
+    assert not shown, f"pages showing a traceback: {shown}"
+
+
+def _traceback(page):
+    text = re.sub(r"<[^>]+>", " ", page)
+    m = re.search(r"Traceback\s+\(\s*most\s+recent\s+call\s+last\s*\)", text)
+    return text[m.start() :] if m else ""
+
+
+def test_the_traceback_check_catches_one():
+    assert _traceback('<pre><span class="ansi">Traceback</span> (most recent call last):\n  File "x"</pre>')
+    assert not _traceback("<p>the run ends with a one-line error, never a traceback</p>")
+
+
+@needs_site
 def test_source_links_sit_beside_their_headings():
     "Every API entry's source link follows its heading (styled `api-source`), never a paragraph of its own above it."
     stray = {

@@ -77,6 +77,7 @@ def nbdev_process(src, dst):
 
     class TolerantExecShowDocs(P.exec_show_docs):
         def __call__(self, cell):
+            saved = list(cell.get("outputs", []))
             try:
                 super().__call__(cell)
             except Exception:
@@ -89,6 +90,7 @@ def nbdev_process(src, dst):
                     f"show_doc pass: {self.k.exc!r}; its saved outputs are shown"
                 )
                 self.k.exc = None
+                cell["outputs"] = saved  # the error this pass caught is not the page's: the saved outputs are
 
     class Procs(P.FilterDefaults):
         def base_procs(self):
