@@ -78,6 +78,7 @@ class ExperimentConfig:
     log_every: int = 10  # measure every N >= 1 steps
     checkpoint_every: int = 100  # checkpoint every N >= 1 steps
     snapshot_every: int | None = None  # also keep the weights every N >= 1 steps (and at 0) in snapshots/
+    log_curvature: bool = True  # logged rows measure λ, χ and leakage (an eigensolve each); False: loss only
     diverge_factor: float = 10.0  # a train loss above this multiple (> 1) of the initial one is divergence
     device: str | None = None  # torch device (default: CUDA when present)
 

@@ -16,6 +16,7 @@ from .curvature import GGNOperator, HessianOperator, all_reduce_sum, check_loss,
 from .curvature import resolve_group
 from .sources import MinibatchSubspace, RandomSubspace, UpdatePCASubspace
 from .subspace import DominantSubspace, alignment
+from .leakage import LEAK_COLUMNS, after_step, before_step, step_diagnostics
 from .optim import ProjectedOptimizer, sgd_steps as sgd_steps  # sgd_steps: importable from here too
 from .data import default_device, environment
 from .distributed import barrier, local_loss_scale, rank, shard, world_size
@@ -104,18 +105,6 @@ def _diverged(cfg, row, initial):
     blown = row["train_loss"] > cfg.diverge_factor * initial
     return f"train loss above {cfg.diverge_factor:g}x its initial value" if blown else ""
 
-
-def _step_diagnostics(opt, log_sub):
-    "The optimizer's χ and effective learning rates of its last step, the update's leakage and the tracker's drift."
-    diag = opt.last if opt.switch_step is not None else {}
-    names = ("chi_grad", "chi_update", "eff_lr_dom", "eff_lr_bulk")
-    row = {k: float(diag[k]) if k in diag else float("nan") for k in names}
-    upd = opt.last_update if diag else None
-    row["leakage"] = float("nan") if upd is None else alignment(log_sub.basis, upd.to(log_sub.basis.dtype)).item()
-    row["drift"] = opt.subspace.info.get("drift") if diag else float("nan")
-    row["drift"] = float("nan") if row["drift"] is None else row["drift"]
-    return row
-
 # %% ../nbs/06_train.ipynb #65ec0925
 def measure(
     cfg,  # the experiment
@@ -134,11 +123,13 @@ def measure(
     row.update(eta_dom=opt.dom * lr, eta_bulk=opt.bulk * lr, hvps=opt.subspace.n_matvecs)  # the step sizes a·η, b·η
     if initial is not None and _diverged(cfg, row, initial):  # no eigensolve on a blown-up model: it may not converge
         return row
+    if not cfg.log_curvature:  # the losses and costs only
+        return {**row, **step_diagnostics(opt)}
     log_sub.refresh()
     lam = log_sub.eigenvalues.tolist()
     row.update({f"lambda_{i + 1}": v for i, v in enumerate(lam)})
     row.update(lr_x_lambda1=lr * lam[0], chi_full_grad=alignment(log_sub.basis, log_sub.op.gradient()).item())
-    return {**row, **_step_diagnostics(opt, log_sub)}
+    return {**row, **dict.fromkeys(LEAK_COLUMNS, math.nan), **step_diagnostics(opt, log_sub)}  # leak: `Run.step`
 
 # %% ../nbs/06_train.ipynb #670ba0ad
 def _run_spec(cfg: ExperimentConfig, method: MethodConfig, seed: int):
@@ -220,6 +211,7 @@ class Run:
         self.net, self.gen = _ddp(self.model), torch.Generator().manual_seed(seed)
         self.tag = dict(experiment=cfg.name, method=method.name, seed=seed)
         self.state, self.reason = dict(step=0, order=[], initial=float("nan"), train_seconds=0.0), ""
+        self.leak = {}  # the leakage of the last step, when it was measured (`step`)
 
     @property
     def over(self):
@@ -282,6 +274,8 @@ def _now(model):
 @patch
 def step(self: Run):
     "One optimizer step on the next mini-batch (this rank's slice); False, with a row saying why, if its loss blew up."
+    s, cfg = self.state["step"] + 1, self.cfg
+    pre = before_step(self.log_sub) if cfg.log_curvature and (s % cfg.log_every == 0 or s == cfg.steps) else None
     t0, (X, y) = _now(self.model), self.data.train
     idx = _next_batch(self.state, self.gen, len(X), self.cfg.batch_size)
     local = shard(idx)  # this rank's slice of the global mini-batch
@@ -297,6 +291,7 @@ def step(self: Run):
     self.opt.step()  # with the tracker's refresh when one is due
     self.state["step"] += 1
     self.state["train_seconds"] += _now(self.model) - t0  # steps and refreshes only: no logging, no evaluation
+    self.leak = after_step(pre, self.log_sub.op) if pre else {}  # a logged step's leakage, from its starting point
     return True
 
 # %% ../nbs/06_train.ipynb #5aebb101
@@ -308,7 +303,7 @@ def measure(self: Run):
     if step % cfg.log_every == 0 or step == cfg.steps:
         row = measure(cfg, self.model, self.opt, self.log_sub, self.data, step, self.state["initial"])  # the function
         self.reason = _diverged(cfg, row, self.state["initial"])
-        self.folder.append_row(self._row(row))
+        self.folder.append_row(self._row(row if self.reason else {**row, **self.leak}))
     if step % cfg.checkpoint_every == 0 and not self.reason:
         states = dict(model=self.model.state_dict(), opt=self.opt.state_dict(), log_sub=self.log_sub.state_dict())
         self.folder.save_checkpoint(dict(**states, gen=self.gen.get_state(), state=self.state), step)
