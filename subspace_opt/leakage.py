@@ -75,7 +75,7 @@ def before_step(tracker):  # a `DominantSubspace` on the curvature to measure ag
     U = tracker.basis
     return PreStep(U.clone(), tracker.eigenvalues[: U.shape[1]].clone(), _flat(tracker.op), tracker.op.gradient())
 
-
+# %% ../nbs/03a_leakage.ipynb #2bc1876d
 def step_leakage(
     pre: PreStep,  # the starting point, from `before_step`
     delta: torch.Tensor,  # the step (p,) taken from it

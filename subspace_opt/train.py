@@ -210,8 +210,7 @@ class Run:
         self.model, self.opt, self.log_sub = build_run(cfg, method, seed, data)
         self.net, self.gen = _ddp(self.model), torch.Generator().manual_seed(seed)
         self.tag = dict(experiment=cfg.name, method=method.name, seed=seed)
-        self.state, self.reason = dict(step=0, order=[], initial=float("nan"), train_seconds=0.0), ""
-        self.leak = {}  # the leakage of the last step, when it was measured (`step`)
+        self.state, self.reason, self.leak = dict(step=0, order=[], initial=float("nan"), train_seconds=0.0), "", {}
 
     @property
     def over(self):
