@@ -89,12 +89,14 @@ def build_run(
     "The model, the wrapped optimizer and the logging tracker of one run."
     model, m, s = make_model(cfg, data, seed), method, cfg.subspace
     base = make_base_optimizer(m, model.parameters())
-    k = check_rank(cfg, sum(q.numel() for q in model.parameters()), data.n_classes)  # the tracked rank
+    n_params = sum(q.numel() for q in model.parameters())
+    k = check_rank(cfg, n_params, data.n_classes)  # the tracked rank
     kw = dict(k=k, n_eigs=s.n_eigs, tol=s.tol, seed=seed, cold_every=1 if s.solver == "cold" else None)
     op = (GGNOperator if s.source == "ggn" else HessianOperator)(model, cfg.loss, _hessian_data(cfg, data))
     opt = ProjectedOptimizer(base, _subspace(s, op, kw), m.dom, m.bulk, m.mode, m.start_step, m.switch_threshold)
     log_op = HessianOperator(model, cfg.loss, shard(data.train))  # shard: this rank's part (all on one process)
-    log_sub = DominantSubspace(log_op, refresh_every=1, **kw)
+    n_log = max(s.n_eigs or k, k + 1)  # the logging tracker measures λ_{k+1} too: the curvature a Bulk step meets
+    log_sub = DominantSubspace(log_op, refresh_every=1, **{**kw, "n_eigs": n_log if n_log < n_params else s.n_eigs})
     return model, opt, log_sub
 
 # %% ../nbs/06_train.ipynb #ba4ad772
@@ -128,7 +130,9 @@ def measure(
     log_sub.refresh()
     lam = log_sub.eigenvalues.tolist()
     row.update({f"lambda_{i + 1}": v for i, v in enumerate(lam)})
-    row.update(lr_x_lambda1=lr * lam[0], chi_full_grad=alignment(log_sub.basis, log_sub.op.gradient()).item())
+    bulk = opt.bulk * lr * lam[log_sub.k] if len(lam) > log_sub.k else math.nan  # b·η·λ_{k+1}
+    row.update(lr_x_lambda1=lr * lam[0], lr_x_lambda_bulk=bulk)
+    row.update(chi_full_grad=alignment(log_sub.basis, log_sub.op.gradient()).item())
     return {**row, **dict.fromkeys(LEAK_COLUMNS, math.nan), **step_diagnostics(opt, log_sub)}  # leak: `Run.step`
 
 # %% ../nbs/06_train.ipynb #670ba0ad
