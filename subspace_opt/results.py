@@ -10,7 +10,7 @@ import pandas as pd
 
 # %% auto #0
 __all__ = ['RUN_COLUMNS', 'COSTS', 'MAX_EXACT_SEEDS', 'run_keys', 'time_to_target', 'rank_configs', 'sign_flip_pvalue',
-           'best_vs_best', 'describe', 'summarize']
+           'best_vs_best', 'describe', 'summarize', 'stability_numbers']
 
 # %% ../nbs/06b_results.ipynb #0000000b
 RUN_COLUMNS = ("method", "seed", "step", "train_loss")  # the columns every results table has
@@ -272,3 +272,27 @@ def summarize(
             | dict(steps_to_threshold=reach[method, seed], diverged=bool(r.diverged.any()), ms_per_step=ms)
         )
     return pd.DataFrame(runs).groupby("method", sort=False).agg("mean").reset_index()
+
+# %% ../nbs/06b_results.ipynb #8bdc06f9
+def stability_numbers(
+    results: pd.DataFrame,  # rows of runs logged with curvature: `diverged`, `lr_x_lambda_bulk`, `sharp_step`
+    threshold: float = 2.0,  # the limit of η λ on a quadratic
+    keys=None,  # further columns that tell runs apart, beyond `method`, `seed` and the dotted grid columns
+):
+    "Per run: diverged (and the step), the largest b·η·λ_{k+1} and sharp step before that, and whether one crossed."
+    if not (isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and threshold > 0):
+        raise ValueError(f"`threshold` must be a number > 0, got {threshold!r}")
+    r, keys = _numbered(results, keys)
+    need = [c for c in ("diverged", "lr_x_lambda_bulk", "sharp_step") if c not in r.columns]
+    if need:
+        raise ValueError(f"`results` lacks the columns {need}: rows of runs logged with `log_curvature`")
+    over = r["diverged"].eq(True).groupby(r._run).cummax()  # a run ends at its first diverged row
+    alive = r[~over].groupby("_run")
+    out = r.drop_duplicates("_run").set_index("_run")[keys]
+    out["diverged"] = over.groupby(r._run).any()
+    out["diverged_at"] = r[over].groupby("_run").step.min()
+    out["max_bulk_number"] = alive.lr_x_lambda_bulk.max()
+    out["max_sharp_step"] = alive.sharp_step.max()
+    out["leakage"] = alive.leakage.median() if "leakage" in r.columns else np.nan
+    out["predicted"] = np.fmax(out.max_bulk_number, out.max_sharp_step) > threshold
+    return out.reset_index(drop=True)
