@@ -291,6 +291,7 @@ def stability_numbers(
     out = r.drop_duplicates("_run").set_index("_run")[keys]
     out["diverged"] = over.groupby(r._run).any()
     out["diverged_at"] = r[over].groupby("_run").step.min()
+    out["n_logged"] = alive.size()  # rows before the divergence, step 0 included
     out["max_bulk_number"] = alive.lr_x_lambda_bulk.max()
     out["max_sharp_step"] = alive.sharp_step.max()
     out["leakage"] = alive.leakage.median() if "leakage" in r.columns else np.nan
