@@ -11,7 +11,8 @@ from fastcore.basics import patch
 from torch.func import functional_call, grad, jvp, vjp, vmap
 from .losses import LOSSES as LOSSES, check_loss, loss_hessian_product, loss_sum, prepare_targets
 from .operators import LinearCombinationOperator as LinearCombinationOperator, grad_rows
-from .operators import TorchLinearOperator, all_reduce_sum, check_agree, gather_meta, resolve_group
+from .operators import TorchLinearOperator
+from .distributed import all_reduce_sum, check_agree, gather_meta, resolve_group
 
 # %% auto #0
 __all__ = ['METHODS', 'as_batches', 'params_to_vector', 'check_deterministic', 'CurvatureOperator', 'HessianOperator',

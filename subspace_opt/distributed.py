@@ -11,8 +11,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 # %% auto #0
-__all__ = ['default_backend', 'rank', 'world_size', 'barrier', 'init_from_env', 'gloo_threads', 'shutdown', 'finish',
-           'shard_bounds', 'shard', 'local_loss_scale', 'free_port', 'run_processes']
+__all__ = ['default_backend', 'rank', 'world_size', 'barrier', 'init_from_env', 'resolve_group', 'all_reduce_sum', 'gather_meta',
+           'check_agree', 'gloo_threads', 'shutdown', 'finish', 'shard_bounds', 'shard', 'local_loss_scale',
+           'free_port', 'run_processes']
 
 # %% ../nbs/05a_distributed.ipynb #589342da
 def default_backend():
@@ -52,6 +53,62 @@ def init_from_env(backend: str | None = None):  # 'gloo', 'nccl' or None for `de
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     dist.init_process_group(backend, init_method="env://")
     return True
+
+# %% ../nbs/05a_distributed.ipynb #6610d9aa
+def resolve_group(
+    process_group=None,  # None: the default group if torch.distributed is initialised; a ProcessGroup; False: local
+):
+    "The process group whose ranks share an operator's data, or None for a single-process operator."
+    if process_group is False:
+        return None
+    ready = dist.is_available() and dist.is_initialized()
+    if process_group is None:
+        return dist.group.WORLD if ready else None
+    if not ready:
+        raise RuntimeError(
+            "`process_group` was given but torch.distributed is not initialised: call "
+            "torch.distributed.init_process_group (or subspace_opt.distributed.init_from_env) first"
+        )
+    return process_group
+
+
+def all_reduce_sum(
+    t: torch.Tensor,  # tensor to sum in place over the ranks
+    group=None,  # a process group from `resolve_group` (None: leave `t` as it is)
+):
+    "Sum `t` in place over the ranks of `group` with one all-reduce, and return it."
+    if group is not None:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
+    return t
+
+
+def gather_meta(
+    group,  # a process group (or None)
+    **meta,  # picklable facts about this rank
+):
+    "The `meta` dicts of every rank of `group`, in rank order (one `all_gather_object`); `[meta]` without a group."
+    if group is None:
+        return [meta]
+    out = [None] * dist.get_world_size(group)
+    dist.all_gather_object(out, meta, group=group)
+    return out
+
+# %% ../nbs/05a_distributed.ipynb #8a738108
+def check_agree(
+    metas: list,  # `gather_meta` output, one dict per rank
+    key: str,  # the fact that must be equal on every rank
+    what: str,  # how to name it in the message
+    ranks: list | None = None,  # the ranks of `metas` (default 0, 1, ...)
+):
+    "Raise a `ValueError` listing each rank's value unless all ranks agree on `metas[r][key]`; return the value."
+    vals, ranks = [m[key] for m in metas], ranks or list(range(len(metas)))
+    if any(v != vals[0] for v in vals):
+        raise ValueError(
+            f"ranks disagree on {what} ("
+            + ", ".join(f"rank {r}: {v}" for r, v in zip(ranks, vals))
+            + "): build the operator on every rank from the same model, dtype and device type"
+        )
+    return vals[0]
 
 # %% ../nbs/05a_distributed.ipynb #6c3d30d7
 def gloo_threads() -> list[str]:
