@@ -245,7 +245,7 @@ def describe(comparison: pd.DataFrame):  # a `best_vs_best` table
     cols = list(comparison.columns)
     family, config = cols[0], cols[1 : cols.index("target")]
     c = comparison.iloc[0]
-    fmt = lambda v: "never" if np.isinf(v) else f"{v:g}"  # noqa: E731
+    fmt = lambda v: "never" if np.isinf(v) else f"{v:.0f}" if float(v).is_integer() else f"{v:.3g}"  # noqa: E731
     lines = [f"train loss {c.target:g}, in {c.metric}, best configuration of each {family} vs {c.baseline}:"]
     for _, r in comparison.iterrows():
         setting = ", ".join(f"{k}={r[k]}" for k in config)

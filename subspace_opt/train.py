@@ -288,7 +288,10 @@ def step(self: Run):
     loss = _batch_loss(self.net(X[local]), y[local], self.cfg.loss, len(idx))
     self.reason = _batch_trouble(loss, self.cfg, self.state["initial"])  # before any refresh on a blown-up model
     if self.reason:
-        self.folder.append_row({**self.tag, "step": self.state["step"] + 1, "diverged": True, "reason": self.reason})
+        lr = self.opt.param_groups[0]["lr"]  # the row names its learning rate, as every row does
+        self.folder.append_row(
+            {**self.tag, "step": self.state["step"] + 1, "lr": lr, "diverged": True, "reason": self.reason}
+        )
         return False
     loss.backward()
     self.opt.step()  # with the tracker's refresh when one is due
