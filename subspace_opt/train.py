@@ -277,22 +277,21 @@ def _now(model):
 @patch
 def step(self: Run):
     "One optimizer step on the next mini-batch (this rank's slice); False, with a row saying why, if its loss blew up."
-    s, cfg = self.state["step"] + 1, self.cfg
-    pre = before_step(self.log_sub) if cfg.log_curvature and (s % cfg.log_every == 0 or s == cfg.steps) else None
-    t0, (X, y) = _now(self.model), self.data.train
-    idx = _next_batch(self.state, self.gen, len(X), self.cfg.batch_size)
+    cfg, t0, (X, y) = self.cfg, _now(self.model), self.data.train
+    idx = _next_batch(self.state, self.gen, len(X), cfg.batch_size)
     local = shard(idx)  # this rank's slice of the global mini-batch
-    if self.cfg.subspace.hessian_data == "minibatch":
+    if cfg.subspace.hessian_data == "minibatch":
         self.opt.subspace.set_batch(X[local], y[local])  # an operator on it is built only when a refresh is due
     self.opt.zero_grad()
-    loss = _batch_loss(self.net(X[local]), y[local], self.cfg.loss, len(idx))
-    self.reason = _batch_trouble(loss, self.cfg, self.state["initial"])  # before any refresh on a blown-up model
+    loss = _batch_loss(self.net(X[local]), y[local], cfg.loss, len(idx))
+    self.reason = _batch_trouble(loss, cfg, self.state["initial"])  # before any refresh on a blown-up model
+    s, lr = self.state["step"] + 1, self.opt.param_groups[0]["lr"]  # every row names its learning rate
     if self.reason:
-        lr = self.opt.param_groups[0]["lr"]  # the row names its learning rate, as every row does
-        self.folder.append_row(
-            {**self.tag, "step": self.state["step"] + 1, "lr": lr, "diverged": True, "reason": self.reason}
-        )
+        self.folder.append_row({**self.tag, "step": s, "lr": lr, "diverged": True, "reason": self.reason})
         return False
+    t1 = _now(self.model)  # the logging tracker's refresh at a logged step's starting point is logging: not timed
+    pre = before_step(self.log_sub) if cfg.log_curvature and (s % cfg.log_every == 0 or s == cfg.steps) else None
+    t0 += _now(self.model) - t1
     loss.backward()
     self.opt.step()  # with the tracker's refresh when one is due
     self.state["step"] += 1
