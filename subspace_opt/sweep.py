@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy, itertools, multiprocessing as mp
 from pathlib import Path
 import pandas as pd
+import torch
 from tqdm.auto import tqdm
 from .data import default_device, environment
 from .config import ConfigError, config_from_dict, read_config_file
@@ -14,7 +15,7 @@ from .runfolder import SAFE_NAME, RunFolder
 from .train import check_run, run_job, task_data, tracked_rank
 
 # %% auto #0
-__all__ = ['expand_grid', 'run_sweep', 'load_sweep']
+__all__ = ['expand_grid', 'threads_per_worker', 'run_sweep', 'load_sweep']
 
 # %% ../nbs/06a_sweep.ipynb #df132417
 def _set(d: dict, key: str, value):
@@ -73,10 +74,16 @@ def _jobs(points, out: RunFolder):
     return jobs
 
 
+def threads_per_worker(workers: int):  # worker processes that share this process's cores
+    "This process's torch threads shared among `workers` processes, at least 1 each (more would oversubscribe the cores)."
+    return max(1, torch.get_num_threads() // workers)
+
+
 def _run_jobs(jobs: list, workers: int, progress: bool):
-    "Run `jobs` with `run_job`: in `workers` forkserver processes, or in this one."
+    "Run `jobs` with `run_job`: in `workers` forkserver processes (their share of the threads each), or in this one."
     if workers > 1:
-        with mp.get_context("forkserver").Pool(workers) as pool:
+        share = dict(initializer=torch.set_num_threads, initargs=(threads_per_worker(workers),))
+        with mp.get_context("forkserver").Pool(workers, **share) as pool:
             list(tqdm(pool.imap_unordered(run_job, jobs), total=len(jobs), desc="sweep", disable=not progress))
     else:
         [run_job(j) for j in tqdm(jobs, desc="sweep", disable=not progress)]
