@@ -75,7 +75,7 @@ def _jobs(points, out: RunFolder):
 
 
 def threads_per_worker(workers: int):  # worker processes that share this process's cores
-    "This process's torch threads shared among `workers` processes, at least 1 each (more would oversubscribe the cores)."
+    "This process's torch threads shared among `workers` processes, at least 1 each: more would oversubscribe."
     return max(1, torch.get_num_threads() // workers)
 
 
