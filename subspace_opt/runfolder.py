@@ -4,7 +4,7 @@
 
 # %% ../nbs/05c_runfolder.ipynb #10b970b5
 from __future__ import annotations
-import csv, fcntl, hashlib, io, json, os, re, tempfile, warnings
+import fcntl, hashlib, json, os, re, tempfile, warnings
 from pathlib import Path
 import pandas as pd
 import torch
@@ -12,6 +12,7 @@ import torch.distributed as dist
 from fastcore.basics import patch
 from .config import ConfigError, UserError
 from .distributed import rank, world_size
+from .rows import csv_header, row_line, rows_upto
 
 # %% auto #0
 __all__ = ['SAFE_NAME', 'LAYOUT', 'LOCK', 'safe_name', 'atomic_write', 'all_ranks', 'RunFolder', 'run_identity']
@@ -252,12 +253,15 @@ def append_row(self: RunFolder, row: dict):  # column -> value
     "Append one row to rows.csv as one complete line under its header (the first row writes the header)."
     if rank():
         return
-    if not self.rows.exists() or not self.rows.stat().st_size:
+    header = csv_header(self.rows)
+    if not header:
         return self.write_csv("rows.csv", pd.DataFrame([row]))
-    with open(self.rows) as f:
-        header = next(csv.reader([f.readline()]))
+    try:
+        line = row_line(row, header)
+    except ValueError as e:
+        raise UserError(f"{self.rows} cannot hold this run's rows ({e}): delete {self.path} to run it again") from None
     with open(self.rows, "a") as f:
-        f.write(pd.DataFrame([row]).reindex(columns=header).to_csv(index=False, header=False))
+        f.write(line)
         f.flush()
 
 
@@ -271,31 +275,6 @@ def read_rows(self: RunFolder):
             f"{self.rows} cannot be read ({type(e).__name__}): delete {self.path} to run it again"
         ) from None
 
-# %% ../nbs/05c_runfolder.ipynb #75718622
-def _steps(header: list, records: list):
-    "The step of every record, or None when the rows cannot be read."
-    try:
-        col = header.index("step")
-        return [int(float(r[col])) for r in records]
-    except (ValueError, IndexError):
-        return None
-
-
-def _few(steps: list):
-    "A short list of steps: '5, 10, 15 and 7 more'."
-    more = f" and {len(steps) - 5} more" if len(steps) > 5 else ""
-    return ", ".join(map(str, steps[:5])) + more
-
-
-def _mismatch(got: list | None, logged: list):
-    "What is wrong with the steps `got` where `logged` were expected."
-    if got is None:
-        return "its lines cannot be read"
-    missing = sorted(set(logged) - set(got))
-    if missing:
-        return f"the rows of steps {_few(missing)} are missing"
-    return f"it holds steps {_few([s for i, s in enumerate(got) if s not in logged or s in got[:i]])} more than once"
-
 # %% ../nbs/05c_runfolder.ipynb #ffce59cd
 @patch
 def keep_rows(
@@ -307,21 +286,15 @@ def keep_rows(
     "Cut rows.csv back to its rows up to `step`, checking they are the rows of the `logged` steps; rewritten whole."
     if rank():
         return
-    text = self.rows.read_text() if self.rows.exists() else ""
-    whole = text[: text.rfind("\n") + 1]  # without a last line cut off mid-way
-    records = list(csv.reader(io.StringIO(whole)))
-    header, records = (records[0], records[1:]) if records else ([], [])
-    steps = _steps(header, records) if header else []  # an empty or missing file holds no rows
-    got = None if steps is None else [s for s in steps if s <= step]
-    if got != logged:
+    try:
+        text = rows_upto(self.rows.read_text() if self.rows.exists() else "", step, logged)
+    except ValueError as e:
         raise UserError(
-            f"{self.rows} does not match {self.checkpoint.name} (step {step}): {_mismatch(got, logged)}; "
+            f"{self.rows} does not match {self.checkpoint.name} (step {step}): {e}; "
             f"delete {self.checkpoint} to start that run over"
-        )
-    if rewrite and (len(got) < len(records) or whole != text):
-        out = io.StringIO()
-        csv.writer(out, lineterminator="\n").writerows([header, *[r for r, s in zip(records, steps) if s <= step]])
-        self._put("rows.csv", lambda f: f.write(out.getvalue().encode()))
+        ) from None
+    if rewrite and text is not None:
+        self._put("rows.csv", lambda f: f.write(text.encode()))
 
 # %% ../nbs/05c_runfolder.ipynb #b17a4669
 def run_identity(spec: dict):  # a run's specification, as given to `RunFolder.claim`
