@@ -10,7 +10,7 @@ import pandas as pd
 
 # %% auto #0
 __all__ = ['RUN_COLUMNS', 'COSTS', 'MAX_EXACT_SEEDS', 'run_keys', 'time_to_target', 'rank_configs', 'sign_flip_pvalue',
-           'best_vs_best', 'describe', 'summarize', 'stability_numbers']
+           'best_vs_best', 'describe', 'summarize', 'stability_numbers', 'run_outcomes', 'against_reference']
 
 # %% ../nbs/06b_results.ipynb #0000000b
 RUN_COLUMNS = ("method", "seed", "step", "train_loss")  # the columns every results table has
@@ -297,3 +297,64 @@ def stability_numbers(
     out["leakage"] = alive.leakage.median() if "leakage" in r.columns else np.nan
     out["predicted"] = np.fmax(out.max_bulk_number, out.max_sharp_step) > threshold
     return out.reset_index(drop=True)
+
+# %% ../nbs/06b_results.ipynb #b559d527
+_SUMMARIES = (  # (outcome column, row column, reduction over the rows before a divergence)
+    ("leakage", "leakage", "median"),
+    ("sharp_step", "sharp_step", "median"),
+    ("max_sharp_step", "sharp_step", "max"),
+    ("sharp_floor", "sharp_floor", "median"),
+    ("max_bulk_number", "lr_x_lambda_bulk", "max"),
+    ("max_lambda1", "lambda_1", "max"),
+)
+
+
+def run_outcomes(
+    results: pd.DataFrame,  # rows of runs: `method, seed, step, train_loss`, usually `diverged` and curvature columns
+    last: int = 1,  # the final loss is the mean over the last `last` logged rows
+    keys=None,  # further columns that tell runs apart, beyond `method`, `seed` and the dotted grid columns
+):
+    "Per run: the final train loss (mean of the last `last` rows; NaN once diverged), divergence, curvature numbers."
+    if isinstance(last, bool) or not isinstance(last, int) or last < 1:
+        raise ValueError(f"`last` must be an int >= 1, got {last!r}")
+    r, keys = _numbered(results, keys)
+    blown = ~np.isfinite(r.train_loss.astype(float))
+    if "diverged" in r.columns:
+        blown |= r["diverged"].eq(True)
+    over = blown.groupby(r._run).cummax()  # a run ends at its first diverged or non-finite row
+    alive = r[~over].groupby("_run")
+    out = r.drop_duplicates("_run").set_index("_run")[keys]
+    out["diverged"] = over.groupby(r._run).any()
+    out["diverged_at"] = r[over].groupby("_run").step.min()
+    out["final"] = r.groupby("_run").train_loss.apply(lambda s: s.astype(float).tail(last).mean())
+    out["final"] = out.final.where(~out.diverged)
+    for name, column, how in _SUMMARIES:
+        if column in r.columns:
+            out[name] = alive[column].agg(how)
+    return out.reset_index(drop=True)
+
+# %% ../nbs/06b_results.ipynb #11c10502
+def against_reference(
+    outcomes: pd.DataFrame,  # a `run_outcomes` table
+    by: list,  # columns of one setting beside `method`; the first is shared with the reference (e.g. ['eta', 'T'])
+    reference: str = "sgd",  # the method every other one is compared with
+    match: float = 1.1,  # final losses within this factor of each other 'match'
+):
+    "Means over seeds per method and setting, each against `reference` at the same `by[0]`: a loss ratio and a word."
+    if not (isinstance(match, (int, float)) and not isinstance(match, bool) and match >= 1):
+        raise ValueError(f"`match` must be a number >= 1, got {match!r}")
+    if reference not in set(outcomes.method):
+        raise ValueError(f"`reference` {reference!r} is not a method of `outcomes`: {sorted(set(outcomes.method))}")
+    agg = dict(final_loss=("final", "mean"), divergence_rate=("diverged", "mean"), diverged_at=("diverged_at", "min"))
+    agg |= {c: (c, "mean") for c in ("leakage", "sharp_step") if c in outcomes}
+    agg |= {c: (c, "max") for c in ("max_bulk_number", "max_lambda1") if c in outcomes}
+    table = outcomes.groupby(["method", *by]).agg(**agg).reset_index()
+    ref = table[table.method == reference].set_index(by[0])[["final_loss", "divergence_rate"]]
+    if ref.index.duplicated().any():
+        raise ValueError(f"`reference` {reference!r} has several settings per {by[0]!r}: it must have one each")
+    table = table[table.method != reference].join(ref.add_prefix(f"{reference}_"), on=by[0])
+    ratio = table.final_loss / table[f"{reference}_final_loss"]
+    dives, ref_dives = table.divergence_rate > 0, table[f"{reference}_divergence_rate"] > 0
+    words = ["both diverge", "diverges", "beats", "beats", "worse"]
+    cases = [dives & ref_dives, dives, ref_dives, ratio < 1 / match, ratio > match]
+    return table.assign(**{f"over_{reference}": ratio, f"vs_{reference}": np.select(cases, words, "matches")})
