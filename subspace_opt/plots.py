@@ -13,7 +13,8 @@ import seaborn as sns
 from .config import UserError
 
 # %% auto #0
-__all__ = ['plot_spectrum', 'plot_curves', 'plot_sharpness', 'plot_heatmap', 'plot_run', 'plot_energy', 'plot_density']
+__all__ = ['VERDICT_COLOURS', 'plot_spectrum', 'plot_curves', 'plot_sharpness', 'plot_heatmap', 'plot_verdicts', 'plot_run',
+           'plot_energy', 'plot_density']
 
 # %% ../nbs/08_plots.ipynb #d5f6eb2f
 def plot_spectrum(
@@ -112,6 +113,47 @@ def plot_heatmap(
         a.invert_yaxis()
     fig.tight_layout()
     return fig
+
+# %% ../nbs/08_plots.ipynb #152a5cb5
+VERDICT_COLOURS = {  # the words of `results.against_reference`, best first, and their colours
+    "beats": "#1a9850",
+    "matches": "#d9ef8b",
+    "worse": "#fdae61",
+    "diverges": "#d73027",
+    "both diverge": "#7f7f7f",
+}
+
+
+def plot_verdicts(
+    table: pd.DataFrame,  # one row per grid cell, e.g. from `results.against_reference`
+    x: str,  # column of the horizontal axis
+    y: str,  # column of the vertical axis (increasing upwards)
+    value: str = "vs_sgd",  # column of words, each a key of `VERDICT_COLOURS`
+    ax=None,  # axes to draw into (default: a new figure)
+    fontsize: float = 10,  # size of the words in the cells
+):
+    "The (x, y) grid of `value`'s words, each cell coloured by its kind; returns the axes."
+    from matplotlib.colors import ListedColormap
+
+    codes = table.pivot(index=y, columns=x, values=value)
+    words = list(VERDICT_COLOURS)
+    unknown = sorted(map(repr, {w for w in codes.values.ravel() if not pd.isna(w)} - set(words)))
+    if unknown:
+        raise ValueError(f"`{value}` holds words outside VERDICT_COLOURS: {', '.join(unknown)}")
+    ax = ax if ax is not None else plt.subplots(figsize=(6, 3))[1]
+    sns.heatmap(
+        codes.map(lambda w: words.index(w) if isinstance(w, str) else np.nan),
+        annot=codes.fillna(""),
+        fmt="",
+        cbar=False,
+        vmin=-0.5,
+        vmax=len(words) - 0.5,
+        ax=ax,
+        annot_kws={"fontsize": fontsize},
+        cmap=ListedColormap(list(VERDICT_COLOURS.values())),
+    )
+    ax.invert_yaxis()
+    return ax
 
 # %% ../nbs/08_plots.ipynb #4d676d69
 def _read_results(run_dir: Path):
