@@ -253,11 +253,10 @@ def append_row(self: RunFolder, row: dict):  # column -> value
     "Append one row to rows.csv as one complete line under its header (the first row writes the header)."
     if rank():
         return
-    header = csv_header(self.rows)
-    if not header:
+    if not self.rows.exists() or not self.rows.stat().st_size:
         return self.write_csv("rows.csv", pd.DataFrame([row]))
     try:
-        line = row_line(row, header)
+        line = row_line(row, csv_header(self.rows))  # a file without a header holds no column: refused
     except ValueError as e:
         raise UserError(f"{self.rows} cannot hold this run's rows ({e}): delete {self.path} to run it again") from None
     with open(self.rows, "a") as f:
