@@ -1,5 +1,6 @@
 """The console script end to end, as a user runs it: its jobs, and how it answers bad input, Ctrl-C and bugs."""
 
+import functools
 import json
 import os
 import shutil
@@ -308,7 +309,16 @@ def test_ctrl_c_is_one_line_and_the_same_command_resumes(tmp_path):
     (tmp_path / "cfg.json").write_text(json.dumps(INTERRUPTED))
     cmd = [CLI, "run", str(tmp_path / "cfg.json"), "--out", str(tmp_path / "out"), "--device", "cpu"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # A shell without job control starts background commands with SIGINT ignored, and children inherit that (Python
+    # then installs no KeyboardInterrupt handler): give the child Ctrl-C's default, as a terminal would.
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        preexec_fn=functools.partial(signal.signal, signal.SIGINT, signal.SIG_DFL),
+    )
     rows = tmp_path / "out" / "runs" / "sgd-seed0" / "rows.csv"
     deadline = time.time() + 300
     while proc.poll() is None and time.time() < deadline and not (rows.exists() and rows.read_text().count("\n") >= 2):
