@@ -274,6 +274,14 @@ def summarize(
     return pd.DataFrame(runs).groupby("method", sort=False).agg("mean").reset_index()
 
 # %% ../nbs/06b_results.ipynb #8bdc06f9
+def _ended(r: pd.DataFrame):  # rows numbered by `_numbered`, with `train_loss` and usually `diverged`
+    "Per row: whether its run has ended by then, at its first row marked diverged or with a non-finite train loss."
+    blown = ~np.isfinite(r.train_loss.astype(float))
+    if "diverged" in r.columns:
+        blown |= r["diverged"].eq(True)
+    return blown.groupby(r._run).cummax()
+
+
 def stability_numbers(
     results: pd.DataFrame,  # rows of runs logged with curvature: `diverged`, `lr_x_lambda_bulk`, `sharp_step`
     threshold: float = 2.0,  # the limit of η λ on a quadratic
@@ -283,10 +291,10 @@ def stability_numbers(
     if not (isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and threshold > 0):
         raise ValueError(f"`threshold` must be a number > 0, got {threshold!r}")
     r, keys = _numbered(results, keys)
-    need = [c for c in ("diverged", "lr_x_lambda_bulk", "sharp_step") if c not in r.columns]
+    need = [c for c in ("train_loss", "diverged", "lr_x_lambda_bulk", "sharp_step") if c not in r.columns]
     if need:
         raise ValueError(f"`results` lacks the columns {need}: rows of runs logged with `log_curvature`")
-    over = r["diverged"].eq(True).groupby(r._run).cummax()  # a run ends at its first diverged row
+    over = _ended(r)
     alive = r[~over].groupby("_run")
     out = r.drop_duplicates("_run").set_index("_run")[keys]
     out["diverged"] = over.groupby(r._run).any()
@@ -318,10 +326,7 @@ def run_outcomes(
     if isinstance(last, bool) or not isinstance(last, int) or last < 1:
         raise ValueError(f"`last` must be an int >= 1, got {last!r}")
     r, keys = _numbered(results, keys)
-    blown = ~np.isfinite(r.train_loss.astype(float))
-    if "diverged" in r.columns:
-        blown |= r["diverged"].eq(True)
-    over = blown.groupby(r._run).cummax()  # a run ends at its first diverged or non-finite row
+    over = _ended(r)  # a run ends at its first diverged or non-finite row
     alive = r[~over].groupby("_run")
     out = r.drop_duplicates("_run").set_index("_run")[keys]
     out["diverged"] = over.groupby(r._run).any()
