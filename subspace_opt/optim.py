@@ -154,6 +154,13 @@ def _active(opt: ProjectedOptimizer):
     opt.switch_step = opt.n_steps
     return True
 
+
+@patch(as_prop=True)
+def coefficients(self: ProjectedOptimizer):
+    "(a, b) of the steps now: (dom, bulk) once projecting, (1, 1) while plain base steps wait for the switch."
+    waiting = self.switch_step is None and (self.start_step > 0 or self.switch_threshold is not None)
+    return (1.0, 1.0) if waiting else (self.dom, self.bulk)
+
 # %% ../nbs/03_optim.ipynb #72c35e8b
 def _projected_step(opt: ProjectedOptimizer):
     "Project the gradient before the base step, or the base step's update after it, on the tracked basis; diagnose."

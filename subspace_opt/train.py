@@ -122,7 +122,8 @@ def measure(
     test_loss, test_acc = evaluate(model, cfg.loss, data.test)
     lr = opt.param_groups[0]["lr"]
     row = dict(step=step, train_loss=train_loss, train_acc=train_acc, test_loss=test_loss, test_acc=test_acc, lr=lr)
-    row.update(eta_dom=opt.dom * lr, eta_bulk=opt.bulk * lr, hvps=opt.subspace.n_matvecs)  # the step sizes a·η, b·η
+    a, b = opt.coefficients  # (1, 1) until a delayed switch
+    row.update(eta_dom=a * lr, eta_bulk=b * lr, switch_step=opt.switch_step, hvps=opt.subspace.n_matvecs)
     if initial is not None and _diverged(cfg, row, initial):  # no eigensolve on a blown-up model: it may not converge
         return row
     if not cfg.log_curvature:  # the losses and costs only
@@ -130,7 +131,7 @@ def measure(
     log_sub.refresh()
     lam = log_sub.eigenvalues.tolist()
     row.update({f"lambda_{i + 1}": v for i, v in enumerate(lam)})
-    bulk = opt.bulk * lr * lam[log_sub.k] if len(lam) > log_sub.k else math.nan  # b·η·λ_{k+1}
+    bulk = b * lr * lam[log_sub.k] if len(lam) > log_sub.k else math.nan  # b·η·λ_{k+1}
     row.update(lr_x_lambda1=lr * lam[0], lr_x_lambda_bulk=bulk)
     row.update(chi_full_grad=alignment(log_sub.basis, log_sub.op.gradient()).item())
     return {**row, **dict.fromkeys(LEAK_COLUMNS, math.nan), **step_diagnostics(opt, log_sub)}  # leak: `Run.step`
