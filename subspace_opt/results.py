@@ -357,6 +357,9 @@ def against_reference(
     ref = table[table.method == reference].set_index(by[0])[["final_loss", "divergence_rate"]]
     if ref.index.duplicated().any():
         raise ValueError(f"`reference` {reference!r} has several settings per {by[0]!r}: it must have one each")
+    lacking = sorted(set(table[by[0]]) - set(ref.index))
+    if lacking:
+        raise ValueError(f"`reference` {reference!r} has no run at {by[0]} = {lacking}: nothing to compare those with")
     table = table[table.method != reference].join(ref.add_prefix(f"{reference}_"), on=by[0])
     ratio = table.final_loss / table[f"{reference}_final_loss"]
     dives, ref_dives = table.divergence_rate > 0, table[f"{reference}_divergence_rate"] > 0
