@@ -20,6 +20,7 @@
 # which on a CUDA machine executes the `#| cuda` cells, i.e. `P = FULL`. The script stops at the first failing notebook,
 # fails loudly when torch sees no CUDA device, and prints every notebook's wall time and the total. Results are
 # resumable: rerunning after an interruption reuses the finished runs under nbs/experiments/runs/*/full.
+# First run tools/gpu_pilot.py (about 90 s): it times each kind of step of the FULL settings on this device.
 # Budget: aimed at about 10 minutes of one H100 for the whole set; the per-notebook estimates (in each notebook's
 # Parameters section, none measured yet) add up to roughly 12-16 minutes, so the first GPU run's printed wall times are
 # what the FULL settings should be trimmed from.

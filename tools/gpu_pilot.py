@@ -1,0 +1,172 @@
+"""Time the steps the experiments' FULL settings are made of, on this machine, within about 90 s; write a table.
+
+    python tools/gpu_pilot.py [--out DIR] [--workers 4] [--small]
+
+Meant as the first command on a CUDA GPU, before the FULL settings run (tools/run_gpu_experiments.sh): their
+notebooks estimate their cost from these units. On the FULL network (Fashion-MNIST, first 5,000 images, MLP
+784-200-200-10 tanh, MSE, batch 50, k = 10) and on the CNN (conv 32, its subspace from a fixed 1,000-image subsample)
+it times, with the device synchronised:
+
+- an SGD step, a Bulk-SGD step with its subspace refreshed every step (T = 1, warm) and one refreshed every 10;
+- the first (cold) solve, a logged row (train and test evaluation, the logging tracker's refresh, its λ_{k+1});
+- one Hessian-vector product and a block of 10 in one pass;
+- the Bulk-SGD step at T = 1 again while `--workers` processes run it at once, as the sweeps do: the slowdown says
+  how much running several runs on one device gains.
+
+`--small` swaps in digits and a small MLP, for a check on a CPU (tests/test_tools.py runs it). Each measurement is
+the median over repeats after a warm-up. The table (pilot.csv, pilot.json) goes to `--out`, default the current
+folder.
+"""
+
+import argparse
+import json
+import multiprocessing as mp
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from subspace_opt.config import config_from_dict
+from subspace_opt.data import default_device, environment
+from subspace_opt.train import build_run, measure, task_data
+
+FULL = dict(data="fashion-mnist", data_args={"n_train": 5000}, hidden=[200, 200])
+SMALL = dict(data="digits", data_args={"n_train": 100}, hidden=[64, 64])
+SUBSAMPLE = {False: 1000, True: 50}  # the CNN's tracked Hessian: its first n images (FULL, --small)
+
+
+def config(size: dict, device: str, model: str = "mlp", **subspace):
+    "An experiment with one Bulk-SGD method on the chosen network, as the FULL settings build it."
+    d = dict(name="pilot", model=model, activation="tanh", loss="mse", batch_size=50, steps=10, seeds=[0], **size)
+    d |= dict(methods=[dict(name="bulk-sgd", dom=0.0, bulk=1.0, lr=0.05)], device=device)
+    return config_from_dict(d | dict(subspace=dict(k=10, **subspace)))
+
+
+def now(device):
+    "The wall clock once the device has done its queued work."
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def timed(fn, device, repeats: int):
+    "Median seconds of `fn()` over `repeats` calls, after one call to warm up."
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = now(device)
+        fn()
+        times.append(now(device) - t0)
+    return statistics.median(times)
+
+
+def steps(cfg, repeats: int):
+    "Seconds of a base step and of a projected step (with the refreshes it owes), and products per projected step."
+    data = task_data(cfg)
+    model, opt, log_sub = build_run(cfg, cfg.methods[0], 0, data)
+    X, y = data.train
+    gen = torch.Generator().manual_seed(0)
+
+    def one(project: bool):
+        idx = torch.randint(0, len(X), (cfg.batch_size,), generator=gen).to(X.device)
+        opt.zero_grad()
+        target = torch.nn.functional.one_hot(y[idx], data.n_classes).to(X.dtype)
+        (0.5 * ((model(X[idx]) - target) ** 2).sum(1).mean()).backward()
+        (opt.step if project else opt.base.step)()
+
+    dev = X.device
+    t0 = now(dev)
+    opt.subspace.update()  # the cold solve
+    cold, cold_products = now(dev) - t0, opt.subspace.n_matvecs
+    base = timed(lambda: one(False), dev, repeats)
+    one(True)  # the warm-up: the timed steps start right after a refresh
+    n, before = 20 * -(-repeats // 20), opt.subspace.n_matvecs  # whole periods of T = 1, 10 and 20
+    t0 = now(dev)
+    for _ in range(n):
+        one(True)
+    projected = (now(dev) - t0) / n  # the mean over whole periods: refreshes amortised
+    per_step = (opt.subspace.n_matvecs - before) / n
+    row = timed(lambda: measure(cfg, model, opt, log_sub, data, 1), dev, max(2, repeats // 4))
+    op = opt.subspace.op
+    v = torch.randn(op.shape[0], 10, device=dev, dtype=op.dtype)
+    single = timed(lambda: op @ v[:, 0], dev, repeats)
+    block = timed(lambda: op @ v, dev, repeats)
+    return dict(
+        base_step=base,
+        projected_step=projected,
+        products_per_step=per_step,
+        cold_solve=cold,
+        cold_products=cold_products,
+        logged_row=row,
+        one_product=single,
+        block_of_10=block,
+    )
+
+
+def _worker(args):
+    "One of several processes timing the projected step at once (spawned: CUDA does not survive a fork)."
+    size, device, repeats, threads = args
+    torch.set_num_threads(threads)
+    return steps(config(size, device), repeats)["projected_step"]
+
+
+def shared(size: dict, device: str, repeats: int, workers: int):
+    "Median projected-step seconds over `workers` processes that run at the same time."
+    threads = max(1, torch.get_num_threads() // workers) if device == "cpu" else 1
+    with mp.get_context("spawn").Pool(workers) as pool:
+        return statistics.median(pool.map(_worker, [(size, device, repeats, threads)] * workers))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=".", help="folder for pilot.csv and pilot.json")
+    ap.add_argument("--workers", type=int, default=4, help="processes that share the device in the last measurement")
+    ap.add_argument("--small", action="store_true", help="digits and a small MLP: a quick check on a CPU")
+    ap.add_argument("--repeats", type=int, default=20, help="timed repeats of each step")
+    a = ap.parse_args(argv)
+    if a.workers < 1 or a.repeats < 1:
+        sys.exit("gpu_pilot: --workers and --repeats must be >= 1")
+    device, size, t_start = str(default_device()), SMALL if a.small else FULL, time.perf_counter()
+    rows = []
+    cnn = {**size, "hidden": [4] if a.small else [32]}  # the CNN's channels
+    for name, cfg in [
+        ("mlp, T=1", lambda: config(size, device, refresh_every=1)),
+        ("mlp, T=10", lambda: config(size, device, refresh_every=10)),
+        (
+            "cnn, T=1, subsample",
+            lambda: config(cnn, device, "cnn", hessian_data="subsample", n_hessian=SUBSAMPLE[a.small]),
+        ),
+    ]:
+        rows.append(dict(setting=name, **steps(cfg(), a.repeats)))
+        print(f"{name}: {time.perf_counter() - t_start:.0f} s so far", flush=True)
+    alone = rows[0]["projected_step"]
+    together = shared(size, device, max(4, a.repeats // 2), a.workers)
+    table = pd.DataFrame(rows)
+    ms = [c for c in table.columns if c not in ("setting", "products_per_step", "cold_products")]
+    table[ms] = 1e3 * table[ms]
+    table = table.rename(columns={c: f"{c}_ms" for c in ms})
+    report = dict(
+        environment=environment(torch.device(device)),
+        workers=a.workers,
+        projected_step_alone_ms=1e3 * alone,
+        projected_step_shared_ms=1e3 * together,
+        throughput_gain=a.workers * alone / together,  # steps per second of `workers` runs at once over one
+        seconds=time.perf_counter() - t_start,
+        table=table.to_dict(orient="records"),
+    )
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "pilot.csv", index=False)
+    (out / "pilot.json").write_text(json.dumps(report, indent=1))
+    print(table.round(3).to_string(index=False))
+    print(
+        f"{a.workers} runs at once: {1e3 * together:.2f} ms per projected step each, alone {1e3 * alone:.2f} ms; "
+        f"throughput x{report['throughput_gain']:.2f}; pilot took {report['seconds']:.0f} s on {device}"
+    )
+
+
+if __name__ == "__main__":
+    main()
