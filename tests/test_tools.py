@@ -1,4 +1,4 @@
-"""The GPU pilot (`tools/gpu_pilot.py`) runs on a CPU with `--small`, and its table holds what the FULL estimates use."""
+"""The GPU pilot (`tools/gpu_pilot.py`) runs on a CPU with `--small`; its table holds what FULL estimates use."""
 
 import json
 import os
