@@ -55,7 +55,7 @@ def test_help_and_bad_arguments():
 
 def test_demo_at_reduced_size(tmp_path):
     out = subprocess.run(
-        [CLI, "demo", "--steps", "50", "--out", str(tmp_path), "--device", "cpu"],
+        [CLI, "demo", "--steps", "10", "--out", str(tmp_path), "--device", "cpu"],
         capture_output=True,
         text=True,
         timeout=600,
