@@ -17,7 +17,8 @@ from .config import UserError, config_from_dict
 from .results import best_vs_best, describe, summarize, time_to_target
 from .runfolder import RunFolder
 from .optim import sgd_steps
-from .train import evaluate, run_experiment
+from .metrics import evaluate
+from .train import run_experiment
 
 # %% auto #0
 __all__ = ['SOLVERS', 'DEMO', 'DEMO_THRESHOLD', 'new_run_dir', 'write_config', 'spectrum', 'demo', 'compare']

@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_train.ipynb #d8e81051
 from __future__ import annotations
-import json, math, time
+import json, time
 from dataclasses import asdict
 from pathlib import Path
 import pandas as pd
@@ -12,39 +12,22 @@ import torch
 from fastcore.basics import patch
 from tqdm.auto import tqdm
 from torch.nn.parallel import DistributedDataParallel
-from .curvature import GGNOperator, HessianOperator, all_reduce_sum, check_loss, loss_sum, prepare_targets
+from .curvature import GGNOperator, HessianOperator, all_reduce_sum, loss_sum, prepare_targets
 from .curvature import resolve_group
 from .sources import MinibatchSubspace, RandomSubspace, UpdatePCASubspace
-from .subspace import DominantSubspace, alignment
-from .leakage import LEAK_COLUMNS, after_step, before_step, step_diagnostics
+from .subspace import DominantSubspace
+from .leakage import after_step, before_step
 from .optim import ProjectedOptimizer, sgd_steps as sgd_steps  # sgd_steps: importable from here too
 from .data import default_device, environment
 from .distributed import barrier, local_loss_scale, rank, shard, world_size
 from .config import ConfigError, ExperimentConfig, MethodConfig, UserError
 from .config import load_experiment_data, make_base_optimizer, make_model
 from .runfolder import RunFolder, all_ranks
+from .metrics import _diverged, evaluate as evaluate, measure  # both still importable from here
 
 # %% auto #0
-__all__ = ['TIMING', 'evaluate', 'check_rank', 'build_run', 'measure', 'check_run', 'Run', 'run_one', 'tracked_rank',
-           'run_experiment', 'task_data', 'run_job']
-
-# %% ../nbs/06_train.ipynb #4fc2253f
-@torch.no_grad()
-def evaluate(
-    model: torch.nn.Module,  # network to evaluate
-    loss: str,  # 'mse' or 'ce'
-    data,  # an (X, y) pair
-    chunk: int = 4096,  # samples per forward pass
-):
-    "Mean loss and accuracy of `model` on `data`, as floats."
-    X, y = data
-    total, correct = 0.0, 0
-    for i in range(0, len(X), chunk):
-        out = model(X[i : i + chunk])
-        t = prepare_targets(y[i : i + chunk], check_loss(loss), out.shape[1], out.dtype)
-        total += loss_sum(out, t, loss).item()
-        correct += (out.argmax(1) == y[i : i + chunk]).sum().item()
-    return total / len(X), correct / len(X)
+__all__ = ['TIMING', 'check_rank', 'build_run', 'check_run', 'Run', 'run_one', 'tracked_rank', 'run_experiment', 'task_data',
+           'run_job']
 
 # %% ../nbs/06_train.ipynb #7015e4ce
 def check_rank(
@@ -98,43 +81,6 @@ def build_run(
     n_log = max(s.n_eigs or k, k + 1)  # the logging tracker measures λ_{k+1} too: the curvature a Bulk step meets
     log_sub = DominantSubspace(log_op, refresh_every=1, **{**kw, "n_eigs": n_log if n_log < n_params else s.n_eigs})
     return model, opt, log_sub
-
-# %% ../nbs/06_train.ipynb #ba4ad772
-def _diverged(cfg, row, initial):
-    "Why the logged `row` marks the run as diverged (a non-finite or blown-up train loss), or ''."
-    if not math.isfinite(row["train_loss"]):
-        return "non-finite train loss"
-    blown = row["train_loss"] > cfg.diverge_factor * initial
-    return f"train loss above {cfg.diverge_factor:g}x its initial value" if blown else ""
-
-# %% ../nbs/06_train.ipynb #65ec0925
-def measure(
-    cfg,  # the experiment
-    model,  # the network being trained
-    opt,  # its `ProjectedOptimizer`
-    log_sub,  # the logging tracker (the full training set's Hessian)
-    data,  # the run's `TaskData`
-    step: int,  # the step number of the row
-    initial: float | None = None,  # the initial train loss, to recognise divergence
-):
-    "One row of measurements at `step`; the curvature columns stay empty once the run has diverged."
-    train_loss, train_acc = evaluate(model, cfg.loss, data.train)
-    test_loss, test_acc = evaluate(model, cfg.loss, data.test)
-    lr = opt.param_groups[0]["lr"]
-    row = dict(step=step, train_loss=train_loss, train_acc=train_acc, test_loss=test_loss, test_acc=test_acc, lr=lr)
-    a, b = opt.coefficients  # (1, 1) until a delayed switch
-    row.update(eta_dom=a * lr, eta_bulk=b * lr, switch_step=opt.switch_step, hvps=opt.subspace.n_matvecs)
-    if initial is not None and _diverged(cfg, row, initial):  # no eigensolve on a blown-up model: it may not converge
-        return row
-    if not cfg.log_curvature:  # the losses and costs only
-        return {**row, **step_diagnostics(opt)}
-    log_sub.refresh()
-    lam = log_sub.eigenvalues.tolist()
-    row.update({f"lambda_{i + 1}": v for i, v in enumerate(lam)})
-    bulk = b * lr * lam[log_sub.k] if len(lam) > log_sub.k else math.nan  # b·η·λ_{k+1}
-    row.update(lr_x_lambda1=lr * lam[0], lr_x_lambda_bulk=bulk)
-    row.update(chi_full_grad=alignment(log_sub.basis, log_sub.op.gradient()).item())
-    return {**row, **dict.fromkeys(LEAK_COLUMNS, math.nan), **step_diagnostics(opt, log_sub)}  # leak: `Run.step`
 
 # %% ../nbs/06_train.ipynb #670ba0ad
 def _run_spec(cfg: ExperimentConfig, method: MethodConfig, seed: int):

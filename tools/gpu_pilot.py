@@ -31,7 +31,8 @@ import torch
 
 from subspace_opt.config import config_from_dict
 from subspace_opt.data import default_device, environment
-from subspace_opt.train import build_run, measure, task_data
+from subspace_opt.metrics import measure
+from subspace_opt.train import build_run, task_data
 
 FULL = dict(data="fashion-mnist", data_args={"n_train": 5000}, hidden=[200, 200])
 SMALL = dict(data="digits", data_args={"n_train": 100}, hidden=[64, 64])
