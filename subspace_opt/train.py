@@ -89,9 +89,14 @@ def _run_spec(cfg: ExperimentConfig, method: MethodConfig, seed: int):
     return json.loads(json.dumps(dict(config=c, method=asdict(method), seed=seed), default=str))
 
 
+def _logs_at(cfg: ExperimentConfig, step: int):
+    "Whether a run of `cfg` logs a row at `step`: 0, every `log_every`-th and the last."
+    return step % cfg.log_every == 0 or step == cfg.steps
+
+
 def _logged(cfg: ExperimentConfig):
-    "step -> the steps that a run of `cfg` logs up to it: 0, every `log_every`-th and the last."
-    return lambda step: [s for s in range(step + 1) if s % cfg.log_every == 0 or s == cfg.steps]
+    "step -> the steps that a run of `cfg` logs up to it."
+    return lambda step: [s for s in range(step + 1) if _logs_at(cfg, s)]
 
 
 def check_run(
@@ -237,7 +242,7 @@ def step(self: Run):
         self.folder.append_row({**self.tag, "step": s, "lr": lr, "diverged": True, "reason": self.reason})
         return False
     t1 = _now(self.model)  # the logging tracker's refresh at a logged step's starting point is logging: not timed
-    pre = before_step(self.log_sub) if cfg.log_curvature and (s % cfg.log_every == 0 or s == cfg.steps) else None
+    pre = before_step(self.log_sub) if cfg.log_curvature and _logs_at(cfg, s) else None
     t0 += _now(self.model) - t1
     loss.backward()
     self.opt.step()  # with the tracker's refresh when one is due
@@ -252,7 +257,7 @@ def measure(self: Run):
     "After a step: the snapshot, logged row and checkpoint that are due; '' or why the run has diverged."
     cfg, step = self.cfg, self.state["step"]
     self._snapshot()
-    if step % cfg.log_every == 0 or step == cfg.steps:
+    if _logs_at(cfg, step):
         row = measure(cfg, self.model, self.opt, self.log_sub, self.data, step, self.state["initial"])  # the function
         self.reason = _diverged(cfg, row, self.state["initial"])
         self.folder.append_row(self._row(row if self.reason else {**row, **self.leak}))
