@@ -32,7 +32,7 @@ import torch
 from subspace_opt.config import config_from_dict
 from subspace_opt.data import default_device, environment
 from subspace_opt.metrics import measure
-from subspace_opt.train import build_run, task_data
+from subspace_opt.train import _batch_loss, _now, build_run, task_data  # the runner's own loss and clock
 
 FULL = dict(data="fashion-mnist", data_args={"n_train": 5000}, hidden=[200, 200])
 SMALL = dict(data="digits", data_args={"n_train": 100}, hidden=[64, 64])
@@ -46,21 +46,14 @@ def config(size: dict, device: str, model: str = "mlp", **subspace):
     return config_from_dict(d | dict(subspace=dict(k=10, **subspace)))
 
 
-def now(device):
-    "The wall clock once the device has done its queued work."
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
-
-
-def timed(fn, device, repeats: int):
-    "Median seconds of `fn()` over `repeats` calls, after one call to warm up."
+def timed(fn, model, repeats: int):
+    "Median seconds of `fn()` over `repeats` calls, after one call to warm up (the clock waits for `model`'s device)."
     fn()
     times = []
     for _ in range(repeats):
-        t0 = now(device)
+        t0 = _now(model)
         fn()
-        times.append(now(device) - t0)
+        times.append(_now(model) - t0)
     return statistics.median(times)
 
 
@@ -74,27 +67,26 @@ def steps(cfg, repeats: int):
     def one(project: bool):
         idx = torch.randint(0, len(X), (cfg.batch_size,), generator=gen).to(X.device)
         opt.zero_grad()
-        target = torch.nn.functional.one_hot(y[idx], data.n_classes).to(X.dtype)
-        (0.5 * ((model(X[idx]) - target) ** 2).sum(1).mean()).backward()
+        _batch_loss(model(X[idx]), y[idx], cfg.loss, len(idx)).backward()
         (opt.step if project else opt.base.step)()
 
     dev = X.device
-    t0 = now(dev)
+    t0 = _now(model)
     opt.subspace.update()  # the cold solve
-    cold, cold_products = now(dev) - t0, opt.subspace.n_matvecs
-    base = timed(lambda: one(False), dev, repeats)
+    cold, cold_products = _now(model) - t0, opt.subspace.n_matvecs
+    base = timed(lambda: one(False), model, repeats)
     one(True)  # the warm-up: the timed steps start right after a refresh
     n, before = 20 * -(-repeats // 20), opt.subspace.n_matvecs  # whole periods of T = 1, 10 and 20
-    t0 = now(dev)
+    t0 = _now(model)
     for _ in range(n):
         one(True)
-    projected = (now(dev) - t0) / n  # the mean over whole periods: refreshes amortised
+    projected = (_now(model) - t0) / n  # the mean over whole periods: refreshes amortised
     per_step = (opt.subspace.n_matvecs - before) / n
-    row = timed(lambda: measure(cfg, model, opt, log_sub, data, 1), dev, max(2, repeats // 4))
+    row = timed(lambda: measure(cfg, model, opt, log_sub, data, 1), model, max(2, repeats // 4))
     op = opt.subspace.op
     v = torch.randn(op.shape[0], 10, device=dev, dtype=op.dtype)
-    single = timed(lambda: op @ v[:, 0], dev, repeats)
-    block = timed(lambda: op @ v, dev, repeats)
+    single = timed(lambda: op @ v[:, 0], model, repeats)
+    block = timed(lambda: op @ v, model, repeats)
     return dict(
         base_step=base,
         projected_step=projected,
