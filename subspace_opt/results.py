@@ -10,7 +10,8 @@ import pandas as pd
 
 # %% auto #0
 __all__ = ['RUN_COLUMNS', 'COSTS', 'MAX_EXACT_SEEDS', 'run_keys', 'time_to_target', 'rank_configs', 'sign_flip_pvalue',
-           'best_vs_best', 'describe', 'summarize', 'stability_numbers', 'run_outcomes', 'against_reference']
+           'best_vs_best', 'describe', 'summarize', 'stability_numbers', 'run_outcomes', 'against_reference',
+           'best_setting', 'against_best']
 
 # %% ../nbs/06b_results.ipynb #0000000b
 RUN_COLUMNS = ("method", "seed", "step", "train_loss")  # the columns every results table has
@@ -366,3 +367,33 @@ def against_reference(
     words = ["both diverge", "diverges", "beats", "beats", "worse"]
     cases = [dives & ref_dives, dives, ref_dives, ratio < 1 / match, ratio > match]
     return table.assign(**{f"over_{reference}": ratio, f"vs_{reference}": np.select(cases, words, "matches")})
+
+# %% ../nbs/06b_results.ipynb #4f66898c
+def best_setting(
+    outcomes: pd.DataFrame,  # a `run_outcomes` table
+    method: str,  # the method whose setting to pick
+    by: str = "eta",  # the column it was tuned over
+):
+    "The `by` value with `method`'s lowest mean final loss over seeds, among values where no seed diverged (NaN: none)."
+    runs = outcomes[outcomes.method == method]
+    if runs.empty:
+        raise ValueError(f"`method` {method!r} is not a method of `outcomes`: {sorted(set(outcomes.method))}")
+    means = runs.groupby(by).agg(final=("final", "mean"), diverged=("diverged", "any"))
+    stable = means[~means.diverged].final
+    return stable.idxmin() if len(stable) else math.nan
+
+
+def against_best(
+    outcomes: pd.DataFrame,  # a `run_outcomes` table
+    by: list,  # columns of one setting beside `method`; the first is the one the reference was tuned over
+    reference: str = "sgd",  # the method every other one is compared with, at its own best `by[0]`
+    match: float = 1.1,  # final losses within this factor of each other 'match'
+):
+    "`against_reference`, but against `reference` at its best `by[0]` (`best_setting`) for every other method."
+    best = best_setting(outcomes, reference, by[0])
+    ref, others = (
+        outcomes[outcomes[by[0]].eq(best) & outcomes.method.eq(reference)],
+        outcomes[outcomes.method != reference],
+    )
+    stand_in = [ref.assign(**{by[0]: v}) for v in others[by[0]].unique()]
+    return against_reference(pd.concat([others, *stand_in]), by, reference, match)
