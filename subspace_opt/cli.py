@@ -9,8 +9,7 @@ from pathlib import Path
 import torch
 from .data import check_device
 from .distributed import finish, init_from_env, rank, shutdown
-from .jobs import SOLVERS, _check_k, _check_writable, compare, demo, spectrum
-from .plots import plot_run
+from .jobs import SOLVERS, _check_k, _check_writable, _plots, compare, demo, spectrum
 from .sweep import load_sweep, run_sweep
 from .config import ACCEPTED, UserError, load_config
 from .train import run_experiment
@@ -134,7 +133,7 @@ def _plot_job(a):
     if not os.path.isdir(a.run_dir):
         why = "is a file" if os.path.exists(a.run_dir) else "does not exist"
         raise UserError(f"`run_dir` must be the folder of a run or sweep, but {a.run_dir} {why}")
-    print("\n".join(map(str, plot_run(_check_writable(a.run_dir, "run_dir")))))
+    print("\n".join(map(str, _plots().plot_run(_check_writable(a.run_dir, "run_dir")))))
 
 
 def _compare_job(a):
@@ -171,7 +170,7 @@ def _sweep_job(a):
         check_device(base["device"], "config.device")
     path = _check_writable(a.out or Path("runs") / f"{base.get('name', 'experiment')}-sweep", "--out")
     results = run_sweep(base, grid, path, workers=a.workers or workers, progress=_progress())
-    plot_run(path)
+    _plots().plot_run(path)
     last = results.groupby(["method", "seed", *grid], sort=False).tail(1)
     _show(last[["method", "seed", *grid, "step", "train_loss", "diverged"]])
     print(f"\nresults: {path / 'results.csv'}\nrun folder: {path}")
@@ -191,7 +190,7 @@ def _run_job(a):
         shutdown()  # every rank leaves the group once the run is written
     if me > 0:
         return
-    plot_run(path)
+    _plots().plot_run(path)
     _show(
         results.groupby("method", sort=False).tail(1)[["method", "seed", "step", "train_loss", "test_acc", "diverged"]]
     )

@@ -12,7 +12,6 @@ from .curvature import HessianOperator
 from .data import check_device, environment, load_digits
 from .lanczos import block_lanczos, lanczos, scipy_eigsh
 from .models import mlp
-from .plots import plot_run, plot_spectrum
 from .config import UserError, config_from_dict
 from .results import best_vs_best, describe, summarize, time_to_target
 from .runfolder import RunFolder
@@ -62,6 +61,13 @@ def write_config(
     "Write `config.json` with the job's arguments and the environment it ran in."
     record = {"config": config, "environment": environment(device)}
     (path / "config.json").write_text(json.dumps(record, indent=2, default=str))
+
+# %% ../nbs/09a_jobs.ipynb #f903d9d9
+def _plots():
+    "The `plots` module, imported on first use (matplotlib and seaborn take about a second to import)."
+    from subspace_opt import plots
+
+    return plots
 
 # %% ../nbs/09a_jobs.ipynb #793c166a
 SOLVERS = {"lanczos": lanczos, "block": block_lanczos, "eigsh": scipy_eigsh}  # the solvers `spectrum` offers
@@ -132,7 +138,9 @@ def spectrum(
     table.to_csv(path / "spectrum.csv", index=False)
     config.update(_solve_record(res, seconds, model, loss, data.train))
     write_config(path, config, dev)
-    fig = plot_spectrum(table.eigenvalue, table.rel_residual, lr=lr, title=f"digits MLP, top-{k} Hessian eigenvalues")
+    fig = _plots().plot_spectrum(
+        table.eigenvalue, table.rel_residual, lr=lr, title=f"digits MLP, top-{k} Hessian eigenvalues"
+    )
     fig.savefig(path / "spectrum.png", dpi=120)
     return path, table
 
@@ -169,7 +177,7 @@ def demo(
     path = new_run_dir(out, "demo")
     summary = summarize(run_experiment(cfg, path, progress), DEMO_THRESHOLD)
     summary.to_csv(path / "summary.csv", index=False)
-    plot_run(path)
+    _plots().plot_run(path)
     return path, summary
 
 # %% ../nbs/09a_jobs.ipynb #567f2262

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import torch
 
+import subspace_opt.cli as cli
 from subspace_opt.runfolder import RunFolder
 from same_rows import assert_same_rows
 
@@ -102,20 +103,24 @@ def test_kill_and_resume_equals_uninterrupted(uninterrupted, tmp_path):
         ('{"methods": [{"name": "a", "mode": "both"}]}', "`config.methods[0].mode` must be one of gradient, update"),
     ],
 )
-def test_bad_config_exits_2_with_one_line(tmp_path, content, message):
+def test_bad_config_exits_2_with_one_line(tmp_path, capsys, content, message):
+    "In this process, through the console script's `main` (tests/test_cli.py runs a bad config in a real process)."
     cfg = tmp_path / "cfg.json"
     if content is not None:
         cfg.write_text(content)
-    out = _run(cfg, tmp_path / "out")
-    assert out.returncode == 2 and "Traceback" not in out.stderr
-    assert len(out.stderr.strip().splitlines()) == 1 and message in out.stderr, out.stderr
+    code = cli.main(["run", str(cfg), "--out", str(tmp_path / "out"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "out").exists()  # refused before anything was written
 
 
-def test_missing_data_set_exits_2(tmp_path, monkeypatch):
+def test_missing_data_set_exits_2(tmp_path, capsys):
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps({"data": "mnist", "data_args": {"data_dir": str(tmp_path)}, "methods": [{"name": "a"}]}))
-    out = _run(cfg, tmp_path / "out")
-    assert out.returncode == 2 and "mnist not found" in out.stderr and "Traceback" not in out.stderr
+    code = cli.main(["run", str(cfg), "--out", str(tmp_path / "out"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and "mnist not found" in err and "Traceback" not in err, err
 
 
 def _files(folder):
