@@ -86,8 +86,11 @@ def plot_heatmap(
     value: str = "train_loss",  # the measured column
     method: str | None = None,  # one method, or a panel per method
     ax=None,  # axes to draw into (one method only)
+    last: int = 1,  # a run's final value is the mean of its last `last` logged rows (as in `results.run_outcomes`)
 ):
-    "Final `value` per cell of the (x, y) grid, diverged cells marked ×; one panel per method."
+    "Final `value` per (x, y) cell, mean over seeds; a cell where a seed diverged marked ×; one panel per method."
+    if isinstance(last, bool) or not isinstance(last, int) or last < 1:
+        raise ValueError(f"`last` must be an int >= 1, got {last!r}")
     methods = [method] if method else list(results.method.unique())
     if ax is None:
         fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods), 3.6), squeeze=False)
@@ -95,8 +98,10 @@ def plot_heatmap(
     else:
         fig, axes = ax.figure, [ax]
     for a, m in zip(axes, methods):
-        last = results[results.method == m].groupby(["seed", x, y], sort=True).tail(1)
-        table, div = (last.groupby([y, x])[c].agg(f).unstack() for c, f in ((value, "mean"), ("diverged", "any")))
+        runs = results[results.method == m].groupby(["seed", x, y], sort=True)
+        final = runs.tail(last).groupby(["seed", x, y])[value].mean()  # per run
+        per_run = pd.DataFrame({value: final, "diverged": runs.diverged.any()})
+        table, div = (per_run.groupby([y, x])[c].agg(f).unstack() for c, f in ((value, "mean"), ("diverged", "any")))
         log = value.endswith("loss")
         data = np.log10(table.where(~div.astype(bool))) if log else table.where(~div.astype(bool))
         sns.heatmap(
