@@ -33,3 +33,57 @@ def test_gpu_pilot_refuses_bad_arguments(tmp_path):
         "gpu_pilot: --workers and --repeats must be >= 1"
     ]
     assert not (tmp_path / "pilot.csv").exists()
+
+
+def _notebook(path: Path, *cells: str):
+    "Write a notebook of code cells."
+    cell = lambda src: dict(cell_type="code", source=src, metadata={}, outputs=[], execution_count=None)  # noqa: E731
+    nb = dict(cells=[cell(c) for c in cells], metadata={}, nbformat=4, nbformat_minor=5)
+    path.write_text(json.dumps(nb))
+
+
+RENDEZVOUS = """import time
+from pathlib import Path
+Path("{me}.started").touch()
+t0 = time.time()
+while not Path("{other}.started").exists():  # the other notebook must run at the same time
+    assert time.time() - t0 < 120, "ran alone"
+    time.sleep(0.05)
+print("met {other}")"""
+
+
+def test_gpu_experiments_run_notebooks_at_once_and_name_the_failed_one(tmp_path):
+    "`--jobs 2` runs two notebooks together (each waits for the other), a failing third is named, exit status 1."
+    _notebook(tmp_path / "a.ipynb", RENDEZVOUS.format(me="a", other="b"))
+    _notebook(tmp_path / "b.ipynb", RENDEZVOUS.format(me="b", other="a"))
+    _notebook(tmp_path / "c.ipynb", "print('before')", "raise ValueError('boom in c')")
+    logs = tmp_path / "logs"
+    cmd = ["bash", str(ROOT / "tools" / "run_gpu_experiments.sh"), "--allow-cpu", "--jobs", "2", "--log-dir", str(logs)]
+    env = {**os.environ, "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": ""}
+    out = subprocess.run(
+        [*cmd, *(str(tmp_path / f"{n}.ipynb") for n in "abc")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=ROOT,
+    )
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "FAIL: 1 of 3 notebooks failed: c" in out.stderr and "boom in c" in out.stderr
+    summary = pd.read_csv(logs / "summary.tsv", sep="\t", dtype=str).set_index("notebook")
+    assert summary.exit.to_dict() == {"a": "0", "b": "0", "c": "1", "all": "1"}
+    for name, other in [("a", "b"), ("b", "a")]:  # executed in place, with their outputs
+        outputs = json.loads((tmp_path / f"{name}.ipynb").read_text())["cells"][0]["outputs"]
+        assert f"met {other}" in "".join(outputs[0]["text"])
+    assert "boom in c" in (logs / "c.log").read_text()
+
+
+def test_gpu_experiments_refuse_bad_arguments(tmp_path):
+    script = ["bash", str(ROOT / "tools" / "run_gpu_experiments.sh")]
+    for args, message in [
+        (["--jobs", "0"], "FAIL: --jobs must be an int >= 1, got '0'"),
+        (["--bogus"], "FAIL: unknown option --bogus (see --help)"),
+        ([str(tmp_path / "missing.ipynb")], f"FAIL: no notebook {tmp_path / 'missing.ipynb'}"),
+    ]:
+        out = subprocess.run([*script, *args], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 2 and out.stderr.strip().splitlines() == [message], (args, out.stderr)

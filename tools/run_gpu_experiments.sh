@@ -4,8 +4,13 @@
 #
 # Usage, from anywhere inside the repository:
 #
-#     tools/run_gpu_experiments.sh [--wheels DIR] [--data DIR] [NOTEBOOK ...]
+#     tools/run_gpu_experiments.sh [--jobs N] [--log-dir DIR] [--wheels DIR] [--data DIR] [--allow-cpu] [NOTEBOOK ...]
 #
+#   --jobs N      run up to N notebooks at once (default 1). The FULL networks leave a large GPU mostly idle, and
+#                 each notebook already runs 4 runs at a time, so 2-3 notebooks at once (8-12 processes) fill a
+#                 16-core machine; tools/gpu_pilot.py measures what sharing the device costs.
+#   --log-dir DIR each notebook's output goes to DIR/NAME.log and its exit status and seconds to DIR/NAME.status
+#                 (default: a new folder under /tmp, printed at the start); a summary table goes to DIR/summary.tsv.
 #   --wheels DIR  optional: a folder of wheels adding nbdev/execnb/IPython, for a GPU machine without network that
 #                 lacks them (default: $GPU_WHEELS); not needed where `pip install -e ".[dev]"` was run, and skipped
 #                 whenever `import nbdev, execnb` already works. They are installed with `pip --no-index --no-deps
@@ -14,28 +19,42 @@
 #   --data DIR    optional: the folder holding Fashion-MNIST's four IDX .gz files, needed only where the data set is
 #                 not where the loader looks by itself ($SUBSPACE_OPT_DATA, else Debian's /usr/share/datasets);
 #                 exported as SUBSPACE_OPT_DATA.
+#   --allow-cpu   run without a CUDA device and without Fashion-MNIST: the `cuda` cells are then skipped, so the
+#                 notebooks run their SMALL setting (a check of this script on a CPU, not a FULL run).
 #   NOTEBOOK ...  run only these notebooks (default: every nbs/experiments/*.ipynb, in name order).
 #
 # Each notebook runs in its own folder (so its `runs/` lands beside it, git-ignored) through tools/execute_notebooks.py,
-# which on a CUDA machine executes the `#| cuda` cells, i.e. `P = FULL`. The script stops at the first failing notebook,
-# fails loudly when torch sees no CUDA device, and prints every notebook's wall time and the total. Results are
+# which on a CUDA machine executes the `#| cuda` cells, i.e. `P = FULL`. The script fails loudly when torch sees no
+# CUDA device (unless --allow-cpu); a failing notebook does not stop the others, but makes the exit status 1 and is
+# named at the end with the tail of its log. Every notebook's wall time and the total are printed. Results are
 # resumable: rerunning after an interruption reuses the finished runs under nbs/experiments/runs/*/full.
 # First run tools/gpu_pilot.py (about 90 s): it times each kind of step of the FULL settings on this device.
-# Budget: aimed at about 10 minutes of one H100 for the whole set; the per-notebook estimates (in each notebook's
-# Parameters section, none measured yet) add up to roughly 12-16 minutes, so the first GPU run's printed wall times are
-# what the FULL settings should be trimmed from.
+# Budget: aimed at about 8 minutes of one H100/H200 for the whole set with --jobs 3; the per-notebook estimates (in
+# each notebook's Parameters section, none measured yet) add up to roughly 12-16 minutes one after another, so the
+# first GPU run's printed wall times are what the FULL settings should be trimmed from.
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 WHEELS="${GPU_WHEELS:-}"
 DATA="${SUBSPACE_OPT_DATA:-}"
+JOBS=1
+LOGDIR=""
+ALLOW_CPU=0
 NBS=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --wheels) WHEELS="$2"; shift 2 ;;
     --data) DATA="$2"; shift 2 ;;
+    --jobs) JOBS="$2"; shift 2 ;;
+    --log-dir) LOGDIR="$2"; shift 2 ;;
+    --allow-cpu) ALLOW_CPU=1; shift ;;
+    -*) echo "FAIL: unknown option $1 (see --help)" >&2; exit 2 ;;
     -h|--help) sed -n '2,/^set -e/{/^set -e/!p}' "$0"; exit 0 ;;
     *) NBS+=("$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"); shift ;;
   esac
+done
+[[ "$JOBS" =~ ^[1-9][0-9]*$ ]] || { echo "FAIL: --jobs must be an int >= 1, got '$JOBS'" >&2; exit 2; }
+for nb in "${NBS[@]}"; do
+  [ -f "$nb" ] || { echo "FAIL: no notebook $nb" >&2; exit 2; }
 done
 cd "$REPO"
 PY="${PYTHON:-python3}"
@@ -54,21 +73,55 @@ if [ -n "$DATA" ]; then
     || { echo "FAIL: no Fashion-MNIST IDX files in $DATA (train-images-idx3-ubyte.gz)" >&2; exit 1; }
   export SUBSPACE_OPT_DATA="$DATA"
 fi
-"$PY" -c "from subspace_opt.data import load_fashion_mnist; load_fashion_mnist(n_train=10, n_test=10, device='cpu')" \
-  || { echo "FAIL: cannot load Fashion-MNIST (error above): pass --data DIR or set SUBSPACE_OPT_DATA" >&2; exit 1; }
-"$PY" - <<'PYEOF' || { echo "FAIL: no CUDA device visible to torch; the FULL settings are meant for a GPU" >&2; exit 1; }
+if [ "$ALLOW_CPU" = 0 ]; then  # the FULL settings need Fashion-MNIST and a GPU
+  "$PY" -c "from subspace_opt.data import load_fashion_mnist; load_fashion_mnist(n_train=10, n_test=10, device='cpu')" \
+    || { echo "FAIL: cannot load Fashion-MNIST (error above): pass --data DIR or set SUBSPACE_OPT_DATA" >&2; exit 1; }
+  "$PY" - <<'PYEOF' || { echo "FAIL: no CUDA device visible to torch; the FULL settings are meant for a GPU (--allow-cpu runs SMALL)" >&2; exit 1; }
 import torch, sys
 if not torch.cuda.is_available(): sys.exit(1)
 print(f"CUDA device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}")
 PYEOF
+fi
 
 [ ${#NBS[@]} -gt 0 ] || NBS=("$REPO"/nbs/experiments/*.ipynb)
+[ -n "$LOGDIR" ] || LOGDIR="$(mktemp -d /tmp/subspace-opt-gpu-logs.XXXXXX)"
+mkdir -p "$LOGDIR"
+LOGDIR="$(cd "$LOGDIR" && pwd)"
+echo "== ${#NBS[@]} notebooks, up to $JOBS at once; logs in $LOGDIR"
+
+run_one() {  # one notebook, in its own folder; its log, then "exit-status seconds" in NAME.status
+  local nb="$1" name t0 rc
+  name="$(basename "$nb" .ipynb)"
+  t0=$SECONDS
+  rc=0
+  (cd "$(dirname "$nb")" && "$PY" "$REPO/tools/execute_notebooks.py" "$(basename "$nb")") > "$LOGDIR/$name.log" 2>&1 || rc=$?
+  echo "$rc $((SECONDS - t0))" > "$LOGDIR/$name.status"
+  echo "== $name: $([ "$rc" = 0 ] && echo done || echo "FAILED (exit $rc)") in $((SECONDS - t0)) s"
+}
+
 t_all=$SECONDS
 for nb in "${NBS[@]}"; do
-  t0=$SECONDS
-  (cd "$(dirname "$nb")" && "$PY" "$REPO/tools/execute_notebooks.py" "$(basename "$nb")")
-  echo "== $(basename "$nb"): $((SECONDS - t0)) s"
+  while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || true; done
+  echo "== $(basename "$nb" .ipynb): started at $((SECONDS - t_all)) s"
+  run_one "$nb" &
 done
-echo "== all ${#NBS[@]} notebooks: $((SECONDS - t_all)) s"
-"$PY" -c "from nbdev.clean import nbdev_clean; nbdev_clean()"
+wait
+total=$((SECONDS - t_all))
+
+failed=()
+printf 'notebook\texit\tseconds\n' > "$LOGDIR/summary.tsv"
+for nb in "${NBS[@]}"; do
+  name="$(basename "$nb" .ipynb)"
+  read -r rc secs < "$LOGDIR/$name.status" || { rc=missing; secs=NA; }
+  printf '%s\t%s\t%s\n' "$name" "$rc" "$secs" >> "$LOGDIR/summary.tsv"
+  [ "$rc" = 0 ] || failed+=("$name")
+done
+printf 'all\t%s\t%s\n' "${#failed[@]}" "$total" >> "$LOGDIR/summary.tsv"
+echo "== all ${#NBS[@]} notebooks: $total s with up to $JOBS at once (summary: $LOGDIR/summary.tsv)"
+"$PY" -c "import sys; from nbdev.clean import nbdev_clean; [nbdev_clean(fname=f) for f in sys.argv[1:]]" "${NBS[@]}"
+if [ ${#failed[@]} -gt 0 ]; then
+  for name in "${failed[@]}"; do echo "== $name failed; the end of $LOGDIR/$name.log:" >&2; tail -20 "$LOGDIR/$name.log" >&2; done
+  echo "FAIL: ${#failed[@]} of ${#NBS[@]} notebooks failed: ${failed[*]}" >&2
+  exit 1
+fi
 echo "done: executed notebooks saved in place and cleaned; review with git diff, then commit nbs/experiments/*.ipynb"
