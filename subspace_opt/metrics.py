@@ -21,15 +21,19 @@ def evaluate(
     data,  # an (X, y) pair
     chunk: int = 4096,  # samples per forward pass
 ):
-    "Mean loss and accuracy of `model` on `data`, as floats."
+    """Mean loss and accuracy of `model` on `data`, as floats. The accuracy compares the largest output with the class
+    label, or with the largest entry of a float target row (one-hot or soft); with one output it is NaN."""
     X, y = data
+    if len(X) == 0:
+        raise ValueError("`data` has no samples: nothing to evaluate")
     total, correct = 0.0, 0
     for i in range(0, len(X), chunk):
         out = model(X[i : i + chunk])
         t = prepare_targets(y[i : i + chunk], check_loss(loss), out.shape[1], out.dtype)
         total += loss_sum(out, t, loss).item()
-        correct += (out.argmax(1) == y[i : i + chunk]).sum().item()
-    return total / len(X), correct / len(X)
+        labels = t.argmax(1) if y.is_floating_point() else y[i : i + chunk]
+        correct += (out.argmax(1) == labels).sum().item()
+    return total / len(X), (correct / len(X) if out.shape[1] > 1 else math.nan)
 
 # %% ../nbs/06c_metrics.ipynb #ba4ad772
 def _diverged(cfg, row, initial):

@@ -4,14 +4,14 @@
 
 # %% ../nbs/06b_results.ipynb #00000001
 from __future__ import annotations
-import math
+import math, numbers
 import numpy as np
 import pandas as pd
 
 # %% auto #0
-__all__ = ['RUN_COLUMNS', 'COSTS', 'MAX_EXACT_SEEDS', 'run_keys', 'time_to_target', 'rank_configs', 'sign_flip_pvalue',
-           'best_vs_best', 'describe', 'summarize', 'stability_numbers', 'run_outcomes', 'against_reference',
-           'best_setting', 'against_best']
+__all__ = ['RUN_COLUMNS', 'COSTS', 'MAX_EXACT_SEEDS', 'SIGN_DRAWS', 'run_keys', 'time_to_target', 'rank_configs',
+           'sign_flip_pvalue', 'best_vs_best', 'describe', 'summarize', 'stability_numbers', 'run_outcomes',
+           'against_reference', 'best_setting', 'against_best']
 
 # %% ../nbs/06b_results.ipynb #0000000b
 RUN_COLUMNS = ("method", "seed", "step", "train_loss")  # the columns every results table has
@@ -36,9 +36,9 @@ def run_keys(
 # %% ../nbs/06b_results.ipynb #0000000e
 def _check_targets(targets):  # one train loss or a list of them
     "The distinct `targets` as a list of finite floats, in the order given."
-    many = targets if isinstance(targets, (list, tuple, np.ndarray, pd.Series)) else [targets]
     try:
-        ts = [float(t) for t in many]
+        many = np.asarray(targets, dtype=object).ravel()  # a number, a list, an array, a Series or an Index
+        ts = [] if any(isinstance(t, (str, bytes)) for t in many) else [float(t) for t in many]
     except (TypeError, ValueError):
         ts = []
     if not ts or not all(math.isfinite(t) for t in ts):
@@ -65,7 +65,7 @@ def _numbered(
     if len(twice):
         run = ", ".join(f"{k}={twice[k].iloc[0]}" for k in keys)
         step = twice.step.iloc[0]
-        fix = "name the column that tells them apart in `keys`"
+        fix = "name the column that tells them apart in `keys`, or drop repeated rows"
         raise ValueError(f"`results` has two rows of one run ({run}) at step {step}: {fix}")
     return r, keys
 
@@ -161,21 +161,32 @@ def rank_configs(
     return _ranked(out.assign(_family=order), by=["_family"]).drop(columns="_family").reset_index(drop=True)
 
 # %% ../nbs/06b_results.ipynb #00000021
-MAX_EXACT_SEEDS = 16  # the exact test enumerates 2**n sign patterns: 65,536 at 16 seeds, milliseconds
+MAX_EXACT_SEEDS = 16  # up to here all 2**n sign patterns are enumerated: 65,536 at 16 seeds, milliseconds
+SIGN_DRAWS = 2**16  # beyond, the observed pattern and this many minus one random ones (seeded: repeatable)
+
+
+def _sign_patterns(n: int, rows: int = 4096):
+    "Chunks of ±1 sign patterns of `n` seeds, the first all +1 (the observed signs): all 2**n, or `SIGN_DRAWS` drawn."
+    rng, total = np.random.default_rng(0), 2**n if n <= MAX_EXACT_SEEDS else SIGN_DRAWS
+    for start in range(0, total, rows):
+        idx = np.arange(start, min(start + rows, total))
+        bits = (idx[:, None] >> np.arange(n)) & 1 if n <= MAX_EXACT_SEEDS else rng.integers(0, 2, (len(idx), n))
+        yield 1.0 - 2.0 * np.where(idx[:, None] == 0, 0, bits)
 
 
 def sign_flip_pvalue(differences):  # per-seed paired differences; ±inf where only one of the pair reached the target
-    "Two-sided p-value of the exact paired sign-flip test of `differences` (NaN when there are none)."
-    d = np.asarray(differences, dtype=float)
-    if d.ndim != 1 or np.isnan(d).any() or len(d) > MAX_EXACT_SEEDS:
-        raise ValueError(
-            f"`differences` must be a list of at most {MAX_EXACT_SEEDS} numbers or ±inf, got {differences!r}"
-        )
+    """Two-sided p-value of the paired sign-flip test of `differences` (NaN when there are none): exact up to
+    `MAX_EXACT_SEEDS` seeds, beyond that a Monte Carlo estimate from `SIGN_DRAWS` patterns."""
+    try:
+        d = np.asarray(differences, dtype=float)
+    except (TypeError, ValueError):
+        d = np.full(1, np.nan)
+    if d.ndim != 1 or np.isnan(d).any():
+        raise ValueError(f"`differences` must be a list of numbers or ±inf, got {differences!r}")
     if len(d) == 0:
         return float("nan")
     infinite, finite = np.sign(d) * np.isinf(d), np.where(np.isinf(d), 0.0, d)
-    flips = 1.0 - 2.0 * ((np.arange(2 ** len(d))[:, None] >> np.arange(len(d))) & 1)  # row 0: the observed signs
-    a, b = flips @ infinite, flips @ finite
+    a, b = (np.concatenate(x) for x in zip(*((s @ infinite, s @ finite) for s in _sign_patterns(len(d)))))
     second = np.where(a != 0, np.sign(a) * b, np.abs(b))  # |M a + b| for a very large M: |a| first, then this
     tol = 1e-9 * (1.0 + np.abs(finite).sum())  # sums equal up to rounding count as equal
     extreme = (np.abs(a) > abs(a[0])) | ((np.abs(a) == abs(a[0])) & (second >= second[0] - tol))
@@ -262,6 +273,9 @@ def summarize(
     threshold: float,  # train-loss threshold for "steps to threshold"
 ):
     "One row per method, means over its seeds: final loss and accuracy, steps to `threshold`, divergence, ms per step."
+    grid = [c for c in results.columns if "." in str(c)]
+    if grid:
+        raise ValueError(f"`results` are a sweep's (grid columns {grid}): summarize one experiment's rows at a time")
     reach = time_to_target(results, threshold, keys=[]).set_index(["method", "seed"]).step
     runs = []
     for (method, seed), r in results.sort_values("step", kind="stable").groupby(["method", "seed"], sort=False):
@@ -272,7 +286,9 @@ def summarize(
             dict(method=method, final_train_loss=last.train_loss, final_test_acc=last.test_acc)
             | dict(steps_to_threshold=reach[method, seed], diverged=bool(r.diverged.any()), ms_per_step=ms)
         )
-    return pd.DataFrame(runs).groupby("method", sort=False).agg("mean").reset_index()
+    nan_counts = lambda s: s.mean(skipna=False)  # noqa: E731 (a seed whose last row has no loss: NaN, not left out)
+    how = dict(final_train_loss=nan_counts, final_test_acc=nan_counts, steps_to_threshold="mean", diverged="mean")
+    return pd.DataFrame(runs).groupby("method", sort=False).agg(how | dict(ms_per_step="mean")).reset_index()
 
 # %% ../nbs/06b_results.ipynb #8bdc06f9
 def _ended(r: pd.DataFrame):  # rows numbered by `_numbered`, with `train_loss` and usually `diverged`
@@ -300,7 +316,7 @@ def stability_numbers(
     out = r.drop_duplicates("_run").set_index("_run")[keys]
     out["diverged"] = over.groupby(r._run).any()
     out["diverged_at"] = r[over].groupby("_run").step.min()
-    out["n_logged"] = alive.size()  # rows before the divergence, step 0 included
+    out["n_logged"] = alive.size().reindex(out.index, fill_value=0)  # rows before the divergence, step 0 included
     out["max_bulk_number"] = alive.lr_x_lambda_bulk.max()
     out["max_sharp_step"] = alive.sharp_step.max()
     out["leakage"] = alive.leakage.median() if "leakage" in r.columns else np.nan
@@ -324,7 +340,7 @@ def run_outcomes(
     keys=None,  # further columns that tell runs apart, beyond `method`, `seed` and the dotted grid columns
 ):
     "Per run: the final train loss (mean of the last `last` rows; NaN once diverged), divergence, curvature numbers."
-    if isinstance(last, bool) or not isinstance(last, int) or last < 1:
+    if isinstance(last, bool) or not isinstance(last, numbers.Integral) or last < 1:
         raise ValueError(f"`last` must be an int >= 1, got {last!r}")
     r, keys = _numbered(results, keys)
     over = _ended(r)  # a run ends at its first diverged or non-finite row
@@ -339,6 +355,25 @@ def run_outcomes(
             out[name] = alive[column].agg(how)
     return out.reset_index(drop=True)
 
+# %% ../nbs/06b_results.ipynb #488b8b91
+def _check_by(
+    outcomes: pd.DataFrame,  # a `run_outcomes` table
+    by,  # a column name or a list of them; the first is the one shared with the reference
+):
+    "`by` as a list of `outcomes`' columns, checked: the first has a value in every run."
+    by = [by] if isinstance(by, str) else by
+    if not isinstance(by, (list, tuple)) or not by or not all(isinstance(c, str) for c in by):
+        raise ValueError(f"`by` must be a column name or a non-empty list of them, got {by!r}")
+    missing = [c for c in by if c not in outcomes.columns]
+    if missing:
+        raise ValueError(f"`by` names columns missing from `outcomes`: {missing}")
+    blank = outcomes[outcomes[by[0]].isna()]
+    if len(blank):
+        raise ValueError(
+            f"`by[0]` column {by[0]!r} is missing for method {blank.method.iloc[0]!r}: every run needs one"
+        )
+    return list(by)
+
 # %% ../nbs/06b_results.ipynb #11c10502
 def against_reference(
     outcomes: pd.DataFrame,  # a `run_outcomes` table
@@ -349,12 +384,13 @@ def against_reference(
     "Means over seeds per method and setting, each against `reference` at the same `by[0]`: a loss ratio and a word."
     if not (isinstance(match, (int, float)) and not isinstance(match, bool) and match >= 1):
         raise ValueError(f"`match` must be a number >= 1, got {match!r}")
+    by = _check_by(outcomes, by)
     if reference not in set(outcomes.method):
         raise ValueError(f"`reference` {reference!r} is not a method of `outcomes`: {sorted(set(outcomes.method))}")
     agg = dict(final_loss=("final", "mean"), divergence_rate=("diverged", "mean"), diverged_at=("diverged_at", "min"))
     agg |= {c: (c, "mean") for c in ("leakage", "sharp_step") if c in outcomes}
     agg |= {c: (c, "max") for c in ("max_bulk_number", "max_lambda1") if c in outcomes}
-    table = outcomes.groupby(["method", *by]).agg(**agg).reset_index()
+    table = outcomes.groupby(["method", *by], dropna=False).agg(**agg).reset_index()  # NaN settings (no T) kept
     ref = table[table.method == reference].set_index(by[0])[["final_loss", "divergence_rate"]]
     if ref.index.duplicated().any():
         raise ValueError(f"`reference` {reference!r} has several settings per {by[0]!r}: it must have one each")
@@ -390,7 +426,10 @@ def against_best(
     match: float = 1.1,  # final losses within this factor of each other 'match'
 ):
     "`against_reference`, but against `reference` at its best `by[0]` (`best_setting`) for every other method."
+    by = _check_by(outcomes, by)
     best = best_setting(outcomes, reference, by[0])
+    if isinstance(best, float) and math.isnan(best):
+        raise ValueError(f"`reference` {reference!r} diverged on some seed at every {by[0]}: it has no best setting")
     ref, others = (
         outcomes[outcomes[by[0]].eq(best) & outcomes.method.eq(reference)],
         outcomes[outcomes.method != reference],
