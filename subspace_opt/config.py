@@ -171,8 +171,9 @@ _COUNTS = ("k", "n_eigs", "refresh_every", "n_hessian", "steps", "batch_size", "
 RANGES = {  # key -> the numbers it accepts (each entry of a list); every float is finite as well
     **dict.fromkeys(_COUNTS + ("log_every", "checkpoint_every", "snapshot_every", "beta"), Interval(1)),
     **dict.fromkeys(("start_step", "dom", "bulk"), Interval(0)),
-    **dict.fromkeys(("lr", "tol"), Interval(0, lo_open=True)),
+    "lr": Interval(0, lo_open=True),
     **dict.fromkeys(("alpha", "gamma"), Interval(0, 1)),
+    "tol": Interval(0, 1, lo_open=True),  # a target for the sine of an angle
     "momentum": Interval(0, 1, hi_open=True),
     "switch_threshold": Interval(0, 1, lo_open=True, hi_open=True),
     "diverge_factor": Interval(1, lo_open=True),

@@ -159,9 +159,15 @@ def _ritz(T, m):
     return theta, S, (Tm[m, m - 1] * S[m - 1]).abs()
 
 
-def _rel(res, theta):
-    "Residuals relative to |θ|, guarded near 0 by the largest |θ|."
-    floor = theta.abs().max().clamp_min(1e-300) * torch.finfo(torch.float64).eps
+def _rel(
+    res,  # residual norms ‖Hu − θu‖
+    theta,  # their Ritz values
+    scale=None,  # the spectrum's scale, e.g. the largest |Ritz value|; None: the largest |θ|
+    tol: float = 0.0,  # the solve's tolerance
+):
+    "Residuals relative to |θ|, or to max(tol, √ε)·`scale` where |θ| is smaller: an exact θ = 0 can pass."
+    scale = theta.abs().max() if scale is None else torch.as_tensor(scale, dtype=theta.dtype).to(theta.device)
+    floor = scale.clamp_min(1e-300) * max(tol, math.sqrt(torch.finfo(torch.float64).eps))
     return res / theta.abs().clamp_min(floor)
 
 
@@ -219,7 +225,7 @@ def _wanted_pairs(op, Q, theta, S, res, idx, tol=0.0):
             f"lanczos: eigenvalues {i + 1} and {i + 2} agree ({vals[i]:.6g}): probably a repeated eigenvalue, whose "
             "further copies a single start vector cannot see; use block_lanczos or DominantSubspace for its subspace"
         )
-    return vals.to(op.device), U, _rel(res[order], vals).to(op.device)
+    return vals.to(op.device), U, _rel(res[order], vals, None, tol).to(op.device)
 
 # %% ../nbs/01_lanczos.ipynb #68f6473c
 def lanczos(
@@ -246,7 +252,7 @@ def lanczos(
             _check_products(T[: stop + 1, :stop], op, "lanczos")
             theta, S, res = _ritz(T, stop)
             idx = select(theta, k, which)
-            rel = _rel(res[idx], theta[idx])
+            rel = _rel(res[idx], theta[idx], theta.abs().max(), tol)
             if (rel <= tol).all():
                 break
         if (rel <= tol).all():
@@ -271,7 +277,7 @@ def _orth_block(Q, W):
     return W
 
 
-def _rayleigh_ritz(Q, W, k, which):
+def _rayleigh_ritz(Q, W, k, which, tol=0.0):
     "Ritz pairs of span(Q) given W = HQ: values, vectors, their H-images and exact relative residuals (best first)."
     T = (Q.T @ W).double()
     theta, S = torch.linalg.eigh(((T + T.T) / 2).cpu())
@@ -279,7 +285,7 @@ def _rayleigh_ritz(Q, W, k, which):
     Sk = S[:, idx].to(Q.dtype).to(Q.device)
     U, HU = Q @ Sk, W @ Sk
     th = theta[idx].to(Q.device)
-    return th, U, HU, _rel((HU - U * th.to(Q.dtype)).norm(dim=0).double(), th)
+    return th, U, HU, _rel((HU - U * th.to(Q.dtype)).norm(dim=0).double(), th, theta.abs().max(), tol)
 
 # %% ../nbs/01_lanczos.ipynb #8606c4ba
 def _start_block(op, k, U0, n_blocks, block_size, max_restarts, seed):
@@ -287,6 +293,8 @@ def _start_block(op, k, U0, n_blocks, block_size, max_restarts, seed):
     p = op.shape[0]
     n_blocks, max_restarts = _check_int(n_blocks, "n_blocks", 1), _check_int(max_restarts, "max_restarts", 0)
     b = k + max(2, k // 2) if block_size is None else _check_int(block_size, "block_size", k)
+    if U0 is None and n_blocks * b > p:
+        raise ValueError(f"`n_blocks`={n_blocks} blocks of b={b} columns (k={k}, `block_size`) exceed p={p}: lower one")
     if U0 is None:
         U0 = torch.randn(
             p, b, generator=torch.Generator(device=op.device).manual_seed(seed), dtype=op.dtype, device=op.device
@@ -327,7 +335,7 @@ def block_lanczos(
             n_mv += b
         W = torch.cat(Ws, 1)
         _check_products(W, op, "block_lanczos")
-        th, Ub, HUb, rel = _rayleigh_ritz(torch.cat(Qs, 1), W, b, which)
+        th, Ub, HUb, rel = _rayleigh_ritz(torch.cat(Qs, 1), W, b, which, tol)
         if (rel[:k] <= tol).all():
             break
         U, HU = Ub, HUb
@@ -358,7 +366,7 @@ def _eigsh_result(op, vals, vecs, n_mv, tol, residuals):
     U = torch.as_tensor(np.ascontiguousarray(vecs[:, order])).to(op.device, op.dtype)
     if not residuals:
         return LanczosResult(lam, U, torch.full_like(lam, float("nan")), n_mv, True, 0)
-    res = _rel(((op @ U) - U * lam.to(op.dtype)).norm(dim=0).double(), lam)
+    res = _rel(((op @ U) - U * lam.to(op.dtype)).norm(dim=0).double(), lam, None, tol)
     converged = bool((res <= tol).all())
     if not converged:
         warnings.warn(f"scipy_eigsh: ARPACK stopped, but the largest relative residual {res.max():.2e} > tol={tol:g}")

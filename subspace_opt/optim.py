@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_optim.ipynb #e03dafb3
 from __future__ import annotations
-import math
+import math, warnings
 import torch
 from fastcore.basics import patch
 from tqdm.auto import tqdm
@@ -29,8 +29,8 @@ def _check_coef(name, c):
 
 def _check_params(base, subspace):
     "The parameters in the operator's order; refuse a subspace whose model is not what `base` updates."
-    ps = subspace.op.parameters() if callable(getattr(subspace.op, "parameters", None)) else None
-    opt = {id(q) for g in base.param_groups for q in g["params"]}
+    ps = list(subspace.op.parameters()) if callable(getattr(subspace.op, "parameters", None)) else None
+    opt = {id(q) for g in base.param_groups for q in g["params"] if q.requires_grad}  # frozen tensors never move
     if ps is None or {id(q) for q in ps} != opt:
         raise ValueError(
             "`subspace` must be built on an operator of the model whose trainable parameters the base "
@@ -39,16 +39,19 @@ def _check_params(base, subspace):
     return ps
 
 
-def _check_args(base, mode, start_step, switch_threshold):
-    "Refuse a base that is not a torch optimizer, an unknown mode, a negative start step or a threshold outside (0, 1)."
+def _check_args(base, mode, start_step, switch_threshold, switch_ema):
+    "Refuse a non-torch base, an unknown mode, a negative start step, a threshold or EMA factor outside (0, 1)."
     if not isinstance(base, torch.optim.Optimizer):
         raise TypeError(f"`base` must be a torch.optim.Optimizer, got {type(base).__name__}")
     if mode not in MODES:
         raise ValueError(f"`mode` must be one of {MODES}, got {mode!r}")
     if not isinstance(start_step, int) or start_step < 0:
         raise ValueError(f"`start_step` must be an int >= 0, got {start_step!r}")
-    if switch_threshold is not None and not 0 < switch_threshold < 1:
+    unit = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x < 1  # noqa: E731
+    if switch_threshold is not None and not unit(switch_threshold):
         raise ValueError(f"`switch_threshold` must be None or in (0, 1), got {switch_threshold!r}")
+    if not unit(switch_ema):
+        raise ValueError(f"`switch_ema` must be a number in (0, 1) (the weight of the past), got {switch_ema!r}")
 
 # %% ../nbs/03_optim.ipynb #105e35a2
 def _grad_vector(params):
@@ -99,6 +102,20 @@ class _WrapperBase(torch.optim.Optimizer):
         "The parameters as one detached vector (p,), in the operator's order."
         return _param_vector(self.params)
 
+# %% ../nbs/03_optim.ipynb #7ddb9e1a
+def _warn_unconfined(base: torch.optim.Optimizer, mode: str):
+    "Warn when `'gradient'` mode cannot confine `base`'s steps: per-group learning rates or weight decay."
+    groups = base.param_groups
+    if mode != "gradient":
+        return
+    if len({g.get("lr") for g in groups}) > 1 or any(g.get("weight_decay", 0) for g in groups):
+        warnings.warn(
+            "ProjectedOptimizer: with per-group learning rates or weight decay, mode='gradient' steps are not "
+            "confined to the projected subspace (the base scales or adds to the projected gradient); "
+            "mode='update' confines them",
+            stacklevel=3,
+        )
+
 # %% ../nbs/03_optim.ipynb #9be5cc00
 class ProjectedOptimizer(_WrapperBase):
     "Any torch optimizer whose gradient or update is recombined as a·P_dom + b·P_bulk on a tracked Dominant subspace."
@@ -114,7 +131,8 @@ class ProjectedOptimizer(_WrapperBase):
         switch_threshold: float | None = None,  # or: project once the EMA of χ_k(∇L) exceeds this
         switch_ema: float = 0.9,  # EMA factor of the switch criterion
     ):
-        _check_args(base, mode, start_step, switch_threshold)
+        _check_args(base, mode, start_step, switch_threshold, switch_ema)
+        _warn_unconfined(base, mode)
         self.base, self.subspace, self.mode = base, subspace, mode
         self.dom, self.bulk = _check_coef("dom", dom), _check_coef("bulk", bulk)
         self.params = _check_params(base, subspace)
@@ -209,6 +227,14 @@ def interpolated_sgd(
     return ProjectedOptimizer(base, subspace, dom=dom, bulk=bulk, **kw)
 
 # %% ../nbs/03_optim.ipynb #3a4766bc
+def _check_slice(name: str, x, lo: float, hi: float = math.inf):
+    "A preset's parameter `name`, checked to be a number in [lo, hi]."
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or not lo <= x <= hi:
+        where = f"in [{lo:g}, {hi:g}]" if hi < math.inf else f">= {lo:g}"
+        raise ValueError(f"`{name}` must be a number {where}, got {x!r}")
+    return float(x)
+
+
 def damped_dominant_sgd(
     base,  # the torch optimizer to wrap (SGD, momentum, Adam, ...)
     subspace,  # the `DominantSubspace` tracker that supplies U
@@ -216,7 +242,7 @@ def damped_dominant_sgd(
     **kw,  # further arguments of `ProjectedOptimizer`
 ):
     "Damped dominant slice: (a, b) = (1 − α, 1)."
-    return ProjectedOptimizer(base, subspace, dom=1.0 - alpha, bulk=1.0, **kw)
+    return ProjectedOptimizer(base, subspace, dom=1.0 - _check_slice("alpha", alpha, 0, 1), bulk=1.0, **kw)
 
 
 def bulk_amplified_sgd(
@@ -226,7 +252,7 @@ def bulk_amplified_sgd(
     **kw,  # further arguments of `ProjectedOptimizer`
 ):
     "Bulk amplification slice: (a, b) = (1, β)."
-    return ProjectedOptimizer(base, subspace, dom=1.0, bulk=beta, **kw)
+    return ProjectedOptimizer(base, subspace, dom=1.0, bulk=_check_slice("beta", beta, 1), **kw)
 
 
 def dom_bulk_sgd(
@@ -236,6 +262,7 @@ def dom_bulk_sgd(
     **kw,  # further arguments of `ProjectedOptimizer`
 ):
     "Dom↔Bulk slice: (a, b) = (1 − γ, γ)."
+    gamma = _check_slice("gamma", gamma, 0, 1)
     return ProjectedOptimizer(base, subspace, dom=1.0 - gamma, bulk=gamma, **kw)
 
 # %% ../nbs/03_optim.ipynb #acc51f60

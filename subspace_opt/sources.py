@@ -266,9 +266,11 @@ class UpdatePCASubspace(_BasisSource):
         params,  # an operator (its `gradient()` then serves `switch_threshold`), a module, or trainable tensors
         k: int = 10,  # rank of the basis
         m: int = 20,  # updates kept (>= k): the last m
-        refresh_every: int | None = 1,  # new basis on every T-th call of `update()`; None: only on the first
+        refresh_every: int = 1,  # new basis on every T-th call of `update()`
         seed: int = 0,  # seed of the random directions that complete the basis before k updates are kept
     ):
+        if refresh_every is None:  # the only basis would be made on the first call, before any update is kept
+            raise ValueError("`refresh_every` must be an int >= 1 for UpdatePCASubspace, got None (a random basis)")
         super().__init__(params, k, refresh_every, seed)
         if isinstance(m, bool) or not isinstance(m, int) or m < k:
             raise ValueError(f"`m` must be an int >= k={k} (the updates kept), got {m!r}")

@@ -101,13 +101,39 @@ def choose_k(eigenvalues: torch.Tensor):  # the top eigenvalues, descending (at 
 def _initial_rank(
     k,  # an int, or 'auto'
     max_k,  # 'auto': the largest rank considered
+    p: int,  # the operator's dimension
 ):
     "The rank a tracker starts with: `k`, or `max_k` while k='auto' waits for its first cold solve."
     if k != "auto":
         return k
-    if isinstance(max_k, bool) or not isinstance(max_k, int) or max_k < 1:
-        raise ValueError(f"`max_k` must be an int >= 1 (the largest rank k='auto' considers), got {max_k!r}")
+    if isinstance(max_k, bool) or not isinstance(max_k, int) or not 1 <= max_k < p:
+        raise ValueError(f"`max_k` must be an int in [1, p={p}) (the largest rank k='auto' considers), got {max_k!r}")
     return max_k
+
+# %% ../nbs/02_subspace.ipynb #f1a8e5ed
+def _check_solver(  # `DominantSubspace`'s arguments of that name
+    n_eigs,  # None or an int >= 1
+    tol,  # in (0, 1]
+    cold_tol,  # in (0, 1]
+    restart_tol,  # > 0
+    cold_every,  # None or an int >= 1
+    max_warm_restarts,  # an int >= 0
+):
+    "Refuse tolerances, counts and periods a tracker's solves cannot honour, naming the argument."
+    if n_eigs is not None and (isinstance(n_eigs, bool) or not isinstance(n_eigs, int) or n_eigs < 1):
+        raise ValueError(f"`n_eigs` must be None or an int >= 1, got {n_eigs!r}")
+    for name, t in (("tol", tol), ("cold_tol", cold_tol)):
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t <= 1:
+            raise ValueError(f"`{name}` must be a number in (0, 1] (a target for the sine of an angle), got {t!r}")
+    if isinstance(restart_tol, bool) or not isinstance(restart_tol, (int, float)) or not restart_tol > 0:
+        raise ValueError(
+            f"`restart_tol` must be a number > 0 (inf: never fall back to a cold solve), got {restart_tol!r}"
+        )
+    if cold_every is not None and (isinstance(cold_every, bool) or not isinstance(cold_every, int) or cold_every < 1):
+        raise ValueError(f"`cold_every` must be None or an int >= 1, got {cold_every!r}")
+    bad_restarts = isinstance(max_warm_restarts, bool) or not isinstance(max_warm_restarts, int)
+    if bad_restarts or max_warm_restarts < 0:
+        raise ValueError(f"`max_warm_restarts` must be an int >= 0, got {max_warm_restarts!r}")
 
 # %% ../nbs/02_subspace.ipynb #aef67d7a
 class DominantSubspace:
@@ -131,7 +157,8 @@ class DominantSubspace:
         drift_tol: float = 0.3,  # 'auto': drift (sine of the largest principal angle) to allow between refreshes
         max_k: int = 20,  # k='auto': the largest rank considered
     ):
-        k, self.auto_k, self.max_k, self.n_eigs_asked = _initial_rank(k, max_k), k == "auto", max_k, n_eigs
+        _check_solver(n_eigs, tol, cold_tol, restart_tol, cold_every, max_warm_restarts)
+        k, self.auto_k, self.max_k, self.n_eigs_asked = _initial_rank(k, max_k, op.shape[0]), k == "auto", max_k, n_eigs
         p, self.n_eigs, self.k_pending = op.shape[0], max(n_eigs or k, k) if self.auto_k else n_eigs or k, self.auto_k
         _check_rank(k, self.n_eigs, oversample, p)
         self.period = _check_policy(refresh_every, min_every, max_every, drift_tol)
