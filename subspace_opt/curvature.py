@@ -105,11 +105,22 @@ class _ModelParameters(TorchLinearOperator):
         return [c.reshape(len(Vt), *s) for c, s in zip(Vt.split(self.sizes, dim=1), self.shapes)]
 
 # %% ../nbs/00_curvature.ipynb #efe89f8c
+_RANDOM_OR_BATCHED = (torch.nn.modules.dropout._DropoutNd, torch.nn.modules.batchnorm._BatchNorm)
+
+
 def check_deterministic(
-    forward,  # forward(X) -> outputs, on copies of the model's buffers
+    forward,  # forward(X) -> outputs, on copies of the model's buffers (a module is also checked layer by layer)
     X: torch.Tensor,  # a probe batch with at least two samples
+    model: torch.nn.Module | None = None,  # the model, whose Dropout and BatchNorm layers must not be in training mode
 ):
     "Raise a `ValueError` if two passes over `X` differ, or if outputs depend on how `X` is split into batches."
+    model = forward if model is None and isinstance(forward, torch.nn.Module) else model
+    for name, m in [] if model is None else model.named_modules():
+        if isinstance(m, _RANDOM_OR_BATCHED) and m.training and getattr(m, "p", 1.0) > 0:
+            raise ValueError(
+                f"model layer {name!r} ({type(m).__name__}) is in training mode, where its outputs depend on chance "
+                "or on the batch: call `model.eval()`"
+            )
     out = forward(X)
     tol = out.abs().max().item() * torch.finfo(out.dtype).eps ** 0.5 + torch.finfo(out.dtype).tiny
     if (forward(X) - out).abs().max() > tol:
@@ -272,7 +283,8 @@ class CurvatureOperator(_MethodChoice):
             raise ValueError(f"`method` must be one of {METHODS}, got {method!r}")
         super().__init__(model, loss, data, batch_size, process_group)
         if check_determinism and self.batches:
-            check_deterministic(lambda X: self._forward(self._params(), X, copy=True), self.batches[0][0][:16])
+            probe = torch.cat([X for X, _ in self.batches[:16]])[:16]  # samples of several batches, if they are small
+            check_deterministic(lambda X: self._forward(self._params(), X, copy=True), probe, self.model)
         self.method = self._pick_method(method) if self.batches else None
         self._join()
 
