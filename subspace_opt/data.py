@@ -4,17 +4,17 @@
 
 # %% ../nbs/04_data.ipynb #5d7cdb2a
 from __future__ import annotations
-import gzip, inspect, os, pickle, platform
+import gzip, inspect, math, os, pickle, platform
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['INSTALL_HINTS', 'DATA_MARKERS', 'CIFAR_GLOBALS', 'TASKS', 'default_device', 'check_device', 'environment', 'TaskData',
-           'load_digits', 'data_places', 'find_data', 'data_available', 'read_idx', 'task_from_arrays',
-           'load_fashion_mnist', 'load_mnist', 'CifarUnpickler', 'read_cifar_batch', 'load_cifar10', 'gaussian_mixture',
-           'teacher_student', 'load_task']
+__all__ = ['INSTALL_HINTS', 'DATA_MARKERS', 'IDX_FILES', 'CIFAR_GLOBALS', 'TASKS', 'default_device', 'check_device',
+           'environment', 'TaskData', 'load_digits', 'data_places', 'find_data', 'data_available', 'read_idx',
+           'task_from_arrays', 'load_fashion_mnist', 'load_mnist', 'CifarUnpickler', 'read_cifar_batch', 'load_cifar10',
+           'gaussian_mixture', 'teacher_student', 'load_task']
 
 # %% ../nbs/04_data.ipynb #04441b7f
 def default_device() -> torch.device:
@@ -27,6 +27,12 @@ def _user_error(message: str):
     from subspace_opt.config import UserError
 
     return UserError(message)
+
+
+def _check_dtype(dtype):  # the dtype asked for a data set's inputs
+    "A `UserError` unless `dtype` is a floating torch dtype (an integer one would truncate inputs scaled to [0, 1])."
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise _user_error(f"`dtype` must be a floating torch dtype, got {dtype!r}")
 
 
 def _check_sizes(sizes: dict):  # name -> (value, least allowed value)
@@ -110,6 +116,7 @@ def load_digits(
 
     if not isinstance(test_fraction, (int, float)) or not 0 < test_fraction < 1:
         raise _user_error(f"`test_fraction` must lie in (0, 1), got {test_fraction!r}")
+    _check_dtype(dtype)
     X, y = _sk_digits(return_X_y=True)
     perm = np.random.default_rng(seed).permutation(len(X))
     n_test = int(round(test_fraction * len(X)))
@@ -178,12 +185,42 @@ def data_available(
 
 # %% ../nbs/04_data.ipynb #9d901e21
 def read_idx(path: str | Path):  # an IDX file, gzipped or not
-    "The array stored in an IDX file (the MNIST format): uint8 images (n, h, w) or labels (n,)."
+    "The array stored in an IDX file (the MNIST format): uint8 images (n, h, w) or labels (n,); else a `UserError`."
     path = Path(path)
-    raw = (gzip.open if path.suffix == ".gz" else open)(path, "rb").read()
-    ndim = raw[3]
+    try:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as fh:
+            raw = fh.read()
+    except (EOFError, gzip.BadGzipFile) as e:  # a damaged archive
+        raise _user_error(f"{path} is not an IDX file: {e}") from None
+    ndim = raw[3] if len(raw) >= 4 else 0
+    if raw[:3] != b"\0\0\x08" or not 1 <= ndim <= 3:
+        raise _user_error(f"{path} is not an IDX file of unsigned bytes in 1 to 3 dimensions (header {raw[:4].hex()})")
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    if len(raw) != 4 + 4 * ndim + math.prod(shape):
+        raise _user_error(f"{path} holds {len(raw) - 4 - 4 * ndim} bytes of data, not the {shape} its header says")
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+# %% ../nbs/04_data.ipynb #7a993b4f
+def _check_arrays(
+    name: str,  # data set name, for the messages
+    arrays: dict,  # 'training'/'test' -> (inputs, labels), numpy, samples first
+    shape: tuple | None,  # image shape (-1, c, h, w) the inputs must fit, or None (flattened)
+    n_classes: int | None,  # C, or None: the largest label + 1
+    dtype: torch.dtype,  # floating dtype asked for the inputs
+):
+    "C, once inputs and labels agree, labels are ints in [0, C) and inputs fit `shape`; else a `UserError`."
+    _check_dtype(dtype)
+    for part, (X, y) in arrays.items():
+        y = np.asarray(y)
+        if y.ndim != 1 or len(y) != len(X) or not np.issubdtype(y.dtype, np.integer) or (len(y) and y.min() < 0):
+            what = f"{len(X)} {part} inputs with labels of shape {y.shape} ({y.dtype})"
+            raise _user_error(f"{name}: {what}: one int >= 0 per input is needed")
+        if shape is not None and math.prod(X.shape[1:]) != math.prod(shape[1:]):
+            raise _user_error(f"{name}: {part} inputs of shape {X.shape[1:]} do not fit {shape[1:]}")
+    top = max(int(np.max(y)) if len(y) else -1 for _, y in arrays.values()) + 1
+    if n_classes is not None and top > n_classes:
+        raise _user_error(f"{name}: a label is {top - 1}, outside the {n_classes} classes")
+    return top if n_classes is None else n_classes
 
 # %% ../nbs/04_data.ipynb #36b06cf0
 def task_from_arrays(
@@ -199,32 +236,32 @@ def task_from_arrays(
     flatten: bool,  # (n, features) inputs, else `shape`
     device=None,  # default: `default_device()`
     dtype: torch.dtype = torch.float32,  # floating dtype of the inputs
+    n_classes: int | None = None,  # C (labels must lie below it); None: the largest label + 1
 ):
-    "A `TaskData` from numpy arrays, after the first-n selection and scaling."
+    "A `TaskData` from numpy arrays, after the first-n selection and scaling; inputs and labels checked to agree."
+    arrays = {"training": (X_train, y_train), "test": (X_test, y_test)}
+    n_classes = _check_arrays(name, arrays, None if flatten else shape, n_classes, dtype)
     for arg, n, total in (("n_train", n_train, len(X_train)), ("n_test", n_test, len(X_test))):
         if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= total):
             raise _user_error(f"`{arg}` must be in [1, {total}], got {n!r}")
     dev = device or default_device()
     X = lambda a, n: torch.as_tensor(a[:n] / scale).reshape((len(a[:n]), -1) if flatten else shape).to(dev, dtype)
     y = lambda a, n: torch.as_tensor(np.array(a[:n]), dtype=torch.long, device=dev)
-    return TaskData(
-        name, X(X_train, n_train), y(y_train, n_train), X(X_test, n_test), y(y_test, n_test), int(np.max(y_train)) + 1
-    )
+    return TaskData(name, X(X_train, n_train), y(y_train, n_train), X(X_test, n_test), y(y_test, n_test), n_classes)
 
 # %% ../nbs/04_data.ipynb #98b39e63
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
 def _load_idx(name, n_train, n_test, data_dir, flatten, device, dtype):
+    "(Fashion-)MNIST's four IDX files in `data_dir` (or where `find_data` looks): 28 x 28 images, 10 classes."
     folder = find_data(name, data_dir=data_dir)
     ext = ".gz" if (folder / "train-labels-idx1-ubyte.gz").exists() else ""
-    parts = [
-        read_idx(folder / f"{part}{ext}")
-        for part in (
-            "train-images-idx3-ubyte",
-            "train-labels-idx1-ubyte",
-            "t10k-images-idx3-ubyte",
-            "t10k-labels-idx1-ubyte",
-        )
-    ]
-    return task_from_arrays(name, *parts, n_train, n_test, 255.0, (-1, 1, 28, 28), flatten, device, dtype)
+    parts = [read_idx(folder / f"{part}{ext}") for part in IDX_FILES]
+    odd = [f"{part}{ext}" for part, a in zip(IDX_FILES, parts) if "images" in part and a.shape[1:] != (28, 28)]
+    if odd:
+        raise _user_error(f"{folder / odd[0]} does not hold 28 x 28 images: not {name}")
+    return task_from_arrays(name, *parts, n_train, n_test, 255.0, (-1, 1, 28, 28), flatten, device, dtype, 10)
 
 
 def load_fashion_mnist(
@@ -318,13 +355,15 @@ def load_cifar10(
         flatten,
         device,
         dtype,
+        10,
     )
 
 # %% ../nbs/04_data.ipynb #413eb220
-def _generated(name, X, y, n_train, device, dtype):
-    "A `TaskData` of generated features: the first `n_train` samples train, the rest test."
+def _generated(name, X, y, n_train, n_classes, device, dtype):
+    "A `TaskData` of generated features with C = `n_classes`: the first `n_train` samples train, the rest test."
     tr, te = slice(None, n_train), slice(n_train, None)
-    return task_from_arrays(name, X[tr], y[tr], X[te], y[te], None, None, 1.0, (-1, X.shape[1]), True, device, dtype)
+    args = (None, None, 1.0, (-1, X.shape[1]), True, device, dtype, n_classes)
+    return task_from_arrays(name, X[tr], y[tr], X[te], y[te], *args)
 
 
 def gaussian_mixture(
@@ -344,7 +383,7 @@ def gaussian_mixture(
     means *= separation / np.linalg.norm(means, axis=1, keepdims=True)
     y = g.integers(0, n_classes, n_train + n_test)
     X = means[y] + g.standard_normal((len(y), dim))
-    return _generated("gaussian-mixture", X, y, n_train, device, dtype)
+    return _generated("gaussian-mixture", X, y, n_train, n_classes, device, dtype)
 
 # %% ../nbs/04_data.ipynb #088214da
 def teacher_student(
@@ -364,7 +403,7 @@ def teacher_student(
     W1, W2 = g.standard_normal((dim, teacher_width)) / np.sqrt(dim), g.standard_normal((teacher_width, n_classes))
     X = g.standard_normal((n_train + n_test, dim))
     y = np.argmax(np.tanh(X @ W1) @ W2, axis=1)
-    return _generated("teacher-student", X, y, n_train, device, dtype)
+    return _generated("teacher-student", X, y, n_train, n_classes, device, dtype)
 
 # %% ../nbs/04_data.ipynb #99914e9c
 TASKS = {
