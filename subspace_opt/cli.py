@@ -11,7 +11,7 @@ from .data import check_device
 from .distributed import finish, init_from_env, rank, shutdown
 from .jobs import SOLVERS, _check_k, _check_writable, _plots, compare, demo, spectrum
 from .sweep import load_sweep, run_sweep
-from .config import ACCEPTED, UserError, load_config
+from .config import ACCEPTED, ConfigError, UserError, _check_name, load_config
 from .train import run_experiment
 
 # %% auto #0
@@ -168,7 +168,10 @@ def _sweep_job(a):
         base["device"] = str(check_device(a.device, "--device"))
     elif isinstance(base.get("device"), str):
         check_device(base["device"], "config.device")
-    path = _check_writable(a.out or Path("runs") / f"{base.get('name', 'experiment')}-sweep", "--out")
+    name = base.get("name", "experiment")
+    if a.out is None and not isinstance(name, str):  # it names the default folder, whatever the grid sets later
+        raise ConfigError(f"`config.name` must be a string, got {name!r}")
+    path = _check_writable(a.out or Path("runs") / f"{_check_name(name, 'config.name')}-sweep", "--out")
     results = run_sweep(base, grid, path, workers=a.workers or workers, progress=_progress())
     _plots().plot_run(path)
     last = results.groupby(["method", "seed", *grid], sort=False).tail(1)
@@ -247,9 +250,14 @@ def main(argv=None):  # command-line arguments (default: sys.argv[1:])
         code = _say(prog, f"error: {e}", 2)
     except KeyboardInterrupt:
         code = _say(prog, f"interrupted; the same command {AFTER_INTERRUPT[a.job]}", 130)
+    except (MemoryError, torch.OutOfMemoryError) as e:  # sizes this machine cannot hold: bad input, not a bug
+        code = _say(prog, f"error: out of memory ({type(e).__name__}): lower the model, data or batch sizes", 2)
     except Exception as e:
-        saved = _save_traceback(argv)
-        code = _say(prog, f"internal error: {type(e).__name__}: {e} (the full traceback is in {saved})", 1)
+        if isinstance(e, RuntimeError) and "can't allocate memory" in str(e):  # torch's CPU allocator
+            code = _say(prog, "error: out of memory (the CPU allocator): lower the model, data or batch sizes", 2)
+        else:
+            saved = _save_traceback(argv)
+            code = _say(prog, f"internal error: {type(e).__name__}: {e} (the full traceback is in {saved})", 1)
     if getattr(a, "distributed", False):
         finish(code)  # under torchrun: exit without interpreter teardown (`finish`)
     return code

@@ -16,9 +16,9 @@ from .models import ACTIVATIONS, cnn, mlp
 
 # %% auto #0
 __all__ = ['MODELS', 'BASE_OPTIMIZERS', 'LOSS_FUNCTIONS', 'PRESETS', 'ACCEPTED', 'RANGES', 'NAME_PATTERN', 'MAX_CONFIG_BYTES',
-           'UserError', 'ConfigError', 'MethodConfig', 'SubspaceConfig', 'ExperimentConfig', 'preset_arguments',
-           'make_model', 'make_base_optimizer', 'load_experiment_data', 'Interval', 'config_from_dict',
-           'read_config_file', 'load_config']
+           'MAX_YAML_DEPTH', 'UserError', 'ConfigError', 'MethodConfig', 'SubspaceConfig', 'ExperimentConfig',
+           'preset_arguments', 'make_model', 'make_base_optimizer', 'load_experiment_data', 'Interval',
+           'config_from_dict', 'read_config_file', 'load_config']
 
 # %% ../nbs/05b_config.ipynb #5c6f7209
 class UserError(ValueError):
@@ -171,7 +171,7 @@ _COUNTS = ("k", "n_eigs", "refresh_every", "n_hessian", "steps", "batch_size", "
 RANGES = {  # key -> the numbers it accepts (each entry of a list); every float is finite as well
     **dict.fromkeys(_COUNTS + ("log_every", "checkpoint_every", "snapshot_every", "beta"), Interval(1)),
     **dict.fromkeys(("start_step", "dom", "bulk"), Interval(0)),
-    "lr": Interval(0, lo_open=True),
+    "lr": Interval(0, 1_000_000, lo_open=True),  # far beyond any sane η; larger ones overflow float32 steps
     **dict.fromkeys(("alpha", "gamma"), Interval(0, 1)),
     "tol": Interval(0, 1, lo_open=True),  # a target for the sine of an angle
     "momentum": Interval(0, 1, hi_open=True),
@@ -303,8 +303,8 @@ def _check_context(cfg: ExperimentConfig):
         if key not in hints:
             where = _path("config.data_args", key)
             raise ConfigError(f"unknown key `{where}`; {cfg.data} accepts: {', '.join(hints)}")
-        if hints[key] in ("int", "int | None", "float", "bool", "str"):
-            _convert(value, hints[key], f"config.data_args.{key}")
+        if hints[key] in ("int", "int | None", "float", "bool", "str"):  # kept converted: 3 and 3.0 are one run
+            cfg.data_args[key] = _convert(value, hints[key], f"config.data_args.{key}")
 
 # %% ../nbs/05b_config.ipynb #5e295a3f
 def config_from_dict(d: dict):  # plain data, e.g. parsed JSON or YAML
@@ -323,6 +323,15 @@ def config_from_dict(d: dict):  # plain data, e.g. parsed JSON or YAML
 
 # %% ../nbs/05b_config.ipynb #08614de4
 MAX_CONFIG_BYTES = 1 << 20  # the largest configuration file read, in bytes (1 MiB)
+MAX_YAML_DEPTH = 64  # the deepest nesting read from YAML (PyYAML's scanner slows quadratically with depth)
+
+
+class _YamlLoader(yaml.SafeLoader):
+    "PyYAML's safe loader, reading exponents without a dot (`1e-3`) as floats, as YAML 1.2 and JSON do."
+
+
+_EXPONENT = re.compile(r"^[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$")
+_YamlLoader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT, list("-+0123456789."))
 
 
 def _scan_yaml(text: str, path: Path):
@@ -341,6 +350,8 @@ def _scan_yaml(text: str, path: Path):
             stack[-1][1] += 1
         if isinstance(ev, yaml.CollectionStartEvent):
             stack.append([set() if isinstance(ev, yaml.MappingStartEvent) else None, 0])
+            if len(stack) > MAX_YAML_DEPTH:
+                raise ConfigError(f"cannot parse {path}: nested too deeply (more than {MAX_YAML_DEPTH} levels)")
         elif isinstance(ev, yaml.CollectionEndEvent):
             stack.pop()
 
@@ -375,7 +386,7 @@ def read_config_file(path: str | Path):  # a .json, .yaml or .yml file
         if path.suffix == ".json":
             return json.loads(text, object_pairs_hook=lambda pairs: _unique_pairs(pairs, path))
         _scan_yaml(text, path)
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 (a safe loader)
     except UnicodeDecodeError:
         raise ConfigError(f"cannot read config file {path}: it is not UTF-8 text") from None
     except (json.JSONDecodeError, yaml.YAMLError) as e:

@@ -117,6 +117,7 @@ def load_digits(
     if not isinstance(test_fraction, (int, float)) or not 0 < test_fraction < 1:
         raise _user_error(f"`test_fraction` must lie in (0, 1), got {test_fraction!r}")
     _check_dtype(dtype)
+    _check_sizes(dict(seed=(seed, 0)))
     X, y = _sk_digits(return_X_y=True)
     perm = np.random.default_rng(seed).permutation(len(X))
     n_test = int(round(test_fraction * len(X)))

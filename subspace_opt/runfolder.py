@@ -15,7 +15,7 @@ from .distributed import rank, world_size
 from .rows import csv_header, row_line, rows_upto
 
 # %% auto #0
-__all__ = ['SAFE_NAME', 'LAYOUT', 'LOCK', 'safe_name', 'atomic_write', 'all_ranks', 'RunFolder', 'run_identity']
+__all__ = ['SAFE_NAME', 'FILE_MODE', 'LAYOUT', 'LOCK', 'safe_name', 'atomic_write', 'all_ranks', 'RunFolder', 'run_identity']
 
 # %% ../nbs/05c_runfolder.ipynb #43f7b4c5
 SAFE_NAME = re.compile(r"[A-Za-z0-9_=+-][A-Za-z0-9._=,+-]{0,199}")  # a name of a file or folder made from user input
@@ -29,6 +29,16 @@ def safe_name(name: str):  # a file or folder name made from user input
     return name
 
 # %% ../nbs/05c_runfolder.ipynb #5c62cc03
+def _umask():
+    "The process's file-creation mask (read once, at import, when nothing else runs yet)."
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()  # what `open` gives a new file: mkstemp's 0600 would hide results from the group
+
+
 def atomic_write(
     path: Path,  # the file to write
     write,  # called with a binary file object to write the content into
@@ -36,6 +46,7 @@ def atomic_write(
     "Write `path` whole or not at all: to a unique temporary file beside it, flushed and synced, then renamed over it."
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 from .data import default_device, environment
-from .config import ConfigError, config_from_dict, read_config_file
+from .config import ConfigError, _show, config_from_dict, read_config_file
 from .runfolder import SAFE_NAME, RunFolder
 from .train import check_run, run_job, task_data, tracked_rank
 
@@ -18,14 +18,20 @@ from .train import check_run, run_job, task_data, tracked_rank
 __all__ = ['expand_grid', 'threads_per_worker', 'run_sweep', 'load_sweep']
 
 # %% ../nbs/06a_sweep.ipynb #df132417
-def _set(d: dict, key: str, value):
-    "Set a dotted `key` in the config dict `d` (every method for 'methods.x')."
+def _set(d: dict, key: str, value, where: str = ""):
+    "Set a dotted `key` in the config dict `d` (every method for 'methods.x'); `where`: the grid key, for errors."
     head, _, rest = key.partition(".")
+    where = where or key
+    inside = d.get(head) if head != "methods" or not rest else d.get("methods", [])
+    if rest and not isinstance(inside, dict if head != "methods" else list) and inside is not None:
+        raise ConfigError(f"`grid.{where}` reaches into `{head}`, which holds {_show(inside)}, not a mapping")
     if head == "methods" and rest:
         for m in d.get("methods", []):
+            if not isinstance(m, dict):
+                raise ConfigError(f"`grid.{where}` sets a key of every method, but one method is {_show(m)}")
             m[rest] = value
     elif rest:
-        _set(d.setdefault(head, {}), rest, value)
+        _set(d.setdefault(head, {}), rest, value, where)
     else:
         d[head] = value
 
@@ -34,6 +40,9 @@ def _check_grid(grid: dict):
     "A `ConfigError` unless `grid` maps keys to non-empty lists of distinct values that fit in folder names."
     if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
         raise ConfigError("`grid` must map dotted keys to non-empty lists of values")
+    odd = [k for k in grid if not isinstance(k, str) or not k]
+    if odd:
+        raise ConfigError(f"`grid` keys must be dotted key names, got {_show(odd[0])}")
     for key, values in grid.items():
         labels = [f"{key}={v}" for v in values]
         for i, label in enumerate(labels):
@@ -129,6 +138,6 @@ def load_sweep(path: str | Path):  # a JSON/YAML file: an experiment config plus
     if not isinstance(d, dict) or "grid" not in d:
         raise ConfigError(f"missing key `grid` in {path}")
     grid, workers = d.pop("grid"), d.pop("workers", 1)
-    if not isinstance(workers, int) or workers < 1:
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"`workers` must be an int >= 1, got {workers!r}")
     return d, grid, workers
