@@ -245,6 +245,8 @@ def claim(
 ):
     "Record the run `spec` in run.json, or check that the folder holds a run of that same specification."
     self.spec, path = spec, self.file("run.json")
+    if not rank() and self.is_done:  # a finished run is read back: it must be this one, whole
+        self.check_done(spec)
     if rank() or not path.exists():
         return self.write_json("run.json", spec) if write else None
     try:
@@ -273,6 +275,7 @@ def append_row(self: RunFolder, row: dict):  # column -> value
     with open(self.rows, "a") as f:
         f.write(line)
         f.flush()
+        os.fsync(f.fileno())  # on disk before done.json, which records the rows' digest
 
 
 @patch
@@ -362,10 +365,39 @@ def save_snapshot(
     self.sub("snapshots").save(f"step{step:07d}.pt", weights)
 
 
+def _sha256(path: Path):
+    "The SHA-256 of a file's bytes, in hex."
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 @patch
 def mark_done(self: RunFolder, info: dict):  # plain data: steps, reason, seconds per step
-    "Mark the run finished: write done.json."
-    self.write_json("done.json", info)
+    "Mark the run finished: write done.json, with the run's identity and a digest of its rows, to check on reuse."
+    spec, rows = getattr(self, "spec", None), self.rows
+    seal = dict(
+        run=run_identity(spec) if spec is not None else None, rows_sha256=_sha256(rows) if rows.exists() else None
+    )
+    self.write_json("done.json", {**info, **seal})
+
+# %% ../nbs/05c_runfolder.ipynb #d0854115
+@patch
+def check_done(self: RunFolder, spec: dict):  # the run's specification (see `claim`)
+    "A `UserError` if the finished run here is another run's, or its rows changed since it finished (or cannot tell)."
+    try:
+        info = json.loads(self.file("done.json").read_text())
+        assert isinstance(info, dict)
+    except (OSError, ValueError, AssertionError):
+        raise UserError(f"{self.file('done.json')} cannot be read: delete {self.path} to run it again") from None
+    if info.get("run") not in (None, run_identity(spec)):
+        raise ConfigError(
+            f"{self.path} holds the finished run of another configuration ({_whose(info['run'])}, not "
+            f"{_whose(run_identity(spec))}): delete that folder or choose another out_dir"
+        )
+    sha = info.get("rows_sha256")
+    if sha is not None and (not self.rows.is_file() or _sha256(self.rows) != sha):
+        raise UserError(
+            f"{self.rows} changed since its run finished (cut or edited): delete {self.path} to run it again"
+        )
 
 # %% ../nbs/05c_runfolder.ipynb #b858a2c1
 @patch
