@@ -189,11 +189,13 @@ def compare(
     "Time to each target of every run, into `run_dir/time_to_target.csv`; (that table, each method's best vs the best)."
     folder = Path(run_dir)
     if not (folder / "results.csv").is_file():
-        why = "holds no results.csv" if folder.is_dir() else "does not exist"
+        why = "holds no results.csv" if folder.is_dir() else "is a file" if folder.exists() else "does not exist"
         raise UserError(f"`run_dir` must be a run or sweep folder holding results.csv, but {folder} {why}")
-    try:
-        ttt = time_to_target(pd.read_csv(folder / "results.csv"), targets)
-    except (ValueError, pd.errors.ParserError) as e:  # a table without the columns, targets that are not losses
+    try:  # a sweep's top-level grid keys (e.g. `steps`) tell its runs apart, as its dotted ones do
+        grid = json.loads((folder / "sweep.json").read_text())["grid"] if (folder / "sweep.json").exists() else {}
+        keys = [k for k in grid if "." not in str(k)]
+        ttt = time_to_target(pd.read_csv(folder / "results.csv"), targets, keys=keys)
+    except (ValueError, KeyError, TypeError, pd.errors.ParserError) as e:  # a bad table, sweep.json or target
         raise UserError(f"`run_dir`: {folder / 'results.csv'}: {' '.join(str(e).split())}") from None
     with RunFolder(folder).lock() as f:
         f.write_csv("time_to_target.csv", ttt)

@@ -189,8 +189,11 @@ def plot_run(run_dir: str | Path):  # a run or sweep folder, with results.csv
         "test_acc": lambda: plot_curves(results, "test_acc"),
         "sharpness": lambda: plot_sharpness(results),
     }
-    if grid:
-        figs = {"heatmap": lambda: plot_heatmap(results, grid[1], grid[0])} if len(grid) == 2 else {}
+    if len(grid) == 2:
+        figs = {"heatmap": lambda: plot_heatmap(results, grid[1], grid[0])}
+    elif grid:  # one key, or more than two: a loss curve per method and grid point
+        labels = [results[k].astype(str).radd(f" {k}=") for k in grid]  # e.g. "bulk methods.lr=0.1"
+        figs = {"loss": lambda: plot_curves(results.assign(method=sum(labels, results.method.astype(str))))}
     for name, make in figs.items():
         fig = make()
         fig.savefig(run_dir / f"{name}.png", dpi=120)
