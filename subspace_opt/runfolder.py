@@ -99,8 +99,11 @@ class _Layout:
         return path
 
     def file(self, name: str):  # a file name in this folder
-        "The path of the file `name` in this folder."
-        return self._inside(self.path / safe_name(name))
+        "The path of the file `name` in this folder; a `UserError` if something other than a file holds that name."
+        path = self._inside(self.path / safe_name(name))
+        if path.exists() and not path.is_file():
+            raise UserError(f"{path} is not a file: delete {self.path} to run it again")
+        return path
 
     @property
     def rows(self):
@@ -176,6 +179,8 @@ def lock(self: RunFolder):
     def take():
         if rank() == 0:
             self.path.mkdir(parents=True, exist_ok=True)
+            if (self.path / LOCK).exists() and not (self.path / LOCK).is_file():
+                raise UserError(f"{self.path / LOCK} is not a file: delete {self.path} to run it again")
             fd = _acquire(self.path / LOCK)
             if fd is None:
                 raise UserError(f"{self.path} is in use by another process: wait for it to end, or use another folder")
@@ -245,20 +250,23 @@ def claim(
 ):
     "Record the run `spec` in run.json, or check that the folder holds a run of that same specification."
     self.spec, path = spec, self.file("run.json")
-    if not rank() and self.is_done:  # a finished run is read back: it must be this one, whole
+    if rank():
+        return None
+    if path.exists():
+        try:
+            old = _flat(json.loads(path.read_text()))
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, OSError):
+            raise UserError(f"{path} cannot be read: delete {self.path} to start that run over") from None
+        diff = sorted(k for k in old.keys() | _flat(spec).keys() if old.get(k) != _flat(spec).get(k))
+        if diff:
+            raise ConfigError(
+                f"{self.path} holds a run of another configuration (differs in {', '.join(diff)}); "
+                "delete that folder or choose another out_dir"
+            )
+    if self.is_done:  # a finished run is read back: it must be this one, whole
         self.check_done(spec)
-    if rank() or not path.exists():
-        return self.write_json("run.json", spec) if write else None
-    try:
-        old = _flat(json.loads(path.read_text()))
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-        raise UserError(f"{path} cannot be read: delete {self.path} to start that run over") from None
-    diff = sorted(k for k in old.keys() | _flat(spec).keys() if old.get(k) != _flat(spec).get(k))
-    if diff:
-        raise ConfigError(
-            f"{self.path} holds a run of another configuration (differs in {', '.join(diff)}); "
-            "delete that folder or choose another out_dir"
-        )
+    if write and not path.exists():
+        self.write_json("run.json", spec)
 
 # %% ../nbs/05c_runfolder.ipynb #287a07b0
 @patch

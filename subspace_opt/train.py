@@ -300,7 +300,8 @@ def run_one(
                         bar.update()
                         run.measure()
             run.finish(time.perf_counter() - t0, start)
-        return folder.read_rows()
+        rows = folder.read_rows()  # rows written under an earlier name of the experiment carry today's name
+        return rows.assign(experiment=cfg.name) if "experiment" in rows else rows
 
 # %% ../nbs/06_train.ipynb #bd174bd0
 def tracked_rank(
