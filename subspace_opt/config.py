@@ -298,6 +298,8 @@ def _check_context(cfg: ExperimentConfig):
         except (RuntimeError, ValueError):
             raise ConfigError(f"`config.device` must be a torch device like cuda:1, got {_show(cfg.device)}") from None
     params = inspect.signature(TASKS[cfg.data]).parameters
+    if cfg.model == "cnn" and "flatten" not in params:  # only the image data sets can be read as images
+        raise ConfigError(f"`config.model` cnn needs images, but the {cfg.data} data set holds feature vectors")
     hints = {n: p.annotation for n, p in params.items() if n not in ("device", "dtype")}
     for key, value in cfg.data_args.items():
         if key not in hints:
