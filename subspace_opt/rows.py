@@ -4,9 +4,9 @@
 
 # %% ../nbs/05d_rows.ipynb #80aa7b83
 from __future__ import annotations
-import csv, io
+import csv, io, math
 from pathlib import Path
-import pandas as pd
+import numpy as np
 
 # %% auto #0
 __all__ = ['csv_header', 'row_line', 'rows_upto']
@@ -24,11 +24,18 @@ def row_line(
     row: dict,  # column -> value
     header: list,  # the file's column names, in order
 ):
-    "`row` as one CSV line in `header`'s order (a column it lacks stays empty); `ValueError` for one `header` lacks."
+    "`row` as one CSV line in `header`'s order (missing columns, None, NaN: empty); `ValueError` for one header lacks."
     extra = [str(c) for c in row if c not in header]
     if extra:
         raise ValueError(f"the header has no column {', '.join(extra)}")
-    return pd.DataFrame([row]).reindex(columns=header).to_csv(index=False, header=False)
+    line = io.StringIO()
+    csv.writer(line, lineterminator="\n").writerow(["" if _is_missing(row.get(c)) else row[c] for c in header])
+    return line.getvalue()
+
+
+def _is_missing(v):
+    "True for None and NaN: the values a rows file leaves empty."
+    return v is None or (isinstance(v, (float, np.floating)) and math.isnan(v))
 
 # %% ../nbs/05d_rows.ipynb #e9d288bc
 def _steps(header: list, records: list):

@@ -280,10 +280,15 @@ def append_row(self: RunFolder, row: dict):  # column -> value
         line = row_line(row, csv_header(self.rows))  # a file without a header holds no column: refused
     except ValueError as e:
         raise UserError(f"{self.rows} cannot hold this run's rows ({e}): delete {self.path} to run it again") from None
-    with open(self.rows, "a") as f:
+    with open(self.rows, "a") as f:  # a killed process loses no written line; the disk gets them at a checkpoint
         f.write(line)
-        f.flush()
-        os.fsync(f.fileno())  # on disk before done.json, which records the rows' digest
+
+
+def _to_disk(path: Path):  # a file
+    "Flush the lines appended to `path` onto the disk (nothing for a missing file), before a file that records them."
+    if rank() == 0 and path.is_file():
+        with open(path, "ab") as f:
+            os.fsync(f.fileno())
 
 
 @patch
@@ -338,6 +343,7 @@ def save_checkpoint(
     step: int,  # the step it was taken at
 ):
     "Write checkpoint.pt whole: `contents` with the step and the run it belongs to (the folder's claimed spec)."
+    _to_disk(self.rows)  # a resume keeps the rows up to the checkpoint: they reach the disk first
     self.save("checkpoint.pt", {**contents, "step": step, "run": run_identity(self.spec)})
 
 
@@ -382,6 +388,7 @@ def _sha256(path: Path):
 def mark_done(self: RunFolder, info: dict):  # plain data: steps, reason, seconds per step
     "Mark the run finished: write done.json, with the run's identity and a digest of its rows, to check on reuse."
     spec, rows = getattr(self, "spec", None), self.rows
+    _to_disk(rows)
     seal = dict(
         run=run_identity(spec) if spec is not None else None, rows_sha256=_sha256(rows) if rows.exists() else None
     )
