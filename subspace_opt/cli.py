@@ -11,7 +11,7 @@ from .data import check_device
 from .distributed import finish, init_from_env, rank, shutdown
 from .jobs import SOLVERS, _check_k, _check_writable, _plots, compare, demo, spectrum
 from .sweep import load_sweep, run_sweep
-from .config import ACCEPTED, ConfigError, UserError, _check_name, load_config
+from .config import ACCEPTED, RANGES, ConfigError, Interval, UserError, _check_name, load_config
 from .train import run_experiment
 
 # %% auto #0
@@ -41,15 +41,22 @@ def _int_in(least: int, most: int | None = None):
     return parse
 
 
-def _positive_float(text):
-    "An argparse type: a finite number > 0."
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
-    return value
+def _float_in(accepted: Interval):  # the numbers accepted, as a config key's `RANGES` entry
+    "An argparse type: a finite number in `accepted`, else what it accepts."
+
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and value in accepted):
+            raise argparse.ArgumentTypeError(f"must be a finite number {accepted}, got {text!r}")
+        return value
+
+    return parse
+
+
+_positive_float = _float_in(Interval(0, lo_open=True))
 
 # %% ../nbs/09_cli.ipynb #e7c21ab1
 def _common_args(q):
@@ -95,9 +102,9 @@ def _spectrum_args(sub, fmt):
     s.add_argument("--activation", default="tanh", choices=ACCEPTED["activation"])
     s.add_argument("--loss", default="mse", choices=ACCEPTED["loss"])
     s.add_argument("--train-steps", type=_int_in(0), default=300, help="SGD steps before measuring")
-    s.add_argument("--lr", type=_positive_float, default=0.1, help="SGD learning rate")
+    s.add_argument("--lr", type=_float_in(RANGES["lr"]), default=0.1, help="SGD learning rate")
     s.add_argument("--solver", default="block", choices=list(SOLVERS), help="block finds repeated eigenvalues")
-    s.add_argument("--tol", type=_positive_float, default=1e-6, help="relative residual tolerance")
+    s.add_argument("--tol", type=_float_in(RANGES["tol"]), default=1e-6, help="relative residual tolerance")
     s.add_argument("--seed", type=_int_in(0, 2**32 - 1), default=0)
     _common_args(s)
 

@@ -130,7 +130,10 @@ def spectrum(
     dev = check_device(device, "device")
     data = load_digits(seed=seed, device=dev)
     model = mlp((64, *hidden, data.n_classes), activation=activation, seed=seed, device=dev)
-    sgd_steps(model, loss, data.train, train_steps, lr=lr, batch_size=batch_size, seed=seed, progress=progress)
+    try:
+        sgd_steps(model, loss, data.train, train_steps, lr=lr, batch_size=batch_size, seed=seed, progress=progress)
+    except FloatingPointError as e:  # a learning rate too large for this network: bad input, not a bug
+        raise UserError(f"{e}: choose a smaller `lr`") from None
     t0 = time.perf_counter()
     res = SOLVERS[solver](HessianOperator(model, loss, data.train), k=k, tol=tol, seed=seed)
     seconds = time.perf_counter() - t0

@@ -297,12 +297,16 @@ def sgd_steps(
         raise ValueError(f"`batch_size` must be in [1, {len(X)}], got {batch_size!r}")
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     gen, order, losses = torch.Generator().manual_seed(seed), [], []
-    for _ in tqdm(range(steps), desc="SGD", disable=not progress):
+    for i in tqdm(range(steps), desc="SGD", disable=not progress):
         if len(order) < batch_size:
             order = torch.randperm(len(X), generator=gen).tolist()
         idx, order = order[:batch_size], order[batch_size:]
         out = model(X[idx])
         L = loss_sum(out, prepare_targets(y[idx], loss, out.shape[1], out.dtype), loss) / len(idx)
+        if not torch.isfinite(L):  # stop at once: the weights only get worse, and a caller must not use them
+            raise FloatingPointError(
+                f"SGD diverged: the mini-batch loss is {L.item()} at step {i} of {steps} (lr={lr:g})"
+            )
         opt.zero_grad()
         L.backward()
         opt.step()
