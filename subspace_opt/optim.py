@@ -288,7 +288,7 @@ def sgd_steps(
     seed: int = 0,  # seed of the batch order
     progress: bool = True,  # show a progress bar
 ):
-    "Run `steps` steps of plain mini-batch SGD on the mean `loss`; return the list of mini-batch losses."
+    "Run `steps` steps of mini-batch SGD on the mean `loss`; their losses (`FloatingPointError` at a non-finite one)."
     check_loss(loss)
     if not lr > 0:
         raise ValueError(f"`lr` must be > 0, got {lr!r}")
