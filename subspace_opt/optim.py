@@ -303,12 +303,11 @@ def sgd_steps(
         idx, order = order[:batch_size], order[batch_size:]
         out = model(X[idx])
         L = loss_sum(out, prepare_targets(y[idx], loss, out.shape[1], out.dtype), loss) / len(idx)
-        if not torch.isfinite(L):  # stop at once: the weights only get worse, and a caller must not use them
-            raise FloatingPointError(
-                f"SGD diverged: the mini-batch loss is {L.item()} at step {i} of {steps} (lr={lr:g})"
-            )
+        value = L.item()  # one read of the loss (on a GPU, one synchronisation per step)
+        if not math.isfinite(value):  # stop at once: the weights only get worse, and a caller must not use them
+            raise FloatingPointError(f"SGD diverged: the mini-batch loss is {value} at step {i} of {steps} (lr={lr:g})")
         opt.zero_grad()
         L.backward()
         opt.step()
-        losses.append(L.item())
+        losses.append(value)
     return losses
