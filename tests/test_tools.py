@@ -4,6 +4,8 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
+import time
 from pathlib import Path
 import pandas as pd
 
@@ -69,7 +71,7 @@ def test_gpu_experiments_run_notebooks_at_once_and_name_the_failed_one(tmp_path)
         cwd=ROOT,
     )
     assert out.returncode == 1, out.stdout + out.stderr
-    assert "FAIL: 1 of 3 notebooks failed: c" in out.stderr and "boom in c" in out.stderr
+    assert "FAIL: 1 of 3 notebooks failed or did not start: c" in out.stderr and "boom in c" in out.stderr
     summary = pd.read_csv(logs / "summary.tsv", sep="\t", dtype=str).set_index("notebook")
     assert summary.exit.to_dict() == {"a": "0", "b": "0", "c": "1", "all": "1"}
     for name, other in [("a", "b"), ("b", "a")]:  # executed in place, with their outputs
@@ -78,12 +80,58 @@ def test_gpu_experiments_run_notebooks_at_once_and_name_the_failed_one(tmp_path)
     assert "boom in c" in (logs / "c.log").read_text()
 
 
+FINISHED_RUN = """from pathlib import Path
+finished, unfinished = ["rows.csv", "run.json", "done.json", "checkpoint.pt", ".lock"], ["rows.csv", "checkpoint.pt"]
+for run, files in [("m-0", finished), ("m-1", unfinished)]:
+    folder = Path("runs/E/full") / run
+    folder.mkdir(parents=True)
+    for f in files:
+        (folder / f).write_text(f)
+print("a ran")"""
+
+
+def test_gpu_experiments_stop_at_the_deadline_and_pack_what_finished(tmp_path):
+    "`--deadline`: a notebook running then is stopped, a later one not started; `--pack` holds only what finished."
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    _notebook(nbs / "a.ipynb", FINISHED_RUN)
+    _notebook(nbs / "b.ipynb", "import time\ntime.sleep(300)")
+    _notebook(nbs / "c.ipynb", "print('c ran')")
+    logs, pack = tmp_path / "logs", tmp_path / "results.tar.gz"
+    cmd = ["bash", str(ROOT / "tools" / "run_gpu_experiments.sh"), "--allow-cpu", "--log-dir", str(logs)]
+    cmd += ["--deadline", "20", "--pack", str(pack), *(str(nbs / f"{n}.ipynb") for n in "abc")]
+    env = {**os.environ, "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": ""}
+    t0 = time.monotonic()
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert time.monotonic() - t0 < 120, "the deadline did not stop the sleeping notebook"
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "FAIL: 2 of 3 notebooks failed or did not start: b c" in out.stderr, out.stderr
+    assert "b: FAILED (stopped at the deadline)" in out.stdout and "c: not started" in out.stdout, out.stdout
+    summary = pd.read_csv(logs / "summary.tsv", sep="\t", dtype=str).set_index("notebook")
+    assert summary.exit.to_dict() == {"a": "0", "b": "deadline", "c": "not-started", "all": "2"}
+    assert (
+        json.loads((nbs / "b.ipynb").read_text())["cells"][0]["outputs"] == []
+    )  # an interrupted notebook is not saved
+    with tarfile.open(pack) as tar:
+        names = sorted(tar.getnames())
+        assert "a ran" in tar.extractfile("nbs/a.ipynb").read().decode()
+    run = "nbs/runs/E/full/m-0/"  # the finished run, without its checkpoint and lock; the unfinished m-1 not at all
+    logged = [f"gpu-logs/{n}" for n in ("a.log", "a.status", "b.log", "b.status", "c.status", "summary.tsv")]
+    assert names == sorted([*logged, "nbs/a.ipynb", run + "done.json", run + "rows.csv", run + "run.json"]), names
+
+
 def test_gpu_experiments_refuse_bad_arguments(tmp_path):
     script = ["bash", str(ROOT / "tools" / "run_gpu_experiments.sh")]
     for args, message in [
         (["--jobs", "0"], "FAIL: --jobs must be an int >= 1, got '0'"),
         (["--bogus"], "FAIL: unknown option --bogus (see --help)"),
         ([str(tmp_path / "missing.ipynb")], f"FAIL: no notebook {tmp_path / 'missing.ipynb'}"),
+        (["--deadline", "0"], "FAIL: --deadline must be a whole number of seconds >= 1, got '0'"),
+        (["--deadline", "1.5"], "FAIL: --deadline must be a whole number of seconds >= 1, got '1.5'"),
+        (["--pack", str(tmp_path / "out.zip")], f"FAIL: --pack must name a .tar.gz file, got '{tmp_path / 'out.zip'}'"),
+        (["--pack", str(tmp_path / "no" / "out.tar.gz")], f"FAIL: --pack: no folder {tmp_path / 'no'}"),
     ]:
         out = subprocess.run([*script, *args], capture_output=True, text=True, timeout=60)
         assert out.returncode == 2 and out.stderr.strip().splitlines() == [message], (args, out.stderr)
+    usage = subprocess.run([*script, "--help"], capture_output=True, text=True, timeout=60)
+    assert usage.returncode == 0 and "--deadline S" in usage.stdout and not usage.stderr, usage.stderr

@@ -4,11 +4,20 @@
 #
 # Usage, from anywhere inside the repository:
 #
-#     tools/run_gpu_experiments.sh [--jobs N] [--log-dir DIR] [--wheels DIR] [--data DIR] [--allow-cpu] [NOTEBOOK ...]
+#     tools/run_gpu_experiments.sh [--jobs N] [--deadline S] [--pack FILE] [--log-dir DIR] [--wheels DIR] [--data DIR]
+#                                  [--allow-cpu] [NOTEBOOK ...]
 #
 #   --jobs N      run up to N notebooks at once (default 1). The FULL networks leave a large GPU mostly idle, and
 #                 each notebook already runs 4 runs at a time, so 2-3 notebooks at once (8-12 processes) fill a
 #                 16-core machine; tools/gpu_pilot.py measures what sharing the device costs.
+#   --deadline S  stop S seconds after the first notebook starts: none starts later, and one still running then is
+#                 interrupted (SIGINT, then killed 20 s later) and counts as failed, "stopped at the deadline". Its
+#                 finished runs stay under runs/, so a rerun of the same notebook reuses them. Default: no deadline.
+#   --pack FILE   at the end, write one .tar.gz holding the notebooks that finished, the logs and summary.tsv (under
+#                 gpu-logs/), and every finished run beside the notebooks (each folder under runs/ with a done.json:
+#                 its rows and records, not its checkpoint). Paths inside are relative to the repository root (a
+#                 notebook outside it: to its folder's parent), so `tar xzf FILE` there puts the notebooks in place
+#                 and lets a later run reuse the finished runs. For machines that give back only a few files.
 #   --log-dir DIR each notebook's output goes to DIR/NAME.log and its exit status and seconds to DIR/NAME.status
 #                 (default: a new folder under /tmp, printed at the start); a summary table goes to DIR/summary.tsv.
 #   --wheels DIR  optional: a folder of wheels adding nbdev/execnb/IPython, for a GPU machine without network that
@@ -37,6 +46,8 @@ REPO="$(cd "$(dirname "$0")/.." && pwd)"
 WHEELS="${GPU_WHEELS:-}"
 DATA="${SUBSPACE_OPT_DATA:-}"
 JOBS=1
+DEADLINE=""
+PACK=""
 LOGDIR=""
 ALLOW_CPU=0
 NBS=()
@@ -45,14 +56,23 @@ while [ $# -gt 0 ]; do
     --wheels) WHEELS="$2"; shift 2 ;;
     --data) DATA="$2"; shift 2 ;;
     --jobs) JOBS="$2"; shift 2 ;;
+    --deadline) DEADLINE="$2"; shift 2 ;;
+    --pack) PACK="$2"; shift 2 ;;
     --log-dir) LOGDIR="$2"; shift 2 ;;
     --allow-cpu) ALLOW_CPU=1; shift ;;
-    -*) echo "FAIL: unknown option $1 (see --help)" >&2; exit 2 ;;
     -h|--help) sed -n '2,/^set -e/{/^set -e/!p}' "$0"; exit 0 ;;
+    -*) echo "FAIL: unknown option $1 (see --help)" >&2; exit 2 ;;
     *) NBS+=("$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"); shift ;;
   esac
 done
 [[ "$JOBS" =~ ^[1-9][0-9]*$ ]] || { echo "FAIL: --jobs must be an int >= 1, got '$JOBS'" >&2; exit 2; }
+[ -z "$DEADLINE" ] || [[ "$DEADLINE" =~ ^[1-9][0-9]*$ ]] \
+  || { echo "FAIL: --deadline must be a whole number of seconds >= 1, got '$DEADLINE'" >&2; exit 2; }
+if [ -n "$PACK" ]; then
+  [[ "$PACK" == *.tar.gz ]] || { echo "FAIL: --pack must name a .tar.gz file, got '$PACK'" >&2; exit 2; }
+  [ -d "$(dirname "$PACK")" ] || { echo "FAIL: --pack: no folder $(dirname "$PACK")" >&2; exit 2; }
+  PACK="$(cd "$(dirname "$PACK")" && pwd)/$(basename "$PACK")"
+fi
 for nb in "${NBS[@]}"; do
   [ -f "$nb" ] || { echo "FAIL: no notebook $nb" >&2; exit 2; }
 done
@@ -89,21 +109,39 @@ mkdir -p "$LOGDIR"
 LOGDIR="$(cd "$LOGDIR" && pwd)"
 echo "== ${#NBS[@]} notebooks, up to $JOBS at once; logs in $LOGDIR"
 
-run_one() {  # one notebook, in its own folder; its log, then "exit-status seconds" in NAME.status
-  local nb="$1" name t0 rc
+run_one() {  # one notebook, in its own folder, within `left` seconds if given; its log, "status seconds" in NAME.status
+  local nb="$1" left="$2" name t0 rc limit=()
   name="$(basename "$nb" .ipynb)"
   t0=$SECONDS
   rc=0
-  (cd "$(dirname "$nb")" && "$PY" "$REPO/tools/execute_notebooks.py" "$(basename "$nb")") > "$LOGDIR/$name.log" 2>&1 || rc=$?
+  [ -z "$left" ] || limit=(timeout --signal=INT --kill-after=20 "$left")
+  (cd "$(dirname "$nb")" && ${limit[@]+"${limit[@]}"} "$PY" "$REPO/tools/execute_notebooks.py" "$(basename "$nb")") \
+    > "$LOGDIR/$name.log" 2>&1 || rc=$?
+  if [ -n "$left" ] && { [ "$rc" = 124 ] || [ "$rc" = 137 ]; } && [ $((SECONDS - t0)) -ge "$left" ]; then
+    rc=deadline  # `timeout` stopped it
+  fi
   echo "$rc $((SECONDS - t0))" > "$LOGDIR/$name.status"
-  echo "== $name: $([ "$rc" = 0 ] && echo done || echo "FAILED (exit $rc)") in $((SECONDS - t0)) s"
+  case "$rc" in
+    0) echo "== $name: done in $((SECONDS - t0)) s" ;;
+    deadline) echo "== $name: FAILED (stopped at the deadline) after $((SECONDS - t0)) s" ;;
+    *) echo "== $name: FAILED (exit $rc) in $((SECONDS - t0)) s" ;;
+  esac
 }
 
 t_all=$SECONDS
 for nb in "${NBS[@]}"; do
   while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || true; done
+  left=""
+  if [ -n "$DEADLINE" ]; then
+    left=$((DEADLINE - (SECONDS - t_all)))
+    if [ "$left" -le 0 ]; then  # past the deadline: not started
+      echo "not-started 0" > "$LOGDIR/$(basename "$nb" .ipynb).status"
+      echo "== $(basename "$nb" .ipynb): not started (the deadline of $DEADLINE s has passed)"
+      continue
+    fi
+  fi
   echo "== $(basename "$nb" .ipynb): started at $((SECONDS - t_all)) s"
-  run_one "$nb" &
+  run_one "$nb" "$left" &
 done
 wait
 total=$((SECONDS - t_all))
@@ -119,9 +157,21 @@ done
 printf 'all\t%s\t%s\n' "${#failed[@]}" "$total" >> "$LOGDIR/summary.tsv"
 echo "== all ${#NBS[@]} notebooks: $total s with up to $JOBS at once (summary: $LOGDIR/summary.tsv)"
 "$PY" -c "import sys; from nbdev.clean import nbdev_clean; [nbdev_clean(fname=f) for f in sys.argv[1:]]" "${NBS[@]}"
+if [ -n "$PACK" ]; then
+  done_nbs=()
+  for nb in "${NBS[@]}"; do
+    read -r rc _ < "$LOGDIR/$(basename "$nb" .ipynb).status" 2>/dev/null && [ "$rc" = 0 ] && done_nbs+=("$nb")
+  done
+  "$PY" "$REPO/tools/pack_results.py" --repo "$REPO" --logs "$LOGDIR" --out "$PACK" --runs-beside "${NBS[@]}" \
+    --notebooks "${done_nbs[@]}"
+fi
 if [ ${#failed[@]} -gt 0 ]; then
-  for name in "${failed[@]}"; do echo "== $name failed; the end of $LOGDIR/$name.log:" >&2; tail -20 "$LOGDIR/$name.log" >&2; done
-  echo "FAIL: ${#failed[@]} of ${#NBS[@]} notebooks failed: ${failed[*]}" >&2
+  for name in "${failed[@]}"; do
+    [ -e "$LOGDIR/$name.log" ] || continue  # not started
+    echo "== $name failed; the end of $LOGDIR/$name.log:" >&2
+    tail -20 "$LOGDIR/$name.log" >&2
+  done
+  echo "FAIL: ${#failed[@]} of ${#NBS[@]} notebooks failed or did not start: ${failed[*]}" >&2
   exit 1
 fi
 echo "done: executed notebooks saved in place and cleaned; review with git diff, then commit nbs/experiments/*.ipynb"
