@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_optim.ipynb #e03dafb3
 from __future__ import annotations
-import math, warnings
+import collections, inspect, math, warnings
 import torch
 from fastcore.basics import patch
 from tqdm.auto import tqdm
@@ -14,6 +14,18 @@ from .subspace import DominantSubspace, alignment, project
 # %% auto #0
 __all__ = ['MODES', 'ProjectedOptimizer', 'dom_sgd', 'bulk_sgd', 'interpolated_sgd', 'damped_dominant_sgd', 'bulk_amplified_sgd',
            'dom_bulk_sgd', 'sgd_steps']
+
+# %% ../nbs/03_optim.ipynb #1a896131
+def _check_base(base):
+    "Refuse a base that is not a torch optimizer, or whose step needs a closure (it has no single update to project)."
+    if not isinstance(base, torch.optim.Optimizer):
+        raise TypeError(f"`base` must be a torch.optim.Optimizer, got {type(base).__name__}")
+    closure = inspect.signature(base.step).parameters.get("closure")
+    if closure is not None and closure.default is inspect.Parameter.empty:  # e.g. LBFGS
+        raise TypeError(
+            f"`base` {type(base).__name__} re-evaluates the loss inside its step (its step needs a closure), so its "
+            "steps cannot be projected: wrap a first-order optimizer such as SGD or Adam"
+        )
 
 # %% ../nbs/03_optim.ipynb #7e08f5f6
 MODES = ("gradient", "update")
@@ -27,11 +39,15 @@ def _check_coef(name, c):
     return float(c)
 
 
+def _trainable(base):
+    "The ids of the tensors `base` updates: those of its groups with requires_grad (frozen tensors never move)."
+    return {id(q) for g in base.param_groups for q in g["params"] if q.requires_grad}
+
+
 def _check_params(base, subspace):
     "The parameters in the operator's order; refuse a subspace whose model is not what `base` updates."
     ps = list(subspace.op.parameters()) if callable(getattr(subspace.op, "parameters", None)) else None
-    opt = {id(q) for g in base.param_groups for q in g["params"] if q.requires_grad}  # frozen tensors never move
-    if ps is None or {id(q) for q in ps} != opt:
+    if ps is None or {id(q) for q in ps} != _trainable(base):
         raise ValueError(
             "`subspace` must be built on an operator of the model whose trainable parameters the base "
             "optimizer updates (same tensors, none missing)"
@@ -41,8 +57,7 @@ def _check_params(base, subspace):
 
 def _check_args(base, mode, start_step, switch_threshold, switch_ema):
     "Refuse a non-torch base, an unknown mode, a negative start step, a threshold or EMA factor outside (0, 1)."
-    if not isinstance(base, torch.optim.Optimizer):
-        raise TypeError(f"`base` must be a torch.optim.Optimizer, got {type(base).__name__}")
+    _check_base(base)
     if mode not in MODES:
         raise ValueError(f"`mode` must be one of {MODES}, got {mode!r}")
     if not isinstance(start_step, int) or start_step < 0:
@@ -71,8 +86,67 @@ def _write(params, flat, attr):
             q.grad = torch.zeros_like(q)
         getattr(q, attr).copy_(c.view(q.shape))
 
+# %% ../nbs/03_optim.ipynb #03694deb
+_HOOKS = ("step_pre", "step_post", "state_dict_pre", "state_dict_post", "load_state_dict_pre", "load_state_dict_post")
+
+
+def _unless_none(result, value):
+    "A hook's `result`, or `value` when the hook returned None (torch's convention for hooks that may replace it)."
+    return value if result is None else result
+
+
+def _hooked_state_dict(
+    opt,  # the wrapper, with torch's hook registries
+    make,  # a function returning the state dict
+):
+    "`make()` between `opt`'s state-dict pre-hooks and post-hooks, which may replace the dict."
+    for hook in list(opt._optimizer_state_dict_pre_hooks.values()):
+        hook(opt)
+    state = make()
+    for hook in list(opt._optimizer_state_dict_post_hooks.values()):
+        state = _unless_none(hook(opt, state), state)
+    return state
+
+
+def _hooked_load(
+    opt,  # the wrapper, with torch's hook registries
+    state: dict,  # the state dict to restore
+    load,  # a function restoring it
+):
+    "`load(state)` between `opt`'s load-state-dict pre-hooks, which may replace `state`, and post-hooks."
+    for hook in list(opt._optimizer_load_state_dict_pre_hooks.values()):
+        state = _unless_none(hook(opt, state), state)
+    load(state)
+    for hook in list(opt._optimizer_load_state_dict_post_hooks.values()):
+        hook(opt)
+
+# %% ../nbs/03_optim.ipynb #60bd8c42
+class _TorchFace(torch.optim.Optimizer):
+    "What `torch.optim.Optimizer.__init__` gives an optimizer, for wrappers that hold one instead of calling it."
+
+    def _init_hooks(self):
+        "Empty registries for `register_step_pre_hook` and torch's other optimizer hooks (the wrapper runs them)."
+        for name in _HOOKS:
+            setattr(self, f"_optimizer_{name}_hooks", collections.OrderedDict())
+
+    def __getstate__(self):  # copy.deepcopy, pickle and torch.save of the whole wrapper
+        "Every attribute but the hooks (as torch's), the base optimizer and the tracker included (unlike torch's)."
+        return {a: v for a, v in self.__dict__.items() if not (a.startswith("_optimizer_") and a.endswith("_hooks"))}
+
+    def __setstate__(self, state: dict):
+        "Restore `__getstate__`'s attributes with no hooks, patching no class (torch's would wrap the class's `step`)."
+        self.__dict__.update(state)
+        self._init_hooks()
+
+    def add_param_group(self, param_group: dict):  # refused
+        "Refused: the tracked subspace lives in the space of the parameters the wrapper was built over."
+        raise ValueError(
+            "a ProjectedOptimizer takes no new parameter group: its subspace spans the parameters it was built "
+            "over; build a new operator, subspace and optimizer over all the parameters instead"
+        )
+
 # %% ../nbs/03_optim.ipynb #9bf323d1
-class _WrapperBase(torch.optim.Optimizer):
+class _WrapperBase(_TorchFace):
     "The torch.optim face of a wrapper of the optimizer `self.base` over `self.params`, tracked by `self.subspace`."
 
     param_groups = property(lambda self: self.base.param_groups)
@@ -83,17 +157,24 @@ class _WrapperBase(torch.optim.Optimizer):
         self.base.zero_grad(set_to_none)
 
     def state_dict(self):
-        "Base optimizer state, subspace tracker state and the wrapper's counters."
-        return dict(
-            base=self.base.state_dict(),
-            subspace=self.subspace.state_dict(),
-            n_steps=self.n_steps,
-            switch_step=self.switch_step,
-            ema=self.ema,
+        "Base optimizer state, subspace tracker state and the wrapper's counters (torch's state-dict hooks run)."
+        return _hooked_state_dict(
+            self,
+            lambda: dict(
+                base=self.base.state_dict(),
+                subspace=self.subspace.state_dict(),
+                n_steps=self.n_steps,
+                switch_step=self.switch_step,
+                ema=self.ema,
+            ),
         )
 
     def load_state_dict(self, state: dict):  # a `state_dict()` of a wrapper with the same settings
         "Restore a state saved by `state_dict()` (restore the model's parameters separately, as usual)."
+        _hooked_load(self, state, self._load)
+
+    def _load(self, state: dict):
+        "Restore the base optimizer, the tracker and the counters from `state`."
         self.base.load_state_dict(state["base"])
         self.subspace.load_state_dict(state["subspace"])
         self.n_steps, self.switch_step, self.ema = state["n_steps"], state["switch_step"], state["ema"]
@@ -138,17 +219,18 @@ class ProjectedOptimizer(_WrapperBase):
         self.params = _check_params(base, subspace)
         self.start_step, self.switch_threshold, self.switch_ema = start_step, switch_threshold, switch_ema
         self.n_steps, self.switch_step, self.ema, self.last, self.last_update = 0, None, 0.0, {}, None
+        self._init_hooks()
 
     def __repr__(self):
         "The coefficients, the mode and the wrapped optimizer."
         return f"ProjectedOptimizer(dom={self.dom}, bulk={self.bulk}, mode={self.mode!r}, base={self.base!r})"
 
+    @torch.optim.Optimizer.profile_hook_step  # runs the wrapper's step hooks (and torch's global ones) around it
     def step(self, closure=None):  # re-evaluates the loss and its gradient, as in torch.optim
         "One step of the base optimizer, with its gradient or update projected once the switch has happened."
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        _check_unchanged(self)
+        with torch.enable_grad():
+            loss = None if closure is None else closure()
         self.n_steps += 1
         if (self.dom == self.bulk == 1.0) or not _active(self):
             self.base.step()
@@ -157,6 +239,15 @@ class ProjectedOptimizer(_WrapperBase):
         return loss
 
 # %% ../nbs/03_optim.ipynb #a6a3688b
+def _check_unchanged(opt: ProjectedOptimizer):
+    "Refuse to step once the base moves other tensors than at construction: the subspace would not cover them."
+    if _trainable(opt.base) != {id(q) for q in opt.params}:
+        raise ValueError(
+            "the base optimizer's trainable parameters changed since the wrapper was built (a parameter group "
+            "added, or a tensor frozen or unfrozen): build a new operator, subspace and optimizer"
+        )
+
+
 def _active(opt: ProjectedOptimizer):
     "Whether this step projects: after `start_step`, once past the `switch_threshold`; first, it updates the tracker."
     if opt.switch_step is None and opt.n_steps <= opt.start_step:
