@@ -91,10 +91,11 @@ def _check_policy(
 
 # %% ../nbs/02_subspace.ipynb #a7ebf643
 def choose_k(eigenvalues: torch.Tensor):  # the top eigenvalues, descending (at least 2)
-    "The rank k at the largest gap λ_k − λ_{k+1} among `eigenvalues` (the first of equal gaps): the outlier count."
+    "The rank k at the largest gap λ_k − λ_{k+1} of `eigenvalues` clamped at 0 (the first of equal gaps): the outliers."
     lam = torch.as_tensor(eigenvalues, dtype=torch.float64)
     if lam.ndim != 1 or len(lam) < 2 or not torch.isfinite(lam).all() or (lam[1:] > lam[:-1]).any():
         raise ValueError(f"`eigenvalues` must be at least 2 finite numbers in descending order, got {lam.tolist()}")
+    lam = lam.clamp_min(0)  # negative curvature is no outlier of the top: no gap below 0 counts
     return int(torch.argmax(lam[:-1] - lam[1:])) + 1
 
 
@@ -297,6 +298,11 @@ def _as_flat(v):
     "A flat vector from a tensor (p,) or a sequence of tensors; and a function mapping flat results back."
     if isinstance(v, torch.Tensor):
         return v, lambda f: f
+    v = list(v)
+    bad = next((i for i, t in enumerate(v) if not isinstance(t, torch.Tensor)), None)
+    if bad is not None:
+        what = "None (a parameter without a gradient: pass zeros for it)" if v[bad] is None else type(v[bad]).__name__
+        raise TypeError(f"`v` must be a tensor (p,) or a list of tensors, got {what} at position {bad}")
     shapes = [t.shape for t in v]
     return torch.cat([t.reshape(-1) for t in v]), lambda f: [
         c.view(s) for c, s in zip(f.split([s.numel() for s in shapes]), shapes)
