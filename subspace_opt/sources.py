@@ -165,6 +165,12 @@ class _ParameterSpace:
         "No full-data gradient: these tensors come without data."
         raise NotImplementedError("this source has no data: pass an operator as `params` to use `switch_threshold`")
 
+    def __matmul__(self, v):
+        "No curvature products either (a fresh solve, as `ProjectedOptimizer.leakage` makes, needs them)."
+        raise NotImplementedError(
+            "this source has no data: pass an operator as `params` for curvature products (e.g. `leakage`)"
+        )
+
 
 def _as_space(params):  # an operator, a module, or an iterable of tensors
     "An operator as it is (it has `parameters()` and `shape`); the tensors of a module or an iterable, wrapped."

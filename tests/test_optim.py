@@ -140,3 +140,18 @@ def test_no_updates_before_start_step_and_none_for_the_base_optimizer():
             _mse(model, X, y).backward()
             opt.step()
         assert sub.n_updates == sub.n_refreshes == want, (dom, bulk)
+
+
+@pytest.mark.parametrize("source", ["RandomSubspace", "UpdatePCASubspace"])
+def test_leakage_of_a_source_without_data_is_refused_by_name(source):
+    "A parameter-space source has no curvature products: `leakage` says so in one line (it was a TypeError on `@`)."
+    from subspace_opt import sources
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 3)).double()
+    opt = bulk_sgd(torch.optim.SGD(net.parameters(), lr=0.1), getattr(sources, source)(net, k=3))
+    X, y = torch.randn(12, 4, dtype=torch.float64), torch.randint(0, 3, (12,))
+    _mse(net, X, y).backward()
+    opt.step()
+    with pytest.raises(NotImplementedError, match=r"this source has no data: pass an operator as `params`"):
+        opt.leakage(opt.last_update)
