@@ -328,7 +328,7 @@ def _shares_row(name, M, U, overlap, method, n_probes, seed, max_exact):
         energy_cross=e.cross,
         energy_bulk=e.bulk,
         frobenius_sq=e.total,
-        frobenius_rel_stderr=e.stderr / e.total,
+        frobenius_rel_stderr=e.stderr / e.total if e.total > 0 else math.nan,  # H_F = 0: a linear model under MSE
         trace_dom=t.dom,
         trace_bulk=t.bulk,
         trace=t.total,
@@ -337,6 +337,17 @@ def _shares_row(name, M, U, overlap, method, n_probes, seed, max_exact):
         n_matvecs=e.n_matvecs + t.n_matvecs,
         overlap_HG=overlap,
     )
+
+# %% ../nbs/07_ggn.ipynb #6a294c19
+def _report_blocks(
+    k: int,  # rank of the Dominant subspace
+    p: int,  # parameters
+):
+    "Block Krylov depth of `curvature_report`'s solves: 4 blocks of b = k + max(2, k // 2), fewer (>= 2) on small p."
+    b = k + max(2, k // 2) if isinstance(k, int) and not isinstance(k, bool) and k >= 1 else None
+    if b is None or 2 * b > p:
+        raise ValueError(f"`k` must be an int >= 1 with 2(k + max(2, k // 2)) <= p={p} (two solver blocks), got {k!r}")
+    return min(4, p // b)
 
 # %% ../nbs/07_ggn.ipynb #e1964d7a
 @dataclass
@@ -361,7 +372,8 @@ def curvature_report(
 ):
     "Energy and trace shares of H, G and H_F in the top-k eigenspace of H, outliers' Rayleigh quotients, H/G overlap."
     ops = _operators(model, loss, data)
-    eh, eg = (block_lanczos(ops[n], k=k, tol=tol, n_blocks=4, seed=seed, max_restarts=200) for n in ("H", "G"))
+    n_blocks = _report_blocks(k, ops["H"].shape[0])
+    eh, eg = (block_lanczos(ops[n], k=k, tol=tol, n_blocks=n_blocks, seed=seed, max_restarts=200) for n in ("H", "G"))
     U, overlap = eh.eigenvectors, subspace_overlap(eh.eigenvectors, eg.eigenvectors)
     rows = [_shares_row(name, M, U, overlap, method, n_probes, seed, max_exact) for name, M in ops.items()]
     out = rayleigh_quotients(U, **ops)
