@@ -269,7 +269,7 @@ def describe(comparison: pd.DataFrame):  # a `best_vs_best` table
 
 # %% ../nbs/06b_results.ipynb #1f2a8822
 def summarize(
-    results: pd.DataFrame,  # an experiment's rows: `method, seed, step, train_loss, test_acc, diverged, train_seconds`
+    results: pd.DataFrame,  # an experiment's rows: `method, seed, step, train_loss` (`test_acc`, `diverged`, ...)
     threshold: float,  # train-loss threshold for "steps to threshold"
 ):
     "One row per method, means over its seeds: final loss and accuracy, steps to `threshold`, divergence, ms per step."
@@ -281,10 +281,11 @@ def summarize(
     for (method, seed), r in results.sort_values("step", kind="stable").groupby(["method", "seed"], sort=False):
         timed = r[r.train_seconds.notna() & (r.step > 0)] if "train_seconds" in r.columns else r.iloc[:0]
         ms = 1e3 * timed.train_seconds.iloc[-1] / timed.step.iloc[-1] if len(timed) else math.nan
-        last = r.iloc[-1]
+        last, acc = r.iloc[-1], r.test_acc.iloc[-1] if "test_acc" in r.columns else math.nan  # optional columns
+        blown = r.diverged.eq(True).any() if "diverged" in r.columns else not np.isfinite(r.train_loss).all()
         runs.append(
-            dict(method=method, final_train_loss=last.train_loss, final_test_acc=last.test_acc)
-            | dict(steps_to_threshold=reach[method, seed], diverged=bool(r.diverged.any()), ms_per_step=ms)
+            dict(method=method, final_train_loss=last.train_loss, final_test_acc=acc)
+            | dict(steps_to_threshold=reach[method, seed], diverged=bool(blown), ms_per_step=ms)
         )
     nan_counts = lambda s: s.mean(skipna=False)  # noqa: E731 (a seed whose last row has no loss: NaN, not left out)
     how = dict(final_train_loss=nan_counts, final_test_acc=nan_counts, steps_to_threshold="mean", diverged="mean")
