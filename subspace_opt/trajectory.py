@@ -4,7 +4,7 @@
 
 # %% ../nbs/07a_trajectory.ipynb #feaad929
 from __future__ import annotations
-import pickle
+import json, pickle
 from dataclasses import dataclass
 from pathlib import Path
 import pandas as pd
@@ -15,7 +15,7 @@ from .ggn import _operators, curvature_report, slq_density
 from .runfolder import RunFolder, atomic_write
 
 # %% auto #0
-__all__ = ['TrajectoryCurvature', 'analyze_run']
+__all__ = ['SETTINGS_FILE', 'TrajectoryCurvature', 'analyze_run']
 
 # %% ../nbs/07a_trajectory.ipynb #88f22fe6
 @dataclass
@@ -108,6 +108,53 @@ def _densities(model, loss, data, n_probes, n_steps, seed):
         frames.append(pd.DataFrame({"matrix": name, "t": d.grid.numpy(), "density": d.density.numpy()}))
     return pd.concat(frames)
 
+# %% ../nbs/07a_trajectory.ipynb #e93eb6a4
+def _check_n_hessian(
+    n_hessian,  # None (all samples) or the number of training samples the Hessian uses
+    n: int,  # the training samples
+):
+    "`n_hessian`, once checked to be None or an int in [1, n] (a negative one would slice from the end)."
+    if n_hessian is not None and (
+        isinstance(n_hessian, bool) or not isinstance(n_hessian, int) or not 1 <= n_hessian <= n
+    ):
+        raise ValueError(f"`n_hessian` must be None or an int in [1, {n}] (the training samples), got {n_hessian!r}")
+    return n_hessian
+
+# %% ../nbs/07a_trajectory.ipynb #396423b2
+SETTINGS_FILE = "curvature-settings.json"  # in the experiment's folder: what its curvature tables were computed with
+
+
+def _tables(out: Path):  # the experiment's folder
+    "The curvature tables already written into the run folders under `out`."
+    names = lambda p: p.name in ("curvature.csv", "outliers.csv") or p.name.startswith("density-step")  # noqa: E731
+    return sorted(p for p in (out / "runs").glob("*/*.csv") if names(p))
+
+
+def _check_settings(
+    out: Path,  # the experiment's folder
+    settings: dict,  # this analysis's settings (JSON values)
+):
+    "Record `settings` where no tables are yet; refuse settings other than those the tables here were computed with."
+    path, tables = out / SETTINGS_FILE, _tables(out)
+    if not tables:
+        atomic_write(path, lambda f: f.write(json.dumps(settings, indent=1).encode()))
+        return
+    try:
+        old = json.loads(path.read_text())
+        assert isinstance(old, dict)
+    except (OSError, ValueError, AssertionError):
+        raise UserError(
+            f"{out} holds curvature tables whose settings are not recorded ({path.name} is missing or "
+            f"unreadable): delete {tables[0].name} and the other tables under runs/ to analyse again"
+        ) from None
+    differ = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
+    if differ:
+        said = ", ".join(f"{k}={was!r} (asked: {now!r})" for k, (was, now) in differ.items())
+        raise UserError(
+            f"the curvature tables under {out} were computed with {said}: ask for those settings, or "
+            "delete the tables under runs/ to analyse again"
+        )
+
 # %% ../nbs/07a_trajectory.ipynb #55579708
 def analyze_run(
     cfg: ExperimentConfig,  # the experiment whose runs kept snapshots (`snapshot_every`)
@@ -125,19 +172,19 @@ def analyze_run(
     "Run `curvature_report` at every snapshot of every (method, seed) run of `out_dir`, resumably; return tidy tables."
     out, jobs = Path(out_dir), _snapshot_jobs(cfg, Path(out_dir))
     dev = torch.device(device or cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    data, k = load_experiment_data(cfg, dev), cfg.subspace.k
-    X, y = data.train
-    hdata = (X, y) if n_hessian is None else (X[:n_hessian], y[:n_hessian])
+    data = load_experiment_data(cfg, dev)
+    (X, y), k = data.train, cfg.subspace.k or data.n_classes
+    hdata = (X, y) if _check_n_hessian(n_hessian, len(X)) is None else (X[:n_hessian], y[:n_hessian])
+    settings = dict(n_hessian=n_hessian, k=k, method=method, n_probes=n_probes, max_exact=max_exact)
     with RunFolder(out).lock():  # no run adds snapshots meanwhile, and no other analysis writes these tables
+        _check_settings(out, settings | dict(slq_probes=slq_probes, slq_steps=slq_steps))
         for m, s, path in tqdm(jobs, desc="curvature", disable=not progress):
             run_dir, step, tag = path.parent.parent, int(path.stem[4:]), dict(method=m.name, seed=s)
             model = None if _snapshot_done(run_dir, step, density_steps) else _load_snapshot(cfg, s, data, path, dev)
             if model is None:
                 continue  # done earlier, or a diverged snapshot, which has no curvature
             if step not in _done_steps(run_dir / "curvature.csv"):
-                rep = curvature_report(
-                    model, cfg.loss, hdata, k or data.n_classes, method, n_probes, s, max_exact=max_exact
-                )
+                rep = curvature_report(model, cfg.loss, hdata, k, method, n_probes, s, max_exact=max_exact)
                 _append_rows(run_dir / "outliers.csv", rep.outliers.assign(**tag, step=step))
                 _append_rows(run_dir / "curvature.csv", rep.shares.assign(**tag, step=step))  # last: marks it done
             if step in density_steps:
