@@ -122,12 +122,31 @@ def select(
     return torch.argsort(key)[:k]
 
 
+def _check_orthonormal(
+    U,  # the argument to check
+    name: str,  # its name, for the message
+    p: int | None = None,  # the rows it must have (None: any)
+):
+    "`U`, once checked to be a 2-D tensor with orthonormal columns (max |UᵀU − I| <= 1e-4: float32 rounding passes)."
+    if not (isinstance(U, torch.Tensor) and U.ndim == 2 and U.shape[1] >= 1 and p in (None, U.shape[0])):
+        rows = "p" if p is None else f"p={p}"
+        raise ValueError(
+            f"`{name}` must be a ({rows}, k) tensor with k >= 1, got {getattr(U, 'shape', type(U).__name__)}"
+        )
+    err = (U.double().T @ U.double() - torch.eye(U.shape[1], dtype=torch.float64, device=U.device)).abs().max().item()
+    if not err <= 1e-4:  # NaN fails too
+        raise ValueError(f"`{name}` must have orthonormal columns (max |{name}ᵀ{name} − I| = {err:.1e})")
+    return U
+
+
 def principal_cosines(
     U: torch.Tensor,  # (p, k) orthonormal
     V: torch.Tensor,  # (p, l) orthonormal
 ):
-    "Cosines of the principal angles between span(U) and span(V), descending."
-    return torch.linalg.svdvals(U.double().T @ V.double().to(U.device))
+    "Cosines of the principal angles between span(U) and span(V), descending, in [0, 1]."
+    _check_orthonormal(U, "U")
+    _check_orthonormal(V, "V", U.shape[0])
+    return torch.linalg.svdvals(U.double().T @ V.double().to(U.device)).clamp(0.0, 1.0)  # rounding can pass 1
 
 # %% ../nbs/01_lanczos.ipynb #f9eee1e3
 def _orth(Q, W):
