@@ -22,18 +22,22 @@ def evaluate(
     chunk: int = 4096,  # samples per forward pass
 ):
     """Mean loss and accuracy of `model` on `data`, as floats. The accuracy compares the largest output with the class
-    label, or with the largest entry of a float target row (one-hot or soft); with one output it is NaN."""
+    label, or with the largest entry of a float target row (one-hot or soft); it is NaN with one output, or when an
+    output is NaN (a diverged model predicts nothing)."""
     X, y = data
-    if len(X) == 0:
-        raise ValueError("`data` has no samples: nothing to evaluate")
-    total, correct = 0.0, 0
+    if len(X) == 0 or len(X) != len(y):
+        raise ValueError(f"`data` must hold as many targets as inputs, and some: got {len(X)} inputs, {len(y)} targets")
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"`chunk` must be an int >= 1, got {chunk!r}")
+    total, correct, undefined = 0.0, 0, False
     for i in range(0, len(X), chunk):
         out = model(X[i : i + chunk])
         t = prepare_targets(y[i : i + chunk], check_loss(loss), out.shape[1], out.dtype)
         total += loss_sum(out, t, loss).item()
         labels = t.argmax(1) if y.is_floating_point() else y[i : i + chunk]
         correct += (out.argmax(1) == labels).sum().item()
-    return total / len(X), (correct / len(X) if out.shape[1] > 1 else math.nan)
+        undefined |= out.shape[1] < 2 or bool(out.isnan().any())  # argmax of a NaN row is 0: no prediction
+    return total / len(X), (math.nan if undefined else correct / len(X))
 
 # %% ../nbs/06c_metrics.ipynb #ba4ad772
 def _diverged(cfg, row, initial):
