@@ -23,7 +23,7 @@ class LanczosResult:
 
     eigenvalues: torch.Tensor  # (k,) float64, descending
     eigenvectors: torch.Tensor  # (p, k) orthonormal columns, operator's dtype and device
-    residuals: torch.Tensor  # (k,) float64, ‖Hu − λu‖ / |λ|
+    residuals: torch.Tensor  # (k,) float64, ‖Hu − λu‖ / |λ| (|λ| floored at max(tol, √ε)·the spectrum's scale)
     n_matvecs: int  # operator-vector products used (a block of b counts b)
     converged: bool = False  # the residuals were checked against tol and all are <= tol
     n_restarts: int = 0  # restart cycles after the first
@@ -233,8 +233,8 @@ def _basis_size(k, p, max_iter):
     return int(m)
 
 # %% ../nbs/01_lanczos.ipynb #fb8e4491
-def _wanted_pairs(op, Q, theta, S, res, idx, tol=0.0):
-    "The wanted Ritz pairs `idx` in descending order: values, vectors Q S, relative residuals; warns on a likely tie."
+def _wanted_pairs(op, Q, theta, S, res, idx, tol=0.0, scale=None):
+    "The wanted Ritz pairs `idx` in descending order: values, vectors Q S, relative residuals (`_rel` at `scale`)."
     order = idx[torch.argsort(theta[idx], descending=True)]
     vals, U = theta[order], Q @ S[:, order].to(op.dtype).to(op.device)
     close = (vals[:-1] - vals[1:]).abs() <= max(math.sqrt(tol), 1e-12) * vals.abs().max()
@@ -244,7 +244,7 @@ def _wanted_pairs(op, Q, theta, S, res, idx, tol=0.0):
             f"lanczos: eigenvalues {i + 1} and {i + 2} agree ({vals[i]:.6g}): probably a repeated eigenvalue, whose "
             "further copies a single start vector cannot see; use block_lanczos or DominantSubspace for its subspace"
         )
-    return vals.to(op.device), U, _rel(res[order], vals, None, tol).to(op.device)
+    return vals.to(op.device), U, _rel(res[order], vals, scale, tol).to(op.device)
 
 # %% ../nbs/01_lanczos.ipynb #68f6473c
 def lanczos(
@@ -284,7 +284,7 @@ def lanczos(
             f"lanczos did not converge: largest relative residual {rel.max():.2e} > tol={tol:g} after "
             f"{max_restarts} restarts ({n_mv} products); raise `max_iter` or `max_restarts`, or loosen `tol`"
         )
-    pairs = _wanted_pairs(op, Q[:, :stop], theta, S, res, idx, tol)
+    pairs = _wanted_pairs(op, Q[:, :stop], theta, S, res, idx, tol, theta.abs().max())  # the scale the test used
     return LanczosResult(*pairs, n_mv, bool((rel <= tol).all()), cycle)
 
 # %% ../nbs/01_lanczos.ipynb #556c9311
@@ -327,6 +327,21 @@ def _start_block(op, k, U0, n_blocks, block_size, max_restarts, seed):
         raise ValueError(f"`n_blocks` must be >= 2 to make progress, got {n_blocks}")
     return U0
 
+# %% ../nbs/01_lanczos.ipynb #ed8d2eb7
+def _warn_if_invariant(
+    U: torch.Tensor,  # (p, b) orthonormal start block
+    HU: torch.Tensor,  # its image
+    warm: bool,  # whether `U` came from the caller (`U0`), not from a random draw
+):
+    "Warn when a warm start spans an invariant subspace (HU in span U to rounding): its Krylov space cannot grow."
+    off = (HU - U @ (U.T @ HU)).norm().item()
+    if warm and off <= 100 * torch.finfo(U.dtype).eps * HU.norm().item():
+        warnings.warn(
+            "block_lanczos: `U0` spans an invariant subspace of the operator (to rounding), so the block Krylov space "
+            "cannot grow beyond it: an eigenvalue whose eigenvector is orthogonal to `U0` cannot be found. Pass "
+            "U0=None (a random block) to search the whole space"
+        )
+
 # %% ../nbs/01_lanczos.ipynb #db63c2e3
 def block_lanczos(
     op,  # symmetric operator with `@` on blocks (p, b)
@@ -342,10 +357,11 @@ def block_lanczos(
 ):
     "Top-`k` eigenpairs by restarted block Krylov + Rayleigh–Ritz, warm-startable from a previous basis `U0`."
     check_solver_args(op, k, tol, which)
-    U0 = _start_block(op, k, U0, n_blocks, block_size, max_restarts, seed)
+    warm, U0 = U0 is not None, _start_block(op, k, U0, n_blocks, block_size, max_restarts, seed)
     check_symmetric(op, seed)
     b, U = U0.shape[1], _orth_block(None, U0)
     HU, n_mv = op @ U, b
+    _warn_if_invariant(U, HU, warm)
     for cycle in range(max_restarts + 1):
         Qs, Ws = [U], [HU]
         for _ in range(n_blocks - 1):
