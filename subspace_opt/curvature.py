@@ -5,6 +5,7 @@
 # %% ../nbs/00_curvature.ipynb #20db774d
 from __future__ import annotations
 import time
+import numpy as np
 import torch
 import torch.distributed as dist
 from fastcore.basics import patch
@@ -19,6 +20,27 @@ __all__ = ['METHODS', 'as_batches', 'params_to_vector', 'check_deterministic', '
            'GGNOperator', 'FunctionalHessianOperator']
 
 # %% ../nbs/00_curvature.ipynb #c3e96bd1
+def _pairs(data):  # an (X, y) pair of tensors, or an iterable of (X, y) batches
+    "The (X, y) batches of `data` as tuples of two tensors, or a TypeError naming `data` and what it holds."
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+        return [tuple(data)]
+    if isinstance(data, (tuple, list)) and any(isinstance(t, np.ndarray) for t in data):
+        raise TypeError("`data` must hold torch tensors, got numpy arrays: convert them with torch.as_tensor")
+    try:
+        pairs = [tuple(b) for b in data]
+    except TypeError:
+        pairs = None
+    bad = None if pairs is None else next((b for b in pairs if len(b) != 2 or not all(map(torch.is_tensor, b))), None)
+    if pairs is None or bad is not None:
+        got = (
+            type(data).__name__
+            if pairs is None
+            else f"a batch of {len(bad)}: " + ", ".join(type(t).__name__ for t in bad[:3])
+        )
+        raise TypeError(f"`data` must be an (X, y) pair of tensors or an iterable of (X, y) batches, got {got}")
+    return pairs
+
+
 def _refuse_nonfinite(pairs):  # (X, y) batches, in order
     "Raise a `ValueError` naming `data` and the first sample whose floating input or target holds NaN or inf."
     start = 0
@@ -42,14 +64,7 @@ def as_batches(
         raise ValueError(
             "`data` is a DataLoader with drop_last=True, which silently leaves samples out; use drop_last=False"
         )
-    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
-        data = [data]
-    try:
-        pairs = [tuple(b) for b in data]
-    except TypeError:
-        raise TypeError(
-            f"`data` must be an (X, y) pair of tensors or an iterable of (X, y) batches, got {type(data).__name__}"
-        ) from None
+    pairs = _pairs(data)
     batches = []
     for X, y in pairs:
         if len(X) != len(y):
@@ -283,7 +298,10 @@ class CurvatureOperator(_MethodChoice):
             raise ValueError(f"`method` must be one of {METHODS}, got {method!r}")
         super().__init__(model, loss, data, batch_size, process_group)
         if check_determinism and self.batches:
-            probe = torch.cat([X for X, _ in self.batches[:16]])[:16]  # samples of several batches, if they are small
+            shape = self.batches[0][0].shape[
+                1:
+            ]  # batches of other shapes (token sequences of other lengths) cannot join
+            probe = torch.cat([X for X, _ in self.batches[:16] if X.shape[1:] == shape])[:16]  # several small batches
             check_deterministic(lambda X: self._forward(self._params(), X, copy=True), probe, self.model)
         self.method = self._pick_method(method) if self.batches else None
         self._join()

@@ -4,6 +4,7 @@
 
 # %% ../nbs/00b_operators.ipynb #ce95611a
 from __future__ import annotations
+import math, numbers
 import numpy as np
 import torch
 from fastcore.basics import patch
@@ -65,6 +66,8 @@ class TorchLinearOperator(_LinearMap):
 
     def __mul__(self, c: float):
         "`op * c`: the operator scaled by the number `c`."
+        if isinstance(c, bool) or not isinstance(c, numbers.Real) or not math.isfinite(c):
+            raise TypeError(f"an operator scales only by a finite number, got {type(c).__name__} {c!r}"[:160])
         return LinearCombinationOperator([(c * a, op) for a, op in _terms(self)])
 
     def __rmul__(self, c: float):
@@ -110,6 +113,8 @@ class LinearCombinationOperator(TorchLinearOperator):
 
 def _terms(op):
     "The (coefficient, operator) terms of `op`: its own for a combination, else the single term (1.0, op)."
+    if not isinstance(op, TorchLinearOperator):  # a tensor or a number would fail only at the first product
+        raise TypeError(f"operators add only to operators (TorchLinearOperator), got {type(op).__name__}")
     return op.terms if isinstance(op, LinearCombinationOperator) else [(1.0, op)]
 
 # %% ../nbs/00b_operators.ipynb #0c6134f0
