@@ -10,7 +10,7 @@ import warnings
 from dataclasses import dataclass
 import numpy as np
 import torch
-from scipy.sparse.linalg import LinearOperator, aslinearoperator, eigsh
+from scipy.sparse.linalg import ArpackError, LinearOperator, aslinearoperator, eigsh
 
 # %% auto #0
 __all__ = ['WHICH', 'LanczosResult', 'check_solver_args', 'check_symmetric', 'select', 'principal_cosines', 'lanczos',
@@ -394,6 +394,14 @@ def _as_scipy(op):
     return LinearOperator(op.shape, matvec=mv, dtype=torch.empty((), dtype=op.dtype).numpy().dtype)
 
 
+def _zero_pairs(A, k, seed, mv):
+    "k orthonormal eigenvectors of eigenvalue 0 when the operator `A` maps k random vectors to 0; else ARPACK's error."
+    Q = np.linalg.qr(np.random.default_rng(seed + 1).standard_normal((A.shape[0], k)).astype(A.dtype))[0]
+    if any(np.any(mv(q) != 0) for q in Q.T):
+        raise ArpackError(-9)  # the start vector alone was in the null space (probability 0): nothing to do here
+    return np.zeros(k), Q
+
+
 def _eigsh_result(op, vals, vecs, n_mv, tol, residuals):
     "ARPACK's pairs as a `LanczosResult`, descending; with `residuals`, converged only if they are all <= tol."
     order = np.argsort(-vals)
@@ -432,5 +440,10 @@ def scipy_eigsh(
         return y
 
     v0 = np.random.default_rng(seed).standard_normal(p).astype(A.dtype)
-    vals, vecs = eigsh(LinearOperator(A.shape, matvec=mv, dtype=A.dtype), k=k, which=which, tol=tol, v0=v0, ncv=ncv)
+    try:
+        vals, vecs = eigsh(LinearOperator(A.shape, matvec=mv, dtype=A.dtype), k=k, which=which, tol=tol, v0=v0, ncv=ncv)
+    except ArpackError as e:  # -9: H v0 = 0, which ARPACK cannot start from; a zero operator gives it
+        if not str(e).startswith("ARPACK error -9"):
+            raise
+        vals, vecs = _zero_pairs(A, k, seed, mv)
     return _eigsh_result(op, vals, vecs, n_mv[0], tol, residuals)
