@@ -244,7 +244,7 @@ class SpectralDensity:
 
     grid: torch.Tensor  # (n_grid,) float64 points t
     density: torch.Tensor  # (n_grid,) φ(t), integrates to 1
-    nodes: torch.Tensor  # (n_probes, m) Ritz values θ of each probe
+    nodes: torch.Tensor  # (n_probes, m) Ritz values θ of each probe (after a breakdown: zeros of weight 0)
     weights: torch.Tensor  # (n_probes, m) quadrature weights τ, each row sums to 1
     sigma: float  # Gaussian width
     n_matvecs: int  # operator-vector products used
@@ -294,7 +294,8 @@ def slq_density(
     Z = _rademacher(M, n_probes, gen) / math.sqrt(M.shape[0])
     theta, S = torch.linalg.eigh(_slq_tridiagonal(M, Z, m).cpu())
     tau = S[:, 0, :] ** 2
-    lo, hi = theta.min().item(), theta.max().item()
+    live = theta[tau > 1e-14]  # after a breakdown the decoupled zero block adds nodes of weight 0: not the spectrum's
+    lo, hi = live.min().item(), live.max().item()
     if sigma is None:
         sigma = max(hi - lo, 1e-12 * max(abs(lo), abs(hi), 1.0)) / 100
     if not sigma > 0:
