@@ -130,8 +130,9 @@ class _TorchFace(torch.optim.Optimizer):
             setattr(self, f"_optimizer_{name}_hooks", collections.OrderedDict())
 
     def __getstate__(self):  # copy.deepcopy, pickle and torch.save of the whole wrapper
-        "Every attribute but the hooks (as torch's), the base optimizer and the tracker included (unlike torch's)."
-        return {a: v for a, v in self.__dict__.items() if not (a.startswith("_optimizer_") and a.endswith("_hooks"))}
+        "Every attribute, base optimizer and tracker included, but the hooks and a scheduler's `step` (as torch)."
+        hooks = lambda a: a.startswith("_optimizer_") and a.endswith("_hooks")  # noqa: E731
+        return {a: v for a, v in self.__dict__.items() if not hooks(a) and a != "step"}  # `step`: bound to the original
 
     def __setstate__(self, state: dict):
         "Restore `__getstate__`'s attributes with no hooks, patching no class (torch's would wrap the class's `step`)."
