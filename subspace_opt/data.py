@@ -379,8 +379,13 @@ def gaussian_mixture(
 ):
     "A seeded Gaussian-mixture classification task as a `TaskData`."
     _check_sizes(dict(n_train=(n_train, 1), n_test=(n_test, 1), dim=(dim, 1), n_classes=(n_classes, 2), seed=(seed, 0)))
+    if isinstance(separation, bool) or not isinstance(separation, (int, float)) or not 0 < separation < math.inf:
+        raise _user_error(f"`separation` must be a finite number > 0 (the norm of the class means), got {separation!r}")
+    if dim == 1 and n_classes > 2:  # a line holds two points of norm `separation`: further classes would share a mean
+        raise _user_error(f"`dim`=1 holds two class means (±separation), not n_classes={n_classes}: use dim >= 2")
     g = np.random.default_rng(seed)
     means = g.standard_normal((n_classes, dim))
+    means = np.array([[-1.0], [1.0]]) if dim == 1 else means  # in one dimension random signs may coincide
     means *= separation / np.linalg.norm(means, axis=1, keepdims=True)
     y = g.integers(0, n_classes, n_train + n_test)
     X = means[y] + g.standard_normal((len(y), dim))
@@ -404,6 +409,13 @@ def teacher_student(
     W1, W2 = g.standard_normal((dim, teacher_width)) / np.sqrt(dim), g.standard_normal((teacher_width, n_classes))
     X = g.standard_normal((n_train + n_test, dim))
     y = np.argmax(np.tanh(X @ W1) @ W2, axis=1)
+    probe = np.random.default_rng([seed, 1]).standard_normal((10_000, dim))  # apart from the data's stream
+    reached = len(np.unique(np.argmax(np.tanh(probe @ W1) @ W2, axis=1)))
+    if reached < n_classes:  # e.g. one hidden unit: the argmax is always one of two classes
+        raise _user_error(
+            f"a teacher of width {teacher_width} gives only {reached} of n_classes={n_classes} labels (on 10,000 "
+            "inputs): raise `teacher_width` or lower `n_classes`"
+        )
     return _generated("teacher-student", X, y, n_train, n_classes, device, dtype)
 
 # %% ../nbs/04_data.ipynb #99914e9c
