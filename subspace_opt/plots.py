@@ -41,6 +41,22 @@ def plot_spectrum(
     fig.tight_layout()
     return fig
 
+# %% ../nbs/08_plots.ipynb #9e5ef1cf
+def _divergence_marks(
+    results: pd.DataFrame,  # tidy rows with method, seed, step, diverged and `metric`
+    metric: str,  # the column drawn
+):
+    "Per diverged run: its first diverged step, at its `metric` there, or the last finite value before (NaN rows)."
+    keys = ["method", "seed", *(c for c in results.columns if "." in str(c))]  # a sweep's grid columns too
+    marks = []
+    for _, r in results.sort_values("step", kind="stable").groupby(keys, sort=False, dropna=False):
+        bad = r[r.diverged.eq(True)]
+        if len(bad):
+            row, seen = bad.iloc[0], r[(r.step <= bad.step.iloc[0]) & np.isfinite(r[metric].astype(float))]
+            value = row[metric] if np.isfinite(float(row[metric])) else (seen[metric].iloc[-1] if len(seen) else np.nan)
+            marks.append({"step": row.step, metric: value})
+    return pd.DataFrame(marks, columns=["step", metric])
+
 # %% ../nbs/08_plots.ipynb #d734a8e4
 def plot_curves(
     results: pd.DataFrame,  # tidy rows with columns method, seed, step and `metric`
@@ -53,9 +69,9 @@ def plot_curves(
         _, ax = plt.subplots(figsize=(6, 3.8))
     ok = results[results[metric].notna()]
     sns.lineplot(ok, x="step", y=metric, hue="method", errorbar=("pi", 100), ax=ax)
-    last = ok[ok.diverged.astype(bool)]
-    if len(last):
-        ax.plot(last.step, last[metric].clip(upper=ok[metric].max()), "x", color="red", ms=9, label="diverged")
+    marks = _divergence_marks(results, metric)
+    if len(marks):
+        ax.plot(marks.step, marks[metric].clip(upper=ok[metric].max()), "x", color="red", ms=9, label="diverged")
     if log if log is not None else metric.endswith("loss"):
         ax.set_yscale("log")
     ax.set(title=metric.replace("_", " "))
@@ -78,6 +94,22 @@ def plot_sharpness(
     ax.figure.tight_layout()
     return ax.figure
 
+# %% ../nbs/08_plots.ipynb #17640656
+def _heatmap_cells(
+    results: pd.DataFrame,  # one method's rows of a sweep
+    x: str,  # the column across
+    y: str,  # the column up
+    value: str,  # the measured column
+    last: int,  # a run's final value: the mean of its last `last` rows
+):
+    "Tables (y × x) of the mean final `value` over seeds and of whether a seed diverged; a null grid value is 'None'."
+    runs = results.fillna({x: -np.inf, y: -np.inf}).groupby(["seed", x, y], sort=True)  # null first, then relabelled
+    final = runs.tail(last).groupby(["seed", x, y])[value].mean()  # per run
+    per_run = pd.DataFrame({value: final, "diverged": runs.diverged.any()})
+    table, div = (per_run.groupby([y, x])[c].agg(f).unstack() for c, f in ((value, "mean"), ("diverged", "any")))
+    none = lambda v: "None" if v == -np.inf else v  # noqa: E731
+    return tuple(t.rename(index=none, columns=none) for t in (table, div))
+
 # %% ../nbs/08_plots.ipynb #2f6e3275
 def plot_heatmap(
     results: pd.DataFrame,  # tidy rows of a sweep, with columns x and y
@@ -98,10 +130,7 @@ def plot_heatmap(
     else:
         fig, axes = ax.figure, [ax]
     for a, m in zip(axes, methods):
-        runs = results[results.method == m].groupby(["seed", x, y], sort=True)
-        final = runs.tail(last).groupby(["seed", x, y])[value].mean()  # per run
-        per_run = pd.DataFrame({value: final, "diverged": runs.diverged.any()})
-        table, div = (per_run.groupby([y, x])[c].agg(f).unstack() for c, f in ((value, "mean"), ("diverged", "any")))
+        table, div = _heatmap_cells(results[results.method == m], x, y, value, last)
         log = value.endswith("loss")
         data = np.log10(table.where(~div.astype(bool))) if log else table.where(~div.astype(bool))
         sns.heatmap(
@@ -170,9 +199,9 @@ def _read_results(run_dir: Path):
         results, grid = pd.read_csv(f), (list(json.loads(sweep.read_text())["grid"]) if sweep.exists() else [])
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"cannot read the results in {run_dir}: {e}") from None
-    numbers = ["step", "train_loss", *([] if grid else ["test_acc", "lambda_1", "lr"])]
+    numbers = ["step", "train_loss", *([] if grid else ["test_acc", "lr"])]  # lambda_1: none with log_curvature off
     missing = [c for c in ["method", "diverged", *numbers, *(["seed", *grid] if grid else [])] if c not in results]
-    words = [c for c in numbers if c in results and not pd.api.types.is_numeric_dtype(results[c])]
+    words = [c for c in [*numbers, "lambda_1"] if c in results and not pd.api.types.is_numeric_dtype(results[c])]
     why = f"no column {', '.join(missing)}" if missing else "no rows" if results.empty else ""
     why = why or (f"column {words[0]} holds no numbers" if words else "")
     if why:
@@ -181,14 +210,12 @@ def _read_results(run_dir: Path):
 
 
 def plot_run(run_dir: str | Path):  # a run or sweep folder, with results.csv
-    "Write loss.png, test_acc.png, sharpness.png (a 2-key sweep: heatmap.png) into `run_dir`; return the paths."
+    "Write loss.png, test_acc.png, sharpness.png (if λ₁ was logged; a 2-key sweep: heatmap.png); return the paths."
     run_dir = Path(run_dir)
     results, grid = _read_results(run_dir)
-    figs = {
-        "loss": lambda: plot_curves(results),
-        "test_acc": lambda: plot_curves(results, "test_acc"),
-        "sharpness": lambda: plot_sharpness(results),
-    }
+    figs = {"loss": lambda: plot_curves(results), "test_acc": lambda: plot_curves(results, "test_acc")}
+    if "lambda_1" in results and results.lambda_1.notna().any():  # none with log_curvature off
+        figs["sharpness"] = lambda: plot_sharpness(results)
     if len(grid) == 2:
         figs = {"heatmap": lambda: plot_heatmap(results, grid[1], grid[0])}
     elif grid:  # one key, or more than two: a loss curve per method and grid point
