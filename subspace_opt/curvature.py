@@ -158,6 +158,8 @@ def _agree_across_ranks(metas: list):  # `gather_meta` output, one dict of facts
         ("shapes", "the parameter shapes"),
         ("dtype", "the dtype"),
         ("device", "the device type"),
+        ("kind", "the operator and loss"),
+        ("weights", "the parameter values (sum and sum of squares)"),
     ):
         check_agree(metas, key, what)
     full = [(r, m) for r, m in enumerate(metas) if m["n"]]
@@ -212,6 +214,8 @@ class _Reduction(_ShardedData):
         "Check the model, dtype and device type agree across the group's ranks; set the global sample count `n`."
         facts = dict(p=self.shape[0], shapes=[tuple(s) for s in self.shapes], dtype=str(self.dtype))
         facts.update(device=self.device.type, n=self.n_local, n_outputs=self.n_outputs, method=self.method)
+        w = torch.cat([q.detach().reshape(-1).double() for q in self.parameters()])  # the same model on every rank
+        facts.update(kind=(type(self).__name__, self.loss), weights=(w.sum().item(), w.square().sum().item()))
         n, n_outputs, method = _agree_across_ranks(gather_meta(self.group, **facts))
         if self.n_outputs is None:
             self.n_outputs, self.method = n_outputs, method
@@ -383,5 +387,7 @@ def with_data(
     new.batches = [(self._input(X), t) for (X, _), t in zip(batches, targets)]
     new.n_local = sum(len(X) for X, _ in new.batches)
     n = all_reduce_sum(torch.tensor(new.n_local, device=self.device), self.group)  # the global sample count
+    if int(n) == 0:  # every rank's batch empty (one process: refused by `as_batches` already)
+        raise ValueError("`data` holds no samples on any rank")
     new.n, new.comm_seconds, new.n_reductions = int(n), 0.0, 0
     return new

@@ -11,6 +11,7 @@ import torch
 from fastcore.basics import patch
 from .krylov import _Solve, _block_solve, _orth_against, angle_bound
 from .lanczos import check_symmetric
+from .distributed import gather_meta
 
 # %% auto #0
 __all__ = ['project', 'project_dom', 'project_bulk', 'alignment', 'choose_k', 'DominantSubspace']
@@ -111,6 +112,27 @@ def _initial_rank(
         raise ValueError(f"`max_k` must be an int in [1, p={p}) (the largest rank k='auto' considers), got {max_k!r}")
     return max_k
 
+# %% ../nbs/02_subspace.ipynb #a81db5de
+_RANK_SETTINGS = ("k", "max_k", "n_eigs", "refresh_every", "tol", "cold_tol", "restart_tol", "cold_every")
+_RANK_SETTINGS += ("oversample", "max_warm_restarts", "seed", "min_every", "max_every", "drift_tol")
+
+
+def _same_on_every_rank(
+    sub,  # a `DominantSubspace` being built
+    op,  # its operator
+):
+    "Refuse settings that differ between the ranks of a data-parallel `op`: the ranks' collectives would hang or mix."
+    group = getattr(op, "group", None)
+    if group is None:
+        return
+    metas = gather_meta(group, **{a: getattr(sub, a) for a in _RANK_SETTINGS})
+    for a in _RANK_SETTINGS:
+        if any(m[a] != metas[0][a] for m in metas):
+            ranks = ", ".join(f"rank {r}: {m[a]}" for r, m in enumerate(metas))
+            raise ValueError(
+                f"ranks disagree on the tracker's `{a}` ({ranks}): build it with the same settings everywhere"
+            )
+
 # %% ../nbs/02_subspace.ipynb #f1a8e5ed
 def _check_solver(  # `DominantSubspace`'s arguments of that name
     n_eigs,  # None or an int >= 1
@@ -169,6 +191,7 @@ class DominantSubspace:
         self.gen = torch.Generator(device=op.device).manual_seed(seed)
         self.seed, self.eigvecs, self.eigenvalues, self.residuals, self.info = seed, None, None, None, {}
         self.block, self.n_matvecs, self.n_refreshes, self.n_updates, self.last_refresh = None, 0, 0, 0, 0
+        _same_on_every_rank(self, op)
 
     @property
     def basis(self):

@@ -144,7 +144,8 @@ def _check_products(ranks, ref, world):
 
 def _setups():
     "The error cases and an operator with an empty shard on rank 1, all in one group of processes."
-    return {case: _bad_setup(case) for case in ("params", "dtype", "empty")}, _empty_rank()
+    cases = ("params", "dtype", "empty", "loss", "weights", "tracker", "empty batch")
+    return {case: _bad_setup(case) for case in cases}, _empty_rank()
 
 
 def _empty_rank():
@@ -178,8 +179,15 @@ def _bad_setup(case):
         X = X.float()
     if case == "empty":
         X, y = X[:0], y[:0]
+    if case == "weights" and rank() == 1:
+        model = mlp((8, 12, 3), seed=1, dtype=torch.float64)  # the same shapes, other values
+    loss = "ce" if case == "loss" and rank() == 1 else "mse"
     try:
-        HessianOperator(model, "mse", shard((X, y)))
+        H = HessianOperator(model, loss, shard((X, y)))
+        if case == "tracker":  # settings that differ between ranks would desynchronise its collectives
+            DominantSubspace(H, k=3, cold_tol=1e-2 if rank() == 0 else 1e-8)
+        if case == "empty batch":  # a mini-batch with no sample on any rank: n = 0 made the gradient NaN
+            H.with_data((X[:0], y[:0]))
     except ValueError as e:
         return str(e)
     return "no error"
@@ -191,6 +199,10 @@ def _bad_setup(case):
         ("params", "ranks disagree on the parameter count p (rank 0: 147, rank 1: 159)"),
         ("dtype", "ranks disagree on the dtype (rank 0: torch.float64, rank 1: torch.float32)"),
         ("empty", "`data` holds no samples on any of the 2 ranks"),
+        ("loss", "ranks disagree on the operator and loss (rank 0: ('HessianOperator', 'mse'), rank 1: ('HessianOp"),
+        ("weights", "ranks disagree on the parameter values (sum and sum of squares)"),
+        ("tracker", "ranks disagree on the tracker's `cold_tol` (rank 0: 0.01, rank 1: 1e-08)"),
+        ("empty batch", "`data` holds no samples on any rank"),
     ],
 )
 def test_bad_setups_fail_on_every_rank_with_a_clear_error(setups, case, message):
