@@ -13,20 +13,24 @@ from .subspace import alignment
 __all__ = ['LEAK_COLUMNS', 'sharp_step', 'sharp_floor', 'PreStep', 'before_step', 'step_leakage', 'after_step',
            'step_diagnostics']
 
-# %% ../nbs/03a_leakage.ipynb #52fa6676
+# %% ../nbs/03a_leakage.ipynb #87670456
 def _check_step(
     U: torch.Tensor,  # basis (p, k)
     lam: torch.Tensor,  # eigenvalues (k,)
     delta: torch.Tensor,  # step (p,)
     grad: torch.Tensor,  # gradient (p,)
 ):
-    "A ValueError naming the argument whose shape does not fit a (p, k) basis."
+    "A ValueError naming the argument whose shape or dtype does not fit a (p, k) basis."
+    if not (isinstance(U, torch.Tensor) and U.ndim == 2):
+        raise ValueError(f"`U` must be a (p, k) basis, got {getattr(U, 'shape', type(U).__name__)}")
     p, k = U.shape
     for name, t, want in (("lam", lam, (k,)), ("delta", delta, (p,)), ("grad", grad, (p,))):
         if tuple(t.shape) != want:
             raise ValueError(f"`{name}` must have shape {want} for a basis of shape {(p, k)}, got {tuple(t.shape)}")
+        if name != "lam" and t.dtype != U.dtype:
+            raise ValueError(f"`{name}` must have the basis's dtype {U.dtype}, got {t.dtype}")
 
-
+# %% ../nbs/03a_leakage.ipynb #52fa6676
 def sharp_step(
     U: torch.Tensor,  # orthonormal basis (p, k) of the tracked subspace at the step's starting point
     lam: torch.Tensor,  # its eigenvalues λ_1..λ_k
@@ -36,8 +40,8 @@ def sharp_step(
     "s(Δ) = Σ λ_i (u_iᵀΔ)² / (‖Δ‖ ‖∇L‖), a float tensor: 0 for Δ = 0, NaN at a stationary point (∇L = 0)."
     _check_step(U, lam, delta, grad)
     n, gn = delta.norm(), grad.norm()
-    if n == 0 or gn == 0:
-        return torch.tensor(0.0 if n == 0 else math.nan, dtype=delta.dtype)
+    if n == 0 or gn == 0 or not torch.isfinite(n * gn):  # an infinite gradient is no evidence of a small leak
+        return torch.tensor(0.0 if n == 0 and torch.isfinite(gn) else math.nan, dtype=delta.dtype)
     return (lam * (U.T @ delta) ** 2).sum() / (n * gn)
 
 
@@ -47,8 +51,14 @@ def sharp_floor(
     grad: torch.Tensor,  # the full-batch gradient ∇L (p,) at the starting point
 ):
     "E s(‖Δ‖ ω) over directions ω uniform on the sphere: ‖Δ‖ Σ λ_i / (p ‖∇L‖) (NaN at a stationary point)."
+    if lam.ndim != 1 or delta.ndim != 1 or grad.shape != delta.shape:
+        raise ValueError(
+            f"`lam` must be (k,), `delta` and `grad` (p,) alike; got {tuple(lam.shape)}, {tuple(delta.shape)}, "
+            f"{tuple(grad.shape)}"
+        )
     gn = grad.norm()
-    return delta.norm() * lam.sum() / (delta.numel() * gn) if gn > 0 else torch.tensor(math.nan, dtype=delta.dtype)
+    ok = gn > 0 and torch.isfinite(gn)
+    return delta.norm() * lam.sum() / (delta.numel() * gn) if ok else torch.tensor(math.nan, dtype=delta.dtype)
 
 # %% ../nbs/03a_leakage.ipynb #2de9f4bb
 LEAK_COLUMNS = ("chi_pre", "sharp_step", "sharp_floor")  # what `step_leakage` returns, in order
@@ -82,6 +92,7 @@ def step_leakage(
 ):
     "χ_k of the step against the starting point's subspace, its sharp step s and the floor of s, as floats."
     d, U, lam, g = delta.to(pre.basis.dtype), pre.basis, pre.eigenvalues, pre.grad
+    _check_step(U, lam, d, g)  # before `alignment`, whose shape error would not say which argument
     values = (alignment(U, d), sharp_step(U, lam, d, g), sharp_floor(lam, d, g))
     return {c: v.item() for c, v in zip(LEAK_COLUMNS, values)}
 
