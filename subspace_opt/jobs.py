@@ -100,10 +100,21 @@ def _largest_k(solver: str, p: int):
     return p - 1 if solver != "block" else min(q - 2, (2 * q + 1) // 3)
 
 
+def _check_steps(train_steps):  # `spectrum`'s SGD steps before measuring
+    "A `UserError` unless `train_steps` is an int >= 0."
+    if isinstance(train_steps, bool) or not isinstance(train_steps, int) or train_steps < 0:
+        raise UserError(f"`train_steps` must be an int >= 0, got {train_steps!r}")
+
+
 def _check_k(k, hidden, solver, name):
     "A `UserError` naming `name` unless `solver` can compute k eigenpairs for the digits MLP with `hidden` widths."
+    if solver not in SOLVERS:
+        raise UserError(f"`solver` must be one of {', '.join(SOLVERS)}, got {solver!r}")
+    ints = lambda v, least: isinstance(v, int) and not isinstance(v, bool) and v >= least  # noqa: E731
+    if not (isinstance(hidden, (list, tuple)) and hidden and all(ints(w, 1) for w in hidden)):
+        raise UserError(f"`hidden` must be a list of ints >= 1 (the hidden widths), got {hidden!r}")
     p = _mlp_size((64, *hidden, 10))
-    if not 1 <= k <= _largest_k(solver, p):
+    if not ints(k, 1) or k > _largest_k(solver, p):
         raise UserError(f"`{name}` must be in [1, {_largest_k(solver, p)}] for solver {solver} (p = {p}), got {k}")
 
 # %% ../nbs/09a_jobs.ipynb #59a6c91f
@@ -124,9 +135,8 @@ def spectrum(
 ):
     "Train a digits MLP, compute the top-`k` Hessian eigenpairs, write table + figure; return (run folder, table)."
     config = dict(locals())
-    if solver not in SOLVERS:
-        raise UserError(f"`solver` must be one of {', '.join(SOLVERS)}, got {solver!r}")
     _check_k(k, hidden, solver, "k")
+    _check_steps(train_steps)
     dev = check_device(device, "device")
     data = load_digits(seed=seed, device=dev)
     model = mlp((64, *hidden, data.n_classes), activation=activation, seed=seed, device=dev)
