@@ -94,10 +94,11 @@ def subsample_source(
     n: int,  # the subsample: the first n samples of `data`
     k: int = 10,  # rank of the subspace
     operator: type = HessianOperator,  # the curvature: `HessianOperator`, `GGNOperator`, ...
+    batch_size: int | None = None,  # split the subsample into chunks of at most this many samples
     **tracker_kw,  # further arguments of `DominantSubspace` (refresh_every, tol, seed, ...)
 ):
     "Tracker of the top-`k` eigenspace of the curvature of the mean loss on the first `n` samples of `data`."
-    return TimedSubspace(operator(model, loss, _first_samples(data, n)), k, **tracker_kw)
+    return TimedSubspace(operator(model, loss, _first_samples(data, n), batch_size), k, **tracker_kw)
 
 # %% ../nbs/02a_sources.ipynb #4e0e057e
 def _due(sub: DominantSubspace):  # the tracker about to be updated
