@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from scipy.sparse.linalg import ArpackError, LinearOperator, aslinearoperator, eigsh
+from .distributed import gather_meta
 
 # %% auto #0
 __all__ = ['WHICH', 'LanczosResult', 'check_solver_args', 'check_symmetric', 'select', 'principal_cosines', 'lanczos',
@@ -74,6 +75,17 @@ def check_solver_args(
         raise ValueError(f"`which` must be one of {WHICH}, got {which!r}")
     return p
 
+# %% ../nbs/01_lanczos.ipynb #439baa92
+def _same_seed(
+    op,  # the solver's operator
+    seed: int,  # the seed of its start vectors
+):
+    "Refuse seeds that differ between the ranks of a data-parallel `op`: the ranks' start vectors must be one."
+    metas = gather_meta(getattr(op, "group", None), seed=seed)  # one process: no collective
+    if any(m["seed"] != seed for m in metas):
+        ranks = ", ".join(f"rank {r}: {m['seed']}" for r, m in enumerate(metas))
+        raise ValueError(f"ranks disagree on the solver's `seed` ({ranks}): pass the same seed on every rank")
+
 # %% ../nbs/01_lanczos.ipynb #dfcc8edb
 def _describe(op):
     "The operator as `Class(shape=..., dtype=..., device=...)`, without its entries."
@@ -95,6 +107,7 @@ def check_symmetric(
     rtol: float | None = None,  # largest accepted asymmetry; default √ε of the dtype (1.5e-8 float64, 3.5e-4 float32)
 ):
     "Refuse `op` unless |uᵀAv − vᵀAu| <= rtol ‖A‖‖u‖‖v‖ on a random pair; return that relative asymmetry."
+    _same_seed(op, seed)  # every solver checks here: a data-parallel operator's ranks must draw the same vectors
     if getattr(op, "SELF_ADJOINT", False) is True:
         return 0.0
     g = torch.Generator(device=op.device).manual_seed(seed)

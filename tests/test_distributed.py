@@ -144,7 +144,7 @@ def _check_products(ranks, ref, world):
 
 def _setups():
     "The error cases and an operator with an empty shard on rank 1, all in one group of processes."
-    cases = ("params", "dtype", "empty", "loss", "weights", "tracker", "empty batch")
+    cases = ("params", "dtype", "empty", "loss", "weights", "tracker", "empty batch", "seed")
     return {case: _bad_setup(case) for case in cases}, _empty_rank()
 
 
@@ -188,6 +188,8 @@ def _bad_setup(case):
             DominantSubspace(H, k=3, cold_tol=1e-2 if rank() == 0 else 1e-8)
         if case == "empty batch":  # a mini-batch with no sample on any rank: n = 0 made the gradient NaN
             H.with_data((X[:0], y[:0]))
+        if case == "seed":  # start vectors that differ between ranks: their all-reduced products mix
+            lanczos(H, k=3, seed=rank())
     except ValueError as e:
         return str(e)
     return "no error"
@@ -203,6 +205,7 @@ def _bad_setup(case):
         ("weights", "ranks disagree on the parameter values (sum and sum of squares)"),
         ("tracker", "ranks disagree on the tracker's `cold_tol` (rank 0: 0.01, rank 1: 1e-08)"),
         ("empty batch", "`data` holds no samples on any rank"),
+        ("seed", "ranks disagree on the solver's `seed` (rank 0: 0, rank 1: 1)"),
     ],
 )
 def test_bad_setups_fail_on_every_rank_with_a_clear_error(setups, case, message):
