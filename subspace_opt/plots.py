@@ -47,7 +47,7 @@ def _divergence_marks(
     metric: str,  # the column drawn
 ):
     "Per diverged run: its first diverged step, at its `metric` there, or the last finite value before (NaN rows)."
-    keys = ["method", "seed", *(c for c in results.columns if "." in str(c))]  # a sweep's grid columns too
+    keys = [c for c in results.columns if c in ("method", "seed") or "." in str(c)]  # and a sweep's grid columns
     marks = []
     for _, r in results.sort_values("step", kind="stable").groupby(keys, sort=False, dropna=False):
         bad = r[r.diverged.eq(True)]
