@@ -20,7 +20,10 @@ def _check_base(base):
     "Refuse a base that is not a torch optimizer, or whose step needs a closure (it has no single update to project)."
     if not isinstance(base, torch.optim.Optimizer):
         raise TypeError(f"`base` must be a torch.optim.Optimizer, got {type(base).__name__}")
-    closure = inspect.signature(base.step).parameters.get("closure")
+    try:
+        closure = inspect.signature(base.step).parameters.get("closure")
+    except (TypeError, ValueError):  # a step without a Python signature (compiled): nothing to tell
+        closure = None
     if closure is not None and closure.default is inspect.Parameter.empty:  # e.g. LBFGS
         raise TypeError(
             f"`base` {type(base).__name__} re-evaluates the loss inside its step (its step needs a closure), so its "
