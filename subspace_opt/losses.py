@@ -27,7 +27,7 @@ def loss_sum(
     loss: str,  # 'mse' or 'ce'
 ):
     "Sum over samples of the per-sample loss (½‖f − t‖² or softmax cross-entropy)."
-    if loss == "mse":
+    if check_loss(loss) == "mse":  # any other name is refused, not taken for 'ce'
         return 0.5 * (out - target).pow(2).sum()
     return F.cross_entropy(out, target, reduction="sum")
 
@@ -39,6 +39,7 @@ def prepare_targets(
     dtype: torch.dtype,  # floating dtype of the model
 ):
     "Targets in the form `loss_sum` expects: (n, C) floats for 'mse', (n,) int64 labels for 'ce'."
+    check_loss(loss)
     if y.is_floating_point():
         if loss == "ce":
             raise TypeError(
@@ -51,8 +52,8 @@ def prepare_targets(
         return y.to(dtype)
     if y.ndim != 1:
         raise ValueError(f"integer `y` must be a vector of labels (n,), got shape {tuple(y.shape)}")
-    lo, hi = int(y.min()), int(y.max())
-    if lo < 0 or hi >= n_outputs:
+    lo, hi = (int(y.min()), int(y.max())) if len(y) else (0, 0)  # no labels: nothing out of range
+    if lo < 0 or (len(y) and hi >= n_outputs):
         raise ValueError(
             f"labels in `y` must lie in [0, {n_outputs}) (the model's output count), got range [{lo}, {hi}]"
         )
@@ -65,7 +66,7 @@ def loss_hessian_product(
     loss: str,  # 'mse' or 'ce'
 ):
     "Per-sample ∇²_f ℓ · U in closed form: U for 'mse', (diag(p) − p pᵀ) U with p = softmax(out) for 'ce'."
-    if loss == "mse":
+    if check_loss(loss) == "mse":
         return U
     p = out.softmax(-1)
     return p * U - p * (p * U).sum(-1, keepdim=True)

@@ -4,6 +4,7 @@
 
 # %% ../nbs/05_models.ipynb #25b77e58
 from __future__ import annotations
+import numbers
 import torch
 from torch import nn
 
@@ -20,8 +21,15 @@ def _activation(name):
     return ACTIVATIONS[name]
 
 
+def _count(value, least: int):
+    "Whether `value` is an int (not a bool) >= `least`."
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= least
+
+
 def _seeded(build, seed, dtype, device):
     "Build a module under a private RNG state seeded by `seed`, so initialisation is reproducible."
+    if not _count(seed, 0):  # torch would take 1.5 for 1
+        raise ValueError(f"`seed` must be an int >= 0, got {seed!r}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return build().to(device=device, dtype=dtype)
@@ -35,8 +43,8 @@ def mlp(
     device="cpu",  # parameter device
 ):
     "A fully connected network with `activation` between the linear layers (none after the last)."
-    if len(widths) < 2 or any(int(w) < 1 for w in widths):
-        raise ValueError(f"`widths` must list >= 2 positive sizes, got {widths!r}")
+    if len(widths) < 2 or not all(_count(w, 1) for w in widths):
+        raise ValueError(f"`widths` must list >= 2 positive int sizes, got {widths!r}")
     act = _activation(activation)
 
     def build():
@@ -58,6 +66,13 @@ def cnn(
     device="cpu",  # parameter device
 ):
     "The papers' small CNN: [conv3×3 → act → maxpool] × 2 → linear."
+    if not (len(in_shape) == 3 and all(_count(s, 1) for s in in_shape) and min(in_shape[1:]) >= 4):
+        raise ValueError(
+            f"`in_shape` must be (channels, height, width), height and width >= 4 (two 2×2 pools), got {in_shape!r}"
+        )
+    for name, value in (("n_classes", n_classes), ("channels", channels)):
+        if not _count(value, 1):
+            raise ValueError(f"`{name}` must be an int >= 1, got {value!r}")
     c, h, w = in_shape
     act = _activation(activation)
     build = lambda: nn.Sequential(

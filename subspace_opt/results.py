@@ -23,7 +23,7 @@ def run_keys(
     keys=None,  # further columns that tell runs apart (top-level grid keys such as `steps`)
 ):
     "The columns that identify a run: `method`, `seed`, every dotted (grid) column, then `keys`."
-    keys = list(keys or [])
+    keys = [keys] if isinstance(keys, str) else list(keys or [])  # one name, not its letters
     missing = [c for c in ("method", "seed") if c not in results.columns]
     if missing:
         raise ValueError(f"`results` lacks the columns {missing}; it has {list(results.columns)}")
@@ -125,6 +125,7 @@ def _config_columns(
     "The configuration columns of `t`, checked."
     if config is None:
         return [c for c in t.columns if c not in (family, "seed", "target", *COSTS, "diverged", "_x")]
+    config = [config] if isinstance(config, str) else config  # one name, not its letters
     missing = [c for c in config if c not in t.columns]
     if missing:
         raise ValueError(f"`config` names columns missing from `ttt`: {missing}")
@@ -415,6 +416,8 @@ def best_setting(
     runs = outcomes[outcomes.method == method]
     if runs.empty:
         raise ValueError(f"`method` {method!r} is not a method of `outcomes`: {sorted(set(outcomes.method))}")
+    if by not in outcomes.columns:
+        raise ValueError(f"`by` names no column of `outcomes`: {by!r}; it has {list(outcomes.columns)}")
     means = runs.groupby(by).agg(final=("final", "mean"), diverged=("diverged", "any"))
     stable = means[~means.diverged].final
     return stable.idxmin() if len(stable) else math.nan

@@ -23,6 +23,8 @@ def _set(d: dict, key: str, value, where: str = ""):
     head, _, rest = key.partition(".")
     where = where or key
     inside = d.get(head) if head != "methods" or not rest else d.get("methods", [])
+    if rest and head in d and d[head] is None:  # YAML's empty `data_args:` is null, not a mapping to fill
+        raise ConfigError(f"`grid.{where}` reaches into `{head}`, which holds null, not a mapping")
     if rest and not isinstance(inside, dict if head != "methods" else list) and inside is not None:
         raise ConfigError(f"`grid.{where}` reaches into `{head}`, which holds {_show(inside)}, not a mapping")
     if head == "methods" and rest:
@@ -66,7 +68,11 @@ def expand_grid(
         for k, v in point.items():
             _set(d, k, v)
         label = ",".join(f"{k}={v}" for k, v in point.items()) or "base"
-        points.append((point, label, config_from_dict(d)))
+        cfg = config_from_dict(d)
+        same = next((other for _, other, c in points if c == cfg), None)  # 3 and 3.0: one configuration
+        if same is not None:
+            raise ConfigError(f"`grid` points {same} and {label} are one configuration: list each value once")
+        points.append((point, label, cfg))
     return points
 
 # %% ../nbs/06a_sweep.ipynb #4fa6190f
