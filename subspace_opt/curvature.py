@@ -302,9 +302,8 @@ class CurvatureOperator(_MethodChoice):
             raise ValueError(f"`method` must be one of {METHODS}, got {method!r}")
         super().__init__(model, loss, data, batch_size, process_group)
         if check_determinism and self.batches:
-            shape = self.batches[0][0].shape[
-                1:
-            ]  # batches of other shapes (token sequences of other lengths) cannot join
+            # batches of other shapes (token sequences of other lengths) cannot join the probe
+            shape = self.batches[0][0].shape[1:]
             probe = torch.cat([X for X, _ in self.batches[:16] if X.shape[1:] == shape])[:16]  # several small batches
             check_deterministic(lambda X: self._forward(self._params(), X, copy=True), probe, self.model)
         self.method = self._pick_method(method) if self.batches else None
