@@ -99,14 +99,13 @@ def check_agree(
     key: str,  # the fact that must be equal on every rank
     what: str,  # how to name it in the message
     ranks: list | None = None,  # the ranks of `metas` (default 0, 1, ...)
+    advice: str = "build the operator on every rank from the same model, dtype and device type",  # what to do
 ):
     "Raise a `ValueError` listing each rank's value unless all ranks agree on `metas[r][key]`; return the value."
     vals, ranks = [m[key] for m in metas], ranks or list(range(len(metas)))
     if any(v != vals[0] for v in vals):
         raise ValueError(
-            f"ranks disagree on {what} ("
-            + ", ".join(f"rank {r}: {v}" for r, v in zip(ranks, vals))
-            + "): build the operator on every rank from the same model, dtype and device type"
+            f"ranks disagree on {what} (" + ", ".join(f"rank {r}: {v}" for r, v in zip(ranks, vals)) + f"): {advice}"
         )
     return vals[0]
 

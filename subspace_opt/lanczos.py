@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from scipy.sparse.linalg import ArpackError, LinearOperator, aslinearoperator, eigsh
-from .distributed import gather_meta
+from .distributed import check_agree, gather_meta
 
 # %% auto #0
 __all__ = ['WHICH', 'LanczosResult', 'check_solver_args', 'check_symmetric', 'select', 'principal_cosines', 'lanczos',
@@ -82,9 +82,7 @@ def _same_seed(
 ):
     "Refuse seeds that differ between the ranks of a data-parallel `op`: the ranks' start vectors must be one."
     metas = gather_meta(getattr(op, "group", None), seed=seed)  # one process: no collective
-    if any(m["seed"] != seed for m in metas):
-        ranks = ", ".join(f"rank {r}: {m['seed']}" for r, m in enumerate(metas))
-        raise ValueError(f"ranks disagree on the solver's `seed` ({ranks}): pass the same seed on every rank")
+    check_agree(metas, "seed", "the solver's `seed`", advice="pass the same seed on every rank")
 
 # %% ../nbs/01_lanczos.ipynb #dfcc8edb
 def _describe(op):

@@ -11,7 +11,7 @@ import torch
 from fastcore.basics import patch
 from .krylov import _Solve, _block_solve, _orth_against, angle_bound
 from .lanczos import check_symmetric
-from .distributed import gather_meta
+from .distributed import check_agree, gather_meta
 
 # %% auto #0
 __all__ = ['project', 'project_dom', 'project_bulk', 'alignment', 'choose_k', 'DominantSubspace']
@@ -127,11 +127,7 @@ def _same_on_every_rank(
         return
     metas = gather_meta(group, **{a: getattr(sub, a) for a in _RANK_SETTINGS})
     for a in _RANK_SETTINGS:
-        if any(m[a] != metas[0][a] for m in metas):
-            ranks = ", ".join(f"rank {r}: {m[a]}" for r, m in enumerate(metas))
-            raise ValueError(
-                f"ranks disagree on the tracker's `{a}` ({ranks}): build it with the same settings everywhere"
-            )
+        check_agree(metas, a, f"the tracker's `{a}`", advice="build it with the same settings everywhere")
 
 # %% ../nbs/02_subspace.ipynb #f1a8e5ed
 def _check_solver(  # `DominantSubspace`'s arguments of that name
