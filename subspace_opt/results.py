@@ -418,6 +418,8 @@ def best_setting(
         raise ValueError(f"`method` {method!r} is not a method of `outcomes`: {sorted(set(outcomes.method))}")
     if by not in outcomes.columns:
         raise ValueError(f"`by` names no column of `outcomes`: {by!r}; it has {list(outcomes.columns)}")
+    if runs[by].isna().any():  # pandas' groupby would drop that setting, even where it is the best one
+        raise ValueError(f"`by` column {by!r} is missing (NaN/None) in some {method!r} runs: fill it before ranking")
     means = runs.groupby(by).agg(final=("final", "mean"), diverged=("diverged", "any"))
     stable = means[~means.diverged].final
     return stable.idxmin() if len(stable) else math.nan
