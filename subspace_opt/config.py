@@ -54,7 +54,7 @@ class SubspaceConfig:
     hessian_data: str = "full"  # 'full' training set, fixed first-n 'subsample', or current 'minibatch'
     n_hessian: int = 1000  # samples of the 'subsample', >= 1
     n_eigs: int | None = None  # eigenvalues logged, >= k (default k)
-    tol: float = 1e-2  # warm-refresh tolerance, > 0
+    tol: float = 1e-2  # warm-refresh tolerance, in (0, 1]
     solver: str = "warm"  # 'warm': block refresh from the last basis; 'cold': a fresh Lanczos solve per refresh
     source: str = "hessian"  # tracked 'hessian' or 'ggn'; 'update_pca' (last updates) or 'random': no products
 

@@ -280,7 +280,7 @@ def load_fashion_mnist(
 def load_mnist(
     n_train: int | None = 5000,  # first training images kept (None: all 60,000)
     n_test: int | None = None,  # first test images kept (None: all 10,000)
-    data_dir=None,  # folder of the four IDX files (required unless $SUBSPACE_OPT_DATA/mnist has them)
+    data_dir=None,  # folder of the four IDX files (else $SUBSPACE_OPT_DATA, then Debian's)
     flatten: bool = True,  # (n, 784) for MLPs, else (n, 1, 28, 28)
     device=None,  # default: `default_device()`
     dtype: torch.dtype = torch.float32,  # floating dtype of the inputs

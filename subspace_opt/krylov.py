@@ -62,7 +62,7 @@ class _Solve(NamedTuple):
     bound: float  # `angle_bound` at k
     rel: torch.Tensor  # (b,) relative residuals ‖Hv − θv‖ / |θ|
     n_matvecs: int  # operator-vector products (a block of b counts b)
-    converged: bool  # the block passed `_accepted`
+    converged: bool  # the block passed `_accepted`, or filled the whole space
 
 
 def _accepted(

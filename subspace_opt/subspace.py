@@ -173,7 +173,7 @@ class DominantSubspace:
         seed: int = 0,  # seed of the random start blocks of cold solves
         min_every: int = 4,  # 'auto': fewest steps between two refreshes
         max_every: int = 50,  # 'auto': most steps between two refreshes
-        drift_tol: float = 0.3,  # 'auto': drift (sine of the largest principal angle) to allow between refreshes
+        drift_tol: float = 0.3,  # 'auto': sine of the largest principal angle to allow between two refreshes
         max_k: int = 20,  # k='auto': the largest rank considered
     ):
         _check_solver(n_eigs, tol, cold_tol, restart_tol, cold_every, max_warm_restarts)
