@@ -146,7 +146,8 @@ def _check_orthonormal(
         )
     err = (U.double().T @ U.double() - torch.eye(U.shape[1], dtype=torch.float64, device=U.device)).abs().max().item()
     eps = torch.finfo(U.dtype).eps if U.is_floating_point() else 0.0
-    tol = max(1e-4, 30 * eps * U.shape[0] ** 0.5)  # a float32 QR of p rows loses a few eps·√p (3.5e-5 per eps·√p at p = 85k)
+    # a float32 QR of p rows is off by a few eps·√p (3.5e-5 at p = 85k): a margin of 30 over that
+    tol = max(1e-4, 30 * eps * U.shape[0] ** 0.5)
     if not err <= tol:  # NaN fails too
         raise ValueError(f"`{name}` must have orthonormal columns (max |{name}ᵀ{name} − I| = {err:.1e} > {tol:.1e})")
     return U
