@@ -67,7 +67,7 @@ def expand_grid(
         d = copy.deepcopy(base)
         for k, v in point.items():
             _set(d, k, v)
-        label = ",".join(f"{k}={v}" for k, v in point.items()) or "base"
+        label = ",".join(f"{k}={v}" for k, v in sorted(point.items())) or "base"  # one folder, whatever the key order
         cfg = config_from_dict(d)
         same = next((other for _, other, c in points if c == cfg), None)  # 3 and 3.0: one configuration
         if same is not None:
@@ -75,12 +75,19 @@ def expand_grid(
         points.append((point, label, cfg))
     return points
 
+# %% ../nbs/06a_sweep.ipynb #25f6c89f
+def _point_label(out: RunFolder, point: dict, label: str):
+    "`label`, or the label in the grid's own key order where only that folder exists (as versions up to 0.1 named it)."
+    legacy = ",".join(f"{k}={v}" for k, v in point.items()) or "base"
+    exists = lambda name: out.sub("points", name).path.exists()
+    return legacy if legacy != label and not exists(label) and exists(legacy) else label
+
 # %% ../nbs/06a_sweep.ipynb #4fa6190f
 def _jobs(points, out: RunFolder):
     "One job per grid point, method and seed: (config, method index, seed, run folder inside `out`)."
     jobs = [
-        (cfg, mi, s, out.sub("points", label, f"{m.name}-seed{s}").path)
-        for _, label, cfg in points
+        (cfg, mi, s, out.sub("points", _point_label(out, point, label), f"{m.name}-seed{s}").path)
+        for point, label, cfg in points
         for mi, m in enumerate(cfg.methods)
         for s in cfg.seeds
     ]
@@ -107,7 +114,7 @@ def _run_jobs(jobs: list, workers: int, progress: bool):
 def _collect(points, out: RunFolder):
     "Every job's rows in grid order, with a column per grid key holding the point's value."
     frames = [
-        out.sub("points", label, f"{m.name}-seed{s}").read_rows().assign(**point)
+        out.sub("points", _point_label(out, point, label), f"{m.name}-seed{s}").read_rows().assign(**point)
         for point, label, cfg in points
         for m in cfg.methods
         for s in cfg.seeds
