@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_plots.ipynb #436d7213
 from __future__ import annotations
-import json
+import itertools, json
 from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
@@ -13,8 +13,8 @@ import seaborn as sns
 from .config import UserError
 
 # %% auto #0
-__all__ = ['VERDICT_COLOURS', 'plot_spectrum', 'plot_curves', 'plot_sharpness', 'plot_heatmap', 'plot_verdicts', 'plot_run',
-           'plot_energy', 'plot_density']
+__all__ = ['VERDICT_COLOURS', 'plot_spectrum', 'plot_curves', 'plot_sharpness', 'plot_over_training', 'plot_heatmap',
+           'plot_verdicts', 'plot_run', 'plot_energy', 'plot_density']
 
 # %% ../nbs/08_plots.ipynb #d5f6eb2f
 def plot_spectrum(
@@ -63,12 +63,14 @@ def plot_curves(
     metric: str = "train_loss",  # the column to draw
     log: bool | None = None,  # log scale (default: for columns ending in 'loss')
     ax=None,  # draw into these axes
+    palette: dict | None = None,  # a colour per method (default: seaborn's, in order of appearance)
 ):
     "Mean over seeds per method against step, with a min–max seed band; diverged runs end in a red x."
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 3.8))
     ok = results[results[metric].notna()]
-    sns.lineplot(ok, x="step", y=metric, hue="method", errorbar=("pi", 100), ax=ax)
+    if len(ok):
+        sns.lineplot(ok, x="step", y=metric, hue="method", errorbar=("pi", 100), ax=ax, palette=palette)
     marks = _divergence_marks(results, metric)
     if len(marks):
         ax.plot(marks.step, marks[metric].clip(upper=ok[metric].max()), "x", color="red", ms=9, label="diverged")
@@ -93,6 +95,36 @@ def plot_sharpness(
     ax.set(yscale="log", title="sharpness λ₁")
     ax.figure.tight_layout()
     return ax.figure
+
+# %% ../nbs/08_plots.ipynb #ee60de1f
+def plot_over_training(
+    results: pd.DataFrame,  # tidy rows of a sweep: seed, step, diverged, `by`, `panel` and the `metrics`
+    by: str,  # a line per value of this column (e.g. the rank 'k' or the refresh period 'T')
+    panel: str = "eta",  # a column of panels per value of this learning-rate column; 2/η drawn on λ₁'s panels
+    metrics: tuple = ("lambda_1", "leakage"),  # a row of panels per column, each on a log scale
+    reference: pd.DataFrame | None = None,  # rows of a method without `by`, same `panel` column, drawn on λ₁'s panels
+    reference_name: str = "SGD",  # its legend entry
+):
+    "Each metric against step, a panel per learning rate and a line per `by` value, coloured alike in every panel."
+    names = {v: f"{by} = {v:g}" for v in sorted(results[by].dropna().unique())}
+    palette = dict(zip(names.values(), sns.color_palette("colorblind", len(names)))) | {reference_name: "black"}
+    lrs = sorted(results[panel].dropna().unique())
+    fig, axes = plt.subplots(len(metrics), len(lrs), figsize=(4 * len(lrs), 3.2 * len(metrics)), squeeze=False)
+    for (i, metric), (j, lr) in itertools.product(enumerate(metrics), enumerate(lrs)):
+        rows = results[results[panel] == lr].assign(method=lambda d: d[by].map(names))
+        if reference is not None and metric == "lambda_1":
+            rows = pd.concat([rows, reference[reference[panel] == lr].assign(method=reference_name)])
+        ax = axes[i, j]
+        plot_curves(rows, metric, log=True, ax=ax, palette=palette)
+        if metric == "lambda_1":
+            ax.axhline(2 / lr, ls="--", color="grey", lw=1, label="2/η")
+        ax.set(title=f"η = {lr:g}" if i == 0 else "", xlabel="step", ylabel=metric if j == 0 else "")
+    handles = {l: h for ax in axes.flat for h, l in zip(*ax.get_legend_handles_labels())}  # one per label
+    [ax.get_legend().remove() for ax in axes.flat if ax.get_legend()]
+    order = [*names.values(), reference_name, "diverged", "2/η"]
+    fig.legend(*zip(*[(handles[l], l) for l in order if l in handles]), loc="lower center", ncol=len(order))
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return fig
 
 # %% ../nbs/08_plots.ipynb #17640656
 def _heatmap_cells(
