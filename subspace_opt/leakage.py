@@ -37,7 +37,7 @@ def sharp_step(
     delta: torch.Tensor,  # the step Δ (p,)
     grad: torch.Tensor,  # the full-batch gradient ∇L (p,) at the starting point
 ):
-    "s(Δ) = Σ λ_i (u_iᵀΔ)² / (‖Δ‖ ‖∇L‖), a float tensor: 0 for Δ = 0, NaN at a stationary point (∇L = 0)."
+    "s(Δ) = Σ λ_i (u_iᵀΔ)² / (‖Δ‖ ‖∇L‖), a float tensor: 0 for Δ = 0 (∇L finite), else NaN if ∇L = 0."
     _check_step(U, lam, delta, grad)
     n, gn = delta.norm(), grad.norm()
     if n == 0 or gn == 0 or not torch.isfinite(n * gn):  # an infinite gradient is no evidence of a small leak

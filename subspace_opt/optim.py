@@ -35,7 +35,7 @@ MODES = ("gradient", "update")
 
 
 def _check_coef(name, c):
-    if not isinstance(c, (int, float)) or not math.isfinite(c) or c < 0:
+    if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c) or c < 0:
         raise ValueError(
             f"`{name}` must be a finite number >= 0 (a negative coefficient ascends along that part), got {c!r}"
         )
