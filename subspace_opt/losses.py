@@ -49,6 +49,8 @@ def prepare_targets(
             raise ValueError(
                 f"float `y` must have shape (n, {n_outputs}) to match the model's outputs, got {tuple(y.shape)}"
             )
+        if not torch.isfinite(y).all():  # one check, as the labels' range check below: a NaN target is no loss
+            raise ValueError("float `y` holds NaN or inf: every target must be finite")
         return y.to(dtype)
     if y.ndim != 1:
         raise ValueError(f"integer `y` must be a vector of labels (n,), got shape {tuple(y.shape)}")
