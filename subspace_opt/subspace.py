@@ -9,7 +9,7 @@ import time
 import warnings
 import torch
 from fastcore.basics import patch
-from .krylov import _Solve, _block_solve, _orth_against, angle_bound
+from .krylov import _Solve, _accepted, _block_solve, _orth_against, angle_bound
 from .lanczos import check_symmetric
 from .distributed import check_agree, gather_meta
 
@@ -201,12 +201,17 @@ def _cold_solve(sub: DominantSubspace, op):
     b = min(sub.n_eigs + sub.oversample, op.shape[0])
     Q = _orth_against(None, torch.randn(op.shape[0], b, generator=sub.gen, dtype=op.dtype, device=op.device))
     res = _block_solve(op, Q, sub.k, sub.n_eigs, sub.cold_tol, _COLD_BLOCKS, max(4, 2 + -(-20 // b)))
-    if not res.converged:
-        warnings.warn(
-            f"DominantSubspace: a cold solve stopped at angle bound {res.bound:.1e} > cold_tol={sub.cold_tol:g} after "
-            f"{res.n_matvecs} products; the eigenvalues at the k={sub.k} boundary may be tied (choose k at a gap)"
-        )
+    if not res.converged and not sub.k_pending:  # k='auto': judged at the rank it settles on (`_settle_rank`)
+        _warn_unconverged(sub, res)
     return res
+
+
+def _warn_unconverged(sub: DominantSubspace, res: _Solve):
+    "Warn that a cold solve missed `cold_tol` at the k boundary."
+    warnings.warn(
+        f"DominantSubspace: a cold solve stopped at angle bound {res.bound:.1e} > cold_tol={sub.cold_tol:g} after "
+        f"{res.n_matvecs} products; the eigenvalues at the k={sub.k} boundary may be tied (choose k at a gap)"
+    )
 
 
 def _warm_solve(sub: DominantSubspace, op):
@@ -301,7 +306,12 @@ def _settle_rank(sub: DominantSubspace, res: _Solve):
     sub.n_eigs, sub.k_pending = max(sub.n_eigs_asked or sub.k, sub.k), False
     b = min(sub.n_eigs + sub.oversample, len(res.theta))
     theta, V, HV = res.theta[:b], res.V[:, :b], res.HV[:, :b]
-    return res._replace(theta=theta, V=V, HV=HV, rel=res.rel[:b], bound=angle_bound(theta, V, HV, sub.k)[0])
+    check = angle_bound(theta, V, HV, sub.k)  # the test of the solve, now at the chosen k
+    ok = _accepted(theta, check, sub.k, sub.n_eigs, sub.cold_tol, torch.finfo(V.dtype).eps)
+    res = res._replace(theta=theta, V=V, HV=HV, rel=res.rel[:b], bound=check[0], converged=ok)
+    if not ok:
+        _warn_unconverged(sub, res)
+    return res
 
 
 @patch
