@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_plots.ipynb #436d7213
 from __future__ import annotations
-import itertools, json
+import itertools, json, numbers
 from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
@@ -96,6 +96,19 @@ def plot_sharpness(
     ax.figure.tight_layout()
     return ax.figure
 
+# %% ../nbs/08_plots.ipynb #a1b2c3d4
+def _swept_label(
+    by: str,  # the swept column
+    v,  # one of its values
+):
+    "The value's legend label: a number as %g, a null grid value as None, anything else as written ('auto')."
+    return f"{by} = " + ("None" if pd.isna(v) else f"{v:g}" if isinstance(v, numbers.Real) else str(v))
+
+
+def _swept_order(v):  # a value of a swept column
+    "Null first, then numbers in increasing order, then words in alphabetical order."
+    return (0, 0.0, "") if pd.isna(v) else (1, float(v), "") if isinstance(v, numbers.Real) else (2, 0.0, str(v))
+
 # %% ../nbs/08_plots.ipynb #ee60de1f
 def plot_over_training(
     results: pd.DataFrame,  # tidy rows of a sweep: seed, step, diverged, `by`, `panel` and the `metrics`
@@ -106,12 +119,12 @@ def plot_over_training(
     reference_name: str = "SGD",  # its legend entry
 ):
     "Each metric against step, a panel per learning rate and a line per `by` value, coloured alike in every panel."
-    names = {v: f"{by} = {v:g}" for v in sorted(results[by].dropna().unique())}
-    palette = dict(zip(names.values(), sns.color_palette("colorblind", len(names)))) | {reference_name: "black"}
+    names = list(dict.fromkeys(_swept_label(by, v) for v in sorted(results[by].unique(), key=_swept_order)))
+    palette = dict(zip(names, sns.color_palette("colorblind", len(names)))) | {reference_name: "black"}
     lrs = sorted(results[panel].dropna().unique())
     fig, axes = plt.subplots(len(metrics), len(lrs), figsize=(4 * len(lrs), 3.2 * len(metrics)), squeeze=False)
     for (i, metric), (j, lr) in itertools.product(enumerate(metrics), enumerate(lrs)):
-        rows = results[results[panel] == lr].assign(method=lambda d: d[by].map(names))
+        rows = results[results[panel] == lr].assign(method=lambda d: d[by].map(lambda v: _swept_label(by, v)))
         if reference is not None and metric == "lambda_1":
             rows = pd.concat([rows, reference[reference[panel] == lr].assign(method=reference_name)])
         ax = axes[i, j]
@@ -121,7 +134,7 @@ def plot_over_training(
         ax.set(title=f"η = {lr:g}" if i == 0 else "", xlabel="step", ylabel=metric if j == 0 else "")
     handles = {l: h for ax in axes.flat for h, l in zip(*ax.get_legend_handles_labels())}  # one per label
     [ax.get_legend().remove() for ax in axes.flat if ax.get_legend()]
-    order = [*names.values(), reference_name, "diverged", "2/η"]
+    order = [*names, reference_name, "diverged", "2/η"]
     fig.legend(*zip(*[(handles[l], l) for l in order if l in handles]), loc="lower center", ncol=len(order))
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     return fig
