@@ -60,7 +60,11 @@ def _mismatch(got: list | None, logged: list):
     missing = sorted(set(logged) - set(got))
     if missing:
         return f"the rows of steps {_few(missing)} are missing"
-    return f"it holds steps {_few([s for i, s in enumerate(got) if s not in logged or s in got[:i]])} more than once"
+    extra = [s for s in got if s not in logged]
+    if extra:
+        return f"it holds rows of steps {_few(extra)}, which were not logged"
+    repeated = [s for i, s in enumerate(got) if s in got[:i]]
+    return f"it holds steps {_few(repeated)} more than once" if repeated else f"its steps are out of order: {_few(got)}"
 
 # %% ../nbs/05d_rows.ipynb #4ac03fdd
 def rows_upto(
