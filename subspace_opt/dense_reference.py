@@ -10,7 +10,7 @@ from torch.func import functional_call, hessian, jacrev
 
 # %% auto #0
 __all__ = ['F64_RTOL', 'F32_RTOL', 'EIG_RTOL', 'MIN_COSINE', 'rel_err', 'flat_model', 'reference_loss', 'dense_hessian',
-           'dense_ggn', 'dense_functional_hessian']
+           'dense_ggn', 'dense_functional_hessian', 'CountingMatrix']
 
 # %% ../nbs/00a_dense_reference.ipynb #782fc4b7
 # operator vs dense in float64: both are exact up to ~1e-14 round-off; 1e-9 leaves margin and catches any real error
@@ -99,3 +99,20 @@ def dense_functional_hessian(
     out = f(theta, X).detach().requires_grad_(True)
     r = torch.autograd.grad(reference_loss(out, y, loss) * len(X), out)[0]  # per-sample ∂ℓᵢ/∂f
     return hessian(lambda th: (r * f(th, X)).sum() / len(X))(theta)
+
+# %% ../nbs/00a_dense_reference.ipynb #7aca900e
+class CountingMatrix:
+    "A dense matrix (p, p) as an operator that counts the vectors it multiplies: a block of b counts b."
+
+    def __init__(
+        self,
+        A: torch.Tensor,  # the matrix
+        self_adjoint: bool = False,  # declare it symmetric (`SELF_ADJOINT`): solvers then skip their symmetry probe
+    ):
+        self.A, self.shape, self.dtype, self.device, self.count = A, tuple(A.shape), A.dtype, A.device, 0
+        self.SELF_ADJOINT = self_adjoint
+
+    def __matmul__(self, X):
+        "`A @ X` for a vector (p,) or a block (p, b), counting its columns."
+        self.count += 1 if X.ndim == 1 else X.shape[1]
+        return self.A @ X
