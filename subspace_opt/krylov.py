@@ -62,7 +62,7 @@ class _Solve(NamedTuple):
     bound: float  # `angle_bound` at k
     rel: torch.Tensor  # (b,) relative residuals ‖Hv − θv‖ / |θ|
     n_matvecs: int  # operator-vector products (a block of b counts b)
-    converged: bool  # the block passed `_accepted`, or filled the whole space
+    converged: bool  # the block passed `_accepted`, or is the whole space (b = p): Rayleigh–Ritz is exact
 
 
 def _accepted(
@@ -80,6 +80,20 @@ def _accepted(
     extra_ok = bool((extra <= tol * theta[k:n_eigs].abs()).all()) or extra.numel() == 0 or extra.max().item() <= floor
     return (bound <= tol or rho <= floor) and extra_ok
 
+# %% ../nbs/01a_krylov.ipynb #89d93032
+def _accepted_at_rank(
+    rank,  # None, or rank(θ, ‖r‖) -> (k', n_eigs') decided from the Ritz values, or None while undecided
+    theta: torch.Tensor,  # (b,) Ritz values, descending
+    V: torch.Tensor,  # (p, b) Ritz vectors
+    HV: torch.Tensor,  # (p, b) their images
+    norms: torch.Tensor,  # (b,) residual norms ‖Hv − θv‖
+    tol: float,  # target of the test
+    eps: float,  # machine epsilon of the operator's dtype
+):
+    "Whether the block passes `_accepted` at the rank that `rank` decides now (False while it decides none)."
+    got = None if rank is None else rank(theta, norms)
+    return got is not None and _accepted(theta, angle_bound(theta, V, HV, got[0]), *got, tol, eps)
+
 # %% ../nbs/01a_krylov.ipynb #e595c043
 def _block_solve(
     op,  # symmetric operator (or tensor) with `@` on blocks (p, b)
@@ -89,6 +103,7 @@ def _block_solve(
     tol: float,  # target of the boundary test and of the residuals of pairs k+1..n_eigs
     max_blocks: int,  # block products at most
     depth: int,  # blocks the Krylov basis holds before a thick restart to the b best Ritz vectors
+    rank=None,  # optional rank(θ, ‖r‖) -> (k', n_eigs') or None: accept also when the test passes at k'
 ):
     "Block Krylov from `Q`: Rayleigh–Ritz after every block product, the next block from the residuals, until accepted."
     (p, b), eps = Q.shape, torch.finfo(Q.dtype).eps
@@ -97,7 +112,7 @@ def _block_solve(
         theta, V, HV = _rayleigh_ritz(basis, images)
         theta, V, HV = theta[:b], V[:, :b], HV[:, :b]
         check = angle_bound(theta, V, HV, k)
-        ok = _accepted(theta, check, k, n_eigs, tol, eps)
+        ok = _accepted(theta, check, k, n_eigs, tol, eps) or _accepted_at_rank(rank, theta, V, HV, check[2], tol, eps)
         if basis.shape[1] + b > min(p, depth * b):
             basis, images = V, HV  # thick restart: the b best Ritz vectors and their images, no new products
         room = min(b, p - basis.shape[1])

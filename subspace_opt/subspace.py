@@ -200,7 +200,8 @@ def _cold_solve(sub: DominantSubspace, op):
     check_symmetric(op, sub.seed)
     b = min(sub.n_eigs + sub.oversample, op.shape[0])
     Q = _orth_against(None, torch.randn(op.shape[0], b, generator=sub.gen, dtype=op.dtype, device=op.device))
-    res = _block_solve(op, Q, sub.k, sub.n_eigs, sub.cold_tol, _COLD_BLOCKS, max(4, 2 + -(-20 // b)))
+    rank = _rank_decider(sub) if sub.k_pending else None  # k='auto': stop once the rank is clear and converged
+    res = _block_solve(op, Q, sub.k, sub.n_eigs, sub.cold_tol, _COLD_BLOCKS, max(4, 2 + -(-20 // b)), rank)
     if not res.converged and not sub.k_pending:  # k='auto': judged at the rank it settles on (`_settle_rank`)
         _warn_unconverged(sub, res)
     return res
@@ -298,6 +299,30 @@ def update(self: DominantSubspace, op=None):  # operator for a refresh, if one i
         self.refresh(op)
     self.n_updates += 1
     return due
+
+# %% ../nbs/02_subspace.ipynb #d058259d
+def _clear_gap(
+    theta: torch.Tensor,  # (m,) Ritz values, descending
+    norms: torch.Tensor,  # (m,) their residual norms ‖Hv − θv‖
+):
+    "`choose_k`'s rank when its gap, less its uncertainty, exceeds every other gap plus its own; else None."
+    lam, r = theta.clamp_min(0), norms.to(theta)
+    k = choose_k(theta)
+    gaps, slack = lam[:-1] - lam[1:], r[:-1] + r[1:]
+    rivals = torch.cat([gaps[: k - 1] + slack[: k - 1], gaps[k:] + slack[k:]])
+    return k if rivals.numel() == 0 or (gaps[k - 1] - slack[k - 1]).item() > rivals.max().item() else None
+
+
+def _rank_decider(sub: DominantSubspace):
+    "k='auto': a `rank` for `_block_solve`, (k, n_eigs) once `_clear_gap` gives the same k twice in a row; else None."
+    last = [None]
+
+    def rank(theta, norms):
+        k = _clear_gap(theta[: sub.max_k + 1], norms[: sub.max_k + 1])
+        settled, last[0] = k is not None and k == last[0], k
+        return (k, max(sub.n_eigs_asked or k, k)) if settled else None
+
+    return rank
 
 # %% ../nbs/02_subspace.ipynb #94bfada6
 def _settle_rank(sub: DominantSubspace, res: _Solve):
