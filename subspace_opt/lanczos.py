@@ -388,13 +388,12 @@ def block_lanczos(
         if (rel[:k] <= tol).all():
             break
         U, HU = Ub, HUb
-    else:
-        if warn:
-            warnings.warn(
-                f"block_lanczos did not converge: largest relative residual {rel[:k].max():.2e} > tol={tol:g} "
-                f"after {max_restarts} restarts ({n_mv} products); raise `n_blocks` (a deeper Krylov space per cycle, "
-                "for clustered wanted eigenvalues such as a null space under 'SA') or `max_restarts`, or loosen `tol`"
-            )
+    if warn and not (rel[:k] <= tol).all():  # the loop ran out of restarts
+        warnings.warn(
+            f"block_lanczos did not converge: largest relative residual {rel[:k].max():.2e} > tol={tol:g} "
+            f"after {max_restarts} restarts ({n_mv} products); raise `n_blocks` (a deeper Krylov space per cycle, "
+            "for clustered wanted eigenvalues such as a null space under 'SA') or `max_restarts`, or loosen `tol`"
+        )
     order = torch.argsort(th[:k], descending=True)
     return LanczosResult(th[order], Ub[:, order], rel[order], n_mv, bool((rel[:k] <= tol).all()), cycle)
 
