@@ -240,3 +240,35 @@ def test_products_are_counted_across_a_fallback_to_a_cold_solve():
     assert sub.info["cold"] and sub.n_matvecs - total == sub.info["n_matvecs"] > 5 + 5
     assert principal_cosines(sub.basis, _top(A, 3)[1]).min() >= 0.9999
     assert math.isfinite(sub.info["bound"])
+
+
+@pytest.mark.parametrize("loss, steps", [("mse", 0), ("mse", 50), ("ce", 0), ("ce", 50)])
+def test_auto_rank_stops_early_at_the_rank_a_converged_solve_chooses(loss, steps, monkeypatch):
+    "k='auto' on digits MLP Hessians: the early stop picks the k of the max_k-boundary solve and of eigsh, for less."
+    from sklearn.datasets import load_digits
+    import subspace_opt.subspace as tracker
+    from subspace_opt.lanczos import scipy_eigsh
+    from subspace_opt.models import mlp
+    from subspace_opt.subspace import choose_k
+
+    X, y = load_digits(return_X_y=True)
+    X, y = torch.tensor(X[:300] / 16, dtype=torch.float32), torch.tensor(y[:300])
+    model = mlp((64, 32, 10), seed=1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.3)
+    for _ in range(steps):
+        out = model(X)
+        targets = torch.nn.functional.one_hot(y, 10).float()
+        mse = 0.5 * (out - targets).square().sum(1).mean()
+        opt.zero_grad()
+        (mse if loss == "mse" else torch.nn.functional.cross_entropy(out, y)).backward()
+        opt.step()
+    H = HessianOperator(model, loss, (X, y))
+    early = DominantSubspace(H, k="auto")
+    early.refresh()
+    monkeypatch.setattr(tracker, "_rank_decider", lambda sub: None)  # the solve that converges the max_k boundary
+    full = DominantSubspace(H, k="auto")
+    full.refresh()
+    exact = choose_k(scipy_eigsh(H, k=21, tol=1e-8, residuals=False).eigenvalues)
+    assert early.k == full.k == exact
+    assert early.info["converged"] and early.info["n_matvecs"] < full.info["n_matvecs"]
+    assert principal_cosines(early.basis, full.basis).min() > 0.999
