@@ -181,6 +181,8 @@ def local_loss_scale(
     "The factor w / |S| that turns a rank's *summed* loss into its share of the global mean under DDP's averaging."
     if not isinstance(global_batch, int) or global_batch < 1:
         raise ValueError(f"`global_batch` must be an int >= 1, got {global_batch!r}")
+    if world is not None and (isinstance(world, bool) or not isinstance(world, int) or world < 1):
+        raise ValueError(f"`world` must be None or an int >= 1, got {world!r}")
     return (world_size() if world is None else world) / global_batch
 
 # %% ../nbs/05a_distributed.ipynb #6f3cb99a
