@@ -148,7 +148,8 @@ def _heatmap_cells(
     last: int,  # a run's final value: the mean of its last `last` rows
 ):
     "Tables (y × x) of the mean final `value` over seeds and of whether a seed diverged; a null grid value is 'None'."
-    runs = results.fillna({x: -np.inf, y: -np.inf}).groupby(["seed", x, y], sort=True)  # null first, then relabelled
+    ordered = results.fillna({x: -np.inf, y: -np.inf}).sort_values("step", kind="stable")  # last rows: by step
+    runs = ordered.groupby(["seed", x, y], sort=True)  # a null grid value first, then relabelled
     final = runs.tail(last).groupby(["seed", x, y])[value].mean()  # per run
     per_run = pd.DataFrame({value: final, "diverged": runs.diverged.any()})
     table, div = (per_run.groupby([y, x])[c].agg(f).unstack() for c, f in ((value, "mean"), ("diverged", "any")))
