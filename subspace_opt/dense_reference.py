@@ -25,8 +25,8 @@ def rel_err(
     b: torch.Tensor,  # reference
 ):
     "Relative Frobenius error ‖a − b‖ / ‖b‖ (absolute when b = 0)."
-    a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
-    return ((a.cpu() - b.cpu()).norm() / b.norm().clamp_min(1e-300)).item() if b.norm() > 0 else (a - b).norm().item()
+    a, b = torch.as_tensor(a, dtype=torch.float64).cpu(), torch.as_tensor(b, dtype=torch.float64).cpu()  # any devices
+    return ((a - b).norm() / b.norm().clamp_min(1e-300)).item() if b.norm() > 0 else (a - b).norm().item()
 
 # %% ../nbs/00a_dense_reference.ipynb #2fc80425
 def flat_model(model: torch.nn.Module):  # network whose trainable parameters become one flat vector
