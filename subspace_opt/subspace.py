@@ -315,11 +315,12 @@ def _clear_gap(
 
 def _rank_decider(sub: DominantSubspace):
     "k='auto': a `rank` for `_block_solve`, (k, n_eigs) once `_clear_gap` gives the same k twice in a row; else None."
-    last = [None]
+    last = None
 
     def rank(theta, norms):
+        nonlocal last
         k = _clear_gap(theta[: sub.max_k + 1], norms[: sub.max_k + 1])
-        settled, last[0] = k is not None and k == last[0], k
+        settled, last = k is not None and k == last, k
         return (k, max(sub.n_eigs_asked or k, k)) if settled else None
 
     return rank

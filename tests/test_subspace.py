@@ -248,19 +248,17 @@ def test_auto_rank_stops_early_at_the_rank_a_converged_solve_chooses(loss, steps
     from sklearn.datasets import load_digits
     import subspace_opt.subspace as tracker
     from subspace_opt.lanczos import scipy_eigsh
+    from subspace_opt.losses import loss_sum, prepare_targets
     from subspace_opt.models import mlp
     from subspace_opt.subspace import choose_k
 
     X, y = load_digits(return_X_y=True)
     X, y = torch.tensor(X[:300] / 16, dtype=torch.float32), torch.tensor(y[:300])
     model = mlp((64, 32, 10), seed=1)
-    opt = torch.optim.SGD(model.parameters(), lr=0.3)
-    for _ in range(steps):
-        out = model(X)
-        targets = torch.nn.functional.one_hot(y, 10).float()
-        mse = 0.5 * (out - targets).square().sum(1).mean()
+    opt, targets = torch.optim.SGD(model.parameters(), lr=0.3), prepare_targets(y, loss, 10, torch.float32)
+    for _ in range(steps):  # full-batch gradient descent on the mean loss
         opt.zero_grad()
-        (mse if loss == "mse" else torch.nn.functional.cross_entropy(out, y)).backward()
+        (loss_sum(model(X), targets, loss) / len(X)).backward()
         opt.step()
     H = HessianOperator(model, loss, (X, y))
     early = DominantSubspace(H, k="auto")
