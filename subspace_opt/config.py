@@ -49,11 +49,12 @@ class MethodConfig:
 class SubspaceConfig:
     "How the Dominant subspace is tracked."
 
-    k: int | None = None  # rank >= 1, below the parameter count (default: the number of classes)
+    k: int | str | None = None  # rank >= 1 below the parameter count; 'auto': the outliers (default: the classes)
     refresh_every: int | str = 1  # refresh period T >= 1, or 'auto': the tracker sets T from the drift it measures
     hessian_data: str = "full"  # 'full' training set, fixed first-n 'subsample', or current 'minibatch'
     n_hessian: int = 1000  # samples of the 'subsample', >= 1
     n_eigs: int | None = None  # eigenvalues logged, >= k (default k)
+    max_k: int = 20  # k='auto': the largest rank considered, >= 1
     tol: float = 1e-2  # warm-refresh tolerance, in (0, 1]
     solver: str = "warm"  # 'warm': block refresh from the last basis; 'cold': a fresh Lanczos solve per refresh
     source: str = "hessian"  # tracked 'hessian' or 'ggn'; 'update_pca' (last updates) or 'random': no products
@@ -123,6 +124,7 @@ ACCEPTED = {  # key -> the names it accepts: the registries above, and the lists
     **dict(data=tuple(TASKS), model=tuple(MODELS), activation=tuple(ACTIVATIONS), loss=tuple(LOSS_FUNCTIONS)),
     **dict(base=tuple(BASE_OPTIMIZERS), mode=MODES, hessian_data=("full", "subsample", "minibatch")),
     **dict(solver=("warm", "cold"), refresh_every=("auto",), preset=tuple(PRESETS)),  # refresh_every: or a count T
+    "k": ("auto",),  # or a rank
     **dict(source=("hessian", "ggn", "update_pca", "random")),
 }
 
@@ -167,7 +169,7 @@ class Interval:
         return f"in {'(' if self.lo_open else '['}{self.lo}, {self.hi}{')' if self.hi_open else ']'}"
 
 
-_COUNTS = ("k", "n_eigs", "refresh_every", "n_hessian", "steps", "batch_size", "hidden")
+_COUNTS = ("k", "n_eigs", "max_k", "refresh_every", "n_hessian", "steps", "batch_size", "hidden")
 RANGES = {  # key -> the numbers it accepts (each entry of a list); every float is finite as well
     **dict.fromkeys(_COUNTS + ("log_every", "checkpoint_every", "snapshot_every", "beta"), Interval(1)),
     **dict.fromkeys(("start_step", "dom", "bulk"), Interval(0)),
@@ -217,7 +219,7 @@ def _convert(value, hint, where):
     if opt and value is None:
         return None
     base = hint.replace("| None", "").strip()
-    if base == "int | str":  # a count or one of its key's words (refresh_every: T or 'auto')
+    if base == "int | str":  # a count or one of its key's words (refresh_every: T or 'auto'; k: a rank or 'auto')
         key = where.rsplit(".", 1)[-1]
         if isinstance(value, str) and value not in ACCEPTED[key]:
             words = ", ".join(ACCEPTED[key])
@@ -286,12 +288,13 @@ def _check_lists(cfg: ExperimentConfig):
 
 
 def _check_context(cfg: ExperimentConfig):
-    "`n_eigs` against `k`, the device string, and `data_args` against the keyword arguments of the task's loader."
+    "`n_eigs` against `k`, the sources 'auto' needs, the device string, and `data_args` against the task's loader."
     s = cfg.subspace
-    if s.k is not None and s.n_eigs is not None and s.n_eigs < s.k:
+    if isinstance(s.k, int) and s.n_eigs is not None and s.n_eigs < s.k:
         raise ConfigError(f"`config.subspace.n_eigs` must be >= k={s.k} (the tracked eigenvalues), got {s.n_eigs}")
-    if s.refresh_every == "auto" and s.source in ("update_pca", "random"):
-        raise ConfigError(f"`config.subspace.refresh_every` auto needs a tracked source (hessian, ggn), not {s.source}")
+    for key in ("refresh_every", "k"):  # both are read from the spectrum the tracked sources measure
+        if getattr(s, key) == "auto" and s.source in ("update_pca", "random"):
+            raise ConfigError(f"`config.subspace.{key}` auto needs a tracked source (hessian, ggn), not {s.source}")
     if cfg.device is not None:
         try:
             torch.device(cfg.device)

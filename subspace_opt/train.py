@@ -35,8 +35,16 @@ def check_rank(
     p: int,  # the model's parameter count
     n_classes: int | None = None,  # the task's classes: the rank when `cfg.subspace.k` is null
 ):
-    "The rank k the runner tracks; a ConfigError naming `config.subspace.k` (or `n_eigs`) unless k <= n_eigs < p."
+    "The rank k the runner tracks, or 'auto'; a ConfigError naming `config.subspace.k` (or the key) unless it fits p."
     s = cfg.subspace
+    if s.k == "auto":
+        if not s.max_k < p:
+            raise ConfigError(
+                f"`config.subspace.max_k` must be below p={p}, the model's parameter count; got {s.max_k}"
+            )
+        if s.n_eigs is not None and not s.n_eigs < p:
+            raise ConfigError(f"`config.subspace.n_eigs` must be below p={p}, the parameter count; got {s.n_eigs}")
+        return "auto"
     k = s.k or n_classes
     if k is not None and not k < p:
         given = f"{k}" if s.k else f"null (the number of classes, {k})"
@@ -73,12 +81,14 @@ def build_run(
     model, m, s = make_model(cfg, data, seed), method, cfg.subspace
     base = make_base_optimizer(m, model.parameters())
     n_params = sum(q.numel() for q in model.parameters())
-    k = check_rank(cfg, n_params, data.n_classes)  # the tracked rank
-    kw = dict(k=k, n_eigs=s.n_eigs, tol=s.tol, seed=seed, cold_every=1 if s.solver == "cold" else None)
+    k = check_rank(cfg, n_params, data.n_classes)  # the tracked rank, or 'auto'
+    auto = dict(max_k=s.max_k) if k == "auto" else {}  # k='auto': the largest rank it may choose
+    kw = dict(k=k, n_eigs=s.n_eigs, tol=s.tol, seed=seed, cold_every=1 if s.solver == "cold" else None, **auto)
     op = (GGNOperator if s.source == "ggn" else HessianOperator)(model, cfg.loss, _hessian_data(cfg, data))
     opt = ProjectedOptimizer(base, _subspace(s, op, kw), m.dom, m.bulk, m.mode, m.start_step, m.switch_threshold)
     log_op = HessianOperator(model, cfg.loss, shard(data.train))  # shard: this rank's part (all on one process)
-    n_log = max(s.n_eigs or k, k + 1)  # the logging tracker measures λ_{k+1} too: the curvature a Bulk step meets
+    # the logging tracker measures λ_{k+1} too, the curvature a Bulk step meets: with k='auto', for any k <= max_k
+    n_log = max(s.n_eigs or 0, s.max_k + 1) if k == "auto" else max(s.n_eigs or k, k + 1)
     log_sub = DominantSubspace(log_op, refresh_every=1, **{**kw, "n_eigs": n_log if n_log < n_params else s.n_eigs})
     return model, opt, log_sub
 
@@ -86,6 +96,8 @@ def build_run(
 def _run_spec(cfg: ExperimentConfig, method: MethodConfig, seed: int):
     "What fixes a run's trajectory and rows: the config without name, other methods and seeds; the method; the seed."
     c = {k: v for k, v in asdict(cfg).items() if k not in ("name", "methods", "seeds")}
+    if cfg.subspace.k != "auto":  # max_k plays no part with a fixed k
+        c["subspace"] = {k: v for k, v in c["subspace"].items() if k != "max_k"}
     return json.loads(json.dumps(dict(config=c, method=asdict(method), seed=seed), default=str))
 
 
