@@ -79,3 +79,25 @@ def test_grid_value_cannot_lead_out_of_the_sweep(tmp_path):
     assert out.returncode == 2 and "cannot be part of a folder name" in out.stderr and "Traceback" not in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["base", "sweep.json"]  # nothing written, anywhere
+
+
+def test_sweep_over_a_fixed_and_the_auto_rank(tmp_path):
+    "A grid may mix ranks and 'auto': each point's rows say the rank its optimizer projects with, and the plot is drawn."
+    cfg = tmp_path / "sweep.json"
+    base = {"data_args": {"n_train": 100}, "hidden": [8], "steps": 10, "log_every": 5, "seeds": [0]}
+    grid = {"subspace.k": [3, "auto"], "methods.lr": [0.1, 0.2]}
+    cfg.write_text(
+        json.dumps({**base, "methods": [{"name": "bulk", "dom": 0.0}], "subspace": {"max_k": 6}, "grid": grid})
+    )
+    cmd = [CLI, "sweep", str(cfg), "--out", str(tmp_path / "out"), "--device", "cpu"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    res = pd.read_csv(tmp_path / "out" / "results.csv")
+    assert sorted(set(res["subspace.k"].astype(str))) == ["3", "auto"] and len(res) == 2 * 2 * 3
+    fixed, auto = (res[res["subspace.k"].astype(str) == v] for v in ("3", "auto"))
+    assert (fixed.k == 3).all()
+    assert auto[auto.step == 0].k.isna().all()  # not chosen before the first refresh
+    chosen = auto[auto.step > 0].k
+    assert chosen.between(1, 6).all() and chosen.nunique() == 1  # chosen at step 1 on the same θ0, then kept
+    assert [c for c in res if c.startswith("lambda_")] == [f"lambda_{i}" for i in range(1, 8)]  # max_k + 1 logged
+    assert (tmp_path / "out" / "heatmap.png").stat().st_size > 10_000
