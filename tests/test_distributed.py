@@ -341,3 +341,17 @@ def test_torchrun_cli_run_matches_single_process_and_resumes(tmp_path):
     rows = pd.read_csv(run / "rows.csv")
     rows[rows.step <= 20].to_csv(run / "rows.csv", index=False)
     _same_results(_cli(tmp_path, "two", 2), one)
+
+
+def test_torchrun_cli_run_with_the_auto_rank_matches_single_process(tmp_path):
+    "k: auto under torchrun: every rank settles on the rank one process chooses, and the rows agree."
+    cfg = {
+        **CLI_CONFIG,
+        "steps": 10,
+        "subspace": {"k": "auto", "max_k": 6, "tol": 1e-4},
+        "methods": CLI_CONFIG["methods"][1:],
+    }
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    one, two = _cli(tmp_path, "one", 1), _cli(tmp_path, "two", 2)
+    _same_results(two, one)
+    assert one.k.isna().tolist() == [True, False, False] and one.k.iloc[1:].between(1, 6).all()
