@@ -64,7 +64,8 @@ def measure(
     row = dict(step=step, train_loss=train_loss, train_acc=train_acc, test_loss=test_loss, test_acc=test_acc, lr=lr)
     a, b = opt.coefficients  # (1, 1) until a delayed switch
     row.update(eta_dom=a * lr, eta_bulk=b * lr, switch_step=opt.switch_step, hvps=opt.subspace.n_matvecs)
-    row.update(k=math.nan if getattr(opt.subspace, "k_pending", False) else opt.subspace.k)  # k='auto': NaN till chosen
+    pending = getattr(opt.subspace, "k_pending", False)  # k='auto' before its first refresh: no rank yet
+    row.update(tracked_k=math.nan if pending else opt.subspace.k)  # the rank the optimizer projects with
     if initial is not None and _diverged(cfg, row, initial):  # no eigensolve on a blown-up model: it may not converge
         return row
     if not cfg.log_curvature:  # the losses and costs only

@@ -354,4 +354,4 @@ def test_torchrun_cli_run_with_the_auto_rank_matches_single_process(tmp_path):
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
     one, two = _cli(tmp_path, "one", 1), _cli(tmp_path, "two", 2)
     _same_results(two, one)
-    assert one.k.isna().tolist() == [True, False, False] and one.k.iloc[1:].between(1, 6).all()
+    assert one.tracked_k.isna().tolist() == [True, False, False] and one.tracked_k.iloc[1:].between(1, 6).all()

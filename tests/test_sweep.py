@@ -95,9 +95,9 @@ def test_sweep_over_a_fixed_and_the_auto_rank(tmp_path):
     res = pd.read_csv(tmp_path / "out" / "results.csv")
     assert sorted(set(res["subspace.k"].astype(str))) == ["3", "auto"] and len(res) == 2 * 2 * 3
     fixed, auto = (res[res["subspace.k"].astype(str) == v] for v in ("3", "auto"))
-    assert (fixed.k == 3).all()
-    assert auto[auto.step == 0].k.isna().all()  # not chosen before the first refresh
-    chosen = auto[auto.step > 0].k
+    assert (fixed.tracked_k == 3).all()
+    assert auto[auto.step == 0].tracked_k.isna().all()  # not chosen before the first refresh
+    chosen = auto[auto.step > 0].tracked_k
     assert chosen.between(1, 6).all() and chosen.nunique() == 1  # chosen at step 1 on the same θ0, then kept
     assert [c for c in res if c.startswith("lambda_")] == [f"lambda_{i}" for i in range(1, 8)]  # max_k + 1 logged
     assert (tmp_path / "out" / "heatmap.png").stat().st_size > 10_000
