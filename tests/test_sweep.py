@@ -82,7 +82,7 @@ def test_grid_value_cannot_lead_out_of_the_sweep(tmp_path):
 
 
 def test_sweep_over_a_fixed_and_the_auto_rank(tmp_path):
-    "A grid may mix ranks and 'auto': each point's rows say the rank its optimizer projects with, and the plot is drawn."
+    "A grid may mix ranks and 'auto': each point's rows say the rank its optimizer projects with; the plot is drawn."
     cfg = tmp_path / "sweep.json"
     base = {"data_args": {"n_train": 100}, "hidden": [8], "steps": 10, "log_every": 5, "seeds": [0]}
     grid = {"subspace.k": [3, "auto"], "methods.lr": [0.1, 0.2]}
