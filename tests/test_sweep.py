@@ -101,3 +101,38 @@ def test_sweep_over_a_fixed_and_the_auto_rank(tmp_path):
     assert chosen.between(1, 6).all() and chosen.nunique() == 1  # chosen at step 1 on the same θ0, then kept
     assert [c for c in res if c.startswith("lambda_")] == [f"lambda_{i}" for i in range(1, 8)]  # max_k + 1 logged
     assert (tmp_path / "out" / "heatmap.png").stat().st_size > 10_000
+
+
+def test_a_job_that_raises_stops_the_sweep_and_a_rerun_resumes_it(tmp_path, monkeypatch):
+    "The finished jobs keep their results, the one that raised its checkpoint; the rerun ends with the same table."
+    import pytest
+    from subspace_opt import train
+    from subspace_opt.sweep import run_sweep
+
+    base = {"data_args": {"n_train": 100}, "hidden": [8], "steps": 10, "log_every": 2, "checkpoint_every": 5}
+    base |= {"seeds": [0, 1], "methods": [{"name": "bulk", "dom": 0.0}], "subspace": {"k": 3}}
+    grid = {"methods.lr": [0.1, 0.2]}
+    whole = run_sweep(base, grid, tmp_path / "whole", progress=False)
+    step = train.Run.step
+
+    def faulty(run):  # the last job (lr 0.2, seed 1) fails at its step 8, after its checkpoint at step 5
+        if run.tag["seed"] == 1 and run.cfg.methods[0].lr == 0.2 and run.state["step"] == 7:
+            raise RuntimeError("device lost")
+        return step(run)
+
+    monkeypatch.setattr(train.Run, "step", faulty)
+    with pytest.raises(RuntimeError, match="device lost"):
+        run_sweep(base, grid, tmp_path / "out", progress=False)
+    runs = sorted((tmp_path / "out" / "points").glob("*/*"))
+    assert [(r.parent.name, r.name, (r / "done.json").exists()) for r in runs] == [
+        ("methods.lr=0.1", "bulk-seed0", True),
+        ("methods.lr=0.1", "bulk-seed1", True),
+        ("methods.lr=0.2", "bulk-seed0", True),
+        ("methods.lr=0.2", "bulk-seed1", False),
+    ]
+    assert pd.read_csv(runs[-1] / "rows.csv").step.max() == 6  # rows up to the failure; the checkpoint is at 5
+    monkeypatch.setattr(train.Run, "step", step)
+    start, starts = train.Run.start, []
+    monkeypatch.setattr(train.Run, "start", lambda run: starts.append(start(run)) or starts[-1])
+    assert_same_rows(run_sweep(base, grid, tmp_path / "out", progress=False), whole)
+    assert starts == [5]  # only the failed job ran again, from its checkpoint
