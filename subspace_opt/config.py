@@ -53,7 +53,7 @@ class SubspaceConfig:
     refresh_every: int | str = 1  # refresh period T >= 1, or 'auto': the tracker sets T from the drift it measures
     hessian_data: str = "full"  # 'full' training set, fixed first-n 'subsample', or current 'minibatch'
     n_hessian: int = 1000  # samples of the 'subsample', >= 1
-    n_eigs: int | None = None  # eigenvalues logged, >= k (default k)
+    n_eigs: int | None = None  # eigenpairs tracked, >= k (default k); rows log at least k + 1 (k auto: max_k + 1)
     max_k: int = 20  # k='auto': the largest rank considered, >= 1
     tol: float = 1e-2  # warm-refresh tolerance, in (0, 1]
     solver: str = "warm"  # 'warm': block refresh from the last basis; 'cold': a fresh Lanczos solve per refresh
