@@ -182,7 +182,8 @@ def _sweep_job(a):
     results = run_sweep(base, grid, path, workers=a.workers or workers, progress=_progress())
     _plots().plot_run(path)
     last = results.groupby(["method", "seed", *grid], sort=False).tail(1)
-    _show(last[["method", "seed", *grid, "step", "train_loss", "diverged"]])
+    auto = "auto" in [(base.get("subspace") or {}).get("k"), *grid.get("subspace.k", [])]
+    _show(last[["method", "seed", *grid, "step", *(["tracked_k"] if auto else []), "train_loss", "diverged"]])
     print(f"\nresults: {path / 'results.csv'}\nrun folder: {path}")
 
 # %% ../nbs/09_cli.ipynb #7f838e95
@@ -201,9 +202,9 @@ def _run_job(a):
     if me > 0:
         return
     _plots().plot_run(path)
-    _show(
-        results.groupby("method", sort=False).tail(1)[["method", "seed", "step", "train_loss", "test_acc", "diverged"]]
-    )
+    ranks = ["tracked_k"] if cfg.subspace.k == "auto" else []  # the rank each run chose
+    last = results.groupby("method", sort=False).tail(1)
+    _show(last[["method", "seed", "step", *ranks, "train_loss", "test_acc", "diverged"]])
     print(f"\nresults: {path / 'results.csv'}\nrun folder: {path}")
 
 # %% ../nbs/09_cli.ipynb #f10f7e31
