@@ -120,6 +120,21 @@ def _check_n_hessian(
         raise ValueError(f"`n_hessian` must be None or an int in [1, {n}] (the training samples), got {n_hessian!r}")
     return n_hessian
 
+# %% ../nbs/07a_trajectory.ipynb #734cd14e
+def _analysed_rank(
+    cfg: ExperimentConfig,  # the experiment
+    k: int | None,  # the rank asked for (None: the configuration's)
+    n_classes: int,  # the task's classes
+):
+    "The rank to analyse: `k`, else the configuration's (null: the class count); a `UserError` if that is 'auto'."
+    if k is None and cfg.subspace.k == "auto":
+        raise UserError("`k` must be given to analyse runs of `k: auto`: each chose its own rank (see tracked_k)")
+    if k is None:
+        return cfg.subspace.k or n_classes
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise UserError(f"`k` must be None or an int >= 1, got {k!r}")
+    return k
+
 # %% ../nbs/07a_trajectory.ipynb #396423b2
 SETTINGS_FILE = "curvature-settings.json"  # in the experiment's folder: what its curvature tables were computed with
 
@@ -160,6 +175,7 @@ def analyze_run(
     cfg: ExperimentConfig,  # the experiment whose runs kept snapshots (`snapshot_every`)
     out_dir: str | Path,  # its folder (as given to `run_experiment`)
     n_hessian: int | None = None,  # analyse on the first n training samples (default: all of them)
+    k: int | None = None,  # rank of the analysed Dominant subspace (default: the config's; needed with `k: auto`)
     density_steps: tuple = (),  # snapshot steps at which to record SLQ densities
     method: str = "auto",  # bulk estimator (see `curvature_energy`)
     n_probes: int = 40,  # its random vectors
@@ -173,7 +189,7 @@ def analyze_run(
     out, jobs = Path(out_dir), _snapshot_jobs(cfg, Path(out_dir))
     dev = torch.device(device or cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     data = load_experiment_data(cfg, dev)
-    (X, y), k = data.train, cfg.subspace.k or data.n_classes
+    (X, y), k = data.train, _analysed_rank(cfg, k, data.n_classes)
     hdata = (X, y) if _check_n_hessian(n_hessian, len(X)) is None else (X[:n_hessian], y[:n_hessian])
     settings = dict(n_hessian=n_hessian, k=k, method=method, n_probes=n_probes, max_exact=max_exact)
     with RunFolder(out).lock():  # no run adds snapshots meanwhile, and no other analysis writes these tables
