@@ -18,7 +18,7 @@ def test_gpu_pilot_small_writes_its_table(tmp_path):
     out = subprocess.run([*cmd, "--out", str(tmp_path)], capture_output=True, text=True, timeout=600, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     table = pd.read_csv(tmp_path / "pilot.csv")
-    assert table.setting.tolist() == ["mlp, T=1", "mlp, T=10", "cnn, T=1, subsample"]
+    assert table.setting.tolist() == ["mlp, T=1", "mlp, T=10", "mlp, T=1, k auto", "cnn, T=1, subsample"]
     times = table.filter(like="_ms")
     assert (times > 0).all().all(), table
     t1, t10 = table.set_index("setting").loc[["mlp, T=1", "mlp, T=10"]].itertuples()

@@ -9,6 +9,7 @@ it times, with the device synchronised:
 
 - an SGD step, a Bulk-SGD step with its subspace refreshed every step (T = 1, warm) and one refreshed every 10;
 - the first (cold) solve, a logged row (train and test evaluation, the logging tracker's refresh, its λ_{k+1});
+- the same with `k: auto` (E5): a first solve that picks the rank among the top 21 pairs, rows that log 21 of them;
 - one Hessian-vector product and a block of 10 in one pass;
 - the Bulk-SGD step at T = 1 again while `--workers` processes run it at once, as the sweeps do: the slowdown says
   how much running several runs on one device gains.
@@ -43,7 +44,7 @@ def config(size: dict, device: str, model: str = "mlp", **subspace):
     "An experiment with one Bulk-SGD method on the chosen network, as the FULL settings build it."
     d = dict(name="pilot", model=model, activation="tanh", loss="mse", batch_size=50, steps=10, seeds=[0], **size)
     d |= dict(methods=[dict(name="bulk-sgd", dom=0.0, bulk=1.0, lr=0.05)], device=device)
-    return config_from_dict(d | dict(subspace=dict(k=10, **subspace)))
+    return config_from_dict(d | dict(subspace=dict(k=10) | subspace))
 
 
 def timed(fn, model, repeats: int):
@@ -128,6 +129,7 @@ def main(argv=None):
     for name, cfg in [
         ("mlp, T=1", lambda: config(size, device, refresh_every=1)),
         ("mlp, T=10", lambda: config(size, device, refresh_every=10)),
+        ("mlp, T=1, k auto", lambda: config(size, device, refresh_every=1, k="auto")),
         (
             "cnn, T=1, subsample",
             lambda: config(cnn, device, "cnn", hessian_data="subsample", n_hessian=SUBSAMPLE[a.small]),
