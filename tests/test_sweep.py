@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from same_rows import assert_same_rows
 
 CLI = shutil.which("subspace-opt", path=str(Path(sys.executable).parent)) or shutil.which("subspace-opt")
@@ -105,7 +106,6 @@ def test_sweep_over_a_fixed_and_the_auto_rank(tmp_path):
 
 def test_a_job_that_raises_stops_the_sweep_and_a_rerun_resumes_it(tmp_path, monkeypatch):
     "The finished jobs keep their results, the one that raised its checkpoint; the rerun ends with the same table."
-    import pytest
     from subspace_opt import train
     from subspace_opt.sweep import run_sweep
 
