@@ -65,7 +65,8 @@ def measure(
     a, b = opt.coefficients  # (1, 1) until a delayed switch
     row.update(eta_dom=a * lr, eta_bulk=b * lr, switch_step=opt.switch_step, hvps=opt.subspace.n_matvecs)
     pending = getattr(opt.subspace, "k_pending", False)  # k='auto' before its first refresh: no rank yet
-    row.update(tracked_k=math.nan if pending else opt.subspace.k)  # the rank the optimizer projects with
+    never = opt.dom == opt.bulk == 1.0  # plain SGD, momentum, Adam: the tracker is never used
+    row.update(tracked_k=math.nan if pending or never else opt.subspace.k)  # the rank the optimizer projects with
     if initial is not None and _diverged(cfg, row, initial):  # no eigensolve on a blown-up model: it may not converge
         return row
     if not cfg.log_curvature:  # the losses and costs only
