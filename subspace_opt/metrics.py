@@ -11,7 +11,7 @@ from .leakage import LEAK_COLUMNS, step_diagnostics
 from .subspace import alignment
 
 # %% auto #0
-__all__ = ['evaluate', 'measure']
+__all__ = ['evaluate', 'projected_rank', 'follow_rank', 'measure']
 
 # %% ../nbs/06c_metrics.ipynb #4fc2253f
 @torch.no_grad()
@@ -47,6 +47,23 @@ def _diverged(cfg, row, initial):
     blown = row["train_loss"] > cfg.diverge_factor * initial
     return f"train loss above {cfg.diverge_factor:g}x its initial value" if blown else ""
 
+# %% ../nbs/06c_metrics.ipynb #f470e130
+def projected_rank(opt):  # a `ProjectedOptimizer`
+    "The rank k the optimizer projects with; None for methods that never project and while k='auto' has not chosen."
+    if opt.dom == opt.bulk == 1.0 or getattr(opt.subspace, "k_pending", False):
+        return None
+    return opt.subspace.k
+
+
+def follow_rank(
+    opt,  # the run's `ProjectedOptimizer`
+    log_sub,  # its logging tracker
+):
+    "k='auto': the logging tracker measures at the rank the optimizer projects with, once that is chosen."
+    k = projected_rank(opt)
+    if k is not None and getattr(log_sub, "auto_k", False) and (log_sub.k, log_sub.k_pending) != (k, False):
+        log_sub.fix_k(k)
+
 # %% ../nbs/06c_metrics.ipynb #65ec0925
 def measure(
     cfg,  # the experiment
@@ -64,13 +81,13 @@ def measure(
     row = dict(step=step, train_loss=train_loss, train_acc=train_acc, test_loss=test_loss, test_acc=test_acc, lr=lr)
     a, b = opt.coefficients  # (1, 1) until a delayed switch
     row.update(eta_dom=a * lr, eta_bulk=b * lr, switch_step=opt.switch_step, hvps=opt.subspace.n_matvecs)
-    pending = getattr(opt.subspace, "k_pending", False)  # k='auto' before its first refresh: no rank yet
-    never = opt.dom == opt.bulk == 1.0  # plain SGD, momentum, Adam: the tracker is never used
-    row.update(tracked_k=math.nan if pending or never else opt.subspace.k)  # the rank the optimizer projects with
+    k = projected_rank(opt)
+    row.update(tracked_k=math.nan if k is None else k)  # the rank the optimizer projects with
     if initial is not None and _diverged(cfg, row, initial):  # no eigensolve on a blown-up model: it may not converge
         return row
     if not cfg.log_curvature:  # the losses and costs only
         return {**row, **step_diagnostics(opt)}
+    follow_rank(opt, log_sub)  # k='auto': measure at the optimizer's rank once it has one
     log_sub.refresh()
     lam = log_sub.eigenvalues.tolist()
     row.update({f"lambda_{i + 1}": v for i, v in enumerate(lam)})

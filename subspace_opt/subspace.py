@@ -348,6 +348,19 @@ def estimate_k(self: DominantSubspace):
     self.k, self.n_eigs = self.max_k, max(self.n_eigs_asked or self.max_k, self.max_k)
     self.k_pending, self.block = True, None
 
+# %% ../nbs/02_subspace.ipynb #92a4f1cb
+@patch
+def fix_k(self: DominantSubspace, k: int):  # the rank to keep, 1 <= k <= max_k
+    "k='auto': track rank `k` from the next refresh on, as if chosen (warm while `n_eigs` is unchanged)."
+    if not self.auto_k:
+        raise ValueError("`fix_k` needs a tracker built with k='auto'")
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.max_k:
+        raise ValueError(f"`k` must be an int in [1, max_k={self.max_k}], got {k!r}")
+    n_eigs = max(self.n_eigs_asked or k, k)
+    if n_eigs != self.n_eigs:  # the carried block has the old size: the next refresh is cold
+        self.block = None
+    self.k, self.n_eigs, self.k_pending = k, n_eigs, False
+
 # %% ../nbs/02_subspace.ipynb #7954e167
 def _as_flat(v):
     "A flat vector from a tensor (p,) or a sequence of tensors; and a function mapping flat results back."

@@ -24,6 +24,7 @@ from .config import ConfigError, ExperimentConfig, MethodConfig, UserError
 from .config import load_experiment_data, make_base_optimizer, make_model
 from .runfolder import RunFolder, all_ranks
 from .metrics import _diverged, evaluate as evaluate, measure  # both still importable from here
+from .metrics import follow_rank, projected_rank
 
 # %% auto #0
 __all__ = ['TIMING', 'check_rank', 'build_run', 'check_run', 'Run', 'run_one', 'tracked_rank', 'run_experiment', 'task_data',
@@ -254,13 +255,16 @@ def step(self: Run):
         self.folder.append_row({**self.tag, "step": s, "lr": lr, "diverged": True, "reason": self.reason})
         return False
     t1 = _now(self.model)  # the logging tracker's refresh at a logged step's starting point is logging: not timed
+    follow_rank(self.opt, self.log_sub)  # k='auto': the starting point's subspace at the optimizer's rank
     pre = before_step(self.log_sub) if cfg.log_curvature and _logs_at(cfg, s) else None
     t0 += _now(self.model) - t1
     loss.backward()
     self.opt.step()  # with the tracker's refresh when one is due
     self.state["step"] += 1
     self.state["train_seconds"] += _now(self.model) - t0  # steps and refreshes only: no logging, no evaluation
-    self.leak = after_step(pre, self.log_sub.op) if pre else {}  # a logged step's leakage, from its starting point
+    k = projected_rank(self.opt)  # k='auto' may have chosen its rank in this step: then its leakage is not measured
+    same = pre is not None and k in (None, pre.basis.shape[1])
+    self.leak = after_step(pre, self.log_sub.op) if same else {}  # a logged step's leakage, from its starting point
     return True
 
 # %% ../nbs/06_train.ipynb #5aebb101
