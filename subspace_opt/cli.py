@@ -203,7 +203,7 @@ def _run_job(a):
         return
     _plots().plot_run(path)
     ranks = ["tracked_k"] if cfg.subspace.k == "auto" else []  # the rank each run chose
-    last = results.groupby("method", sort=False).tail(1)
+    last = results.groupby(["method", "seed"], sort=False).tail(1)  # every seed: one would read as the result
     _show(last[["method", "seed", "step", *ranks, "train_loss", "test_acc", "diverged"]])
     print(f"\nresults: {path / 'results.csv'}\nrun folder: {path}")
 
