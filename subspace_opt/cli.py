@@ -104,7 +104,7 @@ def _spectrum_args(sub, fmt):
     s.add_argument("--train-steps", type=_int_in(0), default=300, help="SGD steps before measuring")
     s.add_argument("--lr", type=_float_in(RANGES["lr"]), default=0.1, help="SGD learning rate")
     s.add_argument("--solver", default="block", choices=list(SOLVERS), help="block finds repeated eigenvalues")
-    s.add_argument("--tol", type=_float_in(RANGES["tol"]), default=1e-6, help="relative residual tolerance")
+    s.add_argument("--tol", type=_float_in(RANGES["tol"]), default=1e-5, help="relative residual tolerance")
     s.add_argument("--seed", type=_int_in(0, 2**32 - 1), default=0)
     _common_args(s)
 

@@ -356,6 +356,36 @@ def _warn_if_invariant(
             "U0=None (a random block) to search the whole space"
         )
 
+# %% ../nbs/01_lanczos.ipynb #11aeece6
+_STALL = 5  # block_lanczos: cycles at the rounding floor without a 10 % gain before it stops
+
+
+def _stalled(
+    worst: list,  # the largest wanted relative residual of each cycle so far
+    dtype: torch.dtype,  # the products' dtype
+):
+    "Whether the residuals sit at `dtype`'s rounding floor: below 10³ε, and no 10 % gain in the last `_STALL` cycles."
+    if len(worst) <= _STALL:
+        return False
+    recent, before = worst[-_STALL:], min(worst[:-_STALL])
+    return min(recent) > 0.9 * before and max(recent) <= 1e3 * torch.finfo(dtype).eps
+
+
+def _warn_block(worst: list, tol: float, dtype: torch.dtype, n_mv: int, max_restarts: int):
+    "Warn that `block_lanczos` missed `tol`: stopped at the rounding floor, or out of restarts."
+    if _stalled(worst, dtype):
+        warnings.warn(
+            f"block_lanczos stopped: its largest relative residual has stayed near {min(worst):.2e} > tol={tol:g} "
+            f"for {_STALL} cycles ({n_mv} products), the rounding floor of {str(dtype)[6:]} products; loosen `tol`"
+            + (" or use float64" if dtype != torch.float64 else "")
+        )
+        return
+    warnings.warn(
+        f"block_lanczos did not converge: largest relative residual {worst[-1]:.2e} > tol={tol:g} "
+        f"after {max_restarts} restarts ({n_mv} products); raise `n_blocks` (a deeper Krylov space per cycle, "
+        "for clustered wanted eigenvalues such as a null space under 'SA') or `max_restarts`, or loosen `tol`"
+    )
+
 # %% ../nbs/01_lanczos.ipynb #db63c2e3
 def block_lanczos(
     op,  # symmetric operator with `@` on blocks (p, b)
@@ -374,7 +404,7 @@ def block_lanczos(
     warm, U0 = U0 is not None, _start_block(op, k, U0, n_blocks, block_size, max_restarts, seed)
     check_symmetric(op, seed)
     b, U = U0.shape[1], _orth_block(None, U0)
-    HU, n_mv = op @ U, b
+    HU, n_mv, worst = op @ U, b, []
     _warn_if_invariant(U, HU, warm)
     for cycle in range(max_restarts + 1):
         Qs, Ws = [U], [HU]
@@ -385,15 +415,12 @@ def block_lanczos(
         W = torch.cat(Ws, 1)
         _check_products(W, op, "block_lanczos")
         th, Ub, HUb, rel = _rayleigh_ritz(torch.cat(Qs, 1), W, b, which, tol)
-        if (rel[:k] <= tol).all():
+        worst.append(rel[:k].max().item())
+        if (rel[:k] <= tol).all() or _stalled(worst, W.dtype):
             break
         U, HU = Ub, HUb
-    if warn and not (rel[:k] <= tol).all():  # the loop ran out of restarts
-        warnings.warn(
-            f"block_lanczos did not converge: largest relative residual {rel[:k].max():.2e} > tol={tol:g} "
-            f"after {max_restarts} restarts ({n_mv} products); raise `n_blocks` (a deeper Krylov space per cycle, "
-            "for clustered wanted eigenvalues such as a null space under 'SA') or `max_restarts`, or loosen `tol`"
-        )
+    if warn and not (rel[:k] <= tol).all():
+        _warn_block(worst, tol, W.dtype, n_mv, max_restarts)
     order = torch.argsort(th[:k], descending=True)
     return LanczosResult(th[order], Ub[:, order], rel[order], n_mv, bool((rel[:k] <= tol).all()), cycle)
 

@@ -40,9 +40,10 @@ def test_spectrum_writes_table_figure_and_config(tmp_path):
     assert f"run folder: {run}" in out.stdout
     table = pd.read_csv(run / "spectrum.csv")
     assert list(table.columns) == ["i", "eigenvalue", "rel_residual", "lr_x_eigenvalue"] and len(table) == 4
-    assert table.eigenvalue.is_monotonic_decreasing and (table.rel_residual <= 1e-6).all()
-    assert (run / "spectrum.png").stat().st_size > 10_000
     cfg = json.loads((run / "config.json").read_text())
+    assert cfg["config"]["tol"] == 1e-5  # the default: what float32 products reach with room to spare
+    assert table.eigenvalue.is_monotonic_decreasing and (table.rel_residual <= 1e-5).all()
+    assert (run / "spectrum.png").stat().st_size > 10_000
     assert cfg["config"]["k"] == 4 and cfg["config"]["converged"] and cfg["environment"]["device"] == "cpu"
 
 
