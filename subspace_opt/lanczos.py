@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from scipy.sparse.linalg import ArpackError, LinearOperator, aslinearoperator, eigsh
 from .distributed import check_agree, gather_meta
+from .operators import TorchLinearOperator
 
 # %% auto #0
 __all__ = ['WHICH', 'LanczosResult', 'check_solver_args', 'check_symmetric', 'select', 'principal_cosines', 'lanczos',
@@ -260,6 +261,40 @@ def _wanted_pairs(op, Q, theta, S, res, idx, tol=0.0, scale=None):
         )
     return vals.to(op.device), U, _rel(res[order], vals, scale, tol).to(op.device)
 
+# %% ../nbs/01_lanczos.ipynb #c264a4d6
+def _checked(
+    op,  # the solver's operator
+    pairs: tuple,  # (values, vectors, estimated relative residuals) from `_wanted_pairs`
+    tol: float,  # the solve's tolerance
+    scale,  # the scale of `_rel`'s floor (the largest |Ritz value|)
+    estimated: bool,  # whether the estimates met `tol`
+    residuals: bool = True,  # False: keep the estimates
+):
+    "The pairs with their true relative residuals, whether those meet `tol` (warn if not), and the products taken."
+    if not residuals:
+        return pairs, estimated, 0
+    vals, U, _ = pairs
+    blocks = isinstance(op, (torch.Tensor, TorchLinearOperator))  # else products on vectors (p,) only
+    HU = op @ U if blocks else torch.stack([op @ u for u in U.T], 1)
+    _check_products(HU, op, "lanczos")
+    rel = _rel((HU - U * vals.to(U.dtype)).norm(dim=0).double(), vals.double(), scale, tol).to(vals.device)
+    ok = bool((rel <= tol).all())
+    if estimated and not ok:
+        warnings.warn(
+            f"lanczos: its residual estimates met tol={tol:g}, but the true relative residuals reach {rel.max():.2e}, "
+            f"the rounding floor of {str(U.dtype)[6:]} products; loosen `tol`"
+            + (" or use float64" if U.dtype != torch.float64 else "")
+        )
+    return (vals, U, rel), ok, len(vals)
+
+
+def _out_of_restarts(rel, tol: float, max_restarts: int, n_mv: int):
+    "Warn that `lanczos` spent its restarts with residuals `rel` above `tol`."
+    warnings.warn(
+        f"lanczos did not converge: largest relative residual {rel.max():.2e} > tol={tol:g} after "
+        f"{max_restarts} restarts ({n_mv} products); raise `max_iter` or `max_restarts`, or loosen `tol`"
+    )
+
 # %% ../nbs/01_lanczos.ipynb #68f6473c
 def lanczos(
     op,  # symmetric operator: `shape`, `dtype`, `device`, `@` on (p,) — or a symmetric tensor
@@ -271,6 +306,7 @@ def lanczos(
     v0: torch.Tensor | None = None,  # start vector (p,), e.g. to warm-start
     max_restarts: int = 100,  # thick restarts before giving up with a warning
     check_every: int = 5,  # steps between convergence checks (each is one host synchronisation)
+    residuals: bool = True,  # report true residuals (one more block product, counted); False: Lanczos's estimates
 ):
     "Top-`k` eigenpairs of a symmetric operator by thick-restart Lanczos with full reorthogonalisation."
     m = _basis_size(k, check_solver_args(op, k, tol, which), max_iter)
@@ -294,12 +330,10 @@ def lanczos(
         if cycle < max_restarts:
             start = _restart(Q, T, theta, S, T[m, m - 1].cpu() * S[m - 1], keep, m)
     else:
-        warnings.warn(
-            f"lanczos did not converge: largest relative residual {rel.max():.2e} > tol={tol:g} after "
-            f"{max_restarts} restarts ({n_mv} products); raise `max_iter` or `max_restarts`, or loosen `tol`"
-        )
+        _out_of_restarts(rel, tol, max_restarts, n_mv)
     pairs = _wanted_pairs(op, Q[:, :stop], theta, S, res, idx, tol, theta.abs().max())  # the scale the test used
-    return LanczosResult(*pairs, n_mv, bool((rel <= tol).all()), cycle)
+    pairs, converged, n_check = _checked(op, pairs, tol, theta.abs().max(), bool((rel <= tol).all()), residuals)
+    return LanczosResult(*pairs, n_mv + n_check, converged, cycle)
 
 # %% ../nbs/01_lanczos.ipynb #556c9311
 def _orth_block(Q, W):
@@ -454,7 +488,7 @@ def _eigsh_result(op, vals, vecs, n_mv, tol, residuals):
     converged = bool((res <= tol).all())
     if not converged:
         warnings.warn(f"scipy_eigsh: ARPACK stopped, but the largest relative residual {res.max():.2e} > tol={tol:g}")
-    return LanczosResult(lam, U, res, n_mv, converged, 0)
+    return LanczosResult(lam, U, res, n_mv + len(lam), converged, 0)  # the residuals' products counted
 
 # %% ../nbs/01_lanczos.ipynb #6333c5f4
 def scipy_eigsh(
@@ -464,7 +498,7 @@ def scipy_eigsh(
     seed: int = 0,  # seed of the start vector
     which: str = "LA",  # 'LA', 'LM' or 'SA'
     ncv: int | None = None,  # ARPACK's basis size, k < ncv <= p (default min(p, max(2k + 1, 20)))
-    residuals: bool = True,  # compute the residuals (one extra block product)
+    residuals: bool = True,  # compute the residuals (one more block product, counted in n_matvecs)
 ):
     "Top-`k` eigenpairs by scipy's `eigsh` (ARPACK), returned as a `LanczosResult`."
     p = check_solver_args(op, k, tol, which)
