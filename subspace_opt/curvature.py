@@ -16,8 +16,8 @@ from .operators import TorchLinearOperator
 from .distributed import all_reduce_sum, check_agree, gather_meta, resolve_group
 
 # %% auto #0
-__all__ = ['METHODS', 'as_batches', 'params_to_vector', 'check_deterministic', 'CurvatureOperator', 'HessianOperator',
-           'GGNOperator', 'FunctionalHessianOperator']
+__all__ = ['BATCHED_FLOPS', 'METHODS', 'as_batches', 'params_to_vector', 'check_deterministic', 'forward_flops',
+           'CurvatureOperator', 'HessianOperator', 'GGNOperator', 'FunctionalHessianOperator']
 
 # %% ../nbs/00_curvature.ipynb #c3e96bd1
 def _pairs(data):  # an (X, y) pair of tensors, or an iterable of (X, y) batches
@@ -168,6 +168,30 @@ def _agree_across_ranks(metas: list):  # `gather_meta` output, one dict of facts
     n_outputs = check_agree([m for _, m in full], "n_outputs", "the model's output count C", [r for r, _ in full])
     return sum(m["n"] for m in metas), n_outputs, full[0][1]["method"]
 
+# %% ../nbs/00_curvature.ipynb #f4f56eaa
+BATCHED_FLOPS = 5e6  # on the CPU, a block of products is one batched autograd call up to this much forward work
+
+
+def forward_flops(
+    model: torch.nn.Module,  # the network whose linear and convolution layers are counted
+    forward,  # a function of no arguments that runs `model` (hooks on its modules see the pass)
+) -> tuple:
+    "The output of `forward()` and the flops (2 per multiply-add) of `model`'s linear and convolution layers in it."
+    count = [0]
+
+    def hook(m, _, out):
+        if isinstance(m, torch.nn.Linear):
+            count[0] += 2 * out.numel() * m.in_features
+        elif isinstance(m, torch.nn.modules.conv._ConvNd):
+            count[0] += 2 * out.numel() * m.weight[0].numel()
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    try:
+        return forward(), count[0]
+    finally:
+        for h in handles:
+            h.remove()
+
 # %% ../nbs/00_curvature.ipynb #100d9471
 class _ShardedData(_ModelParameters):
     "This rank's data, fixed once on the model's device with targets prepared for `loss`."
@@ -185,8 +209,11 @@ class _ShardedData(_ModelParameters):
         batches = as_batches(data, batch_size, allow_empty=self.group is not None)
         raw = [(self._input(X), y.to(self.device)) for X, y in batches]
         self.n_outputs = None
+        self.flops_per_sample = None
         if raw:
-            out = self._forward(self._params(), raw[0][0][:2], copy=True)
+            probe = raw[0][0][:2]
+            out, flops = forward_flops(self.model, lambda: self._forward(self._params(), probe, copy=True))
+            self.flops_per_sample = flops / len(probe)
             if out.ndim != 2:
                 raise ValueError(f"`model` must return outputs of shape (n, C), got {tuple(out.shape)}")
             self.n_outputs = out.shape[1]
@@ -205,6 +232,15 @@ class _ShardedData(_ModelParameters):
         if bad:
             return f"the model's parameters or the data are not finite (NaN or inf in {', '.join(bad[:3])})"
         return "the model's parameters and the data are finite on this rank, so the outputs or the loss overflowed"
+
+# %% ../nbs/00_curvature.ipynb #cf6cd907
+def _batched(
+    op: _ShardedData,  # a curvature operator (its device, parameter count and flops per sample)
+    X,  # a batch of its inputs
+):
+    "Whether a block of backward products on batch `X` is one batched autograd call (on CUDA, or small on the CPU)."
+    per_sample = max(op.flops_per_sample or 0, 2 * op.shape[0])  # at least 2 flops per parameter and sample
+    return op.device.type == "cuda" or len(X) * per_sample <= BATCHED_FLOPS
 
 # %% ../nbs/00_curvature.ipynb #b49a5658
 class _Reduction(_ShardedData):
@@ -341,7 +377,7 @@ class HessianOperator(CurvatureOperator):
             g = torch.autograd.grad(
                 loss_sum(self.model(X), t, self.loss), live, create_graph=True, materialize_grads=True
             )
-            return grad_rows(g, live, self._rows(Vt))
+            return grad_rows(g, live, self._rows(Vt), batched=_batched(self, X))
         params = self._params()
         g = grad(lambda ps: loss_sum(self._forward(ps, X), t, self.loss))
         return vmap(lambda v: self._flatten(jvp(g, (params,), (self._unflatten(v),))[1]))(Vt)
@@ -356,8 +392,9 @@ class GGNOperator(CurvatureOperator):
             live, out = self.parameters(), self.model(X)
             u = torch.zeros_like(out, requires_grad=True)
             jt_u = torch.autograd.grad(out, live, u, create_graph=True, materialize_grads=True)  # Jᵀu, linear in u
-            Jv = grad_rows(jt_u, [u], self._rows(Vt)).view(len(Vt), *out.shape)
-            return grad_rows([out], live, [loss_hessian_product(out.detach(), Jv, self.loss)])
+            b = _batched(self, X)
+            Jv = grad_rows(jt_u, [u], self._rows(Vt), batched=b).view(len(Vt), *out.shape)
+            return grad_rows([out], live, [loss_hessian_product(out.detach(), Jv, self.loss)], batched=b)
         params, fwd = self._params(), lambda ps: self._forward(ps, X)
         out, jt = vjp(fwd, params)
         Jv = lambda v: jvp(fwd, (params,), (self._unflatten(v),))[1]

@@ -150,6 +150,8 @@ def grad_rows(
     kw = dict(retain_graph=True, allow_unused=True, materialize_grads=True)
     if batched and b > 1:
         gs = torch.autograd.grad(ys, inputs, cs, is_grads_batched=True, **kw)
+        # materialized zeros of unused inputs come without the batch dimension
+        gs = [g if g.shape == (b, *x.shape) else g.expand(b, *x.shape) for g, x in zip(gs, inputs)]
     else:
         gs = [
             torch.stack(g) for g in zip(*(torch.autograd.grad(ys, inputs, [c[r] for c in cs], **kw) for r in range(b)))
