@@ -16,7 +16,7 @@ from .operators import TorchLinearOperator
 from .distributed import all_reduce_sum, check_agree, gather_meta, resolve_group
 
 # %% auto #0
-__all__ = ['BATCHED_FLOPS', 'METHODS', 'as_batches', 'params_to_vector', 'check_deterministic', 'forward_flops',
+__all__ = ['CPU_BATCHED_FLOPS', 'METHODS', 'as_batches', 'params_to_vector', 'check_deterministic', 'forward_flops',
            'CurvatureOperator', 'HessianOperator', 'GGNOperator', 'FunctionalHessianOperator']
 
 # %% ../nbs/00_curvature.ipynb #c3e96bd1
@@ -169,7 +169,9 @@ def _agree_across_ranks(metas: list):  # `gather_meta` output, one dict of facts
     return sum(m["n"] for m in metas), n_outputs, full[0][1]["method"]
 
 # %% ../nbs/00_curvature.ipynb #f4f56eaa
-BATCHED_FLOPS = 5e6  # on the CPU, a block of products is one batched autograd call up to this much forward work
+CPU_BATCHED_FLOPS = (
+    0.0  # on the CPU, blocks of products on batches of at most this forward work are batched (0: a loop)
+)
 
 
 def forward_flops(
@@ -237,10 +239,11 @@ class _ShardedData(_ModelParameters):
 def _batched(
     op: _ShardedData,  # a curvature operator (its device, parameter count and flops per sample)
     X,  # a batch of its inputs
+    limit: float | None = None,  # forward flops up to which the CPU batches (default: `CPU_BATCHED_FLOPS`)
 ):
     "Whether a block of backward products on batch `X` is one batched autograd call (on CUDA, or small on the CPU)."
     per_sample = max(op.flops_per_sample or 0, 2 * op.shape[0])  # at least 2 flops per parameter and sample
-    return op.device.type == "cuda" or len(X) * per_sample <= BATCHED_FLOPS
+    return op.device.type == "cuda" or len(X) * per_sample <= (CPU_BATCHED_FLOPS if limit is None else limit)
 
 # %% ../nbs/00_curvature.ipynb #b49a5658
 class _Reduction(_ShardedData):
