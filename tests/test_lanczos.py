@@ -55,7 +55,9 @@ def test_ggn_smallest_and_magnitude(device):
     cpu_model, cpu_data = case.build("cpu")
     G = dense_ggn(cpu_model, case.loss, cpu_data)
     evals = torch.linalg.eigvalsh(G)
-    res = lanczos(GGNOperator(model, case.loss, data), k=2, which="SA", tol=1e-10, max_iter=G.shape[0])
+    with pytest.warns(UserWarning, match="rounding floor of float64 products"):  # its smallest eigenvalues are ~0
+        res = lanczos(GGNOperator(model, case.loss, data), k=2, which="SA", tol=1e-10, max_iter=G.shape[0])
+    assert not res.converged  # the estimates met 1e-10; the true residuals (about 1e-8) do not
     assert (res.eigenvalues.cpu() - evals[:2].flip(0)).abs().max() <= EIG_RTOL * evals.abs().max()
     eh = torch.linalg.eigvalsh(dense_hessian(cpu_model, case.loss, cpu_data))
     top_mag = eh[eh.abs().argsort(descending=True)[:3]].sort(descending=True).values
