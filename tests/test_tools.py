@@ -135,3 +135,24 @@ def test_gpu_experiments_refuse_bad_arguments(tmp_path):
         assert out.returncode == 2 and out.stderr.strip().splitlines() == [message], (args, out.stderr)
     usage = subprocess.run([*script, "--help"], capture_output=True, text=True, timeout=60)
     assert usage.returncode == 0 and "--deadline S" in usage.stdout and not usage.stderr, usage.stderr
+
+
+def _with_outputs(path: Path, prose: str, printed: str):
+    "Write a notebook of one markdown cell and one code cell that printed `printed`."
+    md = dict(cell_type="markdown", source=prose, metadata={})
+    out = dict(output_type="stream", name="stdout", text=printed)
+    code = dict(cell_type="code", source="print(...)", metadata={}, outputs=[out], execution_count=1)
+    path.write_text(json.dumps(dict(cells=[md, code], metadata={}, nbformat=4, nbformat_minor=5)))
+
+
+def test_prose_numbers_lists_the_quoted_numbers_the_new_outputs_lost(tmp_path):
+    "Quoted from the old outputs and gone from the new: reported; in both, never printed, or integers: not."
+    prose = "Bulk reaches 0.118 (k = 10) and SGD 0.25 in 40 steps; the ratio 2.12 is derived; v1.13 is a version."
+    _with_outputs(tmp_path / "old.ipynb", prose, "final 0.1176 0.2501 steps 40 version 1.13\n")
+    _with_outputs(tmp_path / "new.ipynb", prose, "final 0.1707 0.2499 steps 41 version 1.13\n")
+    tool = [sys.executable, str(ROOT / "tools" / "prose_numbers.py")]
+    out = subprocess.run([*tool, tmp_path / "old.ipynb", tmp_path / "new.ipynb"], capture_output=True, text=True)
+    assert (out.returncode, out.stdout) == (1, "old.ipynb cell 0: 0.118\n"), out
+    assert out.stderr == "1 quoted numbers no longer in the outputs\n"
+    same = subprocess.run([*tool, tmp_path / "old.ipynb", tmp_path / "old.ipynb"], capture_output=True, text=True)
+    assert (same.returncode, same.stdout) == (0, ""), same
