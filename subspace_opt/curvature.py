@@ -169,7 +169,7 @@ def _agree_across_ranks(metas: list):  # `gather_meta` output, one dict of facts
     return sum(m["n"] for m in metas), n_outputs, full[0][1]["method"]
 
 # %% ../nbs/00_curvature.ipynb #f4f56eaa
-CPU_BATCHED_FLOPS = 0.0  # the CPU batches blocks of products on batches of at most this forward work (0: never)
+CPU_BATCHED_FLOPS = 5e6  # the CPU batches blocks of products on batches of at most this forward work (0: never)
 
 
 def forward_flops(
