@@ -42,19 +42,41 @@ def plot_spectrum(
     return fig
 
 # %% ../nbs/08_plots.ipynb #9e5ef1cf
+def _runs(results: pd.DataFrame):  # tidy rows with method, seed, step and perhaps a sweep's grid columns
+    "Each run's rows in step order: a run is a method, a seed and a point of the grid (the columns with a dot)."
+    keys = [c for c in results.columns if c in ("method", "seed") or "." in str(c)]
+    return results.sort_values("step", kind="stable").groupby(keys, sort=False, dropna=False)
+
+
 def _divergence_marks(
     results: pd.DataFrame,  # tidy rows with method, seed, step, diverged and `metric`
     metric: str,  # the column drawn
 ):
     "Per diverged run: its first diverged step, at its `metric` there, or the last finite value before (NaN rows)."
-    keys = [c for c in results.columns if c in ("method", "seed") or "." in str(c)]  # and a sweep's grid columns
     marks = []
-    for _, r in results.sort_values("step", kind="stable").groupby(keys, sort=False, dropna=False):
+    for _, r in _runs(results):
         bad = r[r.diverged.eq(True)]
         if len(bad):
             row, seen = bad.iloc[0], r[(r.step <= bad.step.iloc[0]) & np.isfinite(r[metric].astype(float))]
             value = row[metric] if np.isfinite(float(row[metric])) else (seen[metric].iloc[-1] if len(seen) else np.nan)
             marks.append({"step": row.step, metric: value})
+    return pd.DataFrame(marks, columns=["step", metric])
+
+# %% ../nbs/08_plots.ipynb #b0db2d00
+def _switch_marks(
+    results: pd.DataFrame,  # tidy rows with method, seed, step, `metric` and (when projected) switch_step
+    metric: str,  # the column drawn
+):
+    "Per run that switched after its first step: its switch step and its `metric` there, interpolated between logs."
+    if "switch_step" not in results:
+        return pd.DataFrame(columns=["step", metric])
+    marks = []
+    for _, r in _runs(results):
+        when = pd.to_numeric(r.switch_step, errors="coerce").dropna()
+        seen = r[np.isfinite(r[metric].astype(float))]
+        if len(when) and when.iloc[0] > 1 and len(seen):
+            s = float(when.iloc[0])
+            marks.append({"step": s, metric: np.interp(s, seen.step.astype(float), seen[metric].astype(float))})
     return pd.DataFrame(marks, columns=["step", metric])
 
 # %% ../nbs/08_plots.ipynb #d734a8e4
@@ -65,15 +87,22 @@ def plot_curves(
     ax=None,  # draw into these axes
     palette: dict | None = None,  # a colour per method (default: seaborn's, in order of appearance)
 ):
-    "Mean over seeds per method against step, with a min–max seed band; diverged runs end in a red x."
+    "Mean over seeds per method against step, with a min–max seed band; diverged runs end in a red x, switches a |."
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 3.8))
     ok = results[results[metric].notna()]
     if len(ok):
         sns.lineplot(ok, x="step", y=metric, hue="method", errorbar=("pi", 100), ax=ax, palette=palette)
-    marks = _divergence_marks(results, metric)
+    marks, switches, extra = _divergence_marks(results, metric), _switch_marks(results, metric), []
     if len(marks):
-        ax.plot(marks.step, marks[metric].clip(upper=ok[metric].max()), "x", color="red", ms=9, label="diverged")
+        extra += ax.plot(
+            marks.step, marks[metric].clip(upper=ok[metric].max()), "x", color="red", ms=9, label="diverged"
+        )
+    if len(switches):
+        extra += ax.plot(switches.step, switches[metric], "|", color="black", ms=14, mew=1.5, label="switch")
+    if extra and ax.get_legend() is not None:  # the methods' legend, then what the marks mean
+        old = ax.get_legend()
+        ax.legend(old.legend_handles + extra, [t.get_text() for t in old.get_texts()] + [a.get_label() for a in extra])
     if log if log is not None else metric.endswith("loss"):
         ax.set_yscale("log")
     ax.set(title=metric.replace("_", " "))
