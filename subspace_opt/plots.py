@@ -100,9 +100,10 @@ def plot_curves(
         )
     if len(switches):
         extra += ax.plot(switches.step, switches[metric], "|", color="black", ms=14, mew=1.5, label="switch")
-    if extra and ax.get_legend() is not None:  # the methods' legend, then what the marks mean
-        old = ax.get_legend()
-        ax.legend(old.legend_handles + extra, [t.get_text() for t in old.get_texts()] + [a.get_label() for a in extra])
+    old = ax.get_legend()
+    if extra and old is not None:  # the methods' legend (its title too), then what the marks mean
+        labels = [t.get_text() for t in old.get_texts()] + [a.get_label() for a in extra]
+        ax.legend(old.legend_handles + extra, labels, title=old.get_title().get_text() or None)
     if log if log is not None else metric.endswith("loss"):
         ax.set_yscale("log")
     ax.set(title=metric.replace("_", " "))
