@@ -107,6 +107,8 @@ def _run_jobs(jobs: list, workers: int, progress: bool):
         share = dict(initializer=torch.set_num_threads, initargs=(threads_per_worker(workers),))
         with mp.get_context("forkserver").Pool(workers, **share) as pool:
             list(tqdm(pool.imap_unordered(run_job, jobs), total=len(jobs), desc="sweep", disable=not progress))
+            pool.close()  # let the workers exit on their own: their finalizers run, and no semaphore is left behind
+            pool.join()
     else:
         [run_job(j) for j in tqdm(jobs, desc="sweep", disable=not progress)]
 

@@ -34,6 +34,7 @@ def test_sweep_with_workers_then_resume(tmp_path):
     cmd = [CLI, "sweep", str(cfg), "--out", str(tmp_path / "out"), "--device", "cpu"]
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr
+    assert "leaked semaphore" not in first.stderr, first.stderr  # the workers were closed and joined, not killed
     res = pd.read_csv(tmp_path / "out" / "results.csv")
     assert len(res) == 4 * 2 * 2 * 3  # points x methods x seeds x logged steps
     assert set(res["methods.lr"]) == {0.1, 0.4} and (tmp_path / "out" / "heatmap.png").stat().st_size > 10_000

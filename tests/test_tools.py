@@ -156,3 +156,54 @@ def test_prose_numbers_lists_the_quoted_numbers_the_new_outputs_lost(tmp_path):
     assert out.stderr == "1 quoted numbers no longer in the outputs\n"
     same = subprocess.run([*tool, tmp_path / "old.ipynb", tmp_path / "old.ipynb"], capture_output=True, text=True)
     assert (same.returncode, same.stdout) == (0, ""), same
+
+
+def test_dry_run_full_shrinks_the_full_setting_and_softens_assertions():
+    sys.path.insert(0, str(ROOT / "tools"))
+    from dry_run_full import shrink, soften
+
+    full = dict(
+        tag="full",
+        data_args={"n_train": 5000},
+        steps=1500,
+        n_hessian=[500, 2000],
+        seeds=[0, 1, 2],
+        lrs=[0.1, 0.2],
+        log_curvature=True,
+        models=[dict(model="mlp", hidden=[200, 200], steps=1200), dict(model="cnn", hidden=[32], steps=600)],
+    )
+    toy = shrink(full)
+    assert toy == dict(
+        tag="dryrun",
+        data_args={"n_train": 256},
+        steps=6,
+        n_hessian=[25, 100],
+        seeds=[0, 1, 2],
+        lrs=[0.1, 0.2],
+        log_curvature=True,
+        models=[dict(model="mlp", hidden=[200, 200], steps=6), dict(model="cnn", hidden=[4], steps=6)],
+    )
+    assert full["steps"] == 1500 and full["models"][1]["hidden"] == [32]  # FULL itself untouched
+    namespace = {}
+    exec(soften("x = 1\nassert x == 2, 'no'\ny = 3"), namespace)  # prints instead of raising, then goes on
+    assert namespace["y"] == 3
+    assert soften("%time x = 1\nassert x") == "%time x = 1\nassert x"  # not plain Python: left as it is
+
+
+def test_dry_run_full_runs_the_toy_setting_and_fails_only_on_raised_errors(tmp_path):
+    "A toy FULL: `P = FULL` becomes the shrunk setting, a failing assert is counted, a raised error fails the run."
+    params = "FULL = dict(tag='full', steps=1000)\nSMALL = dict(FULL, steps=10)\nP = SMALL"
+    _notebook(tmp_path / "ok.ipynb", params, "#| cuda\nP = FULL", "assert P['steps'] > 100, 'toy'", "print(P)")
+    _notebook(tmp_path / "bad.ipynb", params, "#| cuda\nP = FULL", "raise KeyError('no such key in FULL')")
+    _notebook(tmp_path / "none.ipynb", params, "P = FULL")
+    cmd = [sys.executable, str(ROOT / "tools" / "dry_run_full.py"), "--out-dir", str(tmp_path / "out")]
+    out = subprocess.run([*cmd, str(tmp_path / "ok.ipynb")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "ok: " in out.stdout and "1 assertions would fail, 0 errors" in out.stdout
+    done = json.loads((tmp_path / "out" / "ok.ipynb").read_text())["cells"][3]["outputs"][0]["text"]
+    assert "'tag': 'dryrun', 'steps': 6" in "".join(done)
+    assert json.loads((tmp_path / "ok.ipynb").read_text())["cells"][1]["source"] == "#| cuda\nP = FULL"  # source kept
+    out = subprocess.run([*cmd, str(tmp_path / "bad.ipynb")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1 and "cell 2: KeyError" in out.stdout and "FAIL: cells raised in bad" in out.stderr
+    out = subprocess.run([*cmd, str(tmp_path / "none.ipynb")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1 and "needs exactly one `#| cuda` cell setting P = FULL" in out.stderr
