@@ -205,6 +205,11 @@ def _rel(
     return res / theta.abs().clamp_min(floor)
 
 
+def _pair_rel(HU, U, theta, scale=None, tol: float = 0.0):
+    "`_rel` of the pairs (θ, U) given their images HU = H·U: ‖Hu − θu‖ per column, relative as `_rel` says."
+    return _rel((HU - U * theta.to(U.dtype)).norm(dim=0).double(), theta.double(), scale, tol)
+
+
 def _restart(Q, T, theta, S, res_vec, keep, m):
     "Compress the basis to the Ritz vectors `keep` plus q_{m+1}; T becomes the arrowhead."
     l = len(keep)
@@ -277,7 +282,7 @@ def _checked(
     blocks = isinstance(op, (torch.Tensor, TorchLinearOperator))  # else products on vectors (p,) only
     HU = op @ U if blocks else torch.stack([op @ u for u in U.T], 1)
     _check_products(HU, op, "lanczos")
-    rel = _rel((HU - U * vals.to(U.dtype)).norm(dim=0).double(), vals.double(), scale, tol).to(vals.device)
+    rel = _pair_rel(HU, U, vals, scale, tol).to(vals.device)
     ok = bool((rel <= tol).all())
     if estimated and not ok:
         warnings.warn(
@@ -352,7 +357,7 @@ def _rayleigh_ritz(Q, W, k, which, tol=0.0):
     Sk = S[:, idx].to(Q.dtype).to(Q.device)
     U, HU = Q @ Sk, W @ Sk
     th = theta[idx].to(Q.device)
-    return th, U, HU, _rel((HU - U * th.to(Q.dtype)).norm(dim=0).double(), th, theta.abs().max(), tol)
+    return th, U, HU, _pair_rel(HU, U, th, theta.abs().max(), tol)
 
 # %% ../nbs/01_lanczos.ipynb #8606c4ba
 def _start_block(op, k, U0, n_blocks, block_size, max_restarts, seed):
@@ -484,7 +489,7 @@ def _eigsh_result(op, vals, vecs, n_mv, tol, residuals):
     U = torch.as_tensor(np.ascontiguousarray(vecs[:, order])).to(op.device, op.dtype)
     if not residuals:
         return LanczosResult(lam, U, torch.full_like(lam, float("nan")), n_mv, True, 0)
-    res = _rel(((op @ U) - U * lam.to(op.dtype)).norm(dim=0).double(), lam, None, tol)
+    res = _pair_rel(op @ U, U, lam, None, tol)
     converged = bool((res <= tol).all())
     if not converged:
         warnings.warn(f"scipy_eigsh: ARPACK stopped, but the largest relative residual {res.max():.2e} > tol={tol:g}")
