@@ -62,3 +62,18 @@ def test_flagged_cells_are_skippable(path):
 def test_notebooks_name_their_kernel(path):
     "JupyterLab starts the kernel a notebook names; without one it stops every reader at a 'Select Kernel' dialog."
     assert json.loads(path.read_text())["metadata"].get("kernelspec", {}).get("name") == "python3"
+
+
+def test_experiments_index_shows_the_current_verdicts():
+    "The landing page's table is an output: it must be re-executed when a verdict's first sentence changes."
+    cells = json.loads((NBS / "experiments" / "index.ipynb").read_text())["cells"]
+    shown = " ".join(
+        "".join(o.get("data", {}).get("text/markdown", [])) for c in cells for o in c.get("outputs", [])
+    ).split()
+    shown = " ".join(shown)
+    for path in EXPERIMENTS:
+        verdict = next(s for t, s in _cells(path) if "## Verdict" in s).split("## Verdict", 1)[1]
+        said = " ".join(re.search(r"\*\*(.+?)\*\*", verdict, re.S)[1].split())
+        assert f"**{said}**" in shown, (
+            f"{path.name}'s verdict is not the one nbs/experiments/index.ipynb shows: re-execute the index"
+        )
