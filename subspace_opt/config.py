@@ -56,7 +56,7 @@ class SubspaceConfig:
     n_eigs: int | None = None  # eigenpairs tracked, >= k (default k); rows log at least k + 1 (k auto: max_k + 1)
     max_k: int = 20  # k='auto': the largest rank considered, >= 1
     tol: float = 1e-2  # warm-refresh tolerance, in (0, 1]
-    solver: str = "warm"  # 'warm': block refresh from the last basis; 'cold': a fresh Lanczos solve per refresh
+    solver: str = "warm"  # 'warm': block refresh from the last basis; 'cold': a fresh block-Krylov solve per refresh
     source: str = "hessian"  # tracked 'hessian' or 'ggn'; 'update_pca' (last updates) or 'random': no products
 
 # %% ../nbs/05b_config.ipynb #791fadc7

@@ -403,7 +403,7 @@ class GGNOperator(CurvatureOperator):
 
 # %% ../nbs/00_curvature.ipynb #a6747e6f
 class FunctionalHessianOperator(CurvatureOperator):
-    "Matrix-free functional Hessian H − G (residual-weighted second derivatives of the outputs), one data pass."
+    "Matrix-free functional Hessian H − G (residual-weighted second derivatives of the outputs), one loop over data."
 
     def _batch_matmat(self, X, t, Vt):
         "H − G of the summed loss of batch (X, t) times each row of Vt: (b, p) -> (b, p)."

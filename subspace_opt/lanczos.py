@@ -431,7 +431,7 @@ def block_lanczos(
     k: int = 10,  # number of eigenpairs
     U0: torch.Tensor | None = None,  # (p, b) warm start, b >= k; random if None
     tol: float = 1e-6,  # stop when every wanted ‖Hu − θu‖ / |θ| <= tol
-    n_blocks: int = 2,  # block Krylov depth s per cycle (s block products)
+    n_blocks: int = 2,  # block Krylov depth s per cycle (s block products in the first, s - 1 after)
     block_size: int | None = None,  # b when U0 is None (default k + max(2, k // 2))
     which: str = "LA",  # 'LA', 'LM' or 'SA'
     max_restarts: int = 50,  # further cycles, each costing n_blocks - 1 block products
