@@ -9,7 +9,7 @@ import torch
 from fastcore.basics import patch
 from tqdm.auto import tqdm
 from .losses import check_loss, loss_sum, prepare_targets
-from .subspace import DominantSubspace, alignment, project
+from .subspace import DominantSubspace, _alignment, alignment, project
 
 # %% auto #0
 __all__ = ['MODES', 'ProjectedOptimizer', 'dom_sgd', 'bulk_sgd', 'interpolated_sgd', 'damped_dominant_sgd', 'bulk_amplified_sgd',
@@ -260,7 +260,7 @@ def _active(opt: ProjectedOptimizer):
     if opt.switch_step is not None:
         return True
     if opt.switch_threshold is not None:
-        chi = alignment(opt.subspace.basis, opt.subspace.op.gradient()).item()
+        chi = _alignment(opt.subspace.basis, opt.subspace.op.gradient()).item()  # the tracker's basis: no checks
         opt.ema = opt.switch_ema * opt.ema + (1 - opt.switch_ema) * chi
         if opt.ema <= opt.switch_threshold:
             return False
@@ -292,8 +292,8 @@ def _diagnose(opt: ProjectedOptimizer, U, g, delta):
     gd, dd = U.T @ g, U.T @ delta
     gd2, gb2 = (gd**2).sum(), (g**2).sum() - (gd**2).sum()
     opt.last = dict(
-        chi_grad=alignment(U, g),
-        chi_update=alignment(U, delta),
+        chi_grad=_alignment(U, g),  # U is the tracker's basis: no checks at every step
+        chi_update=_alignment(U, delta),
         lr_x_lambda1=opt.param_groups[0]["lr"] * opt.subspace.eigenvalues[0],
         eff_lr_dom=-(dd @ gd) / gd2,
         eff_lr_bulk=-((delta @ g) - (dd @ gd)) / gb2,

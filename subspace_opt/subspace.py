@@ -10,11 +10,36 @@ import warnings
 import torch
 from fastcore.basics import patch
 from .krylov import _Solve, _accepted, _block_solve, _orth_against, angle_bound
-from .lanczos import check_symmetric
+from .lanczos import _check_orthonormal, check_symmetric
 from .distributed import check_agree, gather_meta
 
 # %% auto #0
 __all__ = ['project', 'project_dom', 'project_bulk', 'alignment', 'choose_k', 'DominantSubspace']
+
+# %% ../nbs/02_subspace.ipynb #80b7a87a
+def _checked(
+    U,  # the basis argument
+    v,  # the vector (or block) argument
+    name: str,  # the vector's name, for the message
+    block: bool = True,  # whether a block (p, b) is accepted besides a vector (p,)
+):
+    "`U` and `v`, once `U` has orthonormal columns and `v` fits it in shape, dtype and device."
+    U = _check_orthonormal(U, "U")
+    ndims, shapes = ((1, 2), "(p,) vector or (p, b) block") if block else ((1,), "(p,) vector")
+    if not (isinstance(v, torch.Tensor) and v.ndim in ndims and v.shape[0] == U.shape[0]):
+        got = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+        raise ValueError(f"`{name}` must be a {shapes} with p={U.shape[0]} rows, as `U` has, got {got}")
+    if (v.dtype, v.device) != (U.dtype, U.device):
+        raise ValueError(
+            f"`{name}` must have `U`'s dtype and device ({U.dtype}, {U.device}), got ({v.dtype}, {v.device})"
+        )
+    return U, v
+
+
+def _alignment(U, v):
+    "χ_k(v) without `alignment`'s checks (the optimizers' path, on the tracker's basis); NaN for a non-finite `v`."
+    n = v.norm()
+    return torch.where(n == 0, torch.zeros_like(n), (U.T @ v).norm() / n.clamp_min(torch.finfo(v.dtype).tiny))
 
 # %% ../nbs/02_subspace.ipynb #d531b8ad
 def project(
@@ -34,7 +59,7 @@ def project_dom(
     g: torch.Tensor,  # vector (p,) or block (p, b)
 ):
     "P_dom g = U(Uᵀg), the component of `g` in span(U)."
-    return project(U, g, 1.0, 0.0)
+    return project(*_checked(U, g, "g"), 1.0, 0.0)
 
 
 def project_bulk(
@@ -42,16 +67,15 @@ def project_bulk(
     g: torch.Tensor,  # vector (p,) or block (p, b)
 ):
     "P_bulk g = g − U(Uᵀg), the component of `g` orthogonal to span(U)."
-    return project(U, g, 0.0, 1.0)
+    return project(*_checked(U, g, "g"), 0.0, 1.0)
 
 
 def alignment(
     U: torch.Tensor,  # orthonormal basis (p, k)
     v: torch.Tensor,  # vector (p,)
 ):
-    "χ_k(v) = ‖P_dom v‖ / ‖v‖ in [0, 1] (0 for v = 0), as a float tensor."
-    n = v.norm()
-    return torch.where(n > 0, (U.T @ v).norm() / n.clamp_min(torch.finfo(v.dtype).tiny), torch.zeros_like(n))
+    "χ_k(v) = ‖P_dom v‖ / ‖v‖ in [0, 1] (0 for v = 0, NaN for a `v` with NaN or inf entries), as a float tensor."
+    return _alignment(*_checked(U, v, "v", block=False))
 
 # %% ../nbs/02_subspace.ipynb #5c3536ee
 def _check_rank(
@@ -384,6 +408,8 @@ def _on_basis(sub: DominantSubspace, fn, v):
     flat, back = _as_flat(v)
     if flat.shape != (sub.eigvecs.shape[0],):
         raise ValueError(f"`v` must hold p={sub.eigvecs.shape[0]} entries, got {tuple(flat.shape)}")
+    if flat.dtype != sub.eigvecs.dtype:
+        raise ValueError(f"`v` must have the tracker's dtype, {sub.eigvecs.dtype}, got {flat.dtype}")
     out = fn(sub.basis, flat)
     return out if out.ndim == 0 else back(out)
 
@@ -391,22 +417,19 @@ def _on_basis(sub: DominantSubspace, fn, v):
 @patch
 def project_dom(self: DominantSubspace, v):  # a vector (p,), or a list of tensors such as parameter gradients
     "P_dom v = U(Uᵀv), the component of `v` in the Dominant subspace, shaped like `v`."
-    # `project_dom` is still the function of (U, g) above: `@patch` leaves the module's name to it
-    return _on_basis(self, project_dom, v)
+    return _on_basis(self, lambda U, g: project(U, g, 1.0, 0.0), v)  # the basis is orthonormal: no checks
 
 # %% ../nbs/02_subspace.ipynb #66ef33d8
 @patch
 def project_bulk(self: DominantSubspace, v):  # a vector (p,), or a list of tensors such as parameter gradients
     "P_bulk v = v − U(Uᵀv), the component of `v` orthogonal to the Dominant subspace, shaped like `v`."
-    # `project_bulk` is still the function of (U, g) above: `@patch` leaves the module's name to it
-    return _on_basis(self, project_bulk, v)
+    return _on_basis(self, lambda U, g: project(U, g, 0.0, 1.0), v)  # the basis is orthonormal: no checks
 
 # %% ../nbs/02_subspace.ipynb #3790a755
 @patch
 def alignment(self: DominantSubspace, v):  # a vector (p,), or a list of tensors such as parameter gradients
-    "χ_k(v) = ‖P_dom v‖ / ‖v‖ in [0, 1] (0 for v = 0), as a float tensor."
-    # `alignment` is still the function of (U, v) above: `@patch` leaves the module's name to it
-    return _on_basis(self, alignment, v)
+    "χ_k(v) = ‖P_dom v‖ / ‖v‖ in [0, 1] (0 for v = 0, NaN for a `v` with NaN or inf entries), as a float tensor."
+    return _on_basis(self, _alignment, v)  # the basis is orthonormal: no checks
 
 # %% ../nbs/02_subspace.ipynb #e5226b33
 _STATE = ("eigvecs", "eigenvalues", "residuals", "block", "n_matvecs", "n_refreshes", "n_updates", "last_refresh")
@@ -422,6 +445,9 @@ def state_dict(self: DominantSubspace):
 @patch
 def load_state_dict(self: DominantSubspace, state: dict):  # a `state_dict()` of a tracker with the same settings
     "Restore a state saved by `state_dict()` (one without a carried block makes the next refresh cold)."
+    missing = [a for a in ("eigvecs", "generator") if not isinstance(state, dict) or a not in state]
+    if missing:
+        raise ValueError(f"`state` must be a `DominantSubspace.state_dict()`; it lacks {', '.join(missing)}")
     older = dict(block=None, last_refresh=state.get("n_updates", 0), period=self.period, k=self.k, n_eigs=self.n_eigs)
     older["k_pending"] = self.k_pending
     for a in _STATE:
