@@ -93,6 +93,8 @@ def _mlp(cfg, data, seed):
 def _cnn(cfg, data, seed):
     "The seeded small CNN on the images of `data`, with `cfg.hidden[0]` channels (default 32)."
     shape, dev = tuple(data.X_train.shape[1:]), data.X_train.device
+    if len(shape) != 3:
+        raise ConfigError(f"`config.model` cnn needs images (c, h, w), got inputs {shape}: drop `data_args.flatten`")
     return cnn(shape, data.n_classes, *cfg.hidden[:1], activation=cfg.activation, seed=seed, device=dev)
 
 

@@ -192,6 +192,15 @@ def forward_flops(
         for h in handles:
             h.remove()
 
+
+def _probe_forward(model, forward, probe):
+    "`forward_flops(model, forward)` on a probe batch; a one-line error naming `data` when it does not fit `model`."
+    try:
+        return forward_flops(model, forward)
+    except RuntimeError as e:  # e.g. 64 features into a first layer built for 10, or integer inputs
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"`data`: inputs of shape {tuple(probe.shape[1:])} do not fit `model` ({why})") from e
+
 # %% ../nbs/00_curvature.ipynb #100d9471
 class _ShardedData(_ModelParameters):
     "This rank's data, fixed once on the model's device with targets prepared for `loss`."
@@ -212,7 +221,7 @@ class _ShardedData(_ModelParameters):
         self.flops_per_sample = None
         if raw:
             probe = raw[0][0][:2]
-            out, flops = forward_flops(self.model, lambda: self._forward(self._params(), probe, copy=True))
+            out, flops = _probe_forward(self.model, lambda: self._forward(self._params(), probe, copy=True), probe)
             self.flops_per_sample = flops / len(probe)
             if out.ndim != 2:
                 raise ValueError(f"`model` must return outputs of shape (n, C), got {tuple(out.shape)}")

@@ -121,12 +121,16 @@ def load_digits(
     X, y = _sk_digits(return_X_y=True)
     perm = np.random.default_rng(seed).permutation(len(X))
     n_test = int(round(test_fraction * len(X)))
+    if not 1 <= n_test < len(X):
+        raise _user_error(
+            f"`test_fraction` must leave both sets non-empty: {test_fraction!r} of {len(X)} images is {n_test}"
+        )
     te, tr = perm[:n_test], perm[n_test:]
     if n_train is not None:
         if isinstance(n_train, bool) or not isinstance(n_train, (int, np.integer)) or not 1 <= n_train <= len(tr):
             raise _user_error(f"`n_train` must be in [1, {len(tr)}], got {n_train!r}")
         tr = tr[:n_train]
-    dev = device or default_device()
+    dev = check_device(device)
     shape = (-1, 64) if flatten else (-1, 1, 8, 8)
     t = lambda a: torch.as_tensor(a / 16.0).reshape(shape).to(dev, dtype)
     l = lambda a: torch.as_tensor(a, dtype=torch.long, device=dev)
@@ -245,7 +249,7 @@ def task_from_arrays(
     for arg, n, total in (("n_train", n_train, len(X_train)), ("n_test", n_test, len(X_test))):
         if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= total):
             raise _user_error(f"`{arg}` must be in [1, {total}], got {n!r}")
-    dev = device or default_device()
+    dev = check_device(device)
     X = lambda a, n: torch.as_tensor(a[:n] / scale).reshape((len(a[:n]), -1) if flatten else shape).to(dev, dtype)
     y = lambda a, n: torch.as_tensor(np.array(a[:n]), dtype=torch.long, device=dev)
     return TaskData(name, X(X_train, n_train), y(y_train, n_train), X(X_test, n_test), y(y_test, n_test), n_classes)

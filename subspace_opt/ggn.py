@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 from .curvature import FunctionalHessianOperator, GGNOperator, HessianOperator, TorchLinearOperator
-from .lanczos import _check_orthonormal, block_lanczos
+from .lanczos import _check_orthonormal, block_lanczos, check_symmetric
 
 # %% auto #0
 __all__ = ['QUANTITIES', 'ESTIMATORS', 'Estimate', 'exact_quadratic', 'hutchinson', 'hutchpp', 'estimate_quadratic',
@@ -172,6 +172,7 @@ def _ratios(parts, total):
 def _check_basis(M, U):
     if not (isinstance(U, torch.Tensor) and U.ndim == 2 and U.shape[0] == M.shape[0] and 1 <= U.shape[1] < M.shape[0]):
         raise ValueError(f"`U` must be a (p={M.shape[0]}, k) tensor with 1 <= k < p, got {getattr(U, 'shape', U)!r}")
+    check_symmetric(M, name="M")  # the shares of ‖M‖²_F and tr(M) assume it; free for the curvature operators
     return _check_orthonormal(U.to(M.device, M.dtype), "U")
 
 # %% ../nbs/07_ggn.ipynb #520380a4

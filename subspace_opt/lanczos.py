@@ -104,6 +104,7 @@ def check_symmetric(
     op,  # square operator or tensor; one that declares `SELF_ADJOINT = True` is taken at its word
     seed: int = 0,  # seed of the random probe pair
     rtol: float | None = None,  # largest accepted asymmetry; default √ε of the dtype (1.5e-8 float64, 3.5e-4 float32)
+    name: str = "op",  # how the error names the argument
 ):
     "Refuse `op` unless |uᵀAv − vᵀAu| <= rtol ‖A‖‖u‖‖v‖ on a random pair; return that relative asymmetry."
     _same_seed(op, seed)  # every solver checks here: a data-parallel operator's ranks must draw the same vectors
@@ -118,8 +119,8 @@ def check_symmetric(
     rtol = torch.finfo(op.dtype).eps ** 0.5 if rtol is None else rtol
     if asym > rtol:
         raise ValueError(
-            f"`op` must be symmetric: |uᵀAv − vᵀAu| = {asym:.1e} ‖A‖‖u‖‖v‖ > {rtol:.1e} on a random pair "
-            f"({_describe(op)}); the solvers find eigenpairs of symmetric operators only"
+            f"`{name}` must be symmetric: |uᵀAv − vᵀAu| = {asym:.1e} ‖A‖‖u‖‖v‖ > {rtol:.1e} on a random pair "
+            f"({_describe(op)})" + ("; the solvers find eigenpairs of symmetric operators only" if name == "op" else "")
         )
     return asym
 

@@ -5,8 +5,10 @@
 # %% ../nbs/05_models.ipynb #25b77e58
 from __future__ import annotations
 import numbers
+from collections.abc import Sequence
 import torch
 from torch import nn
+from .data import check_device
 
 # %% auto #0
 __all__ = ['ACTIVATIONS', 'mlp', 'cnn']
@@ -26,10 +28,18 @@ def _count(value, least: int):
     return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= least
 
 
+def _sequence(value):
+    "Whether `value` is a sequence of sizes (a list, tuple or torch.Size; not a string)."
+    return isinstance(value, Sequence) and not isinstance(value, str)
+
+
 def _seeded(build, seed, dtype, device):
     "Build a module under a private RNG state seeded by `seed`, so initialisation is reproducible."
     if not _count(seed, 0):  # torch would take 1.5 for 1
         raise ValueError(f"`seed` must be an int >= 0, got {seed!r}")
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"`dtype` must be a floating torch dtype such as torch.float32, got {dtype!r}")
+    device = check_device(device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return build().to(device=device, dtype=dtype)
@@ -43,7 +53,7 @@ def mlp(
     device="cpu",  # parameter device
 ):
     "A fully connected network with `activation` between the linear layers (none after the last)."
-    if len(widths) < 2 or not all(_count(w, 1) for w in widths):
+    if not _sequence(widths) or len(widths) < 2 or not all(_count(w, 1) for w in widths):
         raise ValueError(f"`widths` must list >= 2 positive int sizes, got {widths!r}")
     act = _activation(activation)
 
@@ -66,7 +76,9 @@ def cnn(
     device="cpu",  # parameter device
 ):
     "The papers' small CNN: [conv3×3 → act → maxpool] × 2 → linear."
-    if not (len(in_shape) == 3 and all(_count(s, 1) for s in in_shape) and min(in_shape[1:]) >= 4):
+    if not (
+        _sequence(in_shape) and len(in_shape) == 3 and all(_count(s, 1) for s in in_shape) and min(in_shape[1:]) >= 4
+    ):
         raise ValueError(
             f"`in_shape` must be (channels, height, width), height and width >= 4 (two 2×2 pools), got {in_shape!r}"
         )

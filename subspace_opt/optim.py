@@ -324,7 +324,7 @@ def interpolated_sgd(
 # %% ../nbs/03_optim.ipynb #3a4766bc
 def _check_slice(name: str, x, lo: float, hi: float = math.inf):
     "A preset's parameter `name`, checked to be a number in [lo, hi]."
-    if isinstance(x, bool) or not isinstance(x, (int, float)) or not lo <= x <= hi:
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or not lo <= x <= hi:
         where = f"in [{lo:g}, {hi:g}]" if hi < math.inf else f">= {lo:g}"
         raise ValueError(f"`{name}` must be a number {where}, got {x!r}")
     return float(x)
@@ -368,6 +368,8 @@ def leakage(
     tol: float = 1e-6,  # accuracy of the fresh solve (`angle_bound` target)
 ):
     "χ_k of `delta` in a Dominant subspace freshly computed (a cold block solve) at the current parameters."
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 < tol <= 1:
+        raise ValueError(f"`tol` must be a number in (0, 1], got {tol!r}")
     fresh = DominantSubspace(self.subspace.op, k=self.subspace.k, cold_tol=tol)
     fresh.refresh()
     return alignment(fresh.basis, delta.to(fresh.basis.dtype))

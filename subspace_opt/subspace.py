@@ -5,12 +5,13 @@
 # %% ../nbs/02_subspace.ipynb #84c88d71
 from __future__ import annotations
 import math
+import numbers
 import time
 import warnings
 import torch
 from fastcore.basics import patch
 from .krylov import _Solve, _accepted, _block_solve, _orth_against, angle_bound
-from .lanczos import _check_orthonormal, check_symmetric
+from .lanczos import _check_operator, _check_orthonormal, check_symmetric
 from .distributed import check_agree, gather_meta
 
 # %% auto #0
@@ -131,7 +132,7 @@ def _initial_rank(
 ):
     "The rank a tracker starts with: `k`, or `max_k` while k='auto' waits for its first cold solve."
     if k != "auto":
-        return k
+        return int(k) if isinstance(k, numbers.Integral) and not isinstance(k, bool) else k  # numpy's ints too
     if isinstance(max_k, bool) or not isinstance(max_k, int) or not 1 <= max_k < p:
         raise ValueError(f"`max_k` must be an int in [1, p={p}) (the largest rank k='auto' considers), got {max_k!r}")
     return max_k
@@ -200,6 +201,7 @@ class DominantSubspace:
         drift_tol: float = 0.3,  # 'auto': sine of the largest principal angle to allow between two refreshes
         max_k: int = 20,  # k='auto': the largest rank considered
     ):
+        _check_operator(op)
         _check_solver(n_eigs, tol, cold_tol, restart_tol, cold_every, max_warm_restarts)
         k, self.auto_k, self.max_k, self.n_eigs_asked = _initial_rank(k, max_k, op.shape[0]), k == "auto", max_k, n_eigs
         p, self.n_eigs, self.k_pending = op.shape[0], max(n_eigs or k, k) if self.auto_k else n_eigs or k, self.auto_k

@@ -18,7 +18,7 @@ from .sources import MinibatchSubspace, RandomSubspace, UpdatePCASubspace
 from .subspace import DominantSubspace
 from .leakage import after_step, before_step
 from .optim import ProjectedOptimizer, sgd_steps as sgd_steps  # sgd_steps: importable from here too
-from .data import default_device, environment
+from .data import check_device, default_device as default_device, environment
 from .distributed import barrier, local_loss_scale, rank, shard, world_size
 from .config import ConfigError, ExperimentConfig, MethodConfig, UserError
 from .config import load_experiment_data, make_base_optimizer, make_model
@@ -325,6 +325,11 @@ def tracked_rank(
     data,  # its `TaskData`
 ):
     "The rank k that the runs of `cfg` track, checked below its model's parameter count p (else a `ConfigError`)."
+    n, s = len(data.y_train), cfg.subspace  # and the data must hold a mini-batch and the Hessian's subsample
+    if cfg.batch_size > n:
+        raise ConfigError(f"`config.batch_size` must be at most the {n} training samples, got {cfg.batch_size}")
+    if s.hessian_data == "subsample" and s.n_hessian > n:
+        raise ConfigError(f"`config.subspace.n_hessian` must be at most the {n} training samples, got {s.n_hessian}")
     return check_rank(cfg, sum(q.numel() for q in make_model(cfg, data, cfg.seeds[0]).parameters()), data.n_classes)
 
 # %% ../nbs/06_train.ipynb #05fc85a3
@@ -334,7 +339,7 @@ def run_experiment(
     progress: bool = True,  # show progress bars
 ):
     "Run (or resume) every method and seed of `cfg` into `out_dir`; return the combined results."
-    out, dev = RunFolder(out_dir), torch.device(cfg.device or default_device())
+    out, dev = RunFolder(out_dir), check_device(cfg.device, "config.device")
     data = load_experiment_data(cfg, dev)
     with out.lock():
         runs = [(m, s, out.sub("runs", f"{m.name}-seed{s}")) for m in cfg.methods for s in cfg.seeds]
@@ -353,7 +358,7 @@ _DATA = {}
 
 def task_data(cfg: ExperimentConfig):  # a configuration
     "The task of `cfg` on its device, loaded once per process and cached (a sweep's points share it)."
-    dev = torch.device(cfg.device or default_device())
+    dev = check_device(cfg.device, "config.device")
     key = (cfg.data, json.dumps(cfg.data_args, sort_keys=True), cfg.model, str(dev))
     if key not in _DATA:
         _DATA[key] = load_experiment_data(cfg, dev)
