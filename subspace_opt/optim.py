@@ -36,9 +36,7 @@ MODES = ("gradient", "update")
 
 def _check_coef(name, c):
     if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c) or c < 0:
-        raise ValueError(
-            f"`{name}` must be a finite number >= 0 (a negative coefficient ascends along that part), got {c!r}"
-        )
+        raise ValueError(f"`{name}` must be a finite number >= 0 (a negative one ascends along that part), got {c!r}")
     return float(c)
 
 
@@ -49,7 +47,8 @@ def _trainable(base):
 
 def _check_params(base, subspace):
     "The parameters in the operator's order; refuse a subspace whose model is not what `base` updates."
-    ps = list(subspace.op.parameters()) if callable(getattr(subspace.op, "parameters", None)) else None
+    op = getattr(subspace, "op", None)  # None for anything but a tracker (e.g. `subspace=None`): refused below
+    ps = list(op.parameters()) if callable(getattr(op, "parameters", None)) else None
     if ps is None or {id(q) for q in ps} != _trainable(base):
         raise ValueError(
             "`subspace` must be built on an operator of the model whose trainable parameters the base "
