@@ -159,6 +159,11 @@ BAD_CONFIGS = [  # (configuration, what the one line names)
     (_config(seeds=[-1]), "`config.seeds[0]`"),
     (_config(name="../../elsewhere"), "`config.name`"),
     (_config(learning_rate=0.1), "unknown key `config.learning_rate`"),
+    # checked against the data once it is loaded: before, clipped in silence or an internal error (exit 1)
+    (_config(batch_size=61), "`config.batch_size` must be at most the 60 training samples, got 61"),
+    (_config(subspace__hessian_data="subsample", subspace__n_hessian=61), "`config.subspace.n_hessian` must be"),
+    (_config(model="cnn", data_args={"n_train": 60, "flatten": True}), "`config.model` cnn needs images"),
+    (_config(data_args={"n_train": 60, "test_fraction": 1e-9}), "`test_fraction` must leave both sets non-empty"),
 ]
 
 
