@@ -86,6 +86,8 @@ class _ModelParameters(TorchLinearOperator):
     "An operator on the trainable parameters of `model`: moves between the flat vector and the named tensors."
 
     def __init__(self, model: torch.nn.Module):  # network whose trainable parameters span the space
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
         trainable = [(n, q) for n, q in model.named_parameters() if q.requires_grad]
         if not trainable:
             raise ValueError("`model` has no trainable parameters (none with requires_grad=True)")

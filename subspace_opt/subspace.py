@@ -450,6 +450,8 @@ def load_state_dict(self: DominantSubspace, state: dict):  # a `state_dict()` of
     missing = [a for a in ("eigvecs", "generator") if not isinstance(state, dict) or a not in state]
     if missing:
         raise ValueError(f"`state` must be a `DominantSubspace.state_dict()`; it lacks {', '.join(missing)}")
+    if not self.auto_k and state.get("k", self.k) != self.k:
+        raise ValueError(f"`state` is a tracker's of k={state['k']}, this one tracks k={self.k}: build it with that k")
     older = dict(block=None, last_refresh=state.get("n_updates", 0), period=self.period, k=self.k, n_eigs=self.n_eigs)
     older["k_pending"] = self.k_pending
     for a in _STATE:

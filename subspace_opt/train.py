@@ -339,6 +339,10 @@ def run_experiment(
     progress: bool = True,  # show progress bars
 ):
     "Run (or resume) every method and seed of `cfg` into `out_dir`; return the combined results."
+    if not isinstance(cfg, ExperimentConfig):
+        raise TypeError(
+            f"`cfg` must be an ExperimentConfig (`load_config`, `config_from_dict`), got {type(cfg).__name__}"
+        )
     out, dev = RunFolder(out_dir), check_device(cfg.device, "config.device")
     data = load_experiment_data(cfg, dev)
     with out.lock():
