@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 from .curvature import FunctionalHessianOperator, GGNOperator, HessianOperator, TorchLinearOperator
-from .lanczos import _check_orthonormal, block_lanczos, check_symmetric
+from .lanczos import _check_int, _check_orthonormal, block_lanczos, check_symmetric
 
 # %% auto #0
 __all__ = ['QUANTITIES', 'ESTIMATORS', 'Estimate', 'exact_quadratic', 'hutchinson', 'hutchpp', 'estimate_quadratic',
@@ -75,7 +75,7 @@ def hutchinson(
     "Hutchinson's estimate of tr(M) or ‖M‖²_F with its standard error, from one block product."
     _check_quantity(quantity)
     _check_probes(n_probes, 2)
-    gen = torch.Generator(device=M.device).manual_seed(seed)
+    gen = torch.Generator(device=M.device).manual_seed(_check_int(seed, "seed", 0))
     Z = _rademacher(M, n_probes, gen)
     per = _per_column(Z, M @ Z, quantity)
     return Estimate(per.mean().item(), (per.std() / math.sqrt(n_probes)).item(), "hutchinson", n_probes, n_probes)
@@ -90,7 +90,7 @@ def hutchpp(
     "Hutch++ (Meyer et al. 2021): exact on a sketched top range, Hutchinson on the rest; standard error of the rest."
     _check_quantity(quantity)
     _check_probes(n_probes, 4)
-    gen, s = torch.Generator(device=M.device).manual_seed(seed), n_probes // 2
+    gen, s = torch.Generator(device=M.device).manual_seed(_check_int(seed, "seed", 0)), n_probes // 2
     Y = M @ _rademacher(M, s, gen)
     n_mv = s
     if quantity == "frobenius":
@@ -291,7 +291,7 @@ def slq_density(
     if not isinstance(n_steps, int) or n_steps < 1:
         raise ValueError(f"`n_steps` must be an int >= 1, got {n_steps!r}")
     m = min(n_steps, M.shape[0])
-    gen = torch.Generator(device=M.device).manual_seed(seed)
+    gen = torch.Generator(device=M.device).manual_seed(_check_int(seed, "seed", 0))
     Z = _rademacher(M, n_probes, gen) / math.sqrt(M.shape[0])
     theta, S = torch.linalg.eigh(_slq_tridiagonal(M, Z, m).cpu())
     tau = S[:, 0, :] ** 2

@@ -82,6 +82,7 @@ def _same_seed(
     seed: int,  # the seed of its start vectors
 ):
     "Refuse seeds that differ between the ranks of a data-parallel `op`: the ranks' start vectors must be one."
+    _check_int(seed, "seed", 0)  # and a seed that is not an int >= 0 (torch would raise on 1.5, numpy on -1)
     metas = gather_meta(getattr(op, "group", None), seed=seed)  # one process: no collective
     check_agree(metas, "seed", "the solver's `seed`", advice="pass the same seed on every rank")
 

@@ -8,6 +8,7 @@ import time
 import torch
 from .curvature import CurvatureOperator, GGNOperator, HessianOperator, as_batches
 from .krylov import _orth_against
+from .lanczos import _check_int
 from .subspace import DominantSubspace
 
 # %% auto #0
@@ -236,7 +237,7 @@ class _BasisSource(_SourceState):
     ):
         self.op, self.k, self.refresh_every = _as_space(params), k, refresh_every
         _check_source(k, refresh_every, self.op.shape[0])
-        self.gen = torch.Generator(device=self.op.device).manual_seed(seed)
+        self.gen = torch.Generator(device=self.op.device).manual_seed(_check_int(seed, "seed", 0))
         self.eigenvalues = torch.full((k,), float("nan"), dtype=self.op.dtype, device=self.op.device)
         self.basis, self.n_updates, self.n_refreshes, self.n_matvecs, self.seconds, self.info = None, 0, 0, 0, 0.0, {}
 

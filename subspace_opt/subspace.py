@@ -11,7 +11,7 @@ import warnings
 import torch
 from fastcore.basics import patch
 from .krylov import _Solve, _accepted, _block_solve, _orth_against, angle_bound
-from .lanczos import _check_operator, _check_orthonormal, check_symmetric
+from .lanczos import _check_int, _check_operator, _check_orthonormal, check_symmetric
 from .distributed import check_agree, gather_meta
 
 # %% auto #0
@@ -210,7 +210,7 @@ class DominantSubspace:
         self.op, self.k, self.refresh_every, self.tol, self.cold_tol = op, k, refresh_every, tol, cold_tol
         self.restart_tol, self.cold_every, self.max_warm_restarts = restart_tol, cold_every, max_warm_restarts
         self.oversample, self.min_every, self.max_every, self.drift_tol = oversample, min_every, max_every, drift_tol
-        self.gen = torch.Generator(device=op.device).manual_seed(seed)
+        self.gen = torch.Generator(device=op.device).manual_seed(_check_int(seed, "seed", 0))
         self.seed, self.eigvecs, self.eigenvalues, self.residuals, self.info = seed, None, None, None, {}
         self.block, self.n_matvecs, self.n_refreshes, self.n_updates, self.last_refresh = None, 0, 0, 0, 0
         _same_on_every_rank(self, op)
