@@ -13,6 +13,19 @@ from scipy.sparse.linalg import LinearOperator
 # %% auto #0
 __all__ = ['OPERATOR_PROTOCOL', 'TorchLinearOperator', 'LinearCombinationOperator', 'grad_rows']
 
+# %% ../nbs/00b_operators.ipynb #ad1a71d3
+def _as_input(
+    v,  # what `op @ v` was given
+    p: int,  # the operator's dimension
+):
+    "`v` as a tensor, once it is a real vector (p,) or block (p, b); else a one-line error naming `v`."
+    v = torch.as_tensor(v)
+    if v.ndim not in (1, 2) or v.shape[0] != p:
+        raise ValueError(f"`v` must have shape (p,) or (p, b) with p={p}, got {tuple(v.shape)}")
+    if v.is_complex():  # a cast to the real dtype would drop the imaginary part
+        raise ValueError(f"`v` must be real, got {v.dtype}")
+    return v
+
 # %% ../nbs/00b_operators.ipynb #efbaea84
 class _LinearMap:
     "The core of a matrix-free operator on R^p: `shape`, `dtype`, `device`, and `@` through `_matmat` on blocks (p, b)."
@@ -44,9 +57,9 @@ class _LinearMap:
 
     def __matmul__(self, v):
         "`op @ v`: the product with a vector (p,) or a block (p, b), in the operator's dtype and on its device."
-        v = torch.as_tensor(v)
-        if v.ndim not in (1, 2) or v.shape[0] != self.shape[1]:
-            raise ValueError(f"`v` must have shape (p,) or (p, b) with p={self.shape[1]}, got {tuple(v.shape)}")
+        v = _as_input(v, self.shape[1])
+        if v.ndim == 2 and v.shape[1] == 0:  # an empty block: its (empty) image
+            return torch.empty(self.shape[0], 0, dtype=self.dtype, device=self.device)
         V = v.to(self.device, self.dtype)
         return self._product(V[:, None])[:, 0] if v.ndim == 1 else self._product(V)
 
