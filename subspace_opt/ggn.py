@@ -116,7 +116,7 @@ def estimate_quadratic(
     if method not in ESTIMATORS:
         raise ValueError(f"`method` must be one of {ESTIMATORS}, got {method!r}")
     if method == "auto":
-        method = "exact" if M.shape[0] <= max_exact else "hutch++"
+        method = "exact" if M.shape[0] <= _check_int(max_exact, "max_exact", 0) else "hutch++"
     if method == "exact":
         return exact_quadratic(M, quantity)
     return (hutchinson if method == "hutchinson" else hutchpp)(M, quantity, n_probes, seed)

@@ -28,6 +28,10 @@ def loss_sum(
 ):
     "Sum over samples of the per-sample loss (½‖f − t‖² or softmax cross-entropy)."
     if check_loss(loss) == "mse":  # any other name is refused, not taken for 'ce'
+        if out.shape != target.shape:  # (n, C) against (C,) would broadcast into a wrong sum
+            raise ValueError(
+                f"`target` must have the outputs' shape {tuple(out.shape)} for 'mse', got {tuple(target.shape)}"
+            )
         return 0.5 * (out - target).pow(2).sum()
     return F.cross_entropy(out, target, reduction="sum")
 
