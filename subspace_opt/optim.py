@@ -178,6 +178,9 @@ class _WrapperBase(_TorchFace):
 
     def _load(self, state: dict):
         "Restore the base optimizer, the tracker and the counters from `state`."
+        missing = [a for a in ("base", "subspace", "n_steps", "switch_step", "ema") if a not in state]
+        if missing:
+            raise ValueError(f"`state` must be a `ProjectedOptimizer.state_dict()`; it lacks {', '.join(missing)}")
         self.base.load_state_dict(state["base"])
         self.subspace.load_state_dict(state["subspace"])
         self.n_steps, self.switch_step, self.ema = state["n_steps"], state["switch_step"], state["ema"]

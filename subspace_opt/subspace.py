@@ -280,6 +280,8 @@ def _next_period(sub: DominantSubspace, angle: float | None):
 @patch
 def refresh(self: DominantSubspace, op=None):  # operator for this refresh only (default: the subspace's own)
     "Recompute the top eigenpairs at the current parameters (warm from the carried block, if any); return `info`."
+    if op is not None and _check_operator(op) != self.op.shape[0]:
+        raise ValueError(f"`op` must act on the tracker's p={self.op.shape[0]} parameters, got shape {tuple(op.shape)}")
     op, t0, prev = op if op is not None else self.op, time.perf_counter(), self.basis
     cold = self.block is None or bool(self.cold_every and self.n_refreshes % self.cold_every == 0)  # k_pending: None
     res = _cold_solve(self, op) if cold else _warm_solve(self, op)
