@@ -242,10 +242,11 @@ def _one_line_exit_2(code, err, expected):
 def test_bad_arguments_are_one_line_exit_2(tmp_path, capsys):
     cases = _bad_arguments(tmp_path)
     assert len(cases) >= 30
+    before = {q: q.stat().st_mtime_ns for q in tmp_path.rglob("*")}
     for argv, expected in cases:
         code = cli.main(argv)
         _one_line_exit_2(code, capsys.readouterr().err, expected)
-    assert not (tmp_path / "file").is_dir() and not list((tmp_path / "empty").iterdir())  # nothing was written
+    assert {q: q.stat().st_mtime_ns for q in tmp_path.rglob("*")} == before  # nothing was written, nothing touched
 
 
 @pytest.mark.parametrize(

@@ -40,10 +40,14 @@ def test_sweep_with_workers_then_resume(tmp_path):
     assert set(res["methods.lr"]) == {0.1, 0.4} and (tmp_path / "out" / "heatmap.png").stat().st_size > 10_000
     done = sorted((tmp_path / "out" / "points").glob("*/*/done.json"))
     assert len(done) == 16
-    # lose one job's completion marker and rows after its checkpoint: the rerun redoes only that, to the same table
-    (done[0]).unlink()
+    # lose one job's completion marker: the rerun redoes that job only, to the same table
+    untouched = {r: (r.stat().st_mtime_ns, r.read_bytes()) for r in (d.parent / "rows.csv" for d in done[1:])}
+    assert len(untouched) == 15
+    done[0].unlink()
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr
+    assert done[0].exists()  # the lost job ran again and finished
+    assert {r: (r.stat().st_mtime_ns, r.read_bytes()) for r in untouched} == untouched  # no other job was redone
     assert_same_rows(pd.read_csv(tmp_path / "out" / "results.csv"), res)  # the redone steps took other seconds
 
 
