@@ -290,7 +290,8 @@ CLI_RTOL, CLI_ATOL = (
 SENSITIVE, SENSITIVE_ATOL = (
     ["leakage", "chi_update", "eff_lr_dom"],
     1e-3,
-)  # a Bulk-SGD step's tiny Dominant part, seen through a basis solved to tol 1e-4
+)  # a Bulk-SGD step's tiny Dominant part, seen through a basis solved to tol 1e-4: leakage (about 0.01-0.02 here)
+# is compared to 1e-3; chi_update (about 1e-6) and eff_lr_dom (about 1e-8) are round-off, checked for their size
 
 
 def _cli(tmp, out, nproc):
@@ -327,7 +328,10 @@ def _same_results(a, b):
     assert (a.drop(columns=num) == b.drop(columns=num)).all().all()
     tight = [c for c in num if c not in SENSITIVE and c not in TIMING]  # wall time differs between any two runs
     pd.testing.assert_frame_equal(a[tight], b[tight], check_exact=False, rtol=CLI_RTOL, atol=CLI_ATOL)
-    pd.testing.assert_frame_equal(a[SENSITIVE], b[SENSITIVE], check_exact=False, rtol=0, atol=SENSITIVE_ATOL)
+    pd.testing.assert_frame_equal(a[["leakage"]], b[["leakage"]], check_exact=False, rtol=0, atol=SENSITIVE_ATOL)
+    for t in (a, b):  # the Dominant part of a Bulk-SGD step is round-off in either run: its size is what is checked
+        bulk = t[t.method == "bulk-sgd"].dropna(subset=["chi_update"])
+        assert len(bulk) and (bulk.chi_update < 1e-4).all() and (bulk.eff_lr_dom.abs() < 1e-5).all(), bulk
 
 
 def test_torchrun_cli_run_matches_single_process_and_resumes(tmp_path):
