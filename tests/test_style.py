@@ -94,11 +94,10 @@ def first_line(src):
     return lines[0][:60] if lines else ""
 
 
-@pytest.mark.parametrize("nb", LIBRARY_NBS, ids=lambda p: p.stem)
-def test_every_export_cell_is_followed_by_its_test(nb):
-    "Between one export cell and the next there is a cell that tests it (fastcore `test_*` or `assert`)."
+def untested_exports(cells):
+    "First lines of the export cells (of code cells `cells`) that no test cell follows before the next export."
     untested, pending = [], None
-    for s in code_cells(nb):
+    for s in cells:
         if is_export(s):
             if pending is not None:
                 untested.append(pending)
@@ -107,6 +106,13 @@ def test_every_export_cell_is_followed_by_its_test(nb):
             pending = None
     if pending is not None:
         untested.append(pending)
+    return untested
+
+
+@pytest.mark.parametrize("nb", LIBRARY_NBS, ids=lambda p: p.stem)
+def test_every_export_cell_is_followed_by_its_test(nb):
+    "Between one export cell and the next there is a cell that tests it (fastcore `test_*` or `assert`)."
+    untested = untested_exports(code_cells(nb))
     assert not untested, f"{nb.name}: no test after these export cells: {untested}"
 
 
@@ -135,39 +141,44 @@ def test_patch_only_for_public_methods():
     assert not overrides, f"an override belongs in its class body: {overrides}"
 
 
+def generated_methods(tree):
+    "`line Class.attr` for each assignment onto a class of module `tree` after its definition."
+    out, classes = [], {n.name for n in tree.body if isinstance(n, ast.ClassDef)}
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+        for t in targets:
+            if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id in classes:
+                out.append(f"{node.lineno} {t.value.id}.{t.attr}")
+    return out
+
+
 def test_no_generated_methods():
     "Methods are `def`s that editors and type checkers see, not assignments onto a class after the fact."
-    generated = []
-    for mod in MODULES:
-        tree = ast.parse(mod.read_text())
-        classes = {n.name for n in tree.body if isinstance(n, ast.ClassDef)}
-        for node in tree.body:
-            targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
-            for t in targets:
-                if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id in classes:
-                    generated.append(f"{mod.name}:{node.lineno} {t.value.id}.{t.attr}")
+    generated = [f"{mod.name}:{g}" for mod in MODULES for g in generated_methods(ast.parse(mod.read_text()))]
     assert not generated, generated
+
+
+def shared_parameter_lines(src):
+    "`line name` of each function of `src` whose signature has comments but two parameters on one line."
+    shared = []
+    comments = {t.start[0] for t in tokenize.generate_tokens(io.StringIO(src).readline) if t.type == tokenize.COMMENT}
+    for node in ast.walk(ast.parse(src)):
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        a = node.args
+        params = a.posonlyargs + a.args + a.kwonlyargs + [p for p in (a.vararg, a.kwarg) if p]
+        params = [p for p in params if p.arg not in ("self", "cls")]
+        if not any(line in comments for line in range(node.lineno, node.body[0].lineno)):
+            continue
+        lines = [p.lineno for p in params]
+        if len(set(lines)) < len(lines):
+            shared.append(f"{node.lineno} {node.name}")
+    return shared
 
 
 def test_one_parameter_per_documented_line():
     "A signature with comments (docments) puts each parameter on its own line, so each gets its description."
-    shared = []
-    for mod in MODULES:
-        src = mod.read_text()
-        comments = {
-            t.start[0] for t in tokenize.generate_tokens(io.StringIO(src).readline) if t.type == tokenize.COMMENT
-        }
-        for node in ast.walk(ast.parse(src)):
-            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                continue
-            a = node.args
-            params = a.posonlyargs + a.args + a.kwonlyargs + [p for p in (a.vararg, a.kwarg) if p]
-            params = [p for p in params if p.arg not in ("self", "cls")]
-            if not any(line in comments for line in range(node.lineno, node.body[0].lineno)):
-                continue
-            lines = [p.lineno for p in params]
-            if len(set(lines)) < len(lines):
-                shared.append(f"{mod.name}:{node.lineno} {node.name}")
+    shared = [f"{mod.name}:{s}" for mod in MODULES for s in shared_parameter_lines(mod.read_text())]
     assert not shared, f"put one parameter per line, each with its comment: {shared}"
 
 
@@ -179,6 +190,14 @@ def test_the_style_checks_can_fail(tmp_path):
     assert only_imports("import os\nfrom x import y") and not only_imports("import os\nX = 1")
     assert first_line("#| export\ndef f(): pass") == "def f(): pass"
     assert TEST.search("test_eq(1, 1)") and TEST.search("  assert x") and not TEST.search("contest(1)")
+    assert generated_methods(tree) == ["6 A.y"]
+    assert shared_parameter_lines("def f(\n    a, b,  # two on one line\n):\n    pass\n") == ["1 f"]
+    assert shared_parameter_lines("def f(\n    a,  # one\n    b,  # per line\n):\n    pass\n") == []
+    exported, tested = "#| export\ndef f(): pass", "test_eq(f(), None)"
+    assert untested_exports([exported, "f()", exported, tested]) == ["def f(): pass"]
+    assert untested_exports(["#| export\nimport os", exported, tested]) == []
     f = tmp_path / "m.py"
     f.write_text("__all__ = ['" + "a" * 130 + "']\nx = 1; y = 2\n")
     assert all_block(f) == {1}
+    r = ruff("check", "--output-format", "json", "--select", "E702,E501", "--no-cache", str(f))
+    assert {h["code"] for h in json.loads(r.stdout)} == {"E501", "E702"}  # the long __all__ line and `x = 1; y = 2`
