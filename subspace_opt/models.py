@@ -39,7 +39,7 @@ def _seeded(build, seed, dtype, device):
         raise ValueError(f"`seed` must be an int >= 0, got {seed!r}")
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise ValueError(f"`dtype` must be a floating torch dtype such as torch.float32, got {dtype!r}")
-    device = check_device(device)
+    device = None if device is None else check_device(device)  # None: left where torch creates it
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return build().to(device=device, dtype=dtype)
