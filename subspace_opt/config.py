@@ -378,6 +378,8 @@ def _problem(e: Exception):
 
 def read_config_file(path: str | Path):  # a .json, .yaml or .yml file
     "The plain data of a JSON or YAML file of at most 1 MiB; a missing, unreadable or bad file is a `ConfigError`."
+    if not isinstance(path, (str, Path)):
+        raise TypeError(f"`path` must be a config file's path (str or pathlib.Path), got {type(path).__name__}")
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist")

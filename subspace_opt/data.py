@@ -11,10 +11,10 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['INSTALL_HINTS', 'DATA_MARKERS', 'IDX_FILES', 'CIFAR_GLOBALS', 'TASKS', 'default_device', 'check_device',
-           'environment', 'TaskData', 'load_digits', 'data_places', 'find_data', 'data_available', 'read_idx',
-           'task_from_arrays', 'load_fashion_mnist', 'load_mnist', 'CifarUnpickler', 'read_cifar_batch', 'load_cifar10',
-           'gaussian_mixture', 'teacher_student', 'load_task']
+__all__ = ['INSTALL_HINTS', 'DATA_MARKERS', 'IDX_FILES', 'CIFAR_GLOBALS', 'MAX_GENERATED', 'TASKS', 'default_device',
+           'check_device', 'environment', 'TaskData', 'load_digits', 'data_places', 'find_data', 'data_available',
+           'read_idx', 'task_from_arrays', 'load_fashion_mnist', 'load_mnist', 'CifarUnpickler', 'read_cifar_batch',
+           'load_cifar10', 'gaussian_mixture', 'teacher_student', 'load_task']
 
 # %% ../nbs/04_data.ipynb #04441b7f
 def default_device() -> torch.device:
@@ -364,13 +364,25 @@ def load_cifar10(
     )
 
 # %% ../nbs/04_data.ipynb #413eb220
+MAX_GENERATED = 10**8  # input values a generated task may hold: 0.8 GB as float64
+
+
+def _check_generated(n_train, n_test, dim):
+    "A `UserError` when (n_train + n_test) × dim exceeds `MAX_GENERATED`, before any memory is taken."
+    if (n_train + n_test) * dim > MAX_GENERATED:
+        raise _user_error(
+            f"(n_train + n_test) × dim = {(n_train + n_test) * dim:,} input values exceeds the {MAX_GENERATED:,} a "
+            "generated task may hold: lower `n_train`, `n_test` or `dim`"
+        )
+
+
 def _generated(name, X, y, n_train, n_classes, device, dtype):
     "A `TaskData` of generated features with C = `n_classes`: the first `n_train` samples train, the rest test."
     tr, te = slice(None, n_train), slice(n_train, None)
     args = (None, None, 1.0, (-1, X.shape[1]), True, device, dtype, n_classes)
     return task_from_arrays(name, X[tr], y[tr], X[te], y[te], *args)
 
-
+# %% ../nbs/04_data.ipynb #7fb27b941602401d91542211134fc71a
 def gaussian_mixture(
     n_train: int = 1000,  # training samples
     n_test: int = 1000,  # test samples
@@ -383,6 +395,7 @@ def gaussian_mixture(
 ):
     "A seeded Gaussian-mixture classification task as a `TaskData`."
     _check_sizes(dict(n_train=(n_train, 1), n_test=(n_test, 1), dim=(dim, 1), n_classes=(n_classes, 2), seed=(seed, 0)))
+    _check_generated(n_train, n_test, dim)
     if isinstance(separation, bool) or not isinstance(separation, (int, float)) or not 0 < separation < math.inf:
         raise _user_error(f"`separation` must be a finite number > 0 (the norm of the class means), got {separation!r}")
     if dim == 1 and n_classes > 2:  # a line holds two points of norm `separation`: further classes would share a mean
@@ -409,6 +422,7 @@ def teacher_student(
     "Labels from a random tanh teacher MLP on Gaussian inputs, as a `TaskData`."
     sizes = dict(n_train=(n_train, 1), n_test=(n_test, 1), dim=(dim, 1), n_classes=(n_classes, 2))
     _check_sizes(sizes | dict(teacher_width=(teacher_width, 1), seed=(seed, 0)))
+    _check_generated(n_train, n_test, dim)
     g = np.random.default_rng(seed)
     W1, W2 = g.standard_normal((dim, teacher_width)) / np.sqrt(dim), g.standard_normal((teacher_width, n_classes))
     X = g.standard_normal((n_train + n_test, dim))

@@ -178,7 +178,10 @@ def lock(self: RunFolder):
 
     def take():
         if rank() == 0:
-            self.path.mkdir(parents=True, exist_ok=True)
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+            except (FileExistsError, NotADirectoryError):  # a file where the folder, or one above it, would be
+                raise UserError(f"{self.path} cannot be a folder: it, or a folder above it, is a file") from None
             if (self.path / LOCK).exists() and not (self.path / LOCK).is_file():
                 raise UserError(f"{self.path / LOCK} is not a file: delete {self.path} to run it again")
             fd = _acquire(self.path / LOCK)
