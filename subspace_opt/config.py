@@ -406,4 +406,6 @@ def read_config_file(path: str | Path):  # a .json, .yaml or .yml file
 
 def load_config(path: str | Path):  # a .json, .yaml or .yml file
     "Read and check an experiment configuration file."
-    return config_from_dict(read_config_file(path))
+    if not isinstance(d := read_config_file(path), dict):  # e.g. a CSV file, which YAML reads as one string
+        raise ConfigError(f"`config` ({path}) must be a mapping of keys to values, got {type(d).__name__}")
+    return config_from_dict(d)
