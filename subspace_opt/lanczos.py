@@ -44,6 +44,11 @@ def _check_operator(op):  # what a solver was given as its operator
         )
     if len(op.shape) != 2 or op.shape[0] != op.shape[1] or not op.dtype.is_floating_point:
         raise ValueError(f"`op` must be square (p, p) with a floating dtype, got shape {tuple(op.shape)}, {op.dtype}")
+    if op.dtype in (torch.float16, torch.bfloat16):  # products of relative error ~1e-3 to 1e-2
+        raise ValueError(
+            f"`op` has dtype {op.dtype}, whose products are too coarse for an eigensolver (ε = "
+            f"{torch.finfo(op.dtype).eps:.1e}): build it on a float32 or float64 copy of the model"
+        )
     if isinstance(op, torch.Tensor) and not torch.isfinite(op).all():
         raise ValueError("`op` must be finite: the tensor holds NaN or inf entries")
     return op.shape[0]
