@@ -237,8 +237,7 @@ class ProjectedOptimizer(_WrapperBase):
         _check_unchanged(self)
         with torch.enable_grad():
             loss = None if closure is None else closure()
-        self.n_steps += 1
-        if (self.dom == self.bulk == 1.0) or not _active(self):
+        if _no_gradient(self) or (self.dom == self.bulk == 1.0) or not _active(self):
             self.base.step()
         else:
             _projected_step(self)
@@ -252,6 +251,14 @@ def _check_unchanged(opt: ProjectedOptimizer):
             "the base optimizer's trainable parameters changed since the wrapper was built (a parameter group "
             "added, or a tensor frozen or unfrozen): build a new operator, subspace and optimizer"
         )
+
+
+def _no_gradient(opt: ProjectedOptimizer):
+    "True when no tensor has a gradient (the base skips every one, and the step is not counted); else count the step."
+    if all(q.grad is None for q in opt.params):
+        return True
+    opt.n_steps += 1
+    return False
 
 
 def _active(opt: ProjectedOptimizer):
