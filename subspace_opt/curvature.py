@@ -226,9 +226,7 @@ class _ShardedData(_ModelParameters):
             out, flops = _probe_forward(self.model, lambda: self._forward(self._params(), probe, copy=True), probe)
             self.flops_per_sample = flops / len(probe)
             if out.ndim != 2:
-                raise ValueError(
-                    f"`model` must return outputs of shape (n, C), got {tuple(out.shape)} for {len(probe)} samples"
-                )
+                raise ValueError(f"`model` must return (n, C) outputs, got {tuple(out.shape)} for {len(probe)} samples")
             self.n_outputs = out.shape[1]
         self.batches = [(X, prepare_targets(y, loss, self.n_outputs, self.dtype)) for X, y in raw]
         self.n_local = sum(len(X) for X, _ in self.batches)

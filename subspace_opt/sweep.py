@@ -4,7 +4,7 @@
 
 # %% ../nbs/06a_sweep.ipynb #620b4397
 from __future__ import annotations
-import copy, itertools, multiprocessing as mp
+import copy, itertools, math, multiprocessing as mp
 from pathlib import Path
 import pandas as pd
 import torch
@@ -15,7 +15,7 @@ from .runfolder import SAFE_NAME, RunFolder
 from .train import check_run, run_job, task_data, tracked_rank
 
 # %% auto #0
-__all__ = ['expand_grid', 'threads_per_worker', 'run_sweep', 'load_sweep']
+__all__ = ['MAX_GRID_POINTS', 'expand_grid', 'threads_per_worker', 'run_sweep', 'load_sweep']
 
 # %% ../nbs/06a_sweep.ipynb #df132417
 def _set(d: dict, key: str, value, where: str = ""):
@@ -37,6 +37,9 @@ def _set(d: dict, key: str, value, where: str = ""):
     else:
         d[head] = value
 
+# %% ../nbs/06a_sweep.ipynb #7fb27b941602401d91542211134fc71a
+MAX_GRID_POINTS = 1000  # points one sweep runs (each point: every method and seed)
+
 
 def _check_grid(grid: dict):
     "A `ConfigError` unless `grid` maps keys to non-empty lists of distinct values that fit in folder names."
@@ -45,11 +48,14 @@ def _check_grid(grid: dict):
     odd = [k for k in grid if not isinstance(k, str) or not k]
     if odd:
         raise ConfigError(f"`grid` keys must be dotted key names, got {_show(odd[0])}")
+    if (n := math.prod(map(len, grid.values()))) > MAX_GRID_POINTS:
+        raise ConfigError(f"`grid` spans {n:,} points, more than the {MAX_GRID_POINTS:,} one sweep runs: split it up")
     for key, values in grid.items():
-        labels = [f"{key}={v}" for v in values]
-        for i, label in enumerate(labels):
-            if label in labels[:i]:
+        seen = set()
+        for i, label in enumerate(f"{key}={v}" for v in values):
+            if label in seen:
                 raise ConfigError(f"`grid.{key}` repeats the value {values[i]!r}; each value must appear once")
+            seen.add(label)
             if not SAFE_NAME.fullmatch(label):
                 chars = "letters, digits and . _ - = , +"
                 raise ConfigError(f"`grid.{key}` value {values[i]!r} cannot be part of a folder name (use {chars})")
