@@ -128,7 +128,7 @@ def load_digits(
     te, tr = perm[:n_test], perm[n_test:]
     if n_train is not None:
         if isinstance(n_train, bool) or not isinstance(n_train, (int, np.integer)) or not 1 <= n_train <= len(tr):
-            raise _user_error(f"`n_train` must be in [1, {len(tr)}], got {n_train!r}")
+            raise _user_error(f"`n_train` must be an int in [1, {len(tr)}], got {n_train!r}")
         tr = tr[:n_train]
     dev = check_device(device)
     shape = (-1, 64) if flatten else (-1, 1, 8, 8)
@@ -248,7 +248,7 @@ def task_from_arrays(
     n_classes = _check_arrays(name, arrays, None if flatten else shape, n_classes, dtype)
     for arg, n, total in (("n_train", n_train, len(X_train)), ("n_test", n_test, len(X_test))):
         if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= total):
-            raise _user_error(f"`{arg}` must be in [1, {total}], got {n!r}")
+            raise _user_error(f"`{arg}` must be an int in [1, {total}], got {n!r}")
     dev = check_device(device)
     X = lambda a, n: torch.as_tensor(a[:n] / scale).reshape((len(a[:n]), -1) if flatten else shape).to(dev, dtype)
     y = lambda a, n: torch.as_tensor(np.array(a[:n]), dtype=torch.long, device=dev)

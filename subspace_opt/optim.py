@@ -399,8 +399,8 @@ def sgd_steps(
     if not lr > 0:
         raise ValueError(f"`lr` must be > 0, got {lr!r}")
     X, y = data
-    if not 1 <= batch_size <= len(X):
-        raise ValueError(f"`batch_size` must be in [1, {len(X)}], got {batch_size!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= len(X):
+        raise ValueError(f"`batch_size` must be an int in [1, {len(X)}], got {batch_size!r}")
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     gen, order, losses = torch.Generator().manual_seed(seed), [], []
     for i in tqdm(range(steps), desc="SGD", disable=not progress):

@@ -156,8 +156,8 @@ def test_cifar10_refuses_other_globals(tmp_path):
 
 def test_loader_arguments_are_user_errors():
     for call, message in (
-        (lambda: load_task("digits", n_train=0), "`n_train` must be in [1, 1438], got 0"),
-        (lambda: load_task("digits", n_train="10"), "`n_train` must be in [1, 1438], got '10'"),
+        (lambda: load_task("digits", n_train=0), "`n_train` must be an int in [1, 1438], got 0"),
+        (lambda: load_task("digits", n_train="10"), "`n_train` must be an int in [1, 1438], got '10'"),
         (lambda: load_task("digits", ntrain=10), "unknown argument `ntrain` of the digits loader; accepted: n_train,"),
         (lambda: load_task("gaussian-mixture", n_classes=1), "`n_classes` must be an int >= 2, got 1"),
         (lambda: load_task("teacher-student", dim=0), "`dim` must be an int >= 1, got 0"),
