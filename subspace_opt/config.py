@@ -4,7 +4,7 @@
 
 # %% ../nbs/05b_config.ipynb #0b2b192d
 from __future__ import annotations
-import collections, inspect, json, math, re
+import collections, inspect, json, math, os, re
 import yaml
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
@@ -378,8 +378,8 @@ def _problem(e: Exception):
 
 def read_config_file(path: str | Path):  # a .json, .yaml or .yml file
     "The plain data of a JSON or YAML file of at most 1 MiB; a missing, unreadable or bad file is a `ConfigError`."
-    if not isinstance(path, (str, Path)):
-        raise TypeError(f"`path` must be a config file's path (str or pathlib.Path), got {type(path).__name__}")
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"`path` must be a config file's path (str or os.PathLike), got {type(path).__name__}")
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist")

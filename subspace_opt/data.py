@@ -369,9 +369,9 @@ MAX_GENERATED = 10**8  # input values a generated task may hold: 0.8 GB as float
 
 def _check_generated(n_train, n_test, dim):
     "A `UserError` when (n_train + n_test) × dim exceeds `MAX_GENERATED`, before any memory is taken."
-    if (n_train + n_test) * dim > MAX_GENERATED:
+    if (n := (int(n_train) + int(n_test)) * int(dim)) > MAX_GENERATED:  # Python ints: numpy's would wrap around
         raise _user_error(
-            f"(n_train + n_test) × dim = {(n_train + n_test) * dim:,} input values exceeds the {MAX_GENERATED:,} a "
+            f"(n_train + n_test) × dim = {n:,} input values exceeds the {MAX_GENERATED:,} a "
             "generated task may hold: lower `n_train`, `n_test` or `dim`"
         )
 

@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_optim.ipynb #e03dafb3
 from __future__ import annotations
-import collections, inspect, math, warnings
+import collections, inspect, math, numbers, warnings
 import torch
 from fastcore.basics import patch
 from tqdm.auto import tqdm
@@ -399,7 +399,7 @@ def sgd_steps(
     if not lr > 0:
         raise ValueError(f"`lr` must be > 0, got {lr!r}")
     X, y = data
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= len(X):
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or not 1 <= batch_size <= len(X):
         raise ValueError(f"`batch_size` must be an int in [1, {len(X)}], got {batch_size!r}")
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     gen, order, losses = torch.Generator().manual_seed(seed), [], []
