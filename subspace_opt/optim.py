@@ -82,11 +82,10 @@ def _param_vector(params):
 
 
 def _write(params, flat, attr):
-    "Copy a flat vector into the parameters (attr='data') or their gradients (attr='grad')."
+    "Copy a flat vector into the parameters (attr='data') or their gradients (attr='grad') that have a gradient."
     for q, c in zip(params, flat.split([q.numel() for q in params])):
-        if attr == "grad" and q.grad is None:
-            q.grad = torch.zeros_like(q)
-        getattr(q, attr).copy_(c.view(q.shape))
+        if q.grad is not None:  # a tensor without one is outside the loss's graph: left alone, as torch's optimizers do
+            getattr(q, attr).copy_(c.view(q.shape))
 
 # %% ../nbs/03_optim.ipynb #03694deb
 _HOOKS = ("step_pre", "step_post", "state_dict_pre", "state_dict_post", "load_state_dict_pre", "load_state_dict_post")
