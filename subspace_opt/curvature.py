@@ -313,6 +313,10 @@ class _MethodChoice(_Reduction):
 
     def _pick_method(self, method):
         "The first method `method` allows ('auto': 'reverse', then 'forward') whose probe product succeeds."
+        if sparse := [n for n, m in self.model.named_modules() if getattr(m, "sparse", None) is True]:  # Embedding
+            raise ValueError(
+                f"model layer {sparse[0]!r} has sparse=True: torch cannot differentiate its gradients again"
+            )
         X, t = (b[:2] for b in self.batches[0])
         V, errors = torch.zeros(1, self.shape[0], dtype=self.dtype, device=self.device), {}
         for self.method in ("reverse", "forward") if method == "auto" else (method,):
