@@ -236,7 +236,7 @@ class ProjectedOptimizer(_WrapperBase):
         _check_unchanged(self)
         with torch.enable_grad():
             loss = None if closure is None else closure()
-        if _no_gradient(self) or (self.dom == self.bulk == 1.0) or not _active(self):
+        if not _count_step(self) or (self.dom == self.bulk == 1.0) or not _active(self):
             self.base.step()
         else:
             _projected_step(self)
@@ -252,12 +252,12 @@ def _check_unchanged(opt: ProjectedOptimizer):
         )
 
 
-def _no_gradient(opt: ProjectedOptimizer):
-    "True when no tensor has a gradient (the base skips every one, and the step is not counted); else count the step."
+def _count_step(opt: ProjectedOptimizer):
+    "Count this step and return True; False, uncounted, when no tensor has a gradient (the base skips every one)."
     if all(q.grad is None for q in opt.params):
-        return True
+        return False
     opt.n_steps += 1
-    return False
+    return True
 
 
 def _active(opt: ProjectedOptimizer):
