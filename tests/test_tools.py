@@ -120,6 +120,37 @@ def test_gpu_experiments_stop_at_the_deadline_and_pack_what_finished(tmp_path):
     assert names == sorted([*logged, "nbs/a.ipynb", run + "done.json", run + "rows.csv", run + "run.json"]), names
 
 
+def test_gpu_experiments_keep_going_saves_a_notebook_whose_cell_failed(tmp_path):
+    "`--keep-going`: the cells after a failing one run, the notebook is saved with the error and packed; exit 1."
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    _notebook(nbs / "a.ipynb", "print('before')", "assert 1 == 2, 'an outcome FULL missed'", "print('after')")
+    _notebook(nbs / "b.ipynb", "print('b ran')")
+    logs, pack = tmp_path / "logs", tmp_path / "results.tar.gz"
+    cmd = [
+        "bash",
+        str(ROOT / "tools" / "run_gpu_experiments.sh"),
+        "--allow-cpu",
+        "--keep-going",
+        "--log-dir",
+        str(logs),
+    ]
+    cmd += ["--pack", str(pack), str(nbs / "a.ipynb"), str(nbs / "b.ipynb")]
+    env = {**os.environ, "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": ""}
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "a: FAILED (cells failed; saved with their errors)" in out.stdout, out.stdout
+    assert "FAIL: 1 of 2 notebooks failed or did not start: a" in out.stderr and "an outcome FULL missed" in out.stderr
+    summary = pd.read_csv(logs / "summary.tsv", sep="\t", dtype=str).set_index("notebook")
+    assert summary.exit.to_dict() == {"a": "3", "b": "0", "all": "1"}
+    cells = json.loads((nbs / "a.ipynb").read_text())["cells"]
+    kinds = [[o["output_type"] for o in c["outputs"]] for c in cells]
+    assert "error" in kinds[1] and "error" not in kinds[0] + kinds[2], kinds
+    assert "after" in "".join(cells[2]["outputs"][0]["text"])
+    with tarfile.open(pack) as tar:
+        assert {"nbs/a.ipynb", "nbs/b.ipynb"} <= set(tar.getnames())
+
+
 def test_gpu_experiments_refuse_bad_arguments(tmp_path):
     script = ["bash", str(ROOT / "tools" / "run_gpu_experiments.sh")]
     for args, message in [

@@ -5,7 +5,10 @@
 
 Used to produce the executed notebooks the docs show (on a CUDA GPU when one is available). Without a GPU, cells
 flagged `#| cuda` are skipped (say `--skip-flags` to choose). Run `nbdev_clean` afterwards to strip metadata.
-Each notebook runs in its own folder, as under `nbdev_test`. Stops at the first failing cell and exits non-zero.
+Each notebook runs in its own folder, as under `nbdev_test`. Stops at the first failing cell and exits 1, without
+saving that notebook. With `--keep-going` a failing cell does not stop the notebook: every cell runs, the notebook is
+saved with the errors in its outputs (so a FULL run whose checked outcome fails keeps its tables and figures), and
+the exit status is 3 (KEPT_GOING) when some cell failed.
 """
 
 import argparse
@@ -15,7 +18,15 @@ import sys
 import time
 from pathlib import Path
 
+from execnb.nbio import read_nb
 from execnb.shell import CaptureShell
+
+KEPT_GOING = 3  # exit status of `--keep-going` when a cell failed: the notebook ran to its end and was saved
+
+
+def failed_cells(nb) -> list:
+    "Indices of the code cells of an executed notebook whose outputs hold an error."
+    return [i for i, c in enumerate(nb.cells) if any(o.get("output_type") == "error" for o in c.get("outputs", []))]
 
 
 def has_flag(cell, flags):
@@ -43,12 +54,15 @@ def main(argv=None):
     ap.add_argument(
         "--skip-flags", nargs="*", default=None, help="skip cells with these flags (default: cuda without a GPU)"
     )
+    ap.add_argument(
+        "--keep-going", action="store_true", help="run every cell despite failures; save; exit 3 if a cell failed"
+    )
     args = ap.parse_args(argv)
     if args.skip_flags is None:
         import torch
 
         args.skip_flags = [] if torch.cuda.is_available() else ["cuda"]
-    home = Path.cwd()
+    home, status = Path.cwd(), 0
     for src in args.notebooks:
         src = src.resolve()
         dest = src if args.out_dir is None else (args.out_dir.resolve() / src.name)
@@ -57,14 +71,22 @@ def main(argv=None):
         shell = CaptureShell()
         os.chdir(src.parent)  # as nbdev_test does: relative paths in a notebook (e.g. runs/) are relative to its folder
         try:
-            shell.execute(src, dest, exc_stop=True, preproc=lambda c: skip_or_clear(c, args.skip_flags))
+            # with --keep-going execnb records each failure in its cell's outputs and goes on
+            shell.execute(src, dest, exc_stop=not args.keep_going, preproc=lambda c: skip_or_clear(c, args.skip_flags))
         except Exception:
             print(shell.prettytb(fname=src), file=sys.stderr)
             return 1
         finally:
             os.chdir(home)
         print(f"{src} -> {dest} ({time.perf_counter() - t0:.1f} s)")
-    return 0
+        nb = read_nb(dest)
+        for i in failed_cells(nb):  # the error of each failed cell, as a notebook would show it
+            print(f"FAILED cell {i} of {src.name}:", file=sys.stderr)
+            for out in nb.cells[i].outputs:
+                if out.get("output_type") == "error":
+                    print("\n".join(out.get("traceback", [])[-6:]), file=sys.stderr)
+            status = KEPT_GOING
+    return status
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@
 # Usage, from anywhere inside the repository:
 #
 #     tools/run_gpu_experiments.sh [--jobs N] [--deadline S] [--pack FILE] [--log-dir DIR] [--wheels DIR] [--data DIR]
-#                                  [--allow-cpu] [NOTEBOOK ...]
+#                                  [--keep-going] [--allow-cpu] [NOTEBOOK ...]
 #
 #   --jobs N      run up to N notebooks at once (default 1). The FULL networks leave a large GPU mostly idle, and
 #                 each notebook already runs 4 runs at a time, so 2-3 notebooks at once (8-12 processes) fill a
@@ -28,6 +28,10 @@
 #   --data DIR    optional: the folder holding Fashion-MNIST's four IDX .gz files, needed only where the data set is
 #                 not where the loader looks by itself ($SUBSPACE_OPT_DATA, else Debian's /usr/share/datasets);
 #                 exported as SUBSPACE_OPT_DATA.
+#   --keep-going  a failing cell (say, an outcome a FULL run does not reach) does not stop its notebook: every cell
+#                 runs and the notebook is saved with the error in its outputs, counted as failed ("cells failed",
+#                 exit 3 in its .status) and packed with those that finished. Default: stop at the first failing cell
+#                 and leave that notebook unsaved.
 #   --allow-cpu   run without a CUDA device and without Fashion-MNIST: the `cuda` cells are then skipped, so the
 #                 notebooks run their SMALL setting (a check of this script on a CPU, not a FULL run).
 #   NOTEBOOK ...  run only these notebooks (default: every nbs/experiments/*.ipynb, in name order).
@@ -50,6 +54,7 @@ DEADLINE=""
 PACK=""
 LOGDIR=""
 ALLOW_CPU=0
+KEEP=()
 NBS=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -60,6 +65,7 @@ while [ $# -gt 0 ]; do
     --pack) PACK="$2"; shift 2 ;;
     --log-dir) LOGDIR="$2"; shift 2 ;;
     --allow-cpu) ALLOW_CPU=1; shift ;;
+    --keep-going) KEEP=(--keep-going); shift ;;
     -h|--help) sed -n '2,/^set -e/{/^set -e/!p}' "$0"; exit 0 ;;
     -*) echo "FAIL: unknown option $1 (see --help)" >&2; exit 2 ;;
     *) NBS+=("$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"); shift ;;
@@ -115,7 +121,7 @@ run_one() {  # one notebook, in its own folder, within `left` seconds if given; 
   t0=$SECONDS
   rc=0
   [ -z "$left" ] || limit=(timeout --signal=INT --kill-after=20 "$left")
-  (cd "$(dirname "$nb")" && ${limit[@]+"${limit[@]}"} "$PY" "$REPO/tools/execute_notebooks.py" "$(basename "$nb")") \
+  (cd "$(dirname "$nb")" && ${limit[@]+"${limit[@]}"} "$PY" "$REPO/tools/execute_notebooks.py" ${KEEP[@]+"${KEEP[@]}"} "$(basename "$nb")") \
     > "$LOGDIR/$name.log" 2>&1 || rc=$?
   if [ -n "$left" ] && { [ "$rc" = 124 ] || [ "$rc" = 137 ]; } && [ $((SECONDS - t0)) -ge "$left" ]; then
     rc=deadline  # `timeout` stopped it
@@ -124,6 +130,7 @@ run_one() {  # one notebook, in its own folder, within `left` seconds if given; 
   case "$rc" in
     0) echo "== $name: done in $((SECONDS - t0)) s" ;;
     deadline) echo "== $name: FAILED (stopped at the deadline) after $((SECONDS - t0)) s" ;;
+    3) echo "== $name: FAILED (cells failed; saved with their errors) in $((SECONDS - t0)) s" ;;
     *) echo "== $name: FAILED (exit $rc) in $((SECONDS - t0)) s" ;;
   esac
 }
@@ -160,7 +167,8 @@ echo "== all ${#NBS[@]} notebooks: $total s with up to $JOBS at once (summary: $
 if [ -n "$PACK" ]; then
   done_nbs=()
   for nb in "${NBS[@]}"; do
-    read -r rc _ < "$LOGDIR/$(basename "$nb" .ipynb).status" 2>/dev/null && [ "$rc" = 0 ] && done_nbs+=("$nb")
+    read -r rc _ < "$LOGDIR/$(basename "$nb" .ipynb).status" 2>/dev/null && { [ "$rc" = 0 ] || [ "$rc" = 3 ]; } \
+      && done_nbs+=("$nb")  # finished, or (--keep-going) ran to the end with failed cells
   done
   "$PY" "$REPO/tools/pack_results.py" --repo "$REPO" --logs "$LOGDIR" --out "$PACK" --runs-beside "${NBS[@]}" \
     --notebooks "${done_nbs[@]}"

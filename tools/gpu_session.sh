@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Everything the package needs a CUDA GPU for, in one run that ends within a time budget: the CUDA tests, the pilot
+# that times the FULL settings' steps, then the experiment notebooks' FULL settings, with what came out packed into
+# one folder. For a lent GPU machine without network, where every minute counts.
+#
+# Usage, from anywhere inside the repository:
+#
+#     tools/gpu_session.sh --out DIR --budget SECONDS [--jobs N] [--wheels DIR] [--data DIR] [--no-tests]
+#                          [--no-pilot] [NOTEBOOK ...]
+#
+#   --out DIR        where everything lands (created): session.log (this script's output), tests.log (pytest -m cuda
+#                    and nbdev_test --flags cuda on each library notebook with a `#| cuda` cell), pilot.csv and
+#                    pilot.json (tools/gpu_pilot.py), gpu.csv (nvidia-smi's load and memory every 10 s) and
+#                    results.tar.gz (tools/run_gpu_experiments.sh --pack: the executed notebooks, their logs and
+#                    finished runs; `tar xzf` it in the repository root).
+#   --budget S       the whole run ends within S seconds: the notebooks get what the tests and the pilot leave,
+#                    less 30 s to pack (run_gpu_experiments.sh --deadline), and are run with --keep-going, so a
+#                    notebook whose checked outcome fails at FULL is still saved with its tables and figures.
+#   --jobs N         notebooks at once (default 2; each already runs several runs at once).
+#   --wheels DIR     a folder of wheels adding nbdev/execnb/IPython (installed with --no-index into a private folder).
+#   --data DIR       the folder holding Fashion-MNIST's four IDX .gz files (exported as SUBSPACE_OPT_DATA).
+#   --no-tests, --no-pilot   skip those stages (say, on a second run that only resumes the notebooks).
+#   --allow-cpu      a check of this script on a CPU: no CUDA flag for nbdev_test, the pilot's --small setting, and
+#                    the notebooks' SMALL setting (run_gpu_experiments.sh --allow-cpu).
+#   NOTEBOOK ...     the notebooks to run, in this order (default: every nbs/experiments/E*.ipynb in name order).
+#                    Finished runs under each notebook's runs/ are reused, so a second session resumes the first.
+set -uo pipefail
+REPO="$(cd "$(dirname "$0")/.." && pwd)"
+OUTDIR=""
+BUDGET=""
+JOBS=2
+WHEELS=""
+DATA=""
+TESTS=1
+PILOT=1
+FLAGS=cuda
+PILOT_ARGS=()
+CPU=()
+NBS=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --out) OUTDIR="$2"; shift 2 ;;
+    --budget) BUDGET="$2"; shift 2 ;;
+    --jobs) JOBS="$2"; shift 2 ;;
+    --wheels) WHEELS="$2"; shift 2 ;;
+    --data) DATA="$2"; shift 2 ;;
+    --no-tests) TESTS=0; shift ;;
+    --no-pilot) PILOT=0; shift ;;
+    --allow-cpu) FLAGS=""; PILOT_ARGS=(--small --repeats 3 --workers 2); CPU=(--allow-cpu); shift ;;
+    -h|--help) sed -n '2,/^set -uo/{/^set -uo/!p}' "$0"; exit 0 ;;
+    -*) echo "FAIL: unknown option $1 (see --help)" >&2; exit 2 ;;
+    *) NBS+=("$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"); shift ;;
+  esac
+done
+[ -n "$OUTDIR" ] || { echo "FAIL: --out DIR is required" >&2; exit 2; }
+[[ "$BUDGET" =~ ^[1-9][0-9]*$ ]] || { echo "FAIL: --budget must be a whole number of seconds >= 1, got '$BUDGET'" >&2; exit 2; }
+mkdir -p "$OUTDIR" && OUTDIR="$(cd "$OUTDIR" && pwd)"
+exec > >(tee -a "$OUTDIR/session.log") 2>&1
+cd "$REPO"
+t0=$SECONDS
+left() { echo $((BUDGET - (SECONDS - t0))); }
+PY="${PYTHON:-python3}"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+if [ -n "$WHEELS" ] && ! "$PY" -c "import nbdev, execnb, IPython" 2>/dev/null; then
+  SITE="$(mktemp -d /tmp/subspace-opt-site.XXXXXX)"
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$SITE" "$WHEELS"/*.whl || exit 1
+  export PYTHONPATH="$PYTHONPATH:$SITE"  # after the repository and before the system: only what the system lacks
+  export PATH="$SITE/bin:$PATH"
+fi
+[ -z "$DATA" ] || export SUBSPACE_OPT_DATA="$DATA"
+"$PY" -c "import torch, subspace_opt; print('torch', torch.__version__, '| cuda', torch.cuda.is_available(), '|', \
+torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU', '| subspace_opt', subspace_opt.__version__)" \
+  || { echo "FAIL: cannot import torch and subspace_opt"; exit 1; }
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=timestamp,name,utilization.gpu,memory.used,clocks.sm \
+  --format=csv -l 10 > "$OUTDIR/gpu.csv" 2>/dev/null &
+
+if [ "$TESTS" = 1 ]; then
+  echo "== $((SECONDS - t0)) s: CUDA tests (pytest -m cuda; nbdev_test --flags cuda), log in tests.log"
+  (
+    timeout 240 "$PY" -m pytest -q -p no:cacheprovider -m cuda tests 2>&1 | sed 's/^/[pytest] /' &
+    for nb in $(grep -l '#| cuda' nbs/[0-9]*.ipynb); do
+      (timeout 240 "$PY" -c "import sys; from nbdev.test import nbdev_test; nbdev_test(path=sys.argv[1], flags='$FLAGS', \
+do_print=True)" "$nb" 2>&1 || echo "FAILED: $nb") \
+        | sed "s|^|[$(basename "$nb")] |" &
+    done
+    wait
+  ) > "$OUTDIR/tests.log" 2>&1
+  grep -E "passed|failed|FAILED|Error" "$OUTDIR/tests.log" | tail -20
+fi
+if [ "$PILOT" = 1 ]; then
+  echo "== $((SECONDS - t0)) s: pilot (tools/gpu_pilot.py)"
+  timeout 150 "$PY" tools/gpu_pilot.py ${PILOT_ARGS[@]+"${PILOT_ARGS[@]}"} --out "$OUTDIR" || echo "FAILED: the pilot"
+fi
+[ ${#NBS[@]} -gt 0 ] || NBS=(nbs/experiments/E*.ipynb)
+deadline=$(($(left) - 30))
+echo "== $((SECONDS - t0)) s: ${#NBS[@]} notebooks, $JOBS at once, deadline $deadline s"
+if [ "$deadline" -ge 30 ]; then
+  tools/run_gpu_experiments.sh ${CPU[@]+"${CPU[@]}"} --keep-going --jobs "$JOBS" --deadline "$deadline" --log-dir /tmp/gpu-logs \
+    --pack "$OUTDIR/results.tar.gz" "${NBS[@]}"
+  echo "== notebooks: exit $?"
+  cat /tmp/gpu-logs/summary.tsv
+else
+  echo "FAIL: no time left for the notebooks"
+fi
+echo "== done in $((SECONDS - t0)) s"
