@@ -67,7 +67,7 @@ if [ -n "$WHEELS" ] && ! "$PY" -c "import nbdev, execnb, IPython" 2>/dev/null; t
   export PYTHONPATH="$PYTHONPATH:$SITE"  # after the repository and before the system: only what the system lacks
   export PATH="$SITE/bin:$PATH"
 fi
-[ -z "$DATA" ] || export SUBSPACE_OPT_DATA="$DATA"
+[ -z "$DATA" ] || export SUBSPACE_OPT_DATA="$(cd "$DATA" && pwd)"  # absolute: each notebook runs in its own folder
 "$PY" -c "import torch, subspace_opt; print('torch', torch.__version__, '| cuda', torch.cuda.is_available(), '|', \
 torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU', '| subspace_opt', subspace_opt.__version__)" \
   || { echo "FAIL: cannot import torch and subspace_opt"; exit 1; }
