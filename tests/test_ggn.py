@@ -61,17 +61,24 @@ def test_shares_match_dense(case, device):
 
 
 @pytest.mark.parametrize("device", DEVICE_PARAMS)
-def test_randomized_bulk_within_three_stderr(device):
-    case = CASES[0]
+def test_randomized_bulk_is_unbiased_and_its_stderr_calibrated(device):
+    """Hutch++ over 40 seeds: the mean estimate within 4 standard errors of the mean of the exact value (unbiased), the
+    reported stderr the size of the estimates' spread, and 3 stderr covering at least 80 % of the seeds. A per-seed
+    "within 3 stderr" alone is a coin toss: the stderr comes from 6 residual probes (5 degrees of freedom), so each
+    seed falls outside with probability 1.8 %, and which seeds do changes with the device's random stream."""
+    case, seeds = CASES[0], range(40)
     model, data = case.build(device)
     for Op, _ in MATRICES.values():
         op = Op(model, case.loss, data)
         U = torch.linalg.eigh(op @ torch.eye(op.shape[0], dtype=torch.float64, device=device)).eigenvectors[:, -K:]
-        exact = curvature_energy(op, U, method="exact")
-        for seed in range(5):
-            est = curvature_energy(op, U, method="hutch++", n_probes=12, seed=seed)
-            assert est.method == "hutch++" and est.stderr > 0
-            assert abs(est.total - exact.total) <= 3 * est.stderr + 1e-10 * exact.total
+        exact = curvature_energy(op, U, method="exact").total
+        ests = [curvature_energy(op, U, method="hutch++", n_probes=12, seed=s) for s in seeds]
+        assert all(e.method == "hutch++" and e.stderr > 0 for e in ests)
+        totals, stderrs = torch.tensor([e.total for e in ests]), torch.tensor([e.stderr for e in ests])
+        spread = totals.std().item()
+        assert abs(totals.mean().item() - exact) <= 4 * spread / math.sqrt(len(seeds)) + 1e-10 * exact, Op.__name__
+        assert 0.5 <= stderrs.median().item() / spread <= 2, (Op.__name__, stderrs.median().item(), spread)
+        assert ((totals - exact).abs() <= 3 * stderrs).float().mean() >= 0.8, Op.__name__
 
 
 @pytest.mark.parametrize("device", DEVICE_PARAMS)
