@@ -151,6 +151,35 @@ def test_gpu_experiments_keep_going_saves_a_notebook_whose_cell_failed(tmp_path)
         assert {"nbs/a.ipynb", "nbs/b.ipynb"} <= set(tar.getnames())
 
 
+def test_gpu_session_runs_the_notebooks_within_its_budget_and_packs_them(tmp_path):
+    "`gpu_session.sh` (here on a CPU, tests and pilot skipped): a relative --data made absolute, everything in --out."
+    nbs, data = tmp_path / "nbs", tmp_path / "data"
+    nbs.mkdir()
+    data.mkdir()
+    (data / "train-images-idx3-ubyte.gz").touch()  # what run_gpu_experiments.sh looks for
+    _notebook(nbs / "a.ipynb", "import os\nprint('data at', os.environ['SUBSPACE_OPT_DATA'])")
+    out = tmp_path / "out"
+    cmd = ["bash", str(ROOT / "tools" / "gpu_session.sh"), "--out", str(out), "--budget", "200", "--allow-cpu"]
+    cmd += ["--no-tests", "--no-pilot", "--data", "data", str(nbs / "a.ipynb")]
+    env = {**os.environ, "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "deadline 1" in done.stdout and "a: done" in done.stdout, done.stdout  # 200 s less 30 to pack
+    assert done.stdout.rstrip().endswith("exit status 0"), done.stdout
+    printed = "".join(json.loads((nbs / "a.ipynb").read_text())["cells"][0]["outputs"][0]["text"])
+    assert printed.strip() == f"data at {data}", printed  # absolute: the notebook runs in its own folder
+    assert (out / "session.log").read_text() == done.stdout
+    with tarfile.open(out / "results.tar.gz") as tar:
+        assert "nbs/a.ipynb" in tar.getnames()
+    _notebook(nbs / "b.ipynb", "raise ValueError('b fails')")  # a failing notebook makes the exit status 1
+    cmd[-1] = str(nbs / "b.ipynb")
+    failed = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert failed.returncode == 1 and failed.stdout.rstrip().endswith("exit status 1"), failed.stdout
+    for args, message in [(["--budget", "60"], "--out DIR is required"), (["--out", str(out)], "--budget must be")]:
+        bad = subprocess.run(["bash", str(ROOT / "tools" / "gpu_session.sh"), *args], capture_output=True, text=True)
+        assert bad.returncode == 2 and message in bad.stderr, bad.stderr
+
+
 def test_gpu_experiments_refuse_bad_arguments(tmp_path):
     script = ["bash", str(ROOT / "tools" / "run_gpu_experiments.sh")]
     for args, message in [

@@ -8,7 +8,7 @@
 #     tools/gpu_session.sh --out DIR --budget SECONDS [--jobs N] [--wheels DIR] [--data DIR] [--no-tests]
 #                          [--no-pilot] [NOTEBOOK ...]
 #
-#   --out DIR        where everything lands (created): session.log (this script's output), tests.log (pytest -m cuda
+#   --out DIR        where everything lands (created; exit status 1 if a test, the pilot or a notebook failed): session.log (this script's output), tests.log (pytest -m cuda
 #                    and nbdev_test --flags cuda on each library notebook with a `#| cuda` cell), pilot.csv and
 #                    pilot.json (tools/gpu_pilot.py), gpu.csv (nvidia-smi's load and memory every 10 s) and
 #                    results.tar.gz (tools/run_gpu_experiments.sh --pack: the executed notebooks, their logs and
@@ -55,9 +55,14 @@ done
 [ -n "$OUTDIR" ] || { echo "FAIL: --out DIR is required" >&2; exit 2; }
 [[ "$BUDGET" =~ ^[1-9][0-9]*$ ]] || { echo "FAIL: --budget must be a whole number of seconds >= 1, got '$BUDGET'" >&2; exit 2; }
 mkdir -p "$OUTDIR" && OUTDIR="$(cd "$OUTDIR" && pwd)"
+for d in DATA WHEELS; do  # absolute, from where the script was called: the notebooks run in their own folders
+  [ -z "${!d}" ] || [ -d "${!d}" ] || { echo "FAIL: --${d,,}: no folder ${!d}" >&2; exit 2; }
+  [ -z "${!d}" ] || printf -v "$d" '%s' "$(cd "${!d}" && pwd)"
+done
 exec > >(tee -a "$OUTDIR/session.log") 2>&1
 cd "$REPO"
 t0=$SECONDS
+status=0  # 1 when a test, the pilot or a notebook failed
 left() { echo $((BUDGET - (SECONDS - t0))); }
 PY="${PYTHON:-python3}"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
@@ -67,7 +72,7 @@ if [ -n "$WHEELS" ] && ! "$PY" -c "import nbdev, execnb, IPython" 2>/dev/null; t
   export PYTHONPATH="$PYTHONPATH:$SITE"  # after the repository and before the system: only what the system lacks
   export PATH="$SITE/bin:$PATH"
 fi
-[ -z "$DATA" ] || export SUBSPACE_OPT_DATA="$(cd "$DATA" && pwd)"  # absolute: each notebook runs in its own folder
+[ -z "$DATA" ] || export SUBSPACE_OPT_DATA="$DATA"
 "$PY" -c "import torch, subspace_opt; print('torch', torch.__version__, '| cuda', torch.cuda.is_available(), '|', \
 torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU', '| subspace_opt', subspace_opt.__version__)" \
   || { echo "FAIL: cannot import torch and subspace_opt"; exit 1; }
@@ -86,20 +91,24 @@ do_print=True)" "$nb" 2>&1 || echo "FAILED: $nb") \
     wait
   ) > "$OUTDIR/tests.log" 2>&1
   grep -E "passed|failed|FAILED|Error" "$OUTDIR/tests.log" | tail -20
+  ! grep -qE "^\[pytest\] .*[0-9]+ (failed|error)|FAILED: " "$OUTDIR/tests.log" || status=1
 fi
 if [ "$PILOT" = 1 ]; then
   echo "== $((SECONDS - t0)) s: pilot (tools/gpu_pilot.py)"
-  timeout 150 "$PY" tools/gpu_pilot.py ${PILOT_ARGS[@]+"${PILOT_ARGS[@]}"} --out "$OUTDIR" || echo "FAILED: the pilot"
+  timeout 150 "$PY" tools/gpu_pilot.py ${PILOT_ARGS[@]+"${PILOT_ARGS[@]}"} --out "$OUTDIR" \
+    || { echo "FAILED: the pilot"; status=1; }
 fi
 [ ${#NBS[@]} -gt 0 ] || NBS=(nbs/experiments/E*.ipynb)
 deadline=$(($(left) - 30))
 echo "== $((SECONDS - t0)) s: ${#NBS[@]} notebooks, $JOBS at once, deadline $deadline s"
 if [ "$deadline" -ge 30 ]; then
-  tools/run_gpu_experiments.sh ${CPU[@]+"${CPU[@]}"} --keep-going --jobs "$JOBS" --deadline "$deadline" --log-dir /tmp/gpu-logs \
-    --pack "$OUTDIR/results.tar.gz" "${NBS[@]}"
-  echo "== notebooks: exit $?"
-  cat /tmp/gpu-logs/summary.tsv
+  logs="$(mktemp -d /tmp/subspace-opt-gpu-logs.XXXXXX)"  # packed into results.tar.gz
+  tools/run_gpu_experiments.sh ${CPU[@]+"${CPU[@]}"} --keep-going --jobs "$JOBS" --deadline "$deadline" --log-dir "$logs" \
+    --pack "$OUTDIR/results.tar.gz" "${NBS[@]}" || status=1
+  [ ! -e "$logs/summary.tsv" ] || cat "$logs/summary.tsv"
 else
   echo "FAIL: no time left for the notebooks"
+  status=1
 fi
-echo "== done in $((SECONDS - t0)) s"
+echo "== done in $((SECONDS - t0)) s, exit status $status"
+exit "$status"
