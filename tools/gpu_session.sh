@@ -8,11 +8,12 @@
 #     tools/gpu_session.sh --out DIR --budget SECONDS [--jobs N] [--wheels DIR] [--data DIR] [--no-tests]
 #                          [--no-pilot] [NOTEBOOK ...]
 #
-#   --out DIR        where everything lands (created; exit status 1 if a test, the pilot or a notebook failed): session.log (this script's output), tests.log (pytest -m cuda
+#   --out DIR        where everything lands (created): session.log (this script's output), tests.log (pytest -m cuda
 #                    and nbdev_test --flags cuda on each library notebook with a `#| cuda` cell), pilot.csv and
 #                    pilot.json (tools/gpu_pilot.py), gpu.csv (nvidia-smi's load and memory every 10 s) and
 #                    results.tar.gz (tools/run_gpu_experiments.sh --pack: the executed notebooks, their logs and
-#                    finished runs; `tar xzf` it in the repository root).
+#                    finished runs; `tar xzf` it in the repository root). The exit status is 1 when a test, the pilot
+#                    or a notebook failed.
 #   --budget S       the whole run ends within S seconds: the notebooks get what the tests and the pilot leave,
 #                    less 30 s to pack (run_gpu_experiments.sh --deadline), and are run with --keep-going, so a
 #                    notebook whose checked outcome fails at FULL is still saved with its tables and figures.
