@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything the package needs a CUDA GPU for, in one run that ends within a time budget: the CUDA tests, the pilot
 # that times the FULL settings' steps, then the experiment notebooks' FULL settings, with what came out packed into
-# one folder. For a lent GPU machine without network, where every minute counts.
+# one folder. For a GPU machine without network, where every minute counts.
 #
 # Usage, from anywhere inside the repository:
 #
@@ -24,7 +24,7 @@
 #   --allow-cpu      a check of this script on a CPU: no CUDA flag for nbdev_test, the pilot's --small setting, and
 #                    the notebooks' SMALL setting (run_gpu_experiments.sh --allow-cpu).
 #   NOTEBOOK ...     the notebooks to run, in this order (default: every nbs/experiments/E*.ipynb in name order).
-#                    Finished runs under each notebook's runs/ are reused, so a second session resumes the first.
+#                    Finished runs under each notebook's runs/ are reused, so a second run resumes the first.
 set -uo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 OUTDIR=""
