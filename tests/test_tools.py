@@ -8,6 +8,7 @@ import tarfile
 import time
 from pathlib import Path
 import pandas as pd
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,16 +91,18 @@ for run, files in [("m-0", finished), ("m-1", unfinished)]:
 print("a ran")"""
 
 
-def test_gpu_experiments_stop_at_the_deadline_and_pack_what_finished(tmp_path):
-    "`--deadline`: a notebook running then is stopped, a later one not started; `--pack` holds only what finished."
+@pytest.mark.parametrize("keep", [[], ["--keep-going"]])
+def test_gpu_experiments_stop_at_the_deadline_and_pack_what_finished(tmp_path, keep):
+    """`--deadline`: a notebook running then is stopped and not saved (with `--keep-going` too, where the cell after
+    the interrupted one would otherwise run), a later one not started; `--pack` holds only what finished."""
     nbs = tmp_path / "nbs"
     nbs.mkdir()
     _notebook(nbs / "a.ipynb", FINISHED_RUN)
-    _notebook(nbs / "b.ipynb", "import time\ntime.sleep(300)")
+    _notebook(nbs / "b.ipynb", "import time\ntime.sleep(300)", "print('after the interrupted cell')")
     _notebook(nbs / "c.ipynb", "print('c ran')")
     logs, pack = tmp_path / "logs", tmp_path / "results.tar.gz"
     cmd = ["bash", str(ROOT / "tools" / "run_gpu_experiments.sh"), "--allow-cpu", "--log-dir", str(logs)]
-    cmd += ["--deadline", "20", "--pack", str(pack), *(str(nbs / f"{n}.ipynb") for n in "abc")]
+    cmd += [*keep, "--deadline", "20", "--pack", str(pack), *(str(nbs / f"{n}.ipynb") for n in "abc")]
     env = {**os.environ, "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": ""}
     t0 = time.monotonic()
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
@@ -109,9 +112,8 @@ def test_gpu_experiments_stop_at_the_deadline_and_pack_what_finished(tmp_path):
     assert "b: FAILED (stopped at the deadline)" in out.stdout and "c: not started" in out.stdout, out.stdout
     summary = pd.read_csv(logs / "summary.tsv", sep="\t", dtype=str).set_index("notebook")
     assert summary.exit.to_dict() == {"a": "0", "b": "deadline", "c": "not-started", "all": "2"}
-    assert (
-        json.loads((nbs / "b.ipynb").read_text())["cells"][0]["outputs"] == []
-    )  # an interrupted notebook is not saved
+    b_cells = json.loads((nbs / "b.ipynb").read_text())["cells"]
+    assert [c["outputs"] for c in b_cells] == [[], []]  # an interrupted notebook is not saved
     with tarfile.open(pack) as tar:
         names = sorted(tar.getnames())
         assert "a ran" in tar.extractfile("nbs/a.ipynb").read().decode()

@@ -14,6 +14,7 @@ the exit status is 3 (KEPT_GOING) when some cell failed.
 import argparse
 import os
 import re
+import signal
 import sys
 import time
 from pathlib import Path
@@ -47,6 +48,24 @@ def skip_or_clear(cell, flags):
     return False
 
 
+class _Interrupt:
+    """SIGINT (a deadline's `timeout --signal=INT`) interrupts the running cell, as it would anyway, and stops the
+    notebook before its next cell, so that even under `--keep-going` an interrupted notebook is never saved: IPython
+    records a cell's KeyboardInterrupt as that cell's error and would go on to the next."""
+
+    def __init__(self):
+        self.seen = False
+        signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame):
+        self.seen = True
+        raise KeyboardInterrupt
+
+    def check(self):  # before each cell, outside IPython's own handling
+        if self.seen:
+            raise KeyboardInterrupt("interrupted: the notebook is not saved")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("notebooks", nargs="+", type=Path)
@@ -62,7 +81,7 @@ def main(argv=None):
         import torch
 
         args.skip_flags = [] if torch.cuda.is_available() else ["cuda"]
-    home, status = Path.cwd(), 0
+    home, status, interrupt = Path.cwd(), 0, _Interrupt()
     for src in args.notebooks:
         src = src.resolve()
         dest = src if args.out_dir is None else (args.out_dir.resolve() / src.name)
@@ -72,7 +91,12 @@ def main(argv=None):
         os.chdir(src.parent)  # as nbdev_test does: relative paths in a notebook (e.g. runs/) are relative to its folder
         try:
             # with --keep-going execnb records each failure in its cell's outputs and goes on
-            shell.execute(src, dest, exc_stop=not args.keep_going, preproc=lambda c: skip_or_clear(c, args.skip_flags))
+            shell.execute(
+                src,
+                dest,
+                exc_stop=not args.keep_going,
+                preproc=lambda c: interrupt.check() or skip_or_clear(c, args.skip_flags),
+            )
         except Exception:
             print(shell.prettytb(fname=src), file=sys.stderr)
             return 1
