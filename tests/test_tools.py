@@ -1,7 +1,9 @@
 """The GPU pilot (`tools/gpu_pilot.py`) runs on a CPU with `--small`; its table holds what FULL estimates use."""
 
+import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -180,6 +182,45 @@ def test_gpu_session_runs_the_notebooks_within_its_budget_and_packs_them(tmp_pat
     for args, message in [(["--budget", "60"], "--out DIR is required"), (["--out", str(out)], "--budget must be")]:
         bad = subprocess.run(["bash", str(ROOT / "tools" / "gpu_session.sh"), *args], capture_output=True, text=True)
         assert bad.returncode == 2 and message in bad.stderr, bad.stderr
+
+
+def test_gpu_session_resumes_only_the_finished_runs_of_an_earlier_archive(tmp_path):
+    "`--resume`: the archive's run files are unpacked in the repository; its notebooks, logs and escapes are not."
+    repo = tmp_path / "repo"  # a copy of the tools, so that the archive lands in a repository of the test's own
+    shutil.copytree(ROOT / "tools", repo / "tools")
+    nbs = repo / "nbs" / "experiments"
+    nbs.mkdir(parents=True)
+    _notebook(
+        nbs / "a.ipynb", "from pathlib import Path\nprint(sorted(p.name for p in Path('runs/E/full/m-0').iterdir()))"
+    )
+    archive = tmp_path / "results.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name, text in [
+            ("nbs/experiments/runs/E/full/m-0/done.json", "{}"),
+            ("nbs/experiments/runs/E/full/m-0/rows.csv", "step\n0\n"),
+            ("nbs/experiments/a.ipynb", "an old notebook"),  # not a run: left out
+            ("gpu-logs/a.log", "old log"),
+            ("nbs/experiments/runs/../../../../escaped.txt", "outside"),  # '..': the whole archive is refused
+        ]:
+            info = tarfile.TarInfo(name)
+            info.size = len(text)
+            tar.addfile(info, io.BytesIO(text.encode()))
+    cmd = ["bash", str(repo / "tools" / "gpu_session.sh"), "--out", str(tmp_path / "out"), "--budget", "200"]
+    cmd += ["--allow-cpu", "--no-tests", "--no-pilot", "--resume", str(archive), str(nbs / "a.ipynb")]
+    env = {**os.environ, "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert done.returncode == 1 and "could not unpack" in done.stdout and "escaped.txt" in done.stdout, done.stdout
+    assert not (tmp_path / "escaped.txt").exists() and not (repo / "escaped.txt").exists()
+    with tarfile.open(archive, "w:gz") as tar:  # the same without the escaping member
+        for name in ["done.json", "rows.csv"]:
+            info = tarfile.TarInfo(f"nbs/experiments/runs/E/full/m-0/{name}")
+            tar.addfile(info, io.BytesIO(b""))
+        info = tarfile.TarInfo("nbs/experiments/a.ipynb")
+        tar.addfile(info, io.BytesIO(b""))
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert done.returncode == 0 and "resumed 2 files of finished runs" in done.stdout, done.stdout
+    printed = "".join(json.loads((nbs / "a.ipynb").read_text())["cells"][0]["outputs"][0]["text"])
+    assert printed.strip() == "['done.json', 'rows.csv']", printed  # the notebook ran (not the archive's copy)
 
 
 def test_gpu_experiments_refuse_bad_arguments(tmp_path):

@@ -5,8 +5,8 @@
 #
 # Usage, from anywhere inside the repository:
 #
-#     tools/gpu_session.sh --out DIR --budget SECONDS [--jobs N] [--wheels DIR] [--data DIR] [--no-tests]
-#                          [--no-pilot] [NOTEBOOK ...]
+#     tools/gpu_session.sh --out DIR --budget SECONDS [--jobs N] [--wheels DIR] [--data DIR] [--resume FILE]
+#                          [--no-tests] [--no-pilot] [NOTEBOOK ...]
 #
 #   --out DIR        where everything lands (created): session.log (this script's output), tests.log (pytest -m cuda
 #                    and nbdev_test --flags cuda on each library notebook with a `#| cuda` cell), pilot.csv and
@@ -20,6 +20,10 @@
 #   --jobs N         notebooks at once (default 2; each already runs several runs at once).
 #   --wheels DIR     a folder of wheels adding nbdev/execnb/IPython (installed with --no-index into a private folder).
 #   --data DIR       the folder holding Fashion-MNIST's four IDX .gz files (exported as SUBSPACE_OPT_DATA).
+#   --resume FILE    the results.tar.gz of an earlier run: its finished runs (files under nbs/**/runs/ only; nothing
+#                    else, and nothing outside the repository, is taken from it) are unpacked before the notebooks
+#                    start, so they are reused instead of rerun. A FULL set longer than one machine's time can then be
+#                    finished over several runs, each resuming from the last one's archive.
 #   --no-tests, --no-pilot   skip those stages (say, on a second run that only resumes the notebooks).
 #   --allow-cpu      a check of this script on a CPU: no CUDA flag for nbdev_test, the pilot's --small setting, and
 #                    the notebooks' SMALL setting (run_gpu_experiments.sh --allow-cpu).
@@ -32,6 +36,7 @@ BUDGET=""
 JOBS=2
 WHEELS=""
 DATA=""
+RESUME=""
 TESTS=1
 PILOT=1
 FLAGS=cuda
@@ -45,6 +50,7 @@ while [ $# -gt 0 ]; do
     --jobs) JOBS="$2"; shift 2 ;;
     --wheels) WHEELS="$2"; shift 2 ;;
     --data) DATA="$2"; shift 2 ;;
+    --resume) RESUME="$2"; shift 2 ;;
     --no-tests) TESTS=0; shift ;;
     --no-pilot) PILOT=0; shift ;;
     --allow-cpu) FLAGS=""; PILOT_ARGS=(--small --repeats 3 --workers 2); CPU=(--allow-cpu); shift ;;
@@ -56,6 +62,8 @@ done
 [ -n "$OUTDIR" ] || { echo "FAIL: --out DIR is required" >&2; exit 2; }
 [[ "$BUDGET" =~ ^[1-9][0-9]*$ ]] || { echo "FAIL: --budget must be a whole number of seconds >= 1, got '$BUDGET'" >&2; exit 2; }
 mkdir -p "$OUTDIR" && OUTDIR="$(cd "$OUTDIR" && pwd)"
+[ -z "$RESUME" ] || [ -f "$RESUME" ] || { echo "FAIL: --resume: no file $RESUME" >&2; exit 2; }
+[ -z "$RESUME" ] || RESUME="$(cd "$(dirname "$RESUME")" && pwd)/$(basename "$RESUME")"
 for d in DATA WHEELS; do  # absolute, from where the script was called: the notebooks run in their own folders
   [ -z "${!d}" ] || [ -d "${!d}" ] || { echo "FAIL: --${d,,}: no folder ${!d}" >&2; exit 2; }
   [ -z "${!d}" ] || printf -v "$d" '%s' "$(cd "${!d}" && pwd)"
@@ -98,6 +106,19 @@ if [ "$PILOT" = 1 ]; then
   echo "== $((SECONDS - t0)) s: pilot (tools/gpu_pilot.py)"
   timeout 150 "$PY" tools/gpu_pilot.py ${PILOT_ARGS[@]+"${PILOT_ARGS[@]}"} --out "$OUTDIR" \
     || { echo "FAILED: the pilot"; status=1; }
+fi
+if [ -n "$RESUME" ]; then  # only regular files of finished runs, only inside the repository (tarfile's 'data' filter)
+  "$PY" - "$RESUME" "$REPO" <<'PYEOF' || { echo "FAIL: could not unpack $RESUME"; exit 1; }
+import posixpath, sys, tarfile
+src, repo = sys.argv[1], sys.argv[2]
+with tarfile.open(src) as tar:
+    odd = [m.name for m in tar.getmembers() if m.name.startswith("/") or posixpath.normpath(m.name) != m.name]
+    if odd:
+        sys.exit(f"an archive of this tool's holds plain relative paths, not {odd[0]!r}")
+    runs = [m for m in tar.getmembers() if m.isfile() and m.name.startswith("nbs/") and "runs" in m.name.split("/")]
+    tar.extractall(repo, members=runs, filter="data")
+print(f"== resumed {len(runs)} files of finished runs from {src}")
+PYEOF
 fi
 [ ${#NBS[@]} -gt 0 ] || NBS=(nbs/experiments/E*.ipynb)
 deadline=$(($(left) - 30))
