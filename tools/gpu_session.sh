@@ -85,8 +85,11 @@ fi
 "$PY" -c "import torch, subspace_opt; print('torch', torch.__version__, '| cuda', torch.cuda.is_available(), '|', \
 torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU', '| subspace_opt', subspace_opt.__version__)" \
   || { echo "FAIL: cannot import torch and subspace_opt"; exit 1; }
-command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=timestamp,name,utilization.gpu,memory.used,clocks.sm \
-  --format=csv -l 10 > "$OUTDIR/gpu.csv" 2>/dev/null &
+if command -v nvidia-smi >/dev/null; then  # sampled until this script ends, however it ends
+  nvidia-smi --query-gpu=timestamp,name,utilization.gpu,memory.used,clocks.sm --format=csv -l 10 \
+    > "$OUTDIR/gpu.csv" 2>/dev/null &
+  trap "kill $! 2>/dev/null" EXIT
+fi
 
 if [ "$TESTS" = 1 ]; then
   echo "== $((SECONDS - t0)) s: CUDA tests (pytest -m cuda; nbdev_test --flags cuda), log in tests.log"
