@@ -11,7 +11,8 @@ import pandas as pd
 # %% auto #0
 __all__ = ['RUN_COLUMNS', 'COSTS', 'MAX_EXACT_SEEDS', 'SIGN_DRAWS', 'run_keys', 'time_to_target', 'rank_configs',
            'sign_flip_pvalue', 'best_vs_best', 'describe', 'summarize', 'stability_numbers', 'run_outcomes',
-           'against_reference', 'best_setting', 'against_best']
+           'against_reference', 'best_setting', 'against_best', 'tuned', 'headline', 'against_fastest',
+           'first_to_target', 'paired_control']
 
 # %% ../nbs/06b_results.ipynb #0000000b
 RUN_COLUMNS = ("method", "seed", "step", "train_loss")  # the columns every results table has
@@ -442,3 +443,112 @@ def against_best(
     )
     stand_in = [ref.assign(**{by[0]: v}) for v in others[by[0]].unique()]
     return against_reference(pd.concat([others, *stand_in]), by, reference, match)
+
+# %% ../nbs/06b_results.ipynb #acae54e37e7d407bbb7b55eff062a284
+def tuned(
+    ttt: pd.DataFrame,  # a `time_to_target` table
+    targets,  # its targets, easiest first
+    family: str = "method",  # the column that names a method family
+    config=None,  # the columns that make a configuration; None: all but the family, seed, target and clocks
+):
+    "Each family's best configuration in steps at the deepest target one of its configurations reaches on every seed."
+    ts, out = _check_targets(targets), []
+    for f in dict.fromkeys(ttt[family]):
+        for target in ts[::-1]:  # deepest first; when none is reached on every seed, the easiest one's best
+            rk = rank_configs(ttt[ttt[family] == f], target, "step", family, config)
+            if rk.reached.iloc[0] == 1:
+                break
+        out.append(rk.iloc[:1].assign(target=target))
+    return pd.concat(out, ignore_index=True)
+
+# %% ../nbs/06b_results.ipynb #8dd0d8092fe74a7c96281538738b07e2
+def headline(
+    ttt: pd.DataFrame,  # a `time_to_target` table
+    targets,  # its targets, easiest first
+    family: str = "method",  # the column that names a method family
+    config=None,  # the columns that make a configuration; None: all but the family, seed, target and clocks
+):
+    "Per target and family: its best configuration in steps there and, at it, every clock's spread and the divergence."
+    ts, cols = _check_targets(targets), _config_columns(ttt, family, config)
+    grid = ttt.drop_duplicates([family, *cols, "seed"]).groupby(family, sort=False).diverged.mean()
+    out = []
+    for target in ts:
+        best = rank_configs(ttt, target, "step", family, cols).drop_duplicates(family)[[family, *cols]]
+        at = ttt[np.isclose(ttt.target.astype(float), target, rtol=1e-9, atol=0.0)].merge(best, on=[family, *cols])
+        g = at.assign(**{c: at[c].astype(float).fillna(np.inf) for c in COSTS}).groupby(family, sort=False)
+        stats = dict(steps=g.step.median(), steps_min=g.step.min(), steps_max=g.step.max(), hvps=g.hvps.median())
+        stats |= dict(seconds=g.train_seconds.median(), seconds_min=g.train_seconds.min())
+        stats |= dict(seconds_max=g.train_seconds.max(), reached=g.step.agg(lambda s: float(np.isfinite(s).mean())))
+        stats |= dict(diverged=g.diverged.mean().astype(float), diverged_grid=grid.astype(float))
+        table = pd.DataFrame(stats).loc[best[family]].reset_index(names=family)
+        out.append(best.assign(target=float(target)).merge(table, on=family))
+    return pd.concat(out, ignore_index=True)
+
+# %% ../nbs/06b_results.ipynb #8edb47106e1a46a883d545849b8ab81b
+def against_fastest(
+    ttt: pd.DataFrame,  # a `time_to_target` table
+    target: float,  # one of its targets
+    baselines: list,  # the families that may be the baseline
+    metric: str = "step",  # the clock: 'step', 'hvps' or 'train_seconds'
+    family: str = "method",  # the column that names a method family
+    config=None,  # the columns that make a configuration; None: all but the family, seed, target and clocks
+):
+    "`best_vs_best` at `target` on `metric`, against whichever of the `baselines` is fastest there."
+    ranked = best_vs_best(ttt, target, metric, family, config)
+    ref = ranked[ranked[family].isin(list(baselines))]
+    if ref.empty:
+        raise ValueError(f"`baselines` must name families of `ttt` ({list(ranked[family])}), got {baselines!r}")
+    return best_vs_best(ttt, target, metric, family, config, baseline=ref[family].iloc[0])
+
+
+def first_to_target(
+    ttt: pd.DataFrame,  # a `time_to_target` table
+    targets,  # its targets
+    pools: dict | None = None,  # clock -> the families that compete on it (None: all); default: every clock, all
+    family: str = "method",  # the column that names a method family
+    config=None,  # the columns that make a configuration; None: all but the family, seed, target and clocks
+):
+    "Per target and clock, the family first there at its best configuration: that configuration and its median."
+    pools = {m: None for m in COSTS} if pools is None else pools
+    rows = []
+    for target in _check_targets(targets):
+        for metric, pool in pools.items():
+            t = ttt if pool is None else ttt[ttt[family].isin(list(pool))]
+            if t.empty:
+                raise ValueError(f"`pools` gives the clock {metric!r} no family of `ttt`: {pool!r}")
+            rows.append(best_vs_best(t, target, metric, family, config).iloc[:1].drop(columns="baseline"))
+    keep = ["target", "metric", family]
+    cols = [*keep, *[c for c in rows[0].columns[: list(rows[0].columns).index("target")] if c != family], "median"]
+    return pd.concat(rows, ignore_index=True)[[*cols, "reached"]]
+
+# %% ../nbs/06b_results.ipynb #8763a12b2bbd4a93a75aff182afb95dc
+def paired_control(
+    ttt: pd.DataFrame,  # a `time_to_target` table
+    targets,  # its targets
+    method: str,  # the family under test
+    control: str,  # the family it is paired with, at the same configuration
+    config="eta",  # the columns that make a configuration, shared by the two
+    metric: str = "step",  # the clock
+    family: str = "method",  # the column that names a method family
+):
+    "Per target and shared configuration: both families' times per seed (inf: never), seeds the control is sooner, p."
+    cols = [config] if isinstance(config, str) else list(config)
+    missing = [m for m in (method, control) if m not in set(ttt[family])]
+    if missing:
+        raise ValueError(f"`method` and `control` must be families of `ttt`; {missing} are not")
+    t = ttt[ttt[family].isin([method, control])]
+    t = t.assign(_x=t[metric].astype(float).fillna(np.inf))  # never reached: inf; no row at all: NaN below
+    rows = []
+    for target in _check_targets(targets):
+        at = t[np.isclose(t.target.astype(float), target, rtol=1e-9, atol=0.0)]
+        w = at.pivot_table(index=[*cols, "seed"], columns=family, values="_x", aggfunc="first").dropna()
+        for key, we in w.reindex(columns=[method, control]).dropna().groupby(level=cols):
+            x, c = we[method].to_numpy(), we[control].to_numpy()
+            with np.errstate(invalid="ignore"):  # inf - inf where both never arrive: 0 below
+                d = np.where(np.isinf(x) & np.isinf(c), 0.0, c - x)
+            setting = dict(zip(cols, key if isinstance(key, tuple) else (key,)))
+            rows.append(
+                dict(target=target, **setting, **{method: list(x), control: list(c)})
+                | dict(control_sooner=int((d < 0).sum()), p_value=sign_flip_pvalue(d))
+            )
+    return pd.DataFrame(rows)

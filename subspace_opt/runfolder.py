@@ -4,7 +4,7 @@
 
 # %% ../nbs/05c_runfolder.ipynb #10b970b5
 from __future__ import annotations
-import fcntl, hashlib, json, os, re, tempfile, warnings
+import fcntl, hashlib, json, os, re, tarfile, tempfile, warnings
 from pathlib import Path
 import pandas as pd
 import torch
@@ -15,7 +15,8 @@ from .distributed import rank, world_size
 from .rows import csv_header, row_line, rows_upto
 
 # %% auto #0
-__all__ = ['SAFE_NAME', 'FILE_MODE', 'LAYOUT', 'LOCK', 'safe_name', 'atomic_write', 'all_ranks', 'RunFolder', 'run_identity']
+__all__ = ['SAFE_NAME', 'FILE_MODE', 'LAYOUT', 'LOCK', 'MAX_UNPACKED', 'safe_name', 'atomic_write', 'all_ranks', 'RunFolder',
+           'run_identity', 'unpack_runs']
 
 # %% ../nbs/05c_runfolder.ipynb #43f7b4c5
 SAFE_NAME = re.compile(r"[A-Za-z0-9_=+-][A-Za-z0-9._=,+-]{0,199}")  # a name of a file or folder made from user input
@@ -431,3 +432,54 @@ def check(
     c = self.load_checkpoint()
     if c is not None:
         self.keep_rows(c["step"], logged(c["step"]), rewrite=False)
+
+# %% ../nbs/05c_runfolder.ipynb #acae54e37e7d407bbb7b55eff062a284
+MAX_UNPACKED = 2**30  # bytes `unpack_runs` writes at most
+
+
+def _archive_files(tar: tarfile.TarFile, where: str, under: tuple):
+    "The regular files of `tar` below the folder `under` (path parts), with their path below it; unsafe: refused."
+    files, total = [], 0
+    for m in tar.getmembers():
+        parts = tuple(p for p in m.name.split("/") if p not in ("", "."))
+        if m.name.startswith("/") or ".." in parts or not (m.isfile() or m.isdir()):
+            kind = "an absolute path" if m.name.startswith("/") else "a '..'" if ".." in parts else "a link or device"
+            raise UserError(f"`archive`: {where} holds {kind} ({m.name!r}): refused, nothing unpacked")
+        if m.isfile() and parts[: len(under)] == under and len(parts) > len(under):
+            odd = next((n for n in parts[len(under) :] if not SAFE_NAME.fullmatch(n)), None)
+            if odd is not None:
+                raise UserError(f"`archive`: {where} holds {m.name!r}, and {odd!r} is no safe file name: refused")
+            files.append((m, parts[len(under) :]))
+            total += m.size
+    if total > MAX_UNPACKED:
+        raise UserError(
+            f"`archive`: {where} holds {total:,} bytes below {'/'.join(under) or 'its top'}, more than {MAX_UNPACKED:,}"
+        )
+    return files
+
+# %% ../nbs/05c_runfolder.ipynb #8dd0d8092fe74a7c96281538738b07e2
+def unpack_runs(
+    archive: str | Path,  # a .tar.gz of run folders
+    dest: str | Path,  # the folder to unpack into (created when missing)
+    under: str = "",  # only the files below this folder of the archive ("a/b"), unpacked relative to it
+):
+    "Unpack the regular files below `under` of `archive` into `dest`, refusing unsafe archives; return their paths."
+    archive, dest = Path(archive), Path(dest)
+    if not archive.is_file():
+        raise UserError(
+            f"`archive` must be a .tar.gz file, but {archive} {'is a folder' if archive.exists() else 'does not exist'}"
+        )
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            files = _archive_files(tar, archive.name, tuple(p for p in under.split("/") if p))
+            there = [dest.joinpath(*rel) for _, rel in files if dest.joinpath(*rel).exists()]
+            if there:
+                raise UserError(f"`dest`: {there[0]} exists already: unpack into an empty folder")
+            for m, rel in files:
+                out = dest.joinpath(*rel)
+                out.parent.mkdir(parents=True, exist_ok=True)
+                with tar.extractfile(m) as src, open(out, "xb") as f:
+                    f.write(src.read())
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise UserError(f"`archive`: {archive} cannot be read as a .tar.gz ({' '.join(str(e).split())})") from None
+    return [dest.joinpath(*rel) for _, rel in files]

@@ -10,12 +10,12 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 from .data import default_device, environment
-from .config import ConfigError, _show, config_from_dict, read_config_file
-from .runfolder import SAFE_NAME, RunFolder
+from .config import ConfigError, UserError, _show, config_from_dict, read_config_file
+from .runfolder import SAFE_NAME, RunFolder, safe_name
 from .train import check_run, run_job, task_data, tracked_rank
 
 # %% auto #0
-__all__ = ['MAX_GRID_POINTS', 'expand_grid', 'threads_per_worker', 'run_sweep', 'load_sweep']
+__all__ = ['MAX_GRID_POINTS', 'expand_grid', 'threads_per_worker', 'run_sweep', 'collect_sweep', 'run_sweeps', 'load_sweep']
 
 # %% ../nbs/06a_sweep.ipynb #df132417
 def _set(d: dict, key: str, value, where: str = ""):
@@ -151,6 +151,78 @@ def run_sweep(
         results = _collect(points, out)
         out.write_csv("results.csv", results)
     return results
+
+# %% ../nbs/06a_sweep.ipynb #8dd0d8092fe74a7c96281538738b07e2
+def _job_points(points):
+    "The grid point of each job, in `_jobs`' order."
+    return [p for p in points for _ in p[2].methods for _ in p[2].seeds]
+
+
+def collect_sweep(
+    base: dict,  # experiment configuration as plain data, as given to `run_sweep`
+    grid: dict,  # dotted key -> list of values, as given to `run_sweep`
+    out_dir: str | Path,  # the sweep's folder
+    missing_ok: bool = False,  # a folder that does not exist holds no finished run (else: an error)
+):
+    "Every finished run's rows of a sweep, running nothing; return (rows as `run_sweep` gives, unfinished folders)."
+    if not Path(out_dir).is_dir() and not (missing_ok and not Path(out_dir).exists()):
+        why = "is a file" if Path(out_dir).exists() else "does not exist"
+        raise UserError(f"`out_dir` must be a sweep folder, but {out_dir} {why}")
+    out, points = RunFolder(out_dir), expand_grid(base, grid)
+    frames, missing = [], []
+    for (cfg, mi, seed, path), (point, _, _) in zip(_jobs(points, out), _job_points(points)):
+        run = RunFolder(path, out.path)
+        if not run.is_done:
+            missing.append(path)
+            continue
+        check_run(cfg, cfg.methods[mi], seed, run)
+        frames.append(run.read_rows().assign(**point))
+    rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(grid))
+    return rows, missing
+
+# %% ../nbs/06a_sweep.ipynb #10185d26023b46108eb7d9f57d49d2b3
+def _sweep_spec(
+    name: str,  # its folder name, a key of `run_sweeps`' `sweeps`
+    s,  # its entry: {"base": ..., "grid": ..., "names": ...}
+):
+    "The (base, grid, names) of one sweep, checked: `names` gives a method name to every value of a key of its grid."
+    where = f"sweeps.{name}"
+    if not isinstance(s, dict) or not {"base", "grid"} <= set(s) or set(s) - {"base", "grid", "names"}:
+        raise ConfigError(f"`{where}` must be a dict with the keys base, grid and optionally names, got {_show(s)}")
+    names = s.get("names") or {}
+    for key, named in names.items():
+        if key not in s["grid"]:
+            raise ConfigError(f"`{where}.names` names {_show(key)}, which is not a key of its grid {list(s['grid'])}")
+        unnamed = [v for v in s["grid"][key] if v not in named]
+        if unnamed:
+            raise ConfigError(f"`{where}.names.{key}` gives no method name to the values {unnamed}")
+    return s["base"], s["grid"], names
+
+# %% ../nbs/06a_sweep.ipynb #7623eae2785240b9bd12b16a66d81610
+def run_sweeps(
+    sweeps: dict,  # folder name -> {"base": config, "grid": grid, "names": {grid key: {value: method name}}} (optional)
+    out_dir: str | Path,  # the folder that holds a folder per sweep
+    workers: int = 1,  # worker processes
+    progress: bool = False,  # a progress bar over each sweep's jobs
+    finished_only: bool = False,  # read the finished runs and run nothing
+):
+    "Run (or read) several sweeps into one table with a `sweep` column; return (rows, run folders not finished)."
+    specs = {safe_name(name): _sweep_spec(name, s) for name, s in sweeps.items()}
+    if finished_only and not Path(out_dir).is_dir():
+        raise UserError(f"`out_dir` must be the folder of the sweeps' folders, but {out_dir} is not a folder")
+    frames, unfinished = [], []
+    for name, (base, grid, names) in specs.items():
+        folder = Path(out_dir) / name
+        if finished_only:
+            rows, left = collect_sweep(base, grid, folder, missing_ok=True)
+        else:
+            rows, left = run_sweep(base, grid, folder, workers, progress), []
+        for key, named in names.items():
+            rows["method"] = rows[key].map(lambda v: named[v])
+        unfinished += left
+        if len(rows):
+            frames.append(rows.assign(sweep=name))
+    return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["sweep"])), unfinished
 
 # %% ../nbs/06a_sweep.ipynb #e8e41192
 def load_sweep(path: str | Path):  # a JSON/YAML file: an experiment config plus `grid` and optionally `workers`
