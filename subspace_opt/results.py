@@ -453,6 +453,8 @@ def tuned(
 ):
     "Each family's best configuration in steps at the deepest target one of its configurations reaches on every seed."
     ts, out = _check_targets(targets), []
+    if not isinstance(ttt, pd.DataFrame) or ttt.empty or family not in ttt.columns:
+        raise ValueError(f"`ttt` must be a `time_to_target` table with rows and a {family!r} column")
     for f in dict.fromkeys(ttt[family]):
         for target in ts[::-1]:  # deepest first; when none is reached on every seed, the easiest one's best
             rk = rank_configs(ttt[ttt[family] == f], target, "step", family, config)
@@ -551,4 +553,4 @@ def paired_control(
                 dict(target=target, **setting, **{method: list(x), control: list(c)})
                 | dict(control_sooner=int((d < 0).sum()), p_value=sign_flip_pvalue(d))
             )
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["target", *cols, method, control, "control_sooner", "p_value"])
