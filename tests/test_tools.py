@@ -31,6 +31,26 @@ def test_gpu_pilot_small_writes_its_table(tmp_path):
     assert report["workers"] == 2 and report["throughput_gain"] > 0 and report["environment"]["device"] == "cpu"
 
 
+def test_refresh_bench_small_writes_its_table(tmp_path):
+    "`refresh_bench.py --small` on digits: the four ways, their products, and the two accurate solves agreeing."
+    cmd = [sys.executable, str(ROOT / "tools" / "refresh_bench.py"), "--small", "--data", "digits", "--repeats", "1"]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([*cmd, "--out", str(tmp_path)], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    table = pd.read_csv(tmp_path / "refresh.csv")
+    ways = ["eigsh, cold", "block Krylov, cold", "refresh, one block", "refresh, default"]
+    assert table.way.tolist() == ways and (table.data == "digits").all(), table
+    assert (table.p == 64 * 32 + 32 + 32 * 10 + 10).all(), table  # the 64-32-10 MLP
+    assert (table.products > 0).all() and (table.seconds > 0).all(), table
+    assert table.products[2] == 12, table  # one block: k + oversampling products
+    cos = table.set_index("way").min_cos_vs_eigsh
+    assert cos["eigsh, cold"] > 0.999999 and cos["block Krylov, cold"] > 0.999, cos  # two accurate solves agree
+    assert cos.between(0, 1 + 1e-6).all(), cos
+    assert json.loads((tmp_path / "refresh.json").read_text())["environment"]["device"] == "cpu"
+    bad = subprocess.run([*cmd[:2], "--repeats", "0"], capture_output=True, text=True, env=env)
+    assert bad.returncode == 1 and "refresh_bench: --repeats must be >= 1" in bad.stderr, bad.stderr
+
+
 def test_gpu_pilot_refuses_bad_arguments(tmp_path):
     cmd = [sys.executable, str(ROOT / "tools" / "gpu_pilot.py"), "--small", "--workers", "0", "--out", str(tmp_path)]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
@@ -164,7 +184,7 @@ def test_gpu_session_runs_the_notebooks_within_its_budget_and_packs_them(tmp_pat
     _notebook(nbs / "a.ipynb", "import os\nprint('data at', os.environ['SUBSPACE_OPT_DATA'])")
     out = tmp_path / "out"
     cmd = ["bash", str(ROOT / "tools" / "gpu_session.sh"), "--out", str(out), "--budget", "200", "--allow-cpu"]
-    cmd += ["--no-tests", "--no-pilot", "--data", "data", str(nbs / "a.ipynb")]
+    cmd += ["--no-tests", "--no-pilot", "--no-bench", "--data", "data", str(nbs / "a.ipynb")]
     env = {**os.environ, "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": ""}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -206,7 +226,7 @@ def test_gpu_session_resumes_only_the_finished_runs_of_an_earlier_archive(tmp_pa
             info.size = len(text)
             tar.addfile(info, io.BytesIO(text.encode()))
     cmd = ["bash", str(repo / "tools" / "gpu_session.sh"), "--out", str(tmp_path / "out"), "--budget", "200"]
-    cmd += ["--allow-cpu", "--no-tests", "--no-pilot", "--resume", str(archive), str(nbs / "a.ipynb")]
+    cmd += ["--allow-cpu", "--no-tests", "--no-pilot", "--no-bench", "--resume", str(archive), str(nbs / "a.ipynb")]
     env = {**os.environ, "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": ""}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert done.returncode == 1 and "could not unpack" in done.stdout and "escaped.txt" in done.stdout, done.stdout

@@ -6,11 +6,12 @@
 # Usage, from anywhere inside the repository:
 #
 #     tools/gpu_session.sh --out DIR --budget SECONDS [--jobs N] [--wheels DIR] [--data DIR] [--resume FILE]
-#                          [--no-tests] [--no-pilot] [NOTEBOOK ...]
+#                          [--no-tests] [--no-pilot] [--no-bench] [NOTEBOOK ...]
 #
 #   --out DIR        where everything lands (created): session.log (this script's output), tests.log (pytest -m cuda
 #                    and nbdev_test --flags cuda on each library notebook with a `#| cuda` cell), pilot.csv and
-#                    pilot.json (tools/gpu_pilot.py), gpu.csv (nvidia-smi's load and memory every 10 s) and
+#                    pilot.json (tools/gpu_pilot.py), refresh.csv and refresh.json (tools/refresh_bench.py: a warm
+#                    refresh of the tracker against a cold eigsh on this device), gpu.csv (nvidia-smi's load and memory every 10 s) and
 #                    results.tar.gz (tools/run_gpu_experiments.sh --pack: the executed notebooks, their logs and
 #                    finished runs; `tar xzf` it in the repository root). The exit status is 1 when a test, the pilot
 #                    or a notebook failed.
@@ -24,8 +25,9 @@
 #                    else, and nothing outside the repository, is taken from it) are unpacked before the notebooks
 #                    start, so they are reused instead of rerun. A FULL set longer than one machine's time can then be
 #                    finished over several runs, each resuming from the last one's archive.
-#   --no-tests, --no-pilot   skip those stages (say, on a second run that only resumes the notebooks).
-#   --allow-cpu      a check of this script on a CPU: no CUDA flag for nbdev_test, the pilot's --small setting, and
+#   --no-tests, --no-pilot, --no-bench   skip those stages (say, on a second run that only resumes the notebooks).
+#   --allow-cpu      a check of this script on a CPU: no CUDA flag for nbdev_test, the pilot's and the refresh
+#                    benchmark's --small setting (the benchmark on digits only), and
 #                    the notebooks' SMALL setting (run_gpu_experiments.sh --allow-cpu).
 #   NOTEBOOK ...     the notebooks to run, in this order (default: every nbs/experiments/E*.ipynb in name order).
 #                    Finished runs under each notebook's runs/ are reused, so a second run resumes the first.
@@ -39,6 +41,8 @@ DATA=""
 RESUME=""
 TESTS=1
 PILOT=1
+BENCH=1
+BENCH_ARGS=()
 FLAGS=cuda
 PILOT_ARGS=()
 CPU=()
@@ -53,7 +57,9 @@ while [ $# -gt 0 ]; do
     --resume) RESUME="$2"; shift 2 ;;
     --no-tests) TESTS=0; shift ;;
     --no-pilot) PILOT=0; shift ;;
-    --allow-cpu) FLAGS=""; PILOT_ARGS=(--small --repeats 3 --workers 2); CPU=(--allow-cpu); shift ;;
+    --no-bench) BENCH=0; shift ;;
+    --allow-cpu) FLAGS=""; PILOT_ARGS=(--small --repeats 3 --workers 2); BENCH_ARGS=(--small --repeats 1 --data digits)
+      CPU=(--allow-cpu); shift ;;
     -h|--help) sed -n '2,/^set -uo/{/^set -uo/!p}' "$0"; exit 0 ;;
     -*) echo "FAIL: unknown option $1 (see --help)" >&2; exit 2 ;;
     *) NBS+=("$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"); shift ;;
@@ -109,6 +115,11 @@ if [ "$PILOT" = 1 ]; then
   echo "== $((SECONDS - t0)) s: pilot (tools/gpu_pilot.py)"
   timeout 150 "$PY" tools/gpu_pilot.py ${PILOT_ARGS[@]+"${PILOT_ARGS[@]}"} --out "$OUTDIR" \
     || { echo "FAILED: the pilot"; status=1; }
+fi
+if [ "$BENCH" = 1 ]; then
+  echo "== $((SECONDS - t0)) s: refresh benchmark (tools/refresh_bench.py)"
+  timeout 150 "$PY" tools/refresh_bench.py ${BENCH_ARGS[@]+"${BENCH_ARGS[@]}"} --out "$OUTDIR" \
+    || { echo "FAILED: the refresh benchmark"; status=1; }
 fi
 if [ -n "$RESUME" ]; then  # only regular files of finished runs, only inside the repository (tarfile's 'data' filter)
   "$PY" - "$RESUME" "$REPO" <<'PYEOF' || { echo "FAIL: could not unpack $RESUME"; exit 1; }
