@@ -12,7 +12,7 @@ import pandas as pd
 __all__ = ['RUN_COLUMNS', 'COSTS', 'MAX_EXACT_SEEDS', 'SIGN_DRAWS', 'run_keys', 'time_to_target', 'rank_configs',
            'sign_flip_pvalue', 'best_vs_best', 'describe', 'summarize', 'stability_numbers', 'run_outcomes',
            'against_reference', 'best_setting', 'against_best', 'tuned', 'headline', 'against_fastest',
-           'first_to_target', 'paired_control']
+           'first_to_target', 'paired_control', 'relapses']
 
 # %% ../nbs/06b_results.ipynb #0000000b
 RUN_COLUMNS = ("method", "seed", "step", "train_loss")  # the columns every results table has
@@ -554,3 +554,27 @@ def paired_control(
                 | dict(control_sooner=int((d < 0).sum()), p_value=sign_flip_pvalue(d))
             )
     return pd.DataFrame(rows, columns=["target", *cols, method, control, "control_sooner", "p_value"])
+
+# %% ../nbs/06b_results.ipynb #b118ea5561624da68c537baed56e602f
+def relapses(
+    results: pd.DataFrame,  # a run's or sweep's rows: `method, seed, step, train_loss`, usually `diverged`
+    target: float,  # the train loss a run must reach first
+    keys=None,  # further columns that tell runs apart, beyond `method`, `seed` and the dotted grid columns
+):
+    "Per run that reached `target`: when, its largest later loss over its first one (`peak`), relapsed, diverged."
+    ts = _check_targets(target)
+    if np.ndim(target) != 0:
+        raise ValueError(f"`target` must be one train loss, got {target!r}")
+    t = ts[0]
+    r, keys = _numbered(results, keys)
+    r["train_loss"], over = r.train_loss.astype(float), _ended(r)
+    alive = r[~over]
+    first = alive[alive.train_loss <= t].groupby("_run").step.min()
+    after = alive[alive.step > alive._run.map(first)]
+    out = r.drop_duplicates("_run").set_index("_run")[keys]
+    out["reached_at"], out["peak"] = (
+        first,
+        after.groupby("_run").train_loss.max() / r.groupby("_run").train_loss.first(),
+    )
+    out["relapsed"], out["diverged"] = out.peak > 1, over.groupby(r._run).any()
+    return out[out.reached_at.notna()].reset_index(drop=True)
