@@ -4,7 +4,7 @@
 
 # %% ../nbs/06a_sweep.ipynb #620b4397
 from __future__ import annotations
-import copy, itertools, math, multiprocessing as mp
+import contextlib, copy, itertools, math, multiprocessing as mp
 from pathlib import Path
 import pandas as pd
 import torch
@@ -130,6 +130,30 @@ def _collect(points, out: RunFolder):
     return pd.concat(frames, ignore_index=True)
 
 # %% ../nbs/06a_sweep.ipynb #8f777677
+def _prepare(
+    base: dict,  # the sweep's configuration
+    grid: dict,  # its grid
+    points: list,  # `expand_grid(base, grid)`, checked before the folder was created
+    out: RunFolder,  # its folder, locked
+):
+    "Check every job's run folder before anything is written, then record sweep.json; return the jobs."
+    jobs = _jobs(points, out)
+    for cfg, mi, seed, path in jobs:
+        check_run(cfg, cfg.methods[mi], seed, RunFolder(path, out.path))
+    for _, _, cfg in points:
+        tracked_rank(cfg, task_data(cfg))
+    dev = base.get("device") or str(default_device())
+    out.write_json("sweep.json", {"base": base, "grid": grid, "environment": environment(dev)})
+    return jobs
+
+
+def _finish(points, out: RunFolder):
+    "Every job's rows in one table, also written to results.csv."
+    results = _collect(points, out)
+    out.write_csv("results.csv", results)
+    return results
+
+
 def run_sweep(
     base: dict,  # experiment configuration as plain data
     grid: dict,  # dotted key -> list of values
@@ -138,19 +162,11 @@ def run_sweep(
     progress: bool = True,  # a progress bar over jobs
 ):
     "Run (or resume) every grid point, method and seed; return the combined rows with one column per grid key."
-    out, points = RunFolder(out_dir), expand_grid(base, grid)
+    out, points = RunFolder(out_dir), expand_grid(base, grid)  # a bad grid is refused before the folder is made
     with out.lock():
-        jobs = _jobs(points, out)
-        for cfg, mi, seed, path in jobs:
-            check_run(cfg, cfg.methods[mi], seed, RunFolder(path, out.path))
-        for _, _, cfg in points:
-            tracked_rank(cfg, task_data(cfg))
-        dev = base.get("device") or str(default_device())
-        out.write_json("sweep.json", {"base": base, "grid": grid, "environment": environment(dev)})
+        jobs = _prepare(base, grid, points, out)
         _run_jobs(jobs, workers, progress)
-        results = _collect(points, out)
-        out.write_csv("results.csv", results)
-    return results
+        return _finish(points, out)
 
 # %% ../nbs/06a_sweep.ipynb #8dd0d8092fe74a7c96281538738b07e2
 def _job_points(points):
@@ -202,24 +218,30 @@ def _sweep_spec(
 def run_sweeps(
     sweeps: dict,  # folder name -> {"base": config, "grid": grid, "names": {grid key: {value: method name}}} (optional)
     out_dir: str | Path,  # the folder that holds a folder per sweep
-    workers: int = 1,  # worker processes
-    progress: bool = False,  # a progress bar over each sweep's jobs
+    workers: int = 1,  # worker processes, shared by all the sweeps' jobs
+    progress: bool = False,  # a progress bar over all the jobs
     finished_only: bool = False,  # read the finished runs and run nothing
 ):
     "Run (or read) several sweeps into one table with a `sweep` column; return (rows, run folders not finished)."
     specs = {safe_name(name): _sweep_spec(name, s) for name, s in sweeps.items()}
     if finished_only and not Path(out_dir).is_dir():
         raise UserError(f"`out_dir` must be the folder of the sweeps' folders, but {out_dir} is not a folder")
-    frames, unfinished = [], []
-    for name, (base, grid, names) in specs.items():
-        folder = Path(out_dir) / name
-        if finished_only:
-            rows, left = collect_sweep(base, grid, folder, missing_ok=True)
-        else:
-            rows, left = run_sweep(base, grid, folder, workers, progress), []
-        for key, named in names.items():
+    tables, unfinished = {}, []
+    if finished_only:
+        for name, (base, grid, _) in specs.items():
+            tables[name], left = collect_sweep(base, grid, Path(out_dir) / name, missing_ok=True)
+            unfinished += left
+    else:  # every sweep's folder locked and checked first, then all their jobs in one pool: none waits for another
+        points = {name: expand_grid(base, grid) for name, (base, grid, _) in specs.items()}  # before any folder
+        with contextlib.ExitStack() as stack:
+            folders = {name: stack.enter_context(RunFolder(Path(out_dir) / name).lock()) for name in specs}
+            jobs = {name: _prepare(*specs[name][:2], points[name], folders[name]) for name in specs}
+            _run_jobs([job for name in specs for job in jobs[name]], workers, progress)
+            tables = {name: _finish(points[name], folders[name]) for name in specs}
+    frames = []
+    for name, rows in tables.items():
+        for key, named in specs[name][2].items():
             rows["method"] = rows[key].map(lambda v: named[v])
-        unfinished += left
         if len(rows):
             frames.append(rows.assign(sweep=name))
     return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["sweep"])), unfinished
