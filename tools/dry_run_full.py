@@ -10,8 +10,9 @@ surface only when a GPU is spent on it. This tool executes a copy of each notebo
 images, a few steps, a twentieth of the Hessian's samples, 4-channel CNNs), on whatever device torch finds. The
 outcomes such toy runs reach mean nothing, so each `assert` is turned into a printed line (`DRY-RUN ASSERTION ...`)
 and the notebook goes on; any exception a cell raises is a failure. Needs Fashion-MNIST (`$SUBSPACE_OPT_DATA` or
-Debian's `dataset-fashion-mnist`) and the development install (execnb). Copies and their `runs/` go to `--out-dir`
-(default: a new folder under /tmp), never beside the notebooks. Prints one line per notebook (seconds, failed
+Debian's `dataset-fashion-mnist`) and the development install (execnb). Copies, the files beside the notebooks that
+they read (such as E0's archive of finished runs), and their `runs/` go to `--out-dir` (default: a new folder under
+/tmp), never beside the notebooks. Prints one line per notebook (seconds, failed
 assertions, errors) and exits 1 if any cell raised.
 """
 
@@ -19,6 +20,7 @@ import argparse
 import ast
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -88,6 +90,9 @@ def dry_run(src: Path, out_dir: Path) -> dict:
             c.source = TOY_CELL if c is full[0] else soften(c.source)
     dest = out_dir / src.name
     write_nb(nb, dest)
+    for extra in src.parent.iterdir():  # the files a notebook reads beside it: finished runs, measured tables
+        if extra.is_file() and extra.suffix != ".ipynb" and not (out_dir / extra.name).exists():
+            shutil.copy2(extra, out_dir / extra.name)
     home, t0 = Path.cwd(), time.perf_counter()
     os.chdir(out_dir)  # as nbdev_test does: runs/ lands beside the notebook
     try:
