@@ -469,9 +469,16 @@ def unpack_runs(
         raise UserError(
             f"`archive` must be a .tar.gz file, but {archive} {'is a folder' if archive.exists() else 'does not exist'}"
         )
+    if dest.exists() and not dest.is_dir():
+        raise UserError(f"`dest` must be a folder to unpack into, but {dest} is a file")
     try:
         with tarfile.open(archive, "r:gz") as tar:
             files = _archive_files(tar, archive.name, tuple(p for p in under.split("/") if p))
+            twice = [rel for i, (_, rel) in enumerate(files) if rel in [r for _, r in files[:i]]]
+            if twice:
+                raise UserError(
+                    f"`archive`: {archive.name} holds {'/'.join(twice[0])} twice: refused, nothing unpacked"
+                )
             there = [dest.joinpath(*rel) for _, rel in files if dest.joinpath(*rel).exists()]
             if there:
                 raise UserError(f"`dest`: {there[0]} exists already: unpack into an empty folder")

@@ -130,21 +130,27 @@ def _collect(points, out: RunFolder):
     return pd.concat(frames, ignore_index=True)
 
 # %% ../nbs/06a_sweep.ipynb #8f777677
-def _prepare(
-    base: dict,  # the sweep's configuration
-    grid: dict,  # its grid
+def _checked_jobs(
     points: list,  # `expand_grid(base, grid)`, checked before the folder was created
-    out: RunFolder,  # its folder, locked
+    out: RunFolder,  # the sweep's folder, locked
 ):
-    "Check every job's run folder before anything is written, then record sweep.json; return the jobs."
+    "The sweep's jobs, once every job's run folder is checked (nothing written)."
     jobs = _jobs(points, out)
     for cfg, mi, seed, path in jobs:
         check_run(cfg, cfg.methods[mi], seed, RunFolder(path, out.path))
     for _, _, cfg in points:
         tracked_rank(cfg, task_data(cfg))
+    return jobs
+
+
+def _record_sweep(
+    base: dict,  # the sweep's configuration
+    grid: dict,  # its grid
+    out: RunFolder,  # its folder, locked
+):
+    "Write sweep.json: the base configuration, the grid and the environment."
     dev = base.get("device") or str(default_device())
     out.write_json("sweep.json", {"base": base, "grid": grid, "environment": environment(dev)})
-    return jobs
 
 
 def _finish(points, out: RunFolder):
@@ -164,7 +170,8 @@ def run_sweep(
     "Run (or resume) every grid point, method and seed; return the combined rows with one column per grid key."
     out, points = RunFolder(out_dir), expand_grid(base, grid)  # a bad grid is refused before the folder is made
     with out.lock():
-        jobs = _prepare(base, grid, points, out)
+        jobs = _checked_jobs(points, out)
+        _record_sweep(base, grid, out)
         _run_jobs(jobs, workers, progress)
         return _finish(points, out)
 
@@ -235,7 +242,9 @@ def run_sweeps(
         points = {name: expand_grid(base, grid) for name, (base, grid, _) in specs.items()}  # before any folder
         with contextlib.ExitStack() as stack:
             folders = {name: stack.enter_context(RunFolder(Path(out_dir) / name).lock()) for name in specs}
-            jobs = {name: _prepare(*specs[name][:2], points[name], folders[name]) for name in specs}
+            jobs = {name: _checked_jobs(points[name], folders[name]) for name in specs}  # all, before any record
+            for name, (base, grid, _) in specs.items():
+                _record_sweep(base, grid, folders[name])
             _run_jobs([job for name in specs for job in jobs[name]], workers, progress)
             tables = {name: _finish(points[name], folders[name]) for name in specs}
     frames = []
