@@ -159,7 +159,7 @@ def _finish(points, out: RunFolder):
     out.write_csv("results.csv", results)
     return results
 
-
+# %% ../nbs/06a_sweep.ipynb #938c804e27f84196a10c8828c723f798
 def run_sweep(
     base: dict,  # experiment configuration as plain data
     grid: dict,  # dotted key -> list of values
