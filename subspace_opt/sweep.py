@@ -250,7 +250,7 @@ def run_sweeps(
     frames = []
     for name, rows in tables.items():
         for key, named in specs[name][2].items():
-            rows["method"] = rows[key].map(lambda v: named[v])
+            rows["method"] = rows[key].map(named)  # every value is named (`_sweep_spec`)
         if len(rows):
             frames.append(rows.assign(sweep=name))
     return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["sweep"])), unfinished
