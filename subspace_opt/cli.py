@@ -209,8 +209,8 @@ def _run_job(a):
 
 # %% ../nbs/09_cli.ipynb #f10f7e31
 AFTER_INTERRUPT = {  # what the same command does after Ctrl-C, per job
-    "run": "resumes the run from its last checkpoint",
-    "sweep": "resumes the sweep, keeping the runs it finished",
+    "run": "resumes the run from the step it reached",
+    "sweep": "resumes the sweep, keeping the runs it finished and the steps of the others",
     **dict.fromkeys(("demo", "spectrum", "plot", "compare"), "starts it again"),
 }
 

@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_train.ipynb #d8e81051
 from __future__ import annotations
-import json, time
+import json, signal, threading, time
 from dataclasses import asdict
 from pathlib import Path
 import pandas as pd
@@ -27,8 +27,8 @@ from .metrics import _diverged, evaluate as evaluate, measure  # both still impo
 from .metrics import follow_rank, projected_rank
 
 # %% auto #0
-__all__ = ['TIMING', 'check_rank', 'build_run', 'check_run', 'Run', 'run_one', 'tracked_rank', 'run_experiment', 'task_data',
-           'run_job']
+__all__ = ['TIMING', 'check_rank', 'build_run', 'check_run', 'Run', 'HeldSignals', 'run_one', 'tracked_rank', 'run_experiment',
+           'task_data', 'run_job']
 
 # %% ../nbs/06_train.ipynb #7015e4ce
 def check_rank(
@@ -278,9 +278,15 @@ def measure(self: Run):
         self.reason = _diverged(cfg, row, self.state["initial"])
         self.folder.append_row(self._row(row if self.reason else {**row, **self.leak}))
     if step % cfg.checkpoint_every == 0 and not self.reason:
-        states = dict(model=self.model.state_dict(), opt=self.opt.state_dict(), log_sub=self.log_sub.state_dict())
-        self.folder.save_checkpoint(dict(**states, gen=self.gen.get_state(), state=self.state), step)
+        self.checkpoint()
     return self.reason
+
+
+@patch
+def checkpoint(self: Run):
+    "Write the run's whole state to `checkpoint.pt`: a restart goes on from this step."
+    states = dict(model=self.model.state_dict(), opt=self.opt.state_dict(), log_sub=self.log_sub.state_dict())
+    self.folder.save_checkpoint(dict(**states, gen=self.gen.get_state(), state=self.state), self.state["step"])
 
 
 @patch
@@ -293,6 +299,39 @@ def finish(
     per_step = seconds / max(self.state["step"] - start, 1)
     self.folder.mark_done(dict(steps=self.state["step"], reason=self.reason, seconds_per_step=per_step))
     barrier()  # rank 0 has written every row
+
+# %% ../nbs/06_train.ipynb #675f857c
+class HeldSignals:
+    "Hold SIGINT and SIGTERM inside the `with` block (`asked` lists those received); deliver them on leaving it."
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __enter__(self):
+        self.asked, self.old = [], {}
+        if threading.current_thread() is threading.main_thread() and world_size() == 1:
+            for sig in self.SIGNALS:
+                if signal.getsignal(sig) not in (signal.SIG_IGN, None):  # an ignored signal stays ignored
+                    self.old[sig] = signal.signal(sig, self._hold)
+        return self
+
+    def _hold(self, sig, frame):
+        "Note `sig`; a second one of its kind is not held: it takes effect at once."
+        if sig in self.asked:
+            self._restore()
+            self.asked.remove(sig)  # delivered now, not again on leaving the block
+            signal.raise_signal(sig)
+        self.asked.append(sig)
+
+    def _restore(self):
+        "Give every held signal its handler back."
+        for sig, old in self.old.items():
+            signal.signal(sig, old)
+        self.old = {}
+
+    def __exit__(self, *exc):
+        self._restore()
+        for sig in sorted(self.asked, key=lambda s: s != signal.SIGTERM):  # SIGTERM first: by default, the end
+            signal.raise_signal(sig)  # SIGINT: a KeyboardInterrupt from here
 
 # %% ../nbs/06_train.ipynb #00f88293
 def run_one(
@@ -307,15 +346,20 @@ def run_one(
     with RunFolder(run_dir).lock() as folder:
         all_ranks(lambda: folder.claim(_run_spec(cfg, method, seed)))
         if not folder.is_done:
-            run = Run(cfg, method, seed, folder, data)
-            start, t0 = run.start(), time.perf_counter()
-            desc, quiet = f"{method.name} seed {seed}", not progress or rank() > 0
-            with tqdm(total=cfg.steps, initial=start, desc=desc, disable=quiet) as bar:
-                while not run.over:
-                    if run.step():
-                        bar.update()
-                        run.measure()
-            run.finish(time.perf_counter() - t0, start)
+            with HeldSignals() as held:  # an interruption waits for the step under way, then for its checkpoint
+                run = Run(cfg, method, seed, folder, data)
+                start, t0 = run.start(), time.perf_counter()
+                desc, quiet = f"{method.name} seed {seed}", not progress or rank() > 0
+                with tqdm(total=cfg.steps, initial=start, desc=desc, disable=quiet) as bar:
+                    while not (run.over or held.asked):
+                        if run.step():
+                            bar.update()
+                            run.measure()
+                step = run.state["step"]
+                if run.over:
+                    run.finish(time.perf_counter() - t0, start)
+                elif step > start and step % cfg.checkpoint_every:  # stopped between checkpoints: keep this step
+                    run.checkpoint()
         rows = folder.read_rows()  # rows written under an earlier name of the experiment carry today's name
         return rows.assign(experiment=cfg.name) if "experiment" in rows else rows
 

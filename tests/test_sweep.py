@@ -1,13 +1,17 @@
 """`subspace-opt sweep` with worker processes, and its resumption."""
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from same_rows import assert_same_rows
 
 CLI = shutil.which("subspace-opt", path=str(Path(sys.executable).parent)) or shutil.which("subspace-opt")
@@ -141,3 +145,41 @@ def test_a_job_that_raises_stops_the_sweep_and_a_rerun_resumes_it(tmp_path, monk
     monkeypatch.setattr(train.Run, "start", lambda run: starts.append(start(run)) or starts[-1])
     assert_same_rows(run_sweep(base, grid, tmp_path / "out", progress=False), whole)
     assert starts == [5]  # only the failed job ran again, from its checkpoint
+
+
+def test_ctrl_c_on_a_sweep_with_workers_keeps_every_runs_steps(tmp_path):
+    "SIGINT to the whole process group (Ctrl-C, a deadline's `timeout`): each worker checkpoints the step it reached."
+    base = {
+        "data_args": {"n_train": 150},
+        "hidden": [8],
+        "steps": 2000,
+        "log_every": 10,
+        "checkpoint_every": 2000,  # only the end is scheduled
+        "methods": [{"name": "sgd", "lr": 0.1}],
+        "seeds": [0, 1],
+        "grid": {"loss": ["mse"]},
+        "workers": 2,
+    }
+    cfg = tmp_path / "sweep.json"
+    cfg.write_text(json.dumps(base))
+    cmd = lambda out: [CLI, "sweep", str(cfg), "--out", str(tmp_path / out), "--device", "cpu"]
+    proc = subprocess.Popen(
+        cmd("cut"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    rows = [tmp_path / "cut" / "points" / "loss=mse" / f"sgd-seed{s}" / "rows.csv" for s in (0, 1)]
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if proc.poll() is not None or all(r.exists() and r.read_text().count("\n") >= 6 for r in rows):
+            break
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    for r in rows:
+        assert not (r.parent / "done.json").exists(), f"{r.parent.name} finished before the interruption"
+        step = torch.load(r.parent / "checkpoint.pt", weights_only=True)["state"]["step"]
+        assert 40 <= step < base["steps"], step
+    again = subprocess.run(cmd("cut"), capture_output=True, text=True, timeout=600)
+    whole = subprocess.run(cmd("whole"), capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and whole.returncode == 0, again.stderr + whole.stderr
+    assert_same_rows(pd.read_csv(tmp_path / "whole" / "results.csv"), pd.read_csv(tmp_path / "cut" / "results.csv"))

@@ -203,3 +203,35 @@ def test_emptied_rows_are_refused_then_the_run_starts_over(uninterrupted, tmp_pa
     again = _run(cfg, tmp_path / "out")
     assert again.returncode == 0, again.stderr[-3000:]
     assert_same_rows(pd.read_csv(ref / "results.csv"), pd.read_csv(tmp_path / "out" / "results.csv"))
+
+
+@pytest.mark.parametrize("sig, status", [(signal.SIGINT, 130), (signal.SIGTERM, -signal.SIGTERM)])
+def test_a_signal_keeps_the_step_reached(uninterrupted, tmp_path, sig, status):
+    "Ctrl-C or SIGTERM between two checkpoints: the run checkpoints the step it reached, and the rerun loses nothing."
+    _, ref = uninterrupted
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({**CONFIG, "checkpoint_every": CONFIG["steps"]}))  # only the end is scheduled
+    proc = subprocess.Popen(
+        [CLI, "run", str(cfg), "--out", str(tmp_path / "b"), "--device", "cpu"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    run = tmp_path / "b" / "runs" / "bulk-seed0"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if proc.poll() is not None or (run / "rows.csv").exists() and (run / "rows.csv").read_text().count("\n") >= 12:
+            break
+        time.sleep(0.02)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == status, err
+    if sig == signal.SIGINT:
+        assert err.strip().endswith("interrupted; the same command resumes the run from the step it reached"), err
+    assert not (run / "done.json").exists(), "the run finished before it was interrupted"
+    step = torch.load(run / "checkpoint.pt", weights_only=True)["state"]["step"]
+    assert 50 <= step < CONFIG["steps"]
+    assert pd.read_csv(run / "rows.csv").step.max() == step - step % CONFIG["log_every"]  # the rows up to it
+    out = _run(cfg, tmp_path / "b")
+    assert out.returncode == 0, out.stderr
+    assert_same_rows(pd.read_csv(ref / "results.csv"), pd.read_csv(tmp_path / "b" / "results.csv"))

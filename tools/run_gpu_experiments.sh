@@ -12,7 +12,9 @@
 #                 16-core machine; tools/gpu_pilot.py measures what sharing the device costs.
 #   --deadline S  stop S seconds after the first notebook starts: none starts later, and one still running then is
 #                 interrupted (SIGINT, then killed 20 s later) and counts as failed, "stopped at the deadline". Its
-#                 finished runs stay under runs/, so a rerun of the same notebook reuses them. Default: no deadline.
+#                 finished runs stay under runs/, so a rerun of the same notebook reuses them; its runs in flight
+#                 checkpoint the step they reached (SIGINT is held until the step ends), and a rerun goes on from
+#                 there. Default: no deadline.
 #   --pack FILE   at the end, write one .tar.gz holding the notebooks that finished, the logs and summary.tsv (under
 #                 gpu-logs/), and every finished run beside the notebooks (each folder under runs/ with a done.json:
 #                 its rows and records, not its checkpoint). Paths inside are relative to the repository root (a
