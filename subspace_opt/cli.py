@@ -74,6 +74,7 @@ def _demo_args(sub, fmt):
 def _run_args(sub, fmt):
     r = sub.add_parser("run", help="run (or resume) the experiment of a JSON/YAML config", formatter_class=fmt)
     r.add_argument("config", help="experiment configuration (.json, .yaml)")
+    r.add_argument("--workers", type=_int_in(1), default=1, help="worker processes that share the runs (not torchrun)")
     _common_args(r)
 
 
@@ -195,7 +196,7 @@ def _run_job(a):
     path = _check_writable(a.out or Path("runs") / cfg.name, "--out")
     a.distributed = init_from_env()  # under torchrun: join the process group (gloo on CPU, nccl on CUDA); else a no-op
     try:
-        results = run_experiment(cfg, path, progress=_progress())
+        results = run_experiment(cfg, path, progress=_progress(), workers=a.workers)
     finally:
         me = rank()
         shutdown()  # every rank leaves the group once the run is written

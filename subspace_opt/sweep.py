@@ -4,18 +4,16 @@
 
 # %% ../nbs/06a_sweep.ipynb #620b4397
 from __future__ import annotations
-import contextlib, copy, itertools, math, multiprocessing as mp
+import contextlib, copy, itertools, math
 from pathlib import Path
 import pandas as pd
-import torch
-from tqdm.auto import tqdm
 from .data import default_device, environment
 from .config import ConfigError, UserError, _show, config_from_dict, read_config_file
 from .runfolder import SAFE_NAME, RunFolder, safe_name
-from .train import check_run, run_job, task_data, tracked_rank
+from .train import check_run, run_in_workers, run_job, task_data, tracked_rank
 
 # %% auto #0
-__all__ = ['MAX_GRID_POINTS', 'expand_grid', 'threads_per_worker', 'run_sweep', 'collect_sweep', 'run_sweeps', 'load_sweep']
+__all__ = ['MAX_GRID_POINTS', 'expand_grid', 'run_sweep', 'collect_sweep', 'run_sweeps', 'load_sweep']
 
 # %% ../nbs/06a_sweep.ipynb #df132417
 def _set(d: dict, key: str, value, where: str = ""):
@@ -102,23 +100,6 @@ def _jobs(points, out: RunFolder):
     return jobs
 
 
-def threads_per_worker(workers: int):  # worker processes that share this process's cores
-    "This process's torch threads shared among `workers` processes, at least 1 each: more would oversubscribe."
-    return max(1, torch.get_num_threads() // workers)
-
-
-def _run_jobs(jobs: list, workers: int, progress: bool):
-    "Run `jobs` with `run_job`: in `workers` forkserver processes (their share of the threads each), or in this one."
-    if workers > 1:
-        share = dict(initializer=torch.set_num_threads, initargs=(threads_per_worker(workers),))
-        with mp.get_context("forkserver").Pool(workers, **share) as pool:
-            list(tqdm(pool.imap_unordered(run_job, jobs), total=len(jobs), desc="sweep", disable=not progress))
-            pool.close()  # let the workers exit on their own: their finalizers run, and no semaphore is left behind
-            pool.join()
-    else:
-        [run_job(j) for j in tqdm(jobs, desc="sweep", disable=not progress)]
-
-
 def _collect(points, out: RunFolder):
     "Every job's rows in grid order, with a column per grid key holding the point's value."
     frames = [
@@ -172,7 +153,7 @@ def run_sweep(
     with out.lock():
         jobs = _checked_jobs(points, out)
         _record_sweep(base, grid, out)
-        _run_jobs(jobs, workers, progress)
+        run_in_workers(run_job, jobs, workers, progress, desc="sweep")
         return _finish(points, out)
 
 # %% ../nbs/06a_sweep.ipynb #8dd0d8092fe74a7c96281538738b07e2
@@ -245,7 +226,7 @@ def run_sweeps(
             jobs = {name: _checked_jobs(points[name], folders[name]) for name in specs}  # all, before any record
             for name, (base, grid, _) in specs.items():
                 _record_sweep(base, grid, folders[name])
-            _run_jobs([job for name in specs for job in jobs[name]], workers, progress)
+            run_in_workers(run_job, [job for name in specs for job in jobs[name]], workers, progress, desc="sweep")
             tables = {name: _finish(points[name], folders[name]) for name in specs}
     frames = []
     for name, rows in tables.items():

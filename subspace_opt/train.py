@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_train.ipynb #d8e81051
 from __future__ import annotations
-import json, signal, threading, time
+import json, multiprocessing as mp, signal, threading, time
 from dataclasses import asdict
 from pathlib import Path
 import pandas as pd
@@ -27,8 +27,8 @@ from .metrics import _diverged, evaluate as evaluate, measure  # both still impo
 from .metrics import follow_rank, projected_rank
 
 # %% auto #0
-__all__ = ['TIMING', 'check_rank', 'build_run', 'check_run', 'Run', 'HeldSignals', 'run_one', 'tracked_rank', 'run_experiment',
-           'task_data', 'run_job']
+__all__ = ['TIMING', 'check_rank', 'build_run', 'check_run', 'Run', 'HeldSignals', 'run_one', 'task_data', 'run_job',
+           'threads_per_worker', 'run_in_workers', 'tracked_rank', 'run_experiment']
 
 # %% ../nbs/06_train.ipynb #7015e4ce
 def check_rank(
@@ -363,43 +363,6 @@ def run_one(
         rows = folder.read_rows()  # rows written under an earlier name of the experiment carry today's name
         return rows.assign(experiment=cfg.name) if "experiment" in rows else rows
 
-# %% ../nbs/06_train.ipynb #bd174bd0
-def tracked_rank(
-    cfg: ExperimentConfig,  # the experiment
-    data,  # its `TaskData`
-):
-    "The rank k that the runs of `cfg` track, checked below its model's parameter count p (else a `ConfigError`)."
-    n, s = len(data.y_train), cfg.subspace  # and the data must hold a mini-batch and the Hessian's subsample
-    if cfg.batch_size > n:
-        raise ConfigError(f"`config.batch_size` must be at most the {n} training samples, got {cfg.batch_size}")
-    if s.hessian_data == "subsample" and s.n_hessian > n:
-        raise ConfigError(f"`config.subspace.n_hessian` must be at most the {n} training samples, got {s.n_hessian}")
-    return check_rank(cfg, sum(q.numel() for q in make_model(cfg, data, cfg.seeds[0]).parameters()), data.n_classes)
-
-# %% ../nbs/06_train.ipynb #05fc85a3
-def run_experiment(
-    cfg: ExperimentConfig,  # the experiment
-    out_dir: str | Path,  # its folder: rows, checkpoints and summaries
-    progress: bool = True,  # show progress bars
-):
-    "Run (or resume) every method and seed of `cfg` into `out_dir`; return the combined results."
-    if not isinstance(cfg, ExperimentConfig):
-        raise TypeError(
-            f"`cfg` must be an ExperimentConfig (`load_config`, `config_from_dict`), got {type(cfg).__name__}"
-        )
-    out, dev = RunFolder(out_dir), check_device(cfg.device, "config.device")
-    data = load_experiment_data(cfg, dev)
-    with out.lock():
-        runs = [(m, s, out.sub("runs", f"{m.name}-seed{s}")) for m in cfg.methods for s in cfg.seeds]
-        for m, s, folder in runs:
-            check_run(cfg, m, s, folder)
-        tracked_rank(cfg, data)
-        record = {"config": asdict(cfg), "environment": environment(dev), "world_size": world_size()}
-        out.write_json("config.json", record)
-        results = pd.concat([run_one(cfg, m, s, f.path, data, progress) for m, s, f in runs], ignore_index=True)
-        out.write_csv("results.csv", results)
-    return results
-
 # %% ../nbs/06_train.ipynb #88795781
 _DATA = {}
 
@@ -418,3 +381,77 @@ def run_job(job: tuple):  # (ExperimentConfig, method index, seed, run folder)
     cfg, mi, seed, run_dir = job
     run_one(cfg, cfg.methods[mi], seed, run_dir, task_data(cfg), progress=False)
     return str(run_dir)
+
+# %% ../nbs/06_train.ipynb #acae54e37e7d407bbb7b55eff062a284
+def _check_workers(workers):  # a number of worker processes
+    "`workers` once checked to be an int >= 1; else a `UserError` naming it."
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise UserError(f"`workers` must be an int >= 1, got {workers!r}")
+    return workers
+
+
+def threads_per_worker(workers: int):  # worker processes that share this process's cores
+    "This process's torch threads shared among `workers` processes, at least 1 each: more would oversubscribe."
+    return max(1, torch.get_num_threads() // workers)
+
+
+def run_in_workers(
+    fn,  # a module-level function of one job (worker processes import it by name)
+    jobs: list,  # its jobs, picklable
+    workers: int = 1,  # worker processes; 1: this process, in order
+    progress: bool = False,  # a progress bar over the jobs
+    desc: str = "jobs",  # its label
+):
+    "`fn(job)` for every job: in `workers` forkserver processes (their share of the threads each), or in this one."
+    if _check_workers(workers) == 1 or len(jobs) < 2:
+        return [fn(j) for j in tqdm(jobs, desc=desc, disable=not progress)]
+    if getattr(fn, "__module__", "__main__") == "__main__" or "<" in getattr(fn, "__qualname__", "<"):
+        raise UserError(f"`fn` must be a module-level function of an importable module for workers, got {fn!r}")
+    share = dict(initializer=torch.set_num_threads, initargs=(threads_per_worker(workers),))
+    with mp.get_context("forkserver").Pool(min(workers, len(jobs)), **share) as pool:
+        done = list(tqdm(pool.imap_unordered(fn, jobs), total=len(jobs), desc=desc, disable=not progress))
+        pool.close()  # let the workers exit on their own: their finalizers run, and no semaphore is left behind
+        pool.join()
+    return done
+
+# %% ../nbs/06_train.ipynb #bd174bd0
+def tracked_rank(
+    cfg: ExperimentConfig,  # the experiment
+    data,  # its `TaskData`
+):
+    "The rank k that the runs of `cfg` track, checked below its model's parameter count p (else a `ConfigError`)."
+    n, s = len(data.y_train), cfg.subspace  # and the data must hold a mini-batch and the Hessian's subsample
+    if cfg.batch_size > n:
+        raise ConfigError(f"`config.batch_size` must be at most the {n} training samples, got {cfg.batch_size}")
+    if s.hessian_data == "subsample" and s.n_hessian > n:
+        raise ConfigError(f"`config.subspace.n_hessian` must be at most the {n} training samples, got {s.n_hessian}")
+    return check_rank(cfg, sum(q.numel() for q in make_model(cfg, data, cfg.seeds[0]).parameters()), data.n_classes)
+
+# %% ../nbs/06_train.ipynb #05fc85a3
+def run_experiment(
+    cfg: ExperimentConfig,  # the experiment
+    out_dir: str | Path,  # its folder: rows, checkpoints and summaries
+    progress: bool = True,  # show progress bars
+    workers: int = 1,  # worker processes that share the runs (`run_in_workers`); 1: one run after another, here
+):
+    "Run (or resume) every method and seed of `cfg` into `out_dir`; return the combined results."
+    if not isinstance(cfg, ExperimentConfig):
+        raise TypeError(
+            f"`cfg` must be an ExperimentConfig (`load_config`, `config_from_dict`), got {type(cfg).__name__}"
+        )
+    out, dev, workers = RunFolder(out_dir), check_device(cfg.device, "config.device"), _check_workers(workers)
+    data = load_experiment_data(cfg, dev)
+    with out.lock():
+        runs = [(i, m, s, out.sub("runs", f"{m.name}-seed{s}")) for i, m in enumerate(cfg.methods) for s in cfg.seeds]
+        for _, m, s, folder in runs:
+            check_run(cfg, m, s, folder)
+        tracked_rank(cfg, data)
+        if workers > 1 and world_size() > 1:
+            raise UserError(f"`workers` must be 1 under torchrun, where the ranks share each run; got {workers}")
+        record = {"config": asdict(cfg), "environment": environment(dev), "world_size": world_size()}
+        out.write_json("config.json", record)
+        if workers > 1:  # then every run is done, and `run_one` below reads it back
+            run_in_workers(run_job, [(cfg, i, s, f.path) for i, _, s, f in runs], workers, progress, desc=cfg.name)
+        results = pd.concat([run_one(cfg, m, s, f.path, data, progress) for _, m, s, f in runs], ignore_index=True)
+        out.write_csv("results.csv", results)
+    return results

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 from .config import ExperimentConfig, UserError, load_experiment_data, make_model
 from .ggn import _operators, curvature_report, slq_density
 from .runfolder import RunFolder, atomic_write
+from .train import _check_workers, run_in_workers
 
 # %% auto #0
 __all__ = ['SETTINGS_FILE', 'TrajectoryCurvature', 'analyze_run']
@@ -171,6 +171,29 @@ def _check_settings(
         )
 
 # %% ../nbs/07a_trajectory.ipynb #55579708
+def _analyze_snapshots(job: tuple):  # (config, device, snapshots of one run, its task or None, options)
+    "Analyse snapshots of one run into its folder's tables: a job of `analyze_run` (a worker loads the task itself)."
+    cfg, dev, snapshots, data, o = job
+    data = data or load_experiment_data(cfg, dev)
+    X, y = data.train
+    hdata = (X, y) if o["n_hessian"] is None else (X[: o["n_hessian"]], y[: o["n_hessian"]])
+    for m, s, path in snapshots:
+        run_dir, step, tag = path.parent.parent, int(path.stem[4:]), dict(method=m.name, seed=s)
+        done = _snapshot_done(run_dir, step, o["density_steps"])
+        model = None if done else _load_snapshot(cfg, s, data, path, dev)
+        if model is None:
+            continue  # done earlier, or a diverged snapshot, which has no curvature
+        if step not in _done_steps(run_dir / "curvature.csv"):
+            rep = curvature_report(
+                model, cfg.loss, hdata, o["k"], o["method"], o["n_probes"], s, max_exact=o["max_exact"]
+            )
+            _append_rows(run_dir / "outliers.csv", rep.outliers.assign(**tag, step=step))
+            _append_rows(run_dir / "curvature.csv", rep.shares.assign(**tag, step=step))  # last: marks it done
+        if step in o["density_steps"]:
+            dens = _densities(model, cfg.loss, hdata, o["slq_probes"], o["slq_steps"], s)
+            _write_csv(run_dir / f"density-step{step}.csv", dens.assign(**tag, step=step))
+
+
 def analyze_run(
     cfg: ExperimentConfig,  # the experiment whose runs kept snapshots (`snapshot_every`)
     out_dir: str | Path,  # its folder (as given to `run_experiment`)
@@ -183,27 +206,24 @@ def analyze_run(
     slq_probes: int = 8,  # SLQ probes of each density
     slq_steps: int = 60,  # Lanczos steps per SLQ probe
     device=None,  # where to compute (default: the experiment's device)
-    progress: bool = True,  # a progress bar over snapshots
+    progress: bool = True,  # a progress bar over snapshots (with workers: over runs)
+    workers: int = 1,  # worker processes, each given whole runs (`train.run_in_workers`); 1: here, in order
 ):
     "Run `curvature_report` at every snapshot of every (method, seed) run of `out_dir`, resumably; return tidy tables."
     out, jobs = Path(out_dir), _snapshot_jobs(cfg, Path(out_dir))
     dev = torch.device(device or cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     data = load_experiment_data(cfg, dev)
-    (X, y), k = data.train, _analysed_rank(cfg, k, data.n_classes)
-    hdata = (X, y) if _check_n_hessian(n_hessian, len(X)) is None else (X[:n_hessian], y[:n_hessian])
+    k, here = _analysed_rank(cfg, k, data.n_classes), _check_workers(workers) == 1
+    n_hessian = _check_n_hessian(n_hessian, len(data.train[0]))
     settings = dict(n_hessian=n_hessian, k=k, method=method, n_probes=n_probes, max_exact=max_exact)
+    settings |= dict(slq_probes=slq_probes, slq_steps=slq_steps)  # what the tables are computed with
     with RunFolder(out).lock():  # no run adds snapshots meanwhile, and no other analysis writes these tables
-        _check_settings(out, settings | dict(slq_probes=slq_probes, slq_steps=slq_steps))
-        for m, s, path in tqdm(jobs, desc="curvature", disable=not progress):
-            run_dir, step, tag = path.parent.parent, int(path.stem[4:]), dict(method=m.name, seed=s)
-            model = None if _snapshot_done(run_dir, step, density_steps) else _load_snapshot(cfg, s, data, path, dev)
-            if model is None:
-                continue  # done earlier, or a diverged snapshot, which has no curvature
-            if step not in _done_steps(run_dir / "curvature.csv"):
-                rep = curvature_report(model, cfg.loss, hdata, k, method, n_probes, s, max_exact=max_exact)
-                _append_rows(run_dir / "outliers.csv", rep.outliers.assign(**tag, step=step))
-                _append_rows(run_dir / "curvature.csv", rep.shares.assign(**tag, step=step))  # last: marks it done
-            if step in density_steps:
-                dens = _densities(model, cfg.loss, hdata, slq_probes, slq_steps, s)
-                _write_csv(run_dir / f"density-step{step}.csv", dens.assign(**tag, step=step))
+        _check_settings(out, settings)
+        runs = {}  # run folder -> its snapshots: one worker writes a run's tables
+        for m, s, path in jobs:
+            runs.setdefault(path.parent.parent, []).append((m, s, path))
+        batches = [[j] for j in jobs] if here else list(runs.values())
+        o = settings | dict(density_steps=tuple(density_steps))
+        tasks = [(cfg, dev, snapshots, data if here else None, o) for snapshots in batches]
+        run_in_workers(_analyze_snapshots, tasks, workers, progress, desc="curvature")
     return _read_tables(cfg, out)

@@ -16,7 +16,9 @@ import pytest
 import torch
 
 import subspace_opt.cli as cli
+from subspace_opt.config import config_from_dict
 from subspace_opt.runfolder import RunFolder
+from subspace_opt.train import run_experiment
 from same_rows import assert_same_rows
 
 CLI = shutil.which("subspace-opt", path=str(Path(sys.executable).parent)) or shutil.which("subspace-opt")
@@ -235,3 +237,18 @@ def test_a_signal_keeps_the_step_reached(uninterrupted, tmp_path, sig, status):
     out = _run(cfg, tmp_path / "b")
     assert out.returncode == 0, out.stderr
     assert_same_rows(pd.read_csv(ref / "results.csv"), pd.read_csv(tmp_path / "b" / "results.csv"))
+
+
+def test_run_experiment_with_worker_processes_gives_the_rows_of_one_process(tmp_path):
+    "Two real worker processes share the runs; the table is that of one process, run after run, in config order."
+    cfg = config_from_dict({**CONFIG, "steps": 40, "seeds": [0, 1]})
+    alone = run_experiment(cfg, tmp_path / "alone", progress=False)
+    shared = run_experiment(cfg, tmp_path / "shared", progress=False, workers=2)
+    assert_same_rows(alone, shared)
+    assert sorted(p.name for p in (tmp_path / "shared" / "runs").iterdir()) == [
+        "bulk-seed0",
+        "bulk-seed1",
+        "sgd-seed0",
+        "sgd-seed1",
+    ]
+    assert_same_rows(run_experiment(cfg, tmp_path / "shared", progress=False, workers=2), shared)  # read back
