@@ -193,7 +193,7 @@ def _analyze_snapshots(job: tuple):  # (config, device, snapshots of one run, it
             dens = _densities(model, cfg.loss, hdata, o["slq_probes"], o["slq_steps"], s)
             _write_csv(run_dir / f"density-step{step}.csv", dens.assign(**tag, step=step))
 
-
+# %% ../nbs/07a_trajectory.ipynb #5bfbe3d9
 def analyze_run(
     cfg: ExperimentConfig,  # the experiment whose runs kept snapshots (`snapshot_every`)
     out_dir: str | Path,  # its folder (as given to `run_experiment`)
