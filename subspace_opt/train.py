@@ -316,11 +316,12 @@ class HeldSignals:
 
     def _hold(self, sig, frame):
         "Note `sig`; a second one of its kind is not held: it takes effect at once."
-        if sig in self.asked:
-            self._restore()
-            self.asked.remove(sig)  # delivered now, not again on leaving the block
-            signal.raise_signal(sig)
-        self.asked.append(sig)
+        if sig not in self.asked:
+            self.asked.append(sig)
+            return
+        self._restore()
+        self.asked.remove(sig)  # delivered now, not again on leaving the block
+        signal.raise_signal(sig)
 
     def _restore(self):
         "Give every held signal its handler back."
