@@ -334,6 +334,30 @@ class HeldSignals:
         for sig in sorted(self.asked, key=lambda s: s != signal.SIGTERM):  # SIGTERM first: by default, the end
             signal.raise_signal(sig)  # SIGINT: a KeyboardInterrupt from here
 
+# %% ../nbs/06_train.ipynb #8edb47106e1a46a883d545849b8ab81b
+class _Terminated(BaseException):
+    "SIGTERM reached the process that owns a worker pool."
+
+
+class _TermStopsPool:
+    "While a pool works: SIGTERM (left at its default) stops the pool first — its workers checkpoint — then this process."
+
+    def __enter__(self):
+        self.old = None
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            self.old = signal.signal(signal.SIGTERM, self._raise)
+        return self
+
+    @staticmethod
+    def _raise(sig, frame):
+        raise _Terminated()  # leaves the pool's block: `Pool.terminate` sends the workers SIGTERM, which they hold
+
+    def __exit__(self, kind, exc, tb):
+        if self.old is not None:
+            signal.signal(signal.SIGTERM, self.old)
+        if kind is _Terminated:
+            signal.raise_signal(signal.SIGTERM)  # now as by default: the end of this process
+
 # %% ../nbs/06_train.ipynb #00f88293
 def run_one(
     cfg: ExperimentConfig,  # the experiment
@@ -409,7 +433,7 @@ def run_in_workers(
     if getattr(fn, "__module__", "__main__") == "__main__" or "<" in getattr(fn, "__qualname__", "<"):
         raise UserError(f"`fn` must be a module-level function of an importable module for workers, got {fn!r}")
     share = dict(initializer=torch.set_num_threads, initargs=(threads_per_worker(workers),))
-    with mp.get_context("forkserver").Pool(min(workers, len(jobs)), **share) as pool:
+    with _TermStopsPool(), mp.get_context("forkserver").Pool(min(workers, len(jobs)), **share) as pool:
         done = list(tqdm(pool.imap_unordered(fn, jobs), total=len(jobs), desc=desc, disable=not progress))
         pool.close()  # let the workers exit on their own: their finalizers run, and no semaphore is left behind
         pool.join()

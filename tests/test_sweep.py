@@ -147,8 +147,10 @@ def test_a_job_that_raises_stops_the_sweep_and_a_rerun_resumes_it(tmp_path, monk
     assert starts == [5]  # only the failed job ran again, from its checkpoint
 
 
-def test_ctrl_c_on_a_sweep_with_workers_keeps_every_runs_steps(tmp_path):
-    "SIGINT to the whole process group (Ctrl-C, a deadline's `timeout`): each worker checkpoints the step it reached."
+@pytest.mark.parametrize("to_group", [True, False], ids=["ctrl-c-to-the-group", "sigterm-to-the-sweep-alone"])
+def test_a_stopped_sweep_with_workers_keeps_every_runs_steps(tmp_path, to_group):
+    """SIGINT to the whole process group (Ctrl-C, a deadline's `timeout`), or SIGTERM to the sweep's process alone
+    (`kill PID`): each worker checkpoints the step it reached, and no process is left running."""
     base = {
         "data_args": {"n_train": 150},
         "hidden": [8],
@@ -172,9 +174,20 @@ def test_ctrl_c_on_a_sweep_with_workers_keeps_every_runs_steps(tmp_path):
         if proc.poll() is not None or all(r.exists() and r.read_text().count("\n") >= 6 for r in rows):
             break
         time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGINT)
+    if to_group:
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
+    assert proc.returncode == (130 if to_group else -signal.SIGTERM), err
+    for _ in range(300):  # the workers, the fork server and the resource tracker all end
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("processes of the stopped sweep are still running")
     for r in rows:
         assert not (r.parent / "done.json").exists(), f"{r.parent.name} finished before the interruption"
         step = torch.load(r.parent / "checkpoint.pt", weights_only=True)["state"]["step"]
