@@ -340,7 +340,7 @@ class _Terminated(BaseException):
 
 
 class _TermStopsPool:
-    "While a pool works: SIGTERM (left at its default) stops the pool first — its workers checkpoint — then this process."
+    "While a pool works, SIGTERM (at its default) stops the pool first — its workers checkpoint — then this process."
 
     def __enter__(self):
         self.old = None
