@@ -10,7 +10,8 @@ import pandas as pd
 from .data import default_device, environment
 from .config import ConfigError, UserError, _show, config_from_dict, read_config_file
 from .runfolder import SAFE_NAME, RunFolder, safe_name
-from .train import check_run, run_in_workers, run_job, task_data, tracked_rank
+from .train import check_run, run_job, task_data, tracked_rank
+from .workers import run_in_workers
 
 # %% auto #0
 __all__ = ['MAX_GRID_POINTS', 'expand_grid', 'run_sweep', 'collect_sweep', 'run_sweeps', 'load_sweep']

@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_train.ipynb #d8e81051
 from __future__ import annotations
-import json, multiprocessing as mp, signal, threading, time
+import json, signal, threading, time
 from dataclasses import asdict
 from pathlib import Path
 import pandas as pd
@@ -25,10 +25,11 @@ from .config import load_experiment_data, make_base_optimizer, make_model
 from .runfolder import RunFolder, all_ranks
 from .metrics import _diverged, evaluate as evaluate, measure  # both still importable from here
 from .metrics import follow_rank, projected_rank
+from .workers import check_workers, run_in_workers
 
 # %% auto #0
 __all__ = ['TIMING', 'check_rank', 'build_run', 'check_run', 'Run', 'HeldSignals', 'run_one', 'task_data', 'run_job',
-           'threads_per_worker', 'run_in_workers', 'tracked_rank', 'run_experiment']
+           'tracked_rank', 'run_experiment']
 
 # %% ../nbs/06_train.ipynb #7015e4ce
 def check_rank(
@@ -334,30 +335,6 @@ class HeldSignals:
         for sig in sorted(self.asked, key=lambda s: s != signal.SIGTERM):  # SIGTERM first: by default, the end
             signal.raise_signal(sig)  # SIGINT: a KeyboardInterrupt from here
 
-# %% ../nbs/06_train.ipynb #8edb47106e1a46a883d545849b8ab81b
-class _Terminated(BaseException):
-    "SIGTERM reached the process that owns a worker pool."
-
-
-class _TermStopsPool:
-    "While a pool works, SIGTERM (at its default) stops the pool first — its workers checkpoint — then this process."
-
-    def __enter__(self):
-        self.old = None
-        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-            self.old = signal.signal(signal.SIGTERM, self._raise)
-        return self
-
-    @staticmethod
-    def _raise(sig, frame):
-        raise _Terminated()  # leaves the pool's block: `Pool.terminate` sends the workers SIGTERM, which they hold
-
-    def __exit__(self, kind, exc, tb):
-        if self.old is not None:
-            signal.signal(signal.SIGTERM, self.old)
-        if kind is _Terminated:
-            signal.raise_signal(signal.SIGTERM)  # now as by default: the end of this process
-
 # %% ../nbs/06_train.ipynb #00f88293
 def run_one(
     cfg: ExperimentConfig,  # the experiment
@@ -407,38 +384,6 @@ def run_job(job: tuple):  # (ExperimentConfig, method index, seed, run folder)
     run_one(cfg, cfg.methods[mi], seed, run_dir, task_data(cfg), progress=False)
     return str(run_dir)
 
-# %% ../nbs/06_train.ipynb #acae54e37e7d407bbb7b55eff062a284
-def _check_workers(workers):  # a number of worker processes
-    "`workers` once checked to be an int >= 1; else a `UserError` naming it."
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise UserError(f"`workers` must be an int >= 1, got {workers!r}")
-    return workers
-
-
-def threads_per_worker(workers: int):  # worker processes that share this process's cores
-    "This process's torch threads shared among `workers` processes, at least 1 each: more would oversubscribe."
-    return max(1, torch.get_num_threads() // workers)
-
-
-def run_in_workers(
-    fn,  # a module-level function of one job (worker processes import it by name)
-    jobs: list,  # its jobs, picklable
-    workers: int = 1,  # worker processes; 1: this process, in order
-    progress: bool = False,  # a progress bar over the jobs
-    desc: str = "jobs",  # its label
-):
-    "`fn(job)` for every job: in `workers` forkserver processes (their share of the threads each), or in this one."
-    if _check_workers(workers) == 1 or len(jobs) < 2:
-        return [fn(j) for j in tqdm(jobs, desc=desc, disable=not progress)]
-    if getattr(fn, "__module__", "__main__") == "__main__" or "<" in getattr(fn, "__qualname__", "<"):
-        raise UserError(f"`fn` must be a module-level function of an importable module for workers, got {fn!r}")
-    share = dict(initializer=torch.set_num_threads, initargs=(threads_per_worker(workers),))
-    with _TermStopsPool(), mp.get_context("forkserver").Pool(min(workers, len(jobs)), **share) as pool:
-        done = list(tqdm(pool.imap_unordered(fn, jobs), total=len(jobs), desc=desc, disable=not progress))
-        pool.close()  # let the workers exit on their own: their finalizers run, and no semaphore is left behind
-        pool.join()
-    return done
-
 # %% ../nbs/06_train.ipynb #bd174bd0
 def tracked_rank(
     cfg: ExperimentConfig,  # the experiment
@@ -464,7 +409,7 @@ def run_experiment(
         raise TypeError(
             f"`cfg` must be an ExperimentConfig (`load_config`, `config_from_dict`), got {type(cfg).__name__}"
         )
-    out, dev, workers = RunFolder(out_dir), check_device(cfg.device, "config.device"), _check_workers(workers)
+    out, dev, workers = RunFolder(out_dir), check_device(cfg.device, "config.device"), check_workers(workers)
     data = load_experiment_data(cfg, dev)
     with out.lock():
         runs = [(i, m, s, out.sub("runs", f"{m.name}-seed{s}")) for i, m in enumerate(cfg.methods) for s in cfg.seeds]

@@ -12,7 +12,7 @@ import torch
 from .config import ExperimentConfig, UserError, load_experiment_data, make_model
 from .ggn import _operators, curvature_report, slq_density
 from .runfolder import RunFolder, atomic_write
-from .train import _check_workers, run_in_workers
+from .workers import check_workers, run_in_workers
 
 # %% auto #0
 __all__ = ['SETTINGS_FILE', 'TrajectoryCurvature', 'analyze_run']
@@ -207,13 +207,13 @@ def analyze_run(
     slq_steps: int = 60,  # Lanczos steps per SLQ probe
     device=None,  # where to compute (default: the experiment's device)
     progress: bool = True,  # a progress bar over snapshots (with workers: over runs)
-    workers: int = 1,  # worker processes, each given whole runs (`train.run_in_workers`); 1: here, in order
+    workers: int = 1,  # worker processes, each given whole runs (`workers.run_in_workers`); 1: here, in order
 ):
     "Run `curvature_report` at every snapshot of every (method, seed) run of `out_dir`, resumably; return tidy tables."
     out, jobs = Path(out_dir), _snapshot_jobs(cfg, Path(out_dir))
     dev = torch.device(device or cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     data = load_experiment_data(cfg, dev)
-    k, here = _analysed_rank(cfg, k, data.n_classes), _check_workers(workers) == 1
+    k, here = _analysed_rank(cfg, k, data.n_classes), check_workers(workers) == 1
     n_hessian = _check_n_hessian(n_hessian, len(data.train[0]))
     settings = dict(n_hessian=n_hessian, k=k, method=method, n_probes=n_probes, max_exact=max_exact)
     settings |= dict(slq_probes=slq_probes, slq_steps=slq_steps)  # what the tables are computed with

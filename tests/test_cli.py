@@ -340,7 +340,7 @@ def test_ctrl_c_is_one_line_and_the_same_command_resumes(tmp_path):
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, (proc.returncode, err)
-    assert err == "subspace-opt run: interrupted; the same command resumes the run from its last checkpoint\n", err
+    assert err == "subspace-opt run: interrupted; the same command resumes the run from the step it reached\n", err
     assert not (tmp_path / "out" / "runs" / "sgd-seed0" / "done.json").exists()
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert again.returncode == 0 and again.stderr == "", again.stderr

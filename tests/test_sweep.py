@@ -1,5 +1,6 @@
 """`subspace-opt sweep` with worker processes, and its resumption."""
 
+import functools
 import json
 import os
 import shutil
@@ -166,7 +167,13 @@ def test_a_stopped_sweep_with_workers_keeps_every_runs_steps(tmp_path, to_group)
     cfg.write_text(json.dumps(base))
     cmd = lambda out: [CLI, "sweep", str(cfg), "--out", str(tmp_path / out), "--device", "cpu"]
     proc = subprocess.Popen(
-        cmd("cut"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+        cmd("cut"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # a process group of its own, as a shell job has
+        # a shell without job control starts background commands with SIGINT ignored: give Ctrl-C its default back
+        preexec_fn=functools.partial(signal.signal, signal.SIGINT, signal.SIG_DFL),
     )
     rows = [tmp_path / "cut" / "points" / "loss=mse" / f"sgd-seed{s}" / "rows.csv" for s in (0, 1)]
     deadline = time.time() + 300

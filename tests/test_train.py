@@ -2,6 +2,7 @@
 refuse what would corrupt a run folder — a planted checkpoint, a second process, a resume under another configuration,
 rows that lost lines — with one line and status 2."""
 
+import functools
 import json
 import pickle
 import shutil
@@ -218,6 +219,7 @@ def test_a_signal_keeps_the_step_reached(uninterrupted, tmp_path, sig, status):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=functools.partial(signal.signal, signal.SIGINT, signal.SIG_DFL),  # as a terminal gives it
     )
     run = tmp_path / "b" / "runs" / "bulk-seed0"
     deadline = time.time() + 300
