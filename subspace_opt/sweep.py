@@ -11,7 +11,7 @@ from .data import default_device, environment
 from .config import ConfigError, UserError, _show, config_from_dict, read_config_file
 from .runfolder import SAFE_NAME, RunFolder, safe_name
 from .train import check_run, run_job, task_data, tracked_rank
-from .workers import run_in_workers
+from .workers import check_workers, run_in_workers
 
 # %% auto #0
 __all__ = ['MAX_GRID_POINTS', 'expand_grid', 'run_sweep', 'collect_sweep', 'run_sweeps', 'load_sweep']
@@ -244,6 +244,4 @@ def load_sweep(path: str | Path):  # a JSON/YAML file: an experiment config plus
     if not isinstance(d, dict) or "grid" not in d:
         raise ConfigError(f"missing key `grid` in {path}")
     grid, workers = d.pop("grid"), d.pop("workers", 1)
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ConfigError(f"`workers` must be an int >= 1, got {workers!r}")
-    return d, grid, workers
+    return d, grid, check_workers(workers, ConfigError)

@@ -13,10 +13,13 @@ from .config import UserError
 __all__ = ['check_workers', 'threads_per_worker', 'run_in_workers']
 
 # %% ../nbs/05e_workers.ipynb #8763a12b2bbd4a93a75aff182afb95dc
-def check_workers(workers):  # a number of worker processes
-    "`workers` once checked to be an int >= 1; else a `UserError` naming it."
+def check_workers(
+    workers,  # a number of worker processes
+    error: type = UserError,  # what to raise: e.g. a `ConfigError` for a value read from a file
+):
+    "`workers` once checked to be an int >= 1; else an `error` naming it."
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise UserError(f"`workers` must be an int >= 1, got {workers!r}")
+        raise error(f"`workers` must be an int >= 1, got {workers!r}")
     return workers
 
 
