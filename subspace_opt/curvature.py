@@ -5,6 +5,7 @@
 # %% ../nbs/00_curvature.ipynb #20db774d
 from __future__ import annotations
 import time
+import warnings
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -81,6 +82,23 @@ def params_to_vector(model: torch.nn.Module):  # the network whose trainable par
     "The trainable parameters of `model` as one flat detached vector, in `model.parameters()` order."
     return torch.cat([q.detach().reshape(-1) for q in model.parameters() if q.requires_grad])
 
+# %% ../nbs/00_curvature.ipynb #7fb27b941602401d91542211134fc71a
+def _unflat(
+    v: torch.Tensor,  # a flat vector (p,)
+    layout: tuple,  # (names, shapes, sizes) of the trainable tensors, in flat-vector order
+):
+    "`v` as named tensors of the parameters' shapes (views, no copy)."
+    names, shapes, sizes = layout
+    return {n: c.view(s) for n, c, s in zip(names, v.split(sizes), shapes)}
+
+
+def _flat(
+    d: dict,  # name -> tensor of that parameter's shape
+    layout: tuple,  # (names, shapes, sizes) of the trainable tensors, in flat-vector order
+):
+    "Named tensors as one flat vector (p,), in parameter order."
+    return torch.cat([d[n].reshape(-1) for n in layout[0]])
+
 # %% ../nbs/00_curvature.ipynb #6f86e503
 class _ModelParameters(TorchLinearOperator):
     "An operator on the trainable parameters of `model`: moves between the flat vector and the named tensors."
@@ -103,19 +121,20 @@ class _ModelParameters(TorchLinearOperator):
         "The trainable parameters, in flat-vector order: what autograd differentiates and the optimizer updates."
         return [q for q in self.model.parameters() if q.requires_grad]
 
-    def _forward(self, params, X, copy=False):
-        "The model on `X` with trainable tensors `params`; frozen ones and buffers held (buffers copied if `copy`)."
+    def _consts(self, copy=False):
+        "The frozen parameters and the buffers by name, which products hold fixed (buffers copied if `copy`)."
         consts = {n: q.detach() for n, q in self.model.named_parameters() if not q.requires_grad}
         consts.update((n, b.clone() if copy else b) for n, b in self.model.named_buffers())
-        return functional_call(self.model, (params, consts), (X,))
+        return consts
 
-    def _unflatten(self, v):
-        "A flat vector (p,) as named tensors of the parameters' shapes (views, no copy)."
-        return {n: c.view(s) for n, c, s in zip(self.names, v.split(self.sizes), self.shapes)}
+    def _forward(self, params, X, copy=False):
+        "The model on `X` with trainable tensors `params`; frozen ones and buffers held (buffers copied if `copy`)."
+        return functional_call(self.model, (params, self._consts(copy)), (X,))
 
-    def _flatten(self, d):
-        "Named tensors as one flat vector (p,), in parameter order."
-        return torch.cat([d[n].reshape(-1) for n in self.names])
+    @property
+    def _layout(self):
+        "(names, shapes, sizes) of the trainable tensors, in flat-vector order: how `_unflat` and `_flat` cut."
+        return tuple(self.names), tuple(self.shapes), tuple(self.sizes)
 
     def _rows(self, Vt):
         "A block (b, p) with one vector per row, as per-parameter blocks (b, *shape)."
@@ -333,6 +352,43 @@ class _MethodChoice(_Reduction):
             + "; ".join(f"{m}: {str(e)[:200]}" for m, e in errors.items())
         )
 
+# %% ../nbs/00_curvature.ipynb #72eea5119410473aa328ad9291626812
+def _check_compile(
+    compile,  # `CurvatureOperator`'s argument of that name
+    method: str,  # its `method`
+):
+    "Refuse a `compile` that is not a bool, or one asked of the double-backward products; name the argument."
+    if not isinstance(compile, bool):
+        raise TypeError(f"`compile` must be True or False, got {compile!r}")
+    if compile and method == "reverse":
+        raise ValueError(
+            "`compile=True` compiles the forward-over-reverse products: `method` must be 'forward' or 'auto', "
+            "got 'reverse'"
+        )
+
+# %% ../nbs/00_curvature.ipynb #938c804e27f84196a10c8828c723f798
+_COMPILED = {}  # product function -> its `torch.compile` wrapper, made once per process
+
+
+def _pure_call(
+    op,  # the operator asking: its `compile` flag (set to False here when compiling fails)
+    fn,  # a product function of tensors and plain values only
+    *args,
+):
+    "`fn(*args)`, through `torch.compile` when `op.compile`; uncompiled from then on, with a warning, if that fails."
+    if op.compile:
+        if fn not in _COMPILED:
+            _COMPILED[fn] = torch.compile(fn, dynamic=False)  # symbolic shapes fail in functorch's jvp
+        try:
+            return _COMPILED[fn](*args)
+        except Exception as e:  # no compiler here (C++ on a CPU, Triton on a GPU), or a model it cannot trace
+            op.compile = False
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            warnings.warn(
+                f"{type(op).__name__}: torch.compile failed ({type(e).__name__}: {first}); its products run uncompiled"
+            )
+    return fn(*args)
+
 # %% ../nbs/00_curvature.ipynb #4dcaec13
 METHODS = ("auto", "forward", "reverse")  # autodiff methods of the curvature products
 
@@ -349,16 +405,20 @@ class CurvatureOperator(_MethodChoice):
         method: str = "auto",  # 'reverse' (double backward), 'forward' (forward-over-reverse) or 'auto'
         check_determinism: bool = True,  # refuse models whose outputs are not deterministic
         process_group=None,  # ranks sharing the data: None (default group if initialised), a group, or False
+        compile: bool = False,  # forward-over-reverse products through `torch.compile` (see "Compiled products")
     ):
         if method not in METHODS:
             raise ValueError(f"`method` must be one of {METHODS}, got {method!r}")
+        _check_compile(compile, method)
+        self.compile = False  # the probes below run uncompiled: each new shape would cost a compilation
         super().__init__(model, loss, data, batch_size, process_group)
         if check_determinism and self.batches:
             # batches of other shapes (token sequences of other lengths) cannot join the probe
             shape = self.batches[0][0].shape[1:]
             probe = torch.cat([X for X, _ in self.batches[:16] if X.shape[1:] == shape])[:16]  # several small batches
             check_deterministic(lambda X: self._forward(self._params(), X, copy=True), probe, self.model)
-        self.method = self._pick_method(method) if self.batches else None
+        self.method = self._pick_method("forward" if compile else method) if self.batches else None
+        self.compile = compile
         self._join()
 
     def broadcast(self, t: torch.Tensor):  # a tensor on the operator's device, same shape on every rank
@@ -383,6 +443,21 @@ def gradient(self: CurvatureOperator):
     return (self._reduce(total) / self.n).detach()
 
 # %% ../nbs/00_curvature.ipynb #3d23ca0b
+def _hessian_rows(
+    model: torch.nn.Module,  # the network: its structure only (the parameters come next)
+    params: dict,  # name -> trainable tensor: the point of the product
+    consts: dict,  # name -> frozen parameter or buffer
+    X: torch.Tensor,  # a batch of inputs
+    t: torch.Tensor,  # its prepared targets
+    loss: str,  # 'mse' or 'ce'
+    Vt: torch.Tensor,  # (b, p) block, one vector per row
+    layout: tuple,  # (names, shapes, sizes) of `params` in flat-vector order
+):
+    "The Hessian of the batch's summed loss times each row of Vt, forward-over-reverse: a pure (compilable) function."
+    f = lambda ps: loss_sum(functional_call(model, (ps, consts), (X,)), t, loss)
+    return vmap(lambda v: _flat(jvp(grad(f), (params,), (_unflat(v, layout),))[1], layout))(Vt)
+
+
 class HessianOperator(CurvatureOperator):
     "Matrix-free Hessian of the mean loss: `op @ v` (p,) or `op @ V` (p, b), one pass over the data per block."
 
@@ -394,11 +469,27 @@ class HessianOperator(CurvatureOperator):
                 loss_sum(self.model(X), t, self.loss), live, create_graph=True, materialize_grads=True
             )
             return grad_rows(g, live, self._rows(Vt), batched=_batched(self, X))
-        params = self._params()
-        g = grad(lambda ps: loss_sum(self._forward(ps, X), t, self.loss))
-        return vmap(lambda v: self._flatten(jvp(g, (params,), (self._unflatten(v),))[1]))(Vt)
+        args = (self.model, self._params(), self._consts(), X, t, self.loss, Vt, self._layout)
+        return _pure_call(self, _hessian_rows, *args)
 
 # %% ../nbs/00_curvature.ipynb #f55ead7e
+def _ggn_rows(
+    model: torch.nn.Module,  # the network: its structure only (the parameters come next)
+    params: dict,  # name -> trainable tensor: the point of the product
+    consts: dict,  # name -> frozen parameter or buffer
+    X: torch.Tensor,  # a batch of inputs
+    t: torch.Tensor,  # its prepared targets (unused: the loss Hessian in output space needs only the outputs)
+    loss: str,  # 'mse' or 'ce'
+    Vt: torch.Tensor,  # (b, p) block, one vector per row
+    layout: tuple,  # (names, shapes, sizes) of `params` in flat-vector order
+):
+    "The GGN of the batch's summed loss times each row of Vt, a jvp then a vjp: a pure (compilable) function."
+    fwd = lambda ps: functional_call(model, (ps, consts), (X,))
+    out, jt = vjp(fwd, params)
+    Jv = lambda v: jvp(fwd, (params,), (_unflat(v, layout),))[1]
+    return vmap(lambda v: _flat(jt(loss_hessian_product(out, Jv(v), loss))[0], layout))(Vt)
+
+
 class GGNOperator(CurvatureOperator):
     "Matrix-free Generalized Gauss–Newton matrix Jᵀ(∇²_f ℓ)J of the mean loss, exact (closed-form loss Hessian)."
 
@@ -411,10 +502,8 @@ class GGNOperator(CurvatureOperator):
             b = _batched(self, X)
             Jv = grad_rows(jt_u, [u], self._rows(Vt), batched=b).view(len(Vt), *out.shape)
             return grad_rows([out], live, [loss_hessian_product(out.detach(), Jv, self.loss)], batched=b)
-        params, fwd = self._params(), lambda ps: self._forward(ps, X)
-        out, jt = vjp(fwd, params)
-        Jv = lambda v: jvp(fwd, (params,), (self._unflatten(v),))[1]
-        return vmap(lambda v: self._flatten(jt(loss_hessian_product(out, Jv(v), self.loss))[0]))(Vt)
+        args = (self.model, self._params(), self._consts(), X, t, self.loss, Vt, self._layout)
+        return _pure_call(self, _ggn_rows, *args)
 
 # %% ../nbs/00_curvature.ipynb #a6747e6f
 class FunctionalHessianOperator(CurvatureOperator):
