@@ -29,6 +29,10 @@ def test_gpu_pilot_small_writes_its_table(tmp_path):
     assert t1.projected_step_ms > t1.base_step_ms and t1.cold_products > t1.products_per_step
     report = json.loads((tmp_path / "pilot.json").read_text())
     assert report["workers"] == 2 and report["throughput_gain"] > 0 and report["environment"]["device"] == "cpu"
+    parts = pd.read_csv(tmp_path / "parts.csv")  # a warm refresh, and what it is made of besides its products
+    assert parts.part[0].startswith("warm refresh (") and parts.part[1] == "block product (12 vectors)", parts
+    assert len(parts) == 7 and (parts.ms > 0).all() and parts.ms[0] > parts.ms[1], parts
+    assert [p["part"] for p in report["parts"]] == parts.part.tolist()
 
 
 def test_refresh_bench_small_writes_its_table(tmp_path):

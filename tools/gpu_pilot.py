@@ -12,11 +12,14 @@ it times, with the device synchronised:
 - the same with `k: auto` (E5): a first solve that picks the rank among the top 21 pairs, rows that log 21 of them;
 - one Hessian-vector product and a block of 10 in one pass;
 - the Bulk-SGD step at T = 1 again while `--workers` processes run it at once, as the sweeps do: the slowdown says
-  how much running several runs on one device gains.
+  how much running several runs on one device gains;
+- on the FULL MLP, a warm refresh and its pieces (a block product, orthonormalising a block, Rayleigh-Ritz, the angle
+  bound, the drift between two bases) and the projection of a gradient: where a refresh's time goes besides products
+  (parts.csv).
 
 `--small` swaps in digits and a small MLP, for a check on a CPU (tests/test_tools.py runs it). Each measurement is
-the median over repeats after a warm-up. The table (pilot.csv, pilot.json) goes to `--out`, default the current
-folder.
+the median over repeats after a warm-up. The tables (pilot.csv, parts.csv, pilot.json) go to `--out`, default the
+current folder.
 """
 
 import argparse
@@ -32,7 +35,9 @@ import torch
 
 from subspace_opt.config import config_from_dict
 from subspace_opt.data import default_device, environment
+from subspace_opt.krylov import _orth_against, _rayleigh_ritz, angle_bound
 from subspace_opt.metrics import measure
+from subspace_opt.subspace import _drift
 from subspace_opt.train import _batch_loss, _now, build_run, task_data  # the runner's own loss and clock
 
 FULL = dict(data="fashion-mnist", data_args={"n_train": 5000}, hidden=[200, 200])
@@ -100,6 +105,32 @@ def steps(cfg, repeats: int):
     )
 
 
+def parts(cfg, repeats: int):
+    "Milliseconds of a warm refresh, of the pieces it is made of and of a gradient's projection (T = 1 setting)."
+    model, opt, _ = build_run(cfg, cfg.methods[0], 0, task_data(cfg))
+    sub = opt.subspace
+    sub.update()  # the cold solve: a basis, and the block the warm refreshes start from
+    op, b = sub.op, sub.block.shape[1]
+    Q = _orth_against(None, torch.randn(op.shape[0], 2 * b, device=op.device, dtype=op.dtype))
+    HQ = op @ Q  # two blocks, as after a refresh's second block product
+    theta, V, HV = _rayleigh_ritz(Q, HQ)
+    other = _orth_against(None, sub.basis + 0.01 * torch.randn_like(sub.basis))  # a basis that moved a little
+    grads = [torch.randn_like(q) for q in op.parameters()]
+    before = sub.n_matvecs
+    refresh = timed(sub.refresh, model, repeats)
+    blocks = (sub.n_matvecs - before) / (repeats + 1) / b  # the warm-up call included
+    ms = {
+        f"warm refresh ({blocks:.1f} block products)": refresh,
+        f"block product ({b} vectors)": timed(lambda: op @ Q[:, :b], model, repeats),
+        f"orthonormalise a block of {b}": timed(lambda: _orth_against(None, Q[:, :b] + HQ[:, :b]), model, repeats),
+        f"Rayleigh-Ritz on {2 * b} vectors": timed(lambda: _rayleigh_ritz(Q, HQ), model, repeats),
+        "angle bound": timed(lambda: angle_bound(theta[:b], V[:, :b], HV[:, :b], sub.k), model, repeats),
+        "drift between two bases": timed(lambda: _drift(sub.basis, other), model, repeats),
+        "projection of a gradient": timed(lambda: sub.project_bulk(grads), model, repeats),
+    }
+    return pd.DataFrame(dict(part=list(ms), ms=[1e3 * t for t in ms.values()]))
+
+
 def _worker(args):
     "One of several processes timing the projected step at once (spawned: CUDA does not survive a fork)."
     size, device, repeats, threads = args
@@ -137,6 +168,8 @@ def main(argv=None):
     ]:
         rows.append(dict(setting=name, **steps(cfg(), a.repeats)))
         print(f"{name}: {time.perf_counter() - t_start:.0f} s so far", flush=True)
+    pieces = parts(config(size, device, refresh_every=1), a.repeats)
+    print(f"refresh parts: {time.perf_counter() - t_start:.0f} s so far", flush=True)
     alone = rows[0]["projected_step"]
     together = shared(size, device, max(4, a.repeats // 2), a.workers)
     table = pd.DataFrame(rows)
@@ -151,12 +184,15 @@ def main(argv=None):
         throughput_gain=a.workers * alone / together,  # steps per second of `workers` runs at once over one
         seconds=time.perf_counter() - t_start,
         table=table.to_dict(orient="records"),
+        parts=pieces.to_dict(orient="records"),
     )
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "pilot.csv", index=False)
+    pieces.to_csv(out / "parts.csv", index=False)
     (out / "pilot.json").write_text(json.dumps(report, indent=1))
     print(table.round(3).to_string(index=False))
+    print(pieces.round(3).to_string(index=False))
     print(
         f"{a.workers} runs at once: {1e3 * together:.2f} ms per projected step each, alone {1e3 * alone:.2f} ms; "
         f"throughput x{report['throughput_gain']:.2f}; pilot took {report['seconds']:.0f} s on {device}"

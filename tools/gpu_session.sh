@@ -11,7 +11,9 @@
 #   --out DIR        where everything lands (created): session.log (this script's output), tests.log (pytest -m cuda
 #                    and nbdev_test --flags cuda on each library notebook with a `#| cuda` cell), pilot.csv and
 #                    pilot.json (tools/gpu_pilot.py), refresh.csv and refresh.json (tools/refresh_bench.py: a warm
-#                    refresh of the tracker against a cold eigsh on this device), gpu.csv (nvidia-smi's load and memory every 10 s) and
+#                    refresh of the tracker against a cold eigsh on this device), benchmarks/B05_compiled_products.ipynb
+#                    (that benchmark executed here: compiled curvature products against uncompiled ones on this
+#                    device), gpu.csv (nvidia-smi's load and memory every 10 s) and
 #                    results.tar.gz (tools/run_gpu_experiments.sh --pack: the executed notebooks, their logs and
 #                    finished runs; `tar xzf` it in the repository root). The exit status is 1 when a test, the pilot
 #                    or a notebook failed.
@@ -120,6 +122,9 @@ if [ "$BENCH" = 1 ]; then
   echo "== $((SECONDS - t0)) s: refresh benchmark (tools/refresh_bench.py)"
   timeout 150 "$PY" tools/refresh_bench.py ${BENCH_ARGS[@]+"${BENCH_ARGS[@]}"} --out "$OUTDIR" \
     || { echo "FAILED: the refresh benchmark"; status=1; }
+  echo "== $((SECONDS - t0)) s: compiled products (nbs/benchmarks/B05_compiled_products.ipynb, executed)"
+  timeout 150 "$PY" tools/execute_notebooks.py nbs/benchmarks/B05_compiled_products.ipynb \
+    --out-dir "$OUTDIR/benchmarks" || { echo "FAILED: benchmark B05"; status=1; }
 fi
 if [ -n "$RESUME" ]; then  # only regular files of finished runs, only inside the repository (tarfile's 'data' filter)
   "$PY" - "$RESUME" "$REPO" <<'PYEOF' || { echo "FAIL: could not unpack $RESUME"; exit 1; }
