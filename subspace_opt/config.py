@@ -58,6 +58,7 @@ class SubspaceConfig:
     tol: float = 1e-2  # warm-refresh tolerance, in (0, 1]
     solver: str = "warm"  # 'warm': block refresh from the last basis; 'cold': a fresh block-Krylov solve per refresh
     source: str = "hessian"  # tracked 'hessian' or 'ggn'; 'update_pca' (last updates) or 'random': no products
+    compile: bool = False  # curvature products through torch.compile: equal to round-off, fewer and fused kernels
 
 # %% ../nbs/05b_config.ipynb #791fadc7
 @dataclass

@@ -81,14 +81,15 @@ def build_run(
 ):
     "The model, the wrapped optimizer and the logging tracker of one run."
     model, m, s = make_model(cfg, data, seed), method, cfg.subspace
+    c = dict(compile=True) if s.compile else {}  # compiled curvature products (`curvature`): the same to round-off
     base = make_base_optimizer(m, model.parameters())
     n_params = sum(q.numel() for q in model.parameters())
     k = check_rank(cfg, n_params, data.n_classes)  # the tracked rank, or 'auto'
     auto = dict(max_k=s.max_k) if k == "auto" else {}  # k='auto': the largest rank it may choose
     kw = dict(k=k, n_eigs=s.n_eigs, tol=s.tol, seed=seed, cold_every=1 if s.solver == "cold" else None, **auto)
-    op = (GGNOperator if s.source == "ggn" else HessianOperator)(model, cfg.loss, _hessian_data(cfg, data))
+    op = (GGNOperator if s.source == "ggn" else HessianOperator)(model, cfg.loss, _hessian_data(cfg, data), **c)
     opt = ProjectedOptimizer(base, _subspace(s, op, kw), m.dom, m.bulk, m.mode, m.start_step, m.switch_threshold)
-    log_op = HessianOperator(model, cfg.loss, shard(data.train))  # shard: this rank's part (all on one process)
+    log_op = HessianOperator(model, cfg.loss, shard(data.train), **c)  # shard: this rank's part (all on one process)
     # the logging tracker measures λ_{k+1} too, the curvature a Bulk step meets: with k='auto', for any k <= max_k
     n_log = max(s.n_eigs or 0, s.max_k + 1) if k == "auto" else max(s.n_eigs or k, k + 1)
     log_sub = DominantSubspace(log_op, refresh_every=1, **{**kw, "n_eigs": n_log if n_log < n_params else s.n_eigs})
@@ -98,8 +99,10 @@ def build_run(
 def _run_spec(cfg: ExperimentConfig, method: MethodConfig, seed: int):
     "What fixes a run's trajectory and rows: the config without name, other methods and seeds; the method; the seed."
     c = {k: v for k, v in asdict(cfg).items() if k not in ("name", "methods", "seeds")}
-    if cfg.subspace.k != "auto":  # max_k plays no part with a fixed k
-        c["subspace"] = {k: v for k, v in c["subspace"].items() if k != "max_k"}
+    # compile: how products are computed, equal to round-off (a run may resume with it on or off); max_k: no part in a
+    # fixed k
+    skip = ("compile",) if cfg.subspace.k == "auto" else ("compile", "max_k")
+    c["subspace"] = {k: v for k, v in c["subspace"].items() if k not in skip}
     return json.loads(json.dumps(dict(config=c, method=asdict(method), seed=seed), default=str))
 
 

@@ -254,3 +254,23 @@ def test_run_experiment_with_worker_processes_gives_the_rows_of_one_process(tmp_
         "sgd-seed1",
     ]
     assert_same_rows(run_experiment(cfg, tmp_path / "shared", progress=False, workers=2), shared)  # read back
+
+
+def test_compiled_products_give_the_same_run(tmp_path):
+    """`subspace.compile`: the rows equal the uncompiled run's to float32 round-off, the products were compiled (no
+    fallback), and the folder of the uncompiled run holds the compiled one (the same run: read back, not rerun)."""
+    import warnings
+    import subspace_opt.curvature as curvature
+
+    base = {**CONFIG, "steps": 20, "seeds": [0], "methods": CONFIG["methods"][:1]}
+    plain = run_experiment(config_from_dict(base), tmp_path / "plain", progress=False)
+    compiled_cfg = config_from_dict({**base, "subspace": {**base["subspace"], "compile": True}})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        compiled = run_experiment(compiled_cfg, tmp_path / "compiled", progress=False)
+    assert not [w for w in caught if "torch.compile failed" in str(w.message)], [str(w.message) for w in caught]
+    assert curvature._hessian_rows in curvature._COMPILED  # the tracker's and the logging tracker's products
+    assert len(plain) == len(compiled) == 5 and plain.step.tolist() == compiled.step.tolist()
+    for col in ("train_loss", "test_loss", "lambda_1", "lambda_6"):
+        pd.testing.assert_series_equal(compiled[col], plain[col], rtol=1e-4, atol=0)
+    assert_same_rows(run_experiment(compiled_cfg, tmp_path / "plain", progress=False), plain)
