@@ -382,11 +382,13 @@ def _pure_call(
         try:
             return _COMPILED[fn](*args)
         except Exception as e:  # no compiler here (C++ on a CPU, Triton on a GPU), or a model it cannot trace
+            out = fn(*args)  # an error here is the product's own (compiling was not at fault): it goes to the caller
             op.compile = False
             first = (str(e).strip().splitlines() or [""])[0][:200]
             warnings.warn(
                 f"{type(op).__name__}: torch.compile failed ({type(e).__name__}: {first}); its products run uncompiled"
             )
+            return out
     return fn(*args)
 
 # %% ../nbs/00_curvature.ipynb #4dcaec13
