@@ -59,6 +59,7 @@ class SubspaceConfig:
     solver: str = "warm"  # 'warm': block refresh from the last basis; 'cold': a fresh block-Krylov solve per refresh
     source: str = "hessian"  # tracked 'hessian' or 'ggn'; 'update_pca' (last updates) or 'random': no products
     compile: bool = False  # curvature products through torch.compile: equal to round-off, fewer and fused kernels
+    drift_tol: float = 0.3  # refresh_every 'auto': sine of the largest principal angle between refreshes, in (0, 1]
 
 # %% ../nbs/05b_config.ipynb #791fadc7
 @dataclass
@@ -178,7 +179,7 @@ RANGES = {  # key -> the numbers it accepts (each entry of a list); every float 
     **dict.fromkeys(("start_step", "dom", "bulk"), Interval(0)),
     "lr": Interval(0, 1_000_000, lo_open=True),  # far beyond any sane η; larger ones overflow float32 steps
     **dict.fromkeys(("alpha", "gamma"), Interval(0, 1)),
-    "tol": Interval(0, 1, lo_open=True),  # a target for the sine of an angle
+    **dict.fromkeys(("tol", "drift_tol"), Interval(0, 1, lo_open=True)),  # targets for the sine of an angle
     "momentum": Interval(0, 1, hi_open=True),
     "switch_threshold": Interval(0, 1, lo_open=True, hi_open=True),
     "diverge_factor": Interval(1, lo_open=True),
@@ -298,6 +299,8 @@ def _check_context(cfg: ExperimentConfig):
     for key in ("refresh_every", "k"):  # both are read from the spectrum the tracked sources measure
         if getattr(s, key) == "auto" and s.source in ("update_pca", "random"):
             raise ConfigError(f"`config.subspace.{key}` auto needs a tracked source (hessian, ggn), not {s.source}")
+    if s.drift_tol != SubspaceConfig.drift_tol and s.refresh_every != "auto":  # it would be ignored
+        raise ConfigError(f"`config.subspace.drift_tol` steers refresh_every auto; refresh_every is {s.refresh_every}")
     if cfg.device is not None:
         try:
             torch.device(cfg.device)

@@ -87,6 +87,7 @@ def build_run(
     k = check_rank(cfg, n_params, data.n_classes)  # the tracked rank, or 'auto'
     auto = dict(max_k=s.max_k) if k == "auto" else {}  # k='auto': the largest rank it may choose
     kw = dict(k=k, n_eigs=s.n_eigs, tol=s.tol, seed=seed, cold_every=1 if s.solver == "cold" else None, **auto)
+    kw.update(drift_tol=s.drift_tol)  # steers refresh_every='auto' only
     op = (GGNOperator if s.source == "ggn" else HessianOperator)(model, cfg.loss, _hessian_data(cfg, data), **c)
     opt = ProjectedOptimizer(base, _subspace(s, op, kw), m.dom, m.bulk, m.mode, m.start_step, m.switch_threshold)
     log_op = HessianOperator(model, cfg.loss, shard(data.train), **c)  # shard: this rank's part (all on one process)
@@ -96,13 +97,17 @@ def build_run(
     return model, opt, log_sub
 
 # %% ../nbs/06_train.ipynb #670ba0ad
+_ADDED_LATER = dict(drift_tol=0.3)  # subspace keys added after runs were archived, with their defaults
+
+
 def _run_spec(cfg: ExperimentConfig, method: MethodConfig, seed: int):
     "What fixes a run's trajectory and rows: the config without name, other methods and seeds; the method; the seed."
     c = {k: v for k, v in asdict(cfg).items() if k not in ("name", "methods", "seeds")}
     # compile: how products are computed, equal to round-off (a run may resume with it on or off); max_k: no part in a
-    # fixed k
+    # fixed k; keys added since runs were first archived: only when set away from their default, so those runs stay
     skip = ("compile",) if cfg.subspace.k == "auto" else ("compile", "max_k")
-    c["subspace"] = {k: v for k, v in c["subspace"].items() if k not in skip}
+    later = {k: v for k, v in _ADDED_LATER.items() if c["subspace"].get(k) == v}
+    c["subspace"] = {k: v for k, v in c["subspace"].items() if k not in skip and k not in later}
     return json.loads(json.dumps(dict(config=c, method=asdict(method), seed=seed), default=str))
 
 
