@@ -123,7 +123,7 @@ if [ "$BENCH" = 1 ]; then
   timeout 150 "$PY" tools/refresh_bench.py ${BENCH_ARGS[@]+"${BENCH_ARGS[@]}"} --out "$OUTDIR" \
     || { echo "FAILED: the refresh benchmark"; status=1; }
   echo "== $((SECONDS - t0)) s: compiled products (nbs/benchmarks/B05_compiled_products.ipynb, executed)"
-  timeout 150 "$PY" tools/execute_notebooks.py nbs/benchmarks/B05_compiled_products.ipynb \
+  timeout 240 "$PY" tools/execute_notebooks.py nbs/benchmarks/B05_compiled_products.ipynb \
     --out-dir "$OUTDIR/benchmarks" || { echo "FAILED: benchmark B05"; status=1; }
 fi
 if [ -n "$RESUME" ]; then  # only regular files of finished runs, only inside the repository (tarfile's 'data' filter)
