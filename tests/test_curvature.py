@@ -267,3 +267,20 @@ def test_refuses_nonfinite_v(bad):
         assert "(HessianOperator(shape=" in _message(e)
     with pytest.raises(ValueError, match="`v` must be finite"):
         op.to_scipy().matvec(v.numpy())
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+@pytest.mark.parametrize("case", CASES[5:6], ids=[c.id for c in CASES[5:6]])
+def test_compiled_products_match_dense(case, device, dense_cache):
+    "`compile=True` (torch.compile; Triton kernels on a GPU): the three operators against their dense matrices."
+    import warnings
+
+    model, data = case.build(device)
+    p = sum(q.numel() for q in model.parameters())
+    I = torch.eye(p, dtype=torch.float64, device=device)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", ".*torch.compile failed")  # a fallback to uncompiled products fails the test
+        for name, (cls, _) in OPERATORS.items():
+            op = cls(model, case.loss, data, compile=True)
+            assert rel_err(op @ I, _dense(dense_cache, case, name)) <= F64_RTOL, name
+            assert op.compile and op.method == "forward", name
