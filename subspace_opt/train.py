@@ -81,16 +81,16 @@ def build_run(
 ):
     "The model, the wrapped optimizer and the logging tracker of one run."
     model, m, s = make_model(cfg, data, seed), method, cfg.subspace
-    c = dict(compile=True) if s.compile else {}  # compiled curvature products (`curvature`): the same to round-off
     base = make_base_optimizer(m, model.parameters())
     n_params = sum(q.numel() for q in model.parameters())
     k = check_rank(cfg, n_params, data.n_classes)  # the tracked rank, or 'auto'
     auto = dict(max_k=s.max_k) if k == "auto" else {}  # k='auto': the largest rank it may choose
     kw = dict(k=k, n_eigs=s.n_eigs, tol=s.tol, seed=seed, cold_every=1 if s.solver == "cold" else None, **auto)
     kw.update(drift_tol=s.drift_tol)  # steers refresh_every='auto' only
-    op = (GGNOperator if s.source == "ggn" else HessianOperator)(model, cfg.loss, _hessian_data(cfg, data), **c)
+    curvature = GGNOperator if s.source == "ggn" else HessianOperator  # what the optimizer's tracker follows
+    op = curvature(model, cfg.loss, _hessian_data(cfg, data), compile=s.compile)
     opt = ProjectedOptimizer(base, _subspace(s, op, kw), m.dom, m.bulk, m.mode, m.start_step, m.switch_threshold)
-    log_op = HessianOperator(model, cfg.loss, shard(data.train), **c)  # shard: this rank's part (all on one process)
+    log_op = HessianOperator(model, cfg.loss, shard(data.train), compile=s.compile)  # shard: this rank's part
     # the logging tracker measures λ_{k+1} too, the curvature a Bulk step meets: with k='auto', for any k <= max_k
     n_log = max(s.n_eigs or 0, s.max_k + 1) if k == "auto" else max(s.n_eigs or k, k + 1)
     log_sub = DominantSubspace(log_op, refresh_every=1, **{**kw, "n_eigs": n_log if n_log < n_params else s.n_eigs})
@@ -105,9 +105,10 @@ def _run_spec(cfg: ExperimentConfig, method: MethodConfig, seed: int):
     c = {k: v for k, v in asdict(cfg).items() if k not in ("name", "methods", "seeds")}
     # compile: how products are computed, equal to round-off (a run may resume with it on or off); max_k: no part in a
     # fixed k; keys added since runs were first archived: only when set away from their default, so those runs stay
-    skip = ("compile",) if cfg.subspace.k == "auto" else ("compile", "max_k")
-    later = {k: v for k, v in _ADDED_LATER.items() if c["subspace"].get(k) == v}
-    c["subspace"] = {k: v for k, v in c["subspace"].items() if k not in skip and k not in later}
+    s = c["subspace"]
+    drop = {"compile"} | ({"max_k"} if cfg.subspace.k != "auto" else set())
+    drop |= {k for k, v in _ADDED_LATER.items() if s[k] == v}
+    c["subspace"] = {k: v for k, v in s.items() if k not in drop}
     return json.loads(json.dumps(dict(config=c, method=asdict(method), seed=seed), default=str))
 
 

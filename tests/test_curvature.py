@@ -1,6 +1,7 @@
 """Every curvature operator against its dense float64 matrix, on every case and device (cross-cutting tests)."""
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -273,8 +274,6 @@ def test_refuses_nonfinite_v(bad):
 @pytest.mark.parametrize("case", CASES[5:6], ids=[c.id for c in CASES[5:6]])
 def test_compiled_products_match_dense(case, device, dense_cache):
     "`compile=True` (torch.compile; Triton kernels on a GPU): the three operators against their dense matrices."
-    import warnings
-
     model, data = case.build(device)
     p = sum(q.numel() for q in model.parameters())
     I = torch.eye(p, dtype=torch.float64, device=device)

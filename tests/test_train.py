@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -17,6 +18,7 @@ import pytest
 import torch
 
 import subspace_opt.cli as cli
+import subspace_opt.curvature as curvature
 from subspace_opt.config import config_from_dict
 from subspace_opt.runfolder import RunFolder
 from subspace_opt.train import run_experiment
@@ -259,9 +261,6 @@ def test_run_experiment_with_worker_processes_gives_the_rows_of_one_process(tmp_
 def test_compiled_products_give_the_same_run(tmp_path):
     """`subspace.compile`: the rows equal the uncompiled run's to float32 round-off, the products were compiled (no
     fallback), and the folder of the uncompiled run holds the compiled one (the same run: read back, not rerun)."""
-    import warnings
-    import subspace_opt.curvature as curvature
-
     base = {**CONFIG, "steps": 20, "seeds": [0], "methods": CONFIG["methods"][:1]}
     plain = run_experiment(config_from_dict(base), tmp_path / "plain", progress=False)
     compiled_cfg = config_from_dict({**base, "subspace": {**base["subspace"], "compile": True}})
