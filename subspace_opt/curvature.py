@@ -4,6 +4,8 @@
 
 # %% ../nbs/00_curvature.ipynb #20db774d
 from __future__ import annotations
+import importlib.util
+import shutil
 import time
 import warnings
 import numpy as np
@@ -18,7 +20,7 @@ from .distributed import all_reduce_sum, check_agree, gather_meta, resolve_group
 
 # %% auto #0
 __all__ = ['CPU_BATCHED_FLOPS', 'METHODS', 'as_batches', 'params_to_vector', 'check_deterministic', 'forward_flops',
-           'CurvatureOperator', 'HessianOperator', 'GGNOperator', 'FunctionalHessianOperator']
+           'compiler_available', 'CurvatureOperator', 'HessianOperator', 'GGNOperator', 'FunctionalHessianOperator']
 
 # %% ../nbs/00_curvature.ipynb #c3e96bd1
 def _pairs(data):  # an (X, y) pair of tensors, or an iterable of (X, y) batches
@@ -390,6 +392,18 @@ def _pure_call(
             )
             return out
     return fn(*args)
+
+# %% ../nbs/00_curvature.ipynb #fb078c5e
+def compiler_available(device="cpu"):  # a torch device, or its name
+    "Whether `torch.compile` can build kernels for `device` here: Triton for CUDA, a C++ compiler for the CPU."
+    if torch.device(device).type == "cuda":
+        return importlib.util.find_spec("triton") is not None
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        return shutil.which(get_cpp_compiler()) is not None
+    except Exception:  # torch found no working C++ compiler
+        return False
 
 # %% ../nbs/00_curvature.ipynb #4dcaec13
 METHODS = ("auto", "forward", "reverse")  # autodiff methods of the curvature products

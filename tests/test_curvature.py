@@ -6,7 +6,7 @@ import warnings
 import pytest
 import torch
 from cases import CASES, DEVICE_PARAMS
-from subspace_opt.curvature import FunctionalHessianOperator, GGNOperator, HessianOperator
+from subspace_opt.curvature import FunctionalHessianOperator, GGNOperator, HessianOperator, compiler_available
 from subspace_opt.dense_reference import F32_RTOL, F64_RTOL, dense_functional_hessian, dense_ggn, dense_hessian, rel_err
 
 OPERATORS = {
@@ -274,6 +274,8 @@ def test_refuses_nonfinite_v(bad):
 @pytest.mark.parametrize("case", CASES[5:6], ids=[c.id for c in CASES[5:6]])
 def test_compiled_products_match_dense(case, device, dense_cache):
     "`compile=True` (torch.compile; Triton kernels on a GPU): the three operators against their dense matrices."
+    if not compiler_available(device):
+        pytest.skip(f"torch.compile has no {'Triton' if device == 'cuda' else 'C++ compiler'} here")
     model, data = case.build(device)
     p = sum(q.numel() for q in model.parameters())
     I = torch.eye(p, dtype=torch.float64, device=device)
