@@ -60,9 +60,19 @@ class _Solve(NamedTuple):
     V: torch.Tensor  # (p, b) Ritz vectors
     HV: torch.Tensor  # (p, b) their images
     bound: float  # `angle_bound` at k
-    rel: torch.Tensor  # (b,) relative residuals ‖Hv − θv‖ / |θ|
+    rel: torch.Tensor  # (b,) relative residuals ‖Hv − θv‖ / |θ| (`_relative`: an exact θ = 0 is not "lost")
+    norms: torch.Tensor  # (b,) residual norms ‖Hv − θv‖
     n_matvecs: int  # operator-vector products (a block of b counts b)
     converged: bool  # the block passed `_accepted`, or is the whole space (b = p): Rayleigh–Ritz is exact
+
+
+def _relative(
+    norms: torch.Tensor,  # (b,) residual norms ‖Hv − θv‖
+    theta: torch.Tensor,  # (b,) their Ritz values
+    eps: float,  # machine epsilon of the operator's dtype
+):
+    "‖Hv − θv‖ / |θ|, with |θ| floored at √ε·max|θ|: a pair of θ = 0 (a null direction) has a residual at rounding level."
+    return norms / theta.abs().clamp_min(math.sqrt(eps) * theta.abs().max().clamp_min(1e-300))
 
 
 def _accepted(
@@ -117,7 +127,8 @@ def _block_solve(
             basis, images = V, HV  # thick restart: the b best Ritz vectors and their images, no new products
         room = min(b, p - basis.shape[1])
         if ok or n >= max_blocks or room == 0:
-            return _Solve(theta, V, HV, check[0], check[2] / theta.abs().clamp_min(1e-300), n_mv, ok or room == 0)
+            rel = _relative(check[2], theta, eps)
+            return _Solve(theta, V, HV, check[0], rel, check[2], n_mv, ok or room == 0)
         new = _orth_against(basis, (HV - V * theta.to(V.device, V.dtype))[:, :room])
         basis, images = torch.cat([basis, new], 1), torch.cat([images, _product(op, new)], 1)
         n, n_mv = n + 1, n_mv + room

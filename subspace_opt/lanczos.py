@@ -274,6 +274,15 @@ def _wanted_pairs(op, Q, theta, S, res, idx, tol=0.0, scale=None):
     return vals.to(op.device), U, _rel(res[order], vals, scale, tol).to(op.device)
 
 # %% ../nbs/01_lanczos.ipynb #c264a4d6
+def _block_product(
+    op,  # an operator: a tensor or `TorchLinearOperator` takes blocks, any other `@` only vectors (p,)
+    U: torch.Tensor,  # (p, m) block
+):
+    "`op @ U` for a block (p, m): in one product where `op` takes blocks, else one vector at a time."
+    blocks = isinstance(op, (torch.Tensor, TorchLinearOperator))
+    return op @ U if blocks else torch.stack([op @ u for u in U.T], 1)
+
+
 def _checked(
     op,  # the solver's operator
     pairs: tuple,  # (values, vectors, estimated relative residuals) from `_wanted_pairs`
@@ -286,8 +295,7 @@ def _checked(
     if not residuals:
         return pairs, estimated, 0
     vals, U, _ = pairs
-    blocks = isinstance(op, (torch.Tensor, TorchLinearOperator))  # else products on vectors (p,) only
-    HU = op @ U if blocks else torch.stack([op @ u for u in U.T], 1)
+    HU = _block_product(op, U)
     _check_products(HU, op, "lanczos")
     rel = _pair_rel(HU, U, vals, scale, tol).to(vals.device)
     ok = bool((rel <= tol).all())
@@ -496,7 +504,7 @@ def _eigsh_result(op, vals, vecs, n_mv, tol, residuals):
     U = torch.as_tensor(np.ascontiguousarray(vecs[:, order])).to(op.device, op.dtype)
     if not residuals:
         return LanczosResult(lam, U, torch.full_like(lam, float("nan")), n_mv, True, 0)
-    res = _pair_rel(op @ U, U, lam, None, tol)
+    res = _pair_rel(_block_product(op, U), U, lam, None, tol)
     converged = bool((res <= tol).all())
     if not converged:
         warnings.warn(f"scipy_eigsh: ARPACK stopped, but the largest relative residual {res.max():.2e} > tol={tol:g}")

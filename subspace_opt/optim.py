@@ -298,13 +298,15 @@ def _projected_step(opt: ProjectedOptimizer):
 def _diagnose(opt: ProjectedOptimizer, U, g, delta):
     "Store the step's diagnostics (tensors) in `opt.last`, and the applied update in `opt.last_update`."
     gd, dd = U.T @ g, U.T @ delta
-    gd2, gb2 = (gd**2).sum(), (g**2).sum() - (gd**2).sum()
+    gb = g - U @ gd  # the gradient's Bulk part, directly: ‖g‖² − ‖Uᵀg‖² cancels where g lies (nearly) in span U
+    floor = torch.finfo(g.dtype).eps * (g @ g)  # ‖part‖ <= √ε‖g‖: its rate would carry an error above √ε
+    rate = lambda num, den: torch.where(den > floor, num / den, torch.full_like(den, math.nan))  # NaN: undefined
     opt.last = dict(
         chi_grad=_alignment(U, g),  # U is the tracker's basis: no checks at every step
         chi_update=_alignment(U, delta),
         lr_x_lambda1=opt.param_groups[0]["lr"] * opt.subspace.eigenvalues[0],
-        eff_lr_dom=-(dd @ gd) / gd2,
-        eff_lr_bulk=-((delta @ g) - (dd @ gd)) / gb2,
+        eff_lr_dom=rate(-(dd @ gd), gd @ gd),
+        eff_lr_bulk=rate(-(delta @ gb), gb @ gb),
     )
     opt.last_update = delta  # the applied step, for the runner's leakage measurement
 

@@ -4,6 +4,7 @@
 
 # %% ../nbs/02a_sources.ipynb #68fad7e4
 from __future__ import annotations
+import math
 import time
 import torch
 from .curvature import CurvatureOperator, GGNOperator, HessianOperator, as_batches
@@ -297,7 +298,8 @@ class UpdatePCASubspace(_BasisSource):
         "Left singular vectors of the kept updates (at most k, of numerical rank), completed by random directions."
         D = self.updates[:, : min(self.n_recorded, self.m)]
         U, s, _ = torch.linalg.svd(D, full_matrices=False)
-        tol = max(D.shape) * torch.finfo(D.dtype).eps * (s[0].item() if len(s) else 0.0)
+        # rounding: an SVD's error grows as √p, so √p·m·ε·σ₁ (matrix_rank's max(p, m)·ε·σ₁ would cut real directions)
+        tol = math.sqrt(D.shape[0]) * D.shape[1] * torch.finfo(D.dtype).eps * (s[0].item() if len(s) else 0.0)
         r = min(self.k, int((s > tol).sum()))
         self.singular_values = s[: self.k]
         return torch.cat([U[:, :r], _orth_against(U[:, :r], self._random(self.k - r))], 1)

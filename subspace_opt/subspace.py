@@ -40,7 +40,8 @@ def _checked(
 def _alignment(U, v):
     "χ_k(v) without `alignment`'s checks (the optimizers' path, on the tracker's basis); NaN for a non-finite `v`."
     n = v.norm()
-    return torch.where(n == 0, torch.zeros_like(n), (U.T @ v).norm() / n.clamp_min(torch.finfo(v.dtype).tiny))
+    chi = (U.T @ v).norm() / n.clamp_min(torch.finfo(v.dtype).tiny)
+    return torch.where(n == 0, torch.zeros_like(n), chi.clamp_max(1.0))  # rounding can pass 1 where v lies in span U
 
 # %% ../nbs/02_subspace.ipynb #d531b8ad
 def project(
@@ -263,7 +264,7 @@ def _drift(
     "‖U_prevᵀU‖²_F / k (1: unmoved) and the sine of the largest principal angle; (None, None) without `prev`."
     if prev is None:
         return None, None
-    s = torch.linalg.svdvals((prev.T @ U).double())
+    s = torch.linalg.svdvals((prev.T @ U).double().cpu())  # a k x k matrix: on the host, like the Ritz problems
     return (s.square().sum() / U.shape[1]).item(), math.sqrt(max(0.0, 1.0 - min(1.0, s.min().item()) ** 2))
 
 
@@ -275,6 +276,17 @@ def _next_period(sub: DominantSubspace, angle: float | None):
         return sub.min_every
     factor = min(2.0, max(0.5, sub.drift_tol / max(angle, 1e-12)))
     return int(min(sub.max_every, max(sub.min_every, round(sub.period * factor))))
+
+
+def _next_block(
+    res: _Solve,  # the refresh's solve
+    m: int,  # pairs tracked (n_eigs)
+):
+    "The next warm start, one power step ahead (H V), but v itself for a tracked pair of θ at rounding level."
+    th = res.theta.abs()  # a null direction (θ = 0) would vanish from H V, and no later block could bring it back
+    lost = th <= th.max() * math.sqrt(torch.finfo(res.V.dtype).eps)
+    lost[m:] = False  # the oversampling columns only guide: their power step stays
+    return _orth_against(None, torch.where(lost.to(res.V.device), res.V, res.HV))
 
 # %% ../nbs/02_subspace.ipynb #2183898b
 @patch
@@ -291,7 +303,7 @@ def refresh(self: DominantSubspace, op=None):  # operator for this refresh only 
         n_mv += res.n_matvecs
     res = _settle_rank(self, res) if self.k_pending else res
     m, dev = self.n_eigs, op.device
-    synced = _synced(op, res.V[:, :m], res.theta[:m].to(dev), res.rel[:m].to(dev), _orth_against(None, res.HV))
+    synced = _synced(op, res.V[:, :m], res.theta[:m].to(dev), res.rel[:m].to(dev), _next_block(res, m))
     self.eigvecs, self.eigenvalues, self.residuals, self.block = synced  # the block: one power step ahead
     self.n_matvecs, self.n_refreshes, self.last_refresh = self.n_matvecs + n_mv, self.n_refreshes + 1, self.n_updates
     drift, angle = _drift(prev, self.basis)
@@ -362,7 +374,7 @@ def _settle_rank(sub: DominantSubspace, res: _Solve):
     theta, V, HV = res.theta[:b], res.V[:, :b], res.HV[:, :b]
     check = angle_bound(theta, V, HV, sub.k)  # the test of the solve, now at the chosen k
     ok = _accepted(theta, check, sub.k, sub.n_eigs, sub.cold_tol, torch.finfo(V.dtype).eps)
-    res = res._replace(theta=theta, V=V, HV=HV, rel=res.rel[:b], bound=check[0], converged=ok)
+    res = res._replace(theta=theta, V=V, HV=HV, rel=res.rel[:b], norms=res.norms[:b], bound=check[0], converged=ok)
     if not ok:
         _warn_unconverged(sub, res)
     return res
