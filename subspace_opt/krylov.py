@@ -71,7 +71,7 @@ def _relative(
     theta: torch.Tensor,  # (b,) their Ritz values
     eps: float,  # machine epsilon of the operator's dtype
 ):
-    "‖Hv − θv‖ / |θ|, with |θ| floored at √ε·max|θ|: a pair of θ = 0 (a null direction) has a residual at rounding level."
+    "‖Hv − θv‖ / |θ|, with |θ| floored at √ε·max|θ|: a pair of θ = 0 (a null direction) is not read as lost."
     return norms / theta.abs().clamp_min(math.sqrt(eps) * theta.abs().max().clamp_min(1e-300))
 
 

@@ -273,7 +273,7 @@ def _wanted_pairs(op, Q, theta, S, res, idx, tol=0.0, scale=None):
         )
     return vals.to(op.device), U, _rel(res[order], vals, scale, tol).to(op.device)
 
-# %% ../nbs/01_lanczos.ipynb #c264a4d6
+# %% ../nbs/01_lanczos.ipynb #cd21e775
 def _block_product(
     op,  # an operator: a tensor or `TorchLinearOperator` takes blocks, any other `@` only vectors (p,)
     U: torch.Tensor,  # (p, m) block
@@ -282,7 +282,7 @@ def _block_product(
     blocks = isinstance(op, (torch.Tensor, TorchLinearOperator))
     return op @ U if blocks else torch.stack([op @ u for u in U.T], 1)
 
-
+# %% ../nbs/01_lanczos.ipynb #c264a4d6
 def _checked(
     op,  # the solver's operator
     pairs: tuple,  # (values, vectors, estimated relative residuals) from `_wanted_pairs`
