@@ -182,7 +182,7 @@ def _sweep_job(a):
     path = _check_writable(a.out or Path("runs") / f"{_check_name(name, 'config.name')}-sweep", "--out")
     results = run_sweep(base, grid, path, workers=a.workers or workers, progress=_progress())
     _plots().plot_run(path)
-    last = results.groupby(["method", "seed", *grid], sort=False).tail(1)
+    last = results.groupby(["method", "seed", *grid], sort=False, dropna=False).tail(1)  # a grid value may be null
     auto = "auto" in [(base.get("subspace") or {}).get("k"), *grid.get("subspace.k", [])]
     _show(last[["method", "seed", *grid, "step", *(["tracked_k"] if auto else []), "train_loss", "diverged"]])
     print(f"\nresults: {path / 'results.csv'}\nrun folder: {path}")
@@ -234,6 +234,15 @@ def _save_traceback(argv):
     except OSError as e:
         return f"nowhere (it could not be saved: {e})"
 
+# %% ../nbs/09_cli.ipynb #7fb27b941602401d91542211134fc71a
+def _stdout_gone():
+    "Point stdout at /dev/null (Python's flush at exit would fail again on the closed pipe); the status 141."
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is no file (e.g. captured)
+        pass
+    return 141
+
 # %% ../nbs/09_cli.ipynb #1f422a09
 def _job(a):
     "Run the job that the parsed arguments name; 0 once it is done."
@@ -245,6 +254,7 @@ def _job(a):
 
 def main(argv=None):  # command-line arguments (default: sys.argv[1:])
     "Entry point of `subspace-opt`: 0 when done; one line on stderr and 2 (bad input), 130 (Ctrl-C) or 1 (a bug)."
+    # 141, silently: the reader of stdout left (`| head`), as the shell's tools end on SIGPIPE
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         a = _parser().parse_args(argv)
@@ -259,6 +269,8 @@ def main(argv=None):  # command-line arguments (default: sys.argv[1:])
         code = _say(prog, f"error: {e}", 2)
     except KeyboardInterrupt:
         code = _say(prog, f"interrupted; the same command {AFTER_INTERRUPT[a.job]}", 130)
+    except BrokenPipeError:
+        code = _stdout_gone()
     except (MemoryError, torch.OutOfMemoryError) as e:  # sizes this machine cannot hold: bad input, not a bug
         code = _say(prog, f"error: out of memory ({type(e).__name__}): lower the model, data or batch sizes", 2)
     except Exception as e:

@@ -332,17 +332,39 @@ def config_from_dict(d: dict):  # plain data, e.g. parsed JSON or YAML
     _check_context(cfg)
     return cfg
 
+# %% ../nbs/05b_config.ipynb #7fb27b941602401d91542211134fc71a
+class _YamlLoader(yaml.SafeLoader):
+    "PyYAML's safe loader with YAML 1.2's core schema for booleans and numbers, which JSON shares."
+
+
+_CORE = {  # tag -> (pattern, first characters): `010` is 10 and `1e-3` a float; YAML 1.1's `yes`, `off`, octal `010`,
+    # base-60 `1:30`, `0b1` and `1_000` stay strings, which the configuration's checks then refuse by name
+    "bool": (r"^(?:true|True|TRUE|false|False|FALSE)$", "tTfF"),
+    "int": (r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$", "-+0123456789"),
+    "float": (
+        r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$",
+        "-+0123456789.",
+    ),
+}
+_YamlLoader.yaml_implicit_resolvers = {
+    c: [(tag, rx) for tag, rx in rs if tag.rsplit(":", 1)[1] not in _CORE]
+    for c, rs in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+for _tag, (_rx, _first) in _CORE.items():
+    _YamlLoader.add_implicit_resolver(f"tag:yaml.org,2002:{_tag}", re.compile(_rx), list(_first))
+
+
+def _core_int(loader, node):
+    "A YAML 1.2 integer: decimal (a leading 0 does not make it octal), 0o octal or 0x hexadecimal."
+    v = loader.construct_scalar(node)
+    return int(v[2:], 8) if v.startswith("0o") else int(v[2:], 16) if v.startswith("0x") else int(v, 10)
+
+
+_YamlLoader.add_constructor("tag:yaml.org,2002:int", _core_int)
+
 # %% ../nbs/05b_config.ipynb #08614de4
 MAX_CONFIG_BYTES = 1 << 20  # the largest configuration file read, in bytes (1 MiB)
 MAX_YAML_DEPTH = 64  # the deepest nesting read from YAML (PyYAML's scanner slows quadratically with depth)
-
-
-class _YamlLoader(yaml.SafeLoader):
-    "PyYAML's safe loader, reading exponents without a dot (`1e-3`) as floats, as YAML 1.2 and JSON do."
-
-
-_EXPONENT = re.compile(r"^[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$")
-_YamlLoader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT, list("-+0123456789."))
 
 
 def _scan_yaml(text: str, path: Path):
@@ -355,6 +377,8 @@ def _scan_yaml(text: str, path: Path):
         if isinstance(ev, yaml.NodeEvent) and stack and stack[-1][0] is not None:
             keys, count = stack[-1]
             if count % 2 == 0 and isinstance(ev, yaml.ScalarEvent):
+                if ev.value == "<<" and ev.style is None:  # YAML 1.1's merge key: it would override keys unseen
+                    raise ConfigError(f"cannot read {path}: YAML merge keys (<<) are not accepted (line {line})")
                 if ev.value in keys:
                     raise ConfigError(f"cannot parse {path}: key {_show(ev.value)} repeated (line {line})")
                 keys.add(ev.value)
@@ -404,6 +428,10 @@ def read_config_file(path: str | Path):  # a .json, .yaml or .yml file
         raise ConfigError(f"cannot read config file {path}: it is not UTF-8 text") from None
     except (json.JSONDecodeError, yaml.YAMLError) as e:
         raise ConfigError(f"cannot parse {path}: {_problem(e)}") from None
+    except ConfigError:
+        raise
+    except ValueError as e:  # e.g. an integer of more digits than Python converts
+        raise ConfigError(f"cannot parse {path}: {' '.join(str(e).split())}") from None
     except RecursionError:
         raise ConfigError(f"cannot parse {path}: nested too deeply") from None
 

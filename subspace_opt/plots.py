@@ -4,13 +4,14 @@
 
 # %% ../nbs/08_plots.ipynb #436d7213
 from __future__ import annotations
-import itertools, json, numbers
+import io, itertools, json, numbers
 from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
 from .config import UserError
+from .runfolder import RunFolder
 
 # %% auto #0
 __all__ = ['VERDICT_COLOURS', 'plot_spectrum', 'plot_curves', 'plot_sharpness', 'plot_over_training', 'plot_heatmap',
@@ -297,10 +298,12 @@ def plot_run(run_dir: str | Path):  # a run or sweep folder, with results.csv
     elif grid:  # one key, or more than two: a loss curve per method and grid point
         labels = [results[k].astype(str).radd(f" {k}=") for k in grid]  # e.g. "bulk methods.lr=0.1"
         figs = {"loss": lambda: plot_curves(results.assign(method=sum(labels, results.method.astype(str))))}
+    folder = RunFolder(run_dir)  # whole files, none through a link that leads out of the folder
     for name, make in figs.items():
-        fig = make()
-        fig.savefig(run_dir / f"{name}.png", dpi=120)
+        fig, png = make(), io.BytesIO()
+        fig.savefig(png, format="png", dpi=120)
         plt.close(fig)
+        folder.write_bytes(f"{name}.png", png.getvalue())
     return [run_dir / f"{name}.png" for name in figs]
 
 # %% ../nbs/08_plots.ipynb #ccc8d4a2

@@ -59,6 +59,14 @@ def _numbered(
         raise ValueError(f"`results` lacks the columns {missing}; it has {list(results.columns)}")
     if results.empty:
         raise ValueError("`results` has no rows")
+    words = [c for c in RUN_COLUMNS[2:] + COSTS[1:] if c in results and not pd.api.types.is_numeric_dtype(results[c])]
+    if words:  # e.g. one cell of text in a hand-edited CSV: the column would be compared as text
+        bad = results[words[0]][pd.to_numeric(results[words[0]], errors="coerce").isna()].iloc[0]
+        raise ValueError(f"`results` column {words[0]!r} must hold numbers, but has {bad!r}")
+    if not results.step.notna().all() or (results.step < 0).any() or (results.step % 1 != 0).any():
+        raise ValueError("`results` column 'step' must hold a whole step >= 0 in every row")
+    if results[["method", "seed"]].isna().any().any():
+        raise ValueError("`results` columns 'method' and 'seed' must be filled in every row")
     keys = run_keys(results, keys)
     r = results.assign(_run=results.groupby(keys, dropna=False, sort=False).ngroup())
     r = r.sort_values(["_run", "step"], kind="stable")

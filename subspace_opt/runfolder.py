@@ -234,6 +234,16 @@ def save(
     "Write `obj` to the file `name` with `torch.save`, whole."
     self._put(name, lambda f: torch.save(obj, f))
 
+
+@patch
+def write_bytes(
+    self: RunFolder,
+    name: str,  # a file name in the folder
+    data: bytes,  # its contents, e.g. a PNG image
+):
+    "Write `data` to the file `name`, whole."
+    self._put(name, lambda f: f.write(data))
+
 # %% ../nbs/05c_runfolder.ipynb #6e89d7cd
 def _flat(d: dict, prefix: str = ""):
     "Nested dict -> {dotted key: value}."
