@@ -333,10 +333,6 @@ def config_from_dict(d: dict):  # plain data, e.g. parsed JSON or YAML
     return cfg
 
 # %% ../nbs/05b_config.ipynb #7fb27b941602401d91542211134fc71a
-class _YamlLoader(yaml.SafeLoader):
-    "PyYAML's safe loader with YAML 1.2's core schema for booleans and numbers, which JSON shares."
-
-
 _CORE = {  # tag -> (pattern, first characters): `010` is 10 and `1e-3` a float; YAML 1.1's `yes`, `off`, octal `010`,
     # base-60 `1:30`, `0b1` and `1_000` stay strings, which the configuration's checks then refuse by name
     "bool": (r"^(?:true|True|TRUE|false|False|FALSE)$", "tTfF"),
@@ -346,10 +342,17 @@ _CORE = {  # tag -> (pattern, first characters): `010` is 10 and `1e-3` a float;
         "-+0123456789.",
     ),
 }
-_YamlLoader.yaml_implicit_resolvers = {
-    c: [(tag, rx) for tag, rx in rs if tag.rsplit(":", 1)[1] not in _CORE]
-    for c, rs in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
+
+
+class _YamlLoader(yaml.SafeLoader):
+    "PyYAML's safe loader with YAML 1.2's core schema for booleans and numbers, which JSON shares."
+
+    yaml_implicit_resolvers = {  # PyYAML's, less its YAML 1.1 booleans, integers and floats (added below)
+        c: [(tag, rx) for tag, rx in rs if tag.rsplit(":", 1)[1] not in _CORE]
+        for c, rs in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+
+
 for _tag, (_rx, _first) in _CORE.items():
     _YamlLoader.add_implicit_resolver(f"tag:yaml.org,2002:{_tag}", re.compile(_rx), list(_first))
 
@@ -397,13 +400,13 @@ def _unique_pairs(pairs, path: Path):
         raise ConfigError(f"cannot parse {path}: key {_show(_most_common(k for k, _ in pairs))} repeated")
     return d
 
-# %% ../nbs/05b_config.ipynb #081a7d9d
+# %% ../nbs/05b_config.ipynb #9a63283cbaf04dbcab1f6479b197f3a8
 def _problem(e: Exception):
     "The problem and place of a JSON or YAML syntax error, on one line."
     mark = getattr(e, "problem_mark", None)
     return " ".join((f"{e.problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else str(e)).split())
 
-
+# %% ../nbs/05b_config.ipynb #081a7d9d
 def read_config_file(path: str | Path):  # a .json, .yaml or .yml file
     "The plain data of a JSON or YAML file of at most 1 MiB; a missing, unreadable or bad file is a `ConfigError`."
     if not isinstance(path, (str, os.PathLike)):

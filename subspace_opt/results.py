@@ -46,7 +46,7 @@ def _check_targets(targets):  # one train loss or a list of them
         raise ValueError(f"`targets` must be a non-empty list of finite train losses, got {targets!r}")
     return list(dict.fromkeys(ts))
 
-
+# %% ../nbs/06b_results.ipynb #504fb2a444614c0babb325280ed9130a
 def _numbered(
     results: pd.DataFrame,  # a run's or sweep's rows
     keys=None,  # further key columns
