@@ -35,7 +35,10 @@ def run_keys(
     return list(dict.fromkeys(["method", "seed", *dotted, *keys]))
 
 # %% ../nbs/06b_results.ipynb #0000000e
-def _check_targets(targets):  # one train loss or a list of them
+def _check_targets(
+    targets,  # one train loss or a list of them
+    name: str = "targets",  # the argument's name, for the error
+):
     "The distinct `targets` as a list of finite floats, in the order given."
     try:
         many = np.asarray(targets, dtype=object).ravel()  # a number, a list, an array, a Series or an Index
@@ -43,7 +46,7 @@ def _check_targets(targets):  # one train loss or a list of them
     except (TypeError, ValueError):
         ts = []
     if not ts or not all(math.isfinite(t) for t in ts):
-        raise ValueError(f"`targets` must be a non-empty list of finite train losses, got {targets!r}")
+        raise ValueError(f"`{name}` must be a non-empty list of finite train losses, got {targets!r}")
     return list(dict.fromkeys(ts))
 
 # %% ../nbs/06b_results.ipynb #504fb2a444614c0babb325280ed9130a
@@ -114,9 +117,7 @@ def _at_target(
     "The rows of `ttt` at `target`, with `_x`: `metric`, never reached (NaN) as +inf."
     if metric not in COSTS:
         raise ValueError(f"`metric` must be one of {list(COSTS)}, got {metric!r}")
-    missing = [c for c in (family, "seed", "target", metric) if c not in ttt.columns]
-    if missing:
-        raise ValueError(f"`ttt` lacks the columns {missing}; make it with `time_to_target`")
+    _check_ttt(ttt, family, metric)
     at = np.isclose(ttt.target.astype(float), float(target), rtol=1e-9, atol=0.0)
     if not at.any():
         raise ValueError(f"`target` {target!r} is not in `ttt`; its targets are {sorted(set(ttt.target))}")
@@ -124,6 +125,19 @@ def _at_target(
     if "step" in t.columns and (t[metric].isna() & t.step.notna()).any():
         raise ValueError(f"`ttt` has no `{metric}` for runs that reached the target: its rows did not record it")
     return t.assign(_x=t[metric].astype(float).fillna(np.inf))
+
+
+def _check_ttt(
+    ttt: pd.DataFrame,  # a `time_to_target` table
+    family: str,  # the column that names a method family
+    *columns: str,  # further columns it must have
+):
+    "Refuse what is not a `time_to_target` table with the family, seed and target columns and `columns`."
+    if not isinstance(ttt, pd.DataFrame):
+        raise ValueError(f"`ttt` must be a `time_to_target` table (a DataFrame), got {type(ttt).__name__}")
+    missing = [c for c in (family, "seed", "target", *columns) if c not in ttt.columns]
+    if missing:
+        raise ValueError(f"`ttt` lacks the columns {missing}; make it with `time_to_target`")
 
 
 def _config_columns(
@@ -283,6 +297,7 @@ def summarize(
     threshold: float,  # train-loss threshold for "steps to threshold"
 ):
     "One row per method, means over its seeds: final loss and accuracy, steps to `threshold`, divergence, ms per step."
+    _check_targets(threshold, "threshold")
     grid = [c for c in results.columns if "." in str(c)]
     if grid:
         raise ValueError(f"`results` are a sweep's (grid columns {grid}): summarize one experiment's rows at a time")
@@ -398,6 +413,8 @@ def against_reference(
     by = _check_by(outcomes, by)
     if reference not in set(outcomes.method):
         raise ValueError(f"`reference` {reference!r} is not a method of `outcomes`: {sorted(set(outcomes.method))}")
+    if "seed" in outcomes and outcomes.duplicated(["method", *by, "seed"]).any():  # a mean would mix settings
+        raise ValueError(f"`by` must list every column that tells one method's runs apart at a seed; {by} does not")
     agg = dict(final_loss=("final", "mean"), divergence_rate=("diverged", "mean"), diverged_at=("diverged_at", "min"))
     agg |= {c: (c, "mean") for c in ("leakage", "sharp_step") if c in outcomes}
     agg |= {c: (c, "max") for c in ("max_bulk_number", "max_lambda1") if c in outcomes}
@@ -429,6 +446,8 @@ def best_setting(
         raise ValueError(f"`by` names no column of `outcomes`: {by!r}; it has {list(outcomes.columns)}")
     if runs[by].isna().any():  # pandas' groupby would drop that setting, even where it is the best one
         raise ValueError(f"`by` column {by!r} is missing (NaN/None) in some {method!r} runs: fill it before ranking")
+    if "seed" in runs and runs.duplicated([by, "seed"]).any():  # a mean would mix settings of another column
+        raise ValueError(f"`by` {by!r} does not tell {method!r}'s runs apart at a seed: another column varies")
     means = runs.groupby(by).agg(final=("final", "mean"), diverged=("diverged", "any"))
     stable = means[~means.diverged].final
     return stable.idxmin() if len(stable) else math.nan
@@ -479,6 +498,7 @@ def headline(
     config=None,  # the columns that make a configuration; None: all but the family, seed, target and clocks
 ):
     "Per target and family: its best configuration in steps there and, at it, every clock's spread and the divergence."
+    _check_ttt(ttt, family, *COSTS, "diverged")
     ts, cols = _check_targets(targets), _config_columns(ttt, family, config)
     grid = ttt.drop_duplicates([family, *cols, "seed"]).groupby(family, sort=False).diverged.mean()
     out = []
@@ -504,8 +524,9 @@ def against_fastest(
     config=None,  # the columns that make a configuration; None: all but the family, seed, target and clocks
 ):
     "`best_vs_best` at `target` on `metric`, against whichever of the `baselines` is fastest there."
+    baselines = [baselines] if isinstance(baselines, str) else list(baselines)  # one family, not its letters
     ranked = best_vs_best(ttt, target, metric, family, config)
-    ref = ranked[ranked[family].isin(list(baselines))]
+    ref = ranked[ranked[family].isin(baselines)]
     if ref.empty:
         raise ValueError(f"`baselines` must name families of `ttt` ({list(ranked[family])}), got {baselines!r}")
     return best_vs_best(ttt, target, metric, family, config, baseline=ref[family].iloc[0])
@@ -520,6 +541,8 @@ def first_to_target(
 ):
     "Per target and clock, the family first there at its best configuration: that configuration and its median."
     pools = {m: None for m in COSTS} if pools is None else pools
+    if not isinstance(pools, dict):
+        raise ValueError(f"`pools` must be a dict of clock -> families (or None), got {type(pools).__name__}")
     rows = []
     for target in _check_targets(targets):
         for metric, pool in pools.items():
@@ -542,15 +565,15 @@ def paired_control(
     family: str = "method",  # the column that names a method family
 ):
     "Per target and shared configuration: both families' times per seed (inf: never), seeds the control is sooner, p."
-    cols = [config] if isinstance(config, str) else list(config)
-    missing = [m for m in (method, control) if m not in set(ttt[family])]
-    if missing:
-        raise ValueError(f"`method` and `control` must be families of `ttt`; {missing} are not")
-    t = ttt[ttt[family].isin([method, control])]
-    t = t.assign(_x=t[metric].astype(float).fillna(np.inf))  # never reached: inf; no row at all: NaN below
-    rows = []
+    cols, rows = [config] if isinstance(config, str) else list(config), []
     for target in _check_targets(targets):
-        at = t[np.isclose(t.target.astype(float), target, rtol=1e-9, atol=0.0)]
+        at = _at_target(ttt, target, metric, family)  # the table, its target and clock checked; never reached: inf
+        missing = [m for m in (method, control) if m not in set(ttt[family])]
+        if missing:
+            raise ValueError(f"`method` and `control` must be families of `ttt`; {missing} are not")
+        at = at[at[family].isin([method, control])]
+        if at.duplicated([*_config_columns(at, family, cols), "seed", family]).any():  # no row at all: NaN below
+            raise ValueError(f"`config` must list every column that tells one family's runs apart; {cols} does not")
         w = at.pivot_table(index=[*cols, "seed"], columns=family, values="_x", aggfunc="first").dropna()
         for key, we in w.reindex(columns=[method, control]).dropna().groupby(level=cols):
             x, c = we[method].to_numpy(), we[control].to_numpy()
@@ -570,7 +593,7 @@ def relapses(
     keys=None,  # further columns that tell runs apart, beyond `method`, `seed` and the dotted grid columns
 ):
     "Per run that reached `target`: when, its largest later loss over its first one (`peak`), relapsed, diverged."
-    ts = _check_targets(target)
+    ts = _check_targets(target, "target")
     if np.ndim(target) != 0:
         raise ValueError(f"`target` must be one train loss, got {target!r}")
     t = ts[0]

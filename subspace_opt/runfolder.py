@@ -4,7 +4,7 @@
 
 # %% ../nbs/05c_runfolder.ipynb #10b970b5
 from __future__ import annotations
-import fcntl, hashlib, json, os, re, tarfile, tempfile, warnings
+import fcntl, hashlib, io, json, os, re, tarfile, tempfile, warnings
 from pathlib import Path
 import pandas as pd
 import torch
@@ -307,9 +307,12 @@ def _to_disk(path: Path):  # a file
 
 @patch
 def read_rows(self: RunFolder):
-    "rows.csv as a table; a one-line `UserError` when it cannot be read."
+    "rows.csv as a table; a one-line `UserError` when it cannot be read or its last row was cut."
     try:
-        return pd.read_csv(self.rows)
+        data = self.rows.read_bytes()
+        if data and not data.endswith(b"\n"):  # every row is written with its newline: a cut one, read as NaNs
+            raise pd.errors.ParserError("its last row is cut")
+        return pd.read_csv(io.BytesIO(data))
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
         raise UserError(
             f"{self.rows} cannot be read ({type(e).__name__}): delete {self.path} to run it again"

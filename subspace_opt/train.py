@@ -371,6 +371,8 @@ def run_one(
                     run.finish(time.perf_counter() - t0, start)
                 elif step > start and step % cfg.checkpoint_every:  # stopped between checkpoints: keep this step
                     run.checkpoint()
+            if not run.over:  # a signal's handler let the program go on: these are no finished run's rows
+                raise UserError(f"{desc} was interrupted at step {step} (checkpointed): the same call resumes it")
         rows = folder.read_rows()  # rows written under an earlier name of the experiment carry today's name
         return rows.assign(experiment=cfg.name) if "experiment" in rows else rows
 
