@@ -107,6 +107,19 @@ def time_to_target(
     out = pd.concat(out).sort_values("_run", kind="stable")
     return out[[*keys, "target", *COSTS, "diverged"]].reset_index(drop=True)
 
+# %% ../nbs/06b_results.ipynb #c3933fab20d04ec698c2621248eb3be0
+def _check_ttt(
+    ttt: pd.DataFrame,  # a `time_to_target` table
+    family: str,  # the column that names a method family
+    *columns: str,  # further columns it must have
+):
+    "Refuse what is not a `time_to_target` table with the family, seed and target columns and `columns`."
+    if not isinstance(ttt, pd.DataFrame):
+        raise ValueError(f"`ttt` must be a `time_to_target` table (a DataFrame), got {type(ttt).__name__}")
+    missing = [c for c in (family, "seed", "target", *columns) if c not in ttt.columns]
+    if missing:
+        raise ValueError(f"`ttt` lacks the columns {missing}; make it with `time_to_target`")
+
 # %% ../nbs/06b_results.ipynb #00000019
 def _at_target(
     ttt: pd.DataFrame,  # a `time_to_target` table
@@ -125,19 +138,6 @@ def _at_target(
     if "step" in t.columns and (t[metric].isna() & t.step.notna()).any():
         raise ValueError(f"`ttt` has no `{metric}` for runs that reached the target: its rows did not record it")
     return t.assign(_x=t[metric].astype(float).fillna(np.inf))
-
-
-def _check_ttt(
-    ttt: pd.DataFrame,  # a `time_to_target` table
-    family: str,  # the column that names a method family
-    *columns: str,  # further columns it must have
-):
-    "Refuse what is not a `time_to_target` table with the family, seed and target columns and `columns`."
-    if not isinstance(ttt, pd.DataFrame):
-        raise ValueError(f"`ttt` must be a `time_to_target` table (a DataFrame), got {type(ttt).__name__}")
-    missing = [c for c in (family, "seed", "target", *columns) if c not in ttt.columns]
-    if missing:
-        raise ValueError(f"`ttt` lacks the columns {missing}; make it with `time_to_target`")
 
 
 def _config_columns(
