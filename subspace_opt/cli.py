@@ -254,7 +254,6 @@ def _job(a):
 
 def main(argv=None):  # command-line arguments (default: sys.argv[1:])
     "Entry point of `subspace-opt`: 0 when done; one line on stderr and 2 (bad input), 130 (Ctrl-C) or 1 (a bug)."
-    # 141, silently: the reader of stdout left (`| head`), as the shell's tools end on SIGPIPE
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         a = _parser().parse_args(argv)
@@ -271,6 +270,8 @@ def main(argv=None):  # command-line arguments (default: sys.argv[1:])
         code = _say(prog, f"interrupted; the same command {AFTER_INTERRUPT[a.job]}", 130)
     except BrokenPipeError:
         code = _stdout_gone()
+    except OSError as e:  # the file system refused a path given (a name too long, a link to nowhere, no permission)
+        code = _say(prog, f"error: {e}", 2)
     except (MemoryError, torch.OutOfMemoryError) as e:  # sizes this machine cannot hold: bad input, not a bug
         code = _say(prog, f"error: out of memory ({type(e).__name__}): lower the model, data or batch sizes", 2)
     except Exception as e:

@@ -290,7 +290,7 @@ def _check_lists(cfg: ExperimentConfig):
     if len(set(cfg.seeds)) < len(cfg.seeds):
         raise ConfigError(f"`config.seeds` must be unique (one run each), got {_most_common(cfg.seeds)!r} twice")
 
-
+# %% ../nbs/05b_config.ipynb #72eea5119410473aa328ad9291626812
 def _check_context(cfg: ExperimentConfig):
     "`n_eigs` against `k`, the sources 'auto' needs, the device string, and `data_args` against the task's loader."
     s = cfg.subspace
@@ -316,6 +316,14 @@ def _check_context(cfg: ExperimentConfig):
             raise ConfigError(f"unknown key `{where}`; {cfg.data} accepts: {', '.join(hints)}")
         if hints[key] in ("int", "int | None", "float", "bool", "str"):  # kept converted: 3 and 3.0 are one run
             cfg.data_args[key] = _convert(value, hints[key], f"config.data_args.{key}")
+        elif params[key].default is None and not isinstance(value, (str, type(None))):  # a folder, e.g. data_dir
+            raise ConfigError(
+                f"`config.data_args.{key}` must be a folder's path (a string) or null, got {_show(value)}"
+            )
+    if cfg.model != "cnn" and cfg.data_args.get("flatten") is False:  # images (n, 1, 28, 28): a CNN's input
+        raise ConfigError(
+            f"`config.data_args.flatten` false gives images, which model {cfg.model} cannot take: use cnn"
+        )
 
 # %% ../nbs/05b_config.ipynb #5e295a3f
 def config_from_dict(d: dict):  # plain data, e.g. parsed JSON or YAML
