@@ -373,7 +373,7 @@ def load_checkpoint(self: RunFolder):
     try:
         with warnings.catch_warnings():  # e.g. about the pickle protocol of a file refused anyway
             warnings.simplefilter("ignore")
-            c = torch.load(path, weights_only=True)
+            c = torch.load(path, weights_only=True, map_location="cpu")  # a GPU run's file reads on any machine
     except Exception:
         raise UserError(f"{path} does not load as tensors and plain data: delete it to start that run over") from None
     if not isinstance(c, dict) or not isinstance(c.get("step"), int):

@@ -206,8 +206,8 @@ class _SourceState:
     def load_state_dict(self, state: dict):  # a `state_dict()` of a source with the same settings
         "Restore a state saved by `state_dict()`: the run continues exactly as the uninterrupted one."
         for a in self._STATE:
-            v = state[a]
-            setattr(self, a, v.clone() if isinstance(v, torch.Tensor) else v)
+            v = state[a]  # tensors onto the source's device (a checkpoint loads on the CPU)
+            setattr(self, a, v.to(self.op.device, copy=True) if isinstance(v, torch.Tensor) else v)
         self.gen.set_state(state["generator"])
 
 # %% ../nbs/02a_sources.ipynb #61c8290a

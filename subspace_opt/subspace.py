@@ -469,5 +469,6 @@ def load_state_dict(self: DominantSubspace, state: dict):  # a `state_dict()` of
     older = dict(block=None, last_refresh=state.get("n_updates", 0), period=self.period, k=self.k, n_eigs=self.n_eigs)
     older["k_pending"] = self.k_pending
     for a in _STATE:
-        setattr(self, a, state[a] if a in state else older[a])
+        v = state[a] if a in state else older[a]  # tensors onto this tracker's device (a checkpoint loads on the CPU)
+        setattr(self, a, v.to(self.op.device) if isinstance(v, torch.Tensor) else v)
     self.gen.set_state(state["generator"])
