@@ -488,6 +488,10 @@ def unpack_runs(
         with tarfile.open(archive, "r:gz") as tar:
             files = _archive_files(tar, archive.name, tuple(p for p in under.split("/") if p))
             twice = [rel for i, (_, rel) in enumerate(files) if rel in [r for _, r in files[:i]]]
+            names = {tuple(rel) for _, rel in files}
+            twice += [
+                rel[:i] for _, rel in files for i in range(1, len(rel)) if tuple(rel[:i]) in names
+            ]  # file, folder
             if twice:
                 raise UserError(
                     f"`archive`: {archive.name} holds {'/'.join(twice[0])} twice: refused, nothing unpacked"
