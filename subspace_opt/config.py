@@ -301,6 +301,9 @@ def _check_context(cfg: ExperimentConfig):
             raise ConfigError(f"`config.subspace.{key}` auto needs a tracked source (hessian, ggn), not {s.source}")
     if s.drift_tol != SubspaceConfig.drift_tol and s.refresh_every != "auto":  # it would be ignored
         raise ConfigError(f"`config.subspace.drift_tol` steers refresh_every auto; refresh_every is {s.refresh_every}")
+    for i, m in enumerate(cfg.methods):  # a momentum with base sgd would train plain SGD, silently
+        if m.momentum != MethodConfig.momentum and m.base != "momentum":
+            raise ConfigError(f"`config.methods[{i}].momentum` is used by base momentum only; base is {m.base}")
     if cfg.device is not None:
         try:
             torch.device(cfg.device)

@@ -322,7 +322,7 @@ def test_yaml_and_json_of_the_same_config_agree(tmp_path):
         seeds=[2, 0],
         subspace={"k": 2, "n_eigs": 4, "tol": 0.05},
         methods=[
-            {"name": "sgd", "lr": 1, "momentum": 0.0},
+            {"name": "sgd", "lr": 1, "base": "momentum", "momentum": 0.0},
             {"name": "damped", "preset": "damped_dominant_sgd", "alpha": 0.9, "base": "adam"},
             {"name": "amp", "preset": "bulk_amplified_sgd", "beta": 2},
         ],
