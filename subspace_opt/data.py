@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_data.ipynb #5d7cdb2a
 from __future__ import annotations
-import gzip, inspect, math, os, pickle, platform
+import gzip, inspect, math, numbers, os, pickle, platform, zlib
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
@@ -194,16 +194,32 @@ def read_idx(path: str | Path):  # an IDX file, gzipped or not
     path = Path(path)
     try:
         with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as fh:
-            raw = fh.read()
-    except (EOFError, gzip.BadGzipFile) as e:  # a damaged archive
-        raise _user_error(f"{path} is not an IDX file: {e}") from None
-    ndim = raw[3] if len(raw) >= 4 else 0
-    if raw[:3] != b"\0\0\x08" or not 1 <= ndim <= 3:
-        raise _user_error(f"{path} is not an IDX file of unsigned bytes in 1 to 3 dimensions (header {raw[:4].hex()})")
-    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+            raw = fh.read(4)
+            ndim = raw[3] if len(raw) == 4 else 0
+            if raw[:3] != b"\0\0\x08" or not 1 <= ndim <= 3:
+                raise _user_error(
+                    f"{path} is not an IDX file of unsigned bytes in 1 to 3 dimensions (header {raw.hex()})"
+                )
+            raw += fh.read(4 * ndim)
+            shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+            raw += _read_at_most(fh, math.prod(shape) + 1)  # no more than the header says (a gzip bomb stops there)
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:  # a damaged archive
+        raise _user_error(f"{path} is not an IDX file: {' '.join(str(e).split())}") from None
     if len(raw) != 4 + 4 * ndim + math.prod(shape):
         raise _user_error(f"{path} holds {len(raw) - 4 - 4 * ndim} bytes of data, not the {shape} its header says")
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def _read_at_most(
+    fh,  # an open binary file
+    n: int,  # the most bytes to read
+):
+    "The next bytes of `fh`, at most `n`, read in pieces: memory follows what the file holds, not what it declares."
+    pieces = []
+    while n > 0 and (piece := fh.read(min(n, 1 << 24))):
+        pieces.append(piece)
+        n -= len(piece)
+    return b"".join(pieces)
 
 # %% ../nbs/04_data.ipynb #7a993b4f
 def _check_arrays(
@@ -222,6 +238,8 @@ def _check_arrays(
             raise _user_error(f"{name}: {what}: one int >= 0 per input is needed")
         if shape is not None and math.prod(X.shape[1:]) != math.prod(shape[1:]):
             raise _user_error(f"{name}: {part} inputs of shape {X.shape[1:]} do not fit {shape[1:]}")
+        if np.issubdtype(np.asarray(X).dtype, np.floating) and not np.isfinite(X).all():  # pixels are integers
+            raise _user_error(f"{name}: its {part} inputs hold NaN or inf")
     top = max(int(np.max(y)) if len(y) else -1 for _, y in arrays.values()) + 1
     if n_classes is not None and top > n_classes:
         raise _user_error(f"{name}: a label is {top - 1}, outside the {n_classes} classes")
@@ -246,6 +264,8 @@ def task_from_arrays(
     "A `TaskData` from numpy arrays, after the first-n selection and scaling; inputs and labels checked to agree."
     arrays = {"training": (X_train, y_train), "test": (X_test, y_test)}
     n_classes = _check_arrays(name, arrays, None if flatten else shape, n_classes, dtype)
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not (math.isfinite(scale) and scale > 0):
+        raise _user_error(f"`scale` must be a finite number > 0, got {scale!r}")
     for arg, n, total in (("n_train", n_train, len(X_train)), ("n_test", n_test, len(X_test))):
         if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= total):
             raise _user_error(f"`{arg}` must be an int in [1, {total}], got {n!r}")

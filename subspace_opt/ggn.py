@@ -8,7 +8,13 @@ import math
 from dataclasses import dataclass
 import pandas as pd
 import torch
-from .curvature import FunctionalHessianOperator, GGNOperator, HessianOperator, TorchLinearOperator
+from subspace_opt.curvature import (
+    FunctionalHessianOperator,
+    GGNOperator,
+    HessianOperator,
+    TorchLinearOperator,
+    as_batches,
+)
 from .lanczos import _check_int, _check_orthonormal, block_lanczos, check_symmetric
 
 # %% auto #0
@@ -290,6 +296,8 @@ def slq_density(
     _check_probes(n_probes, 1)
     if not isinstance(n_steps, int) or n_steps < 1:
         raise ValueError(f"`n_steps` must be an int >= 1, got {n_steps!r}")
+    if isinstance(n_grid, bool) or not isinstance(n_grid, int) or n_grid < 2:
+        raise ValueError(f"`n_grid` must be an int >= 2, got {n_grid!r}")
     m = min(n_steps, M.shape[0])
     gen = torch.Generator(device=M.device).manual_seed(_check_int(seed, "seed", 0))
     Z = _rademacher(M, n_probes, gen) / math.sqrt(M.shape[0])
@@ -299,8 +307,11 @@ def slq_density(
     lo, hi = live.min().item(), live.max().item()
     if sigma is None:
         sigma = max(hi - lo, 1e-12 * max(abs(lo), abs(hi), 1.0)) / 100
-    if not sigma > 0:
-        raise ValueError(f"`sigma` must be > 0, got {sigma!r}")
+    if not (sigma > 0 and math.isfinite(sigma)):
+        raise ValueError(f"`sigma` must be a finite number > 0, got {sigma!r}")
+    if (hi - lo + 10 * sigma) / (n_grid - 1) > sigma:  # a grid coarser than σ: the Gaussians would not integrate to 1
+        need = math.ceil((hi - lo) / sigma) + 11
+        raise ValueError(f"`sigma`={sigma:g} is below the grid's spacing: raise `n_grid` to {need} or more, or `sigma`")
     grid = torch.linspace(lo - 5 * sigma, hi + 5 * sigma, n_grid, dtype=torch.float64)
     gauss = torch.exp(-0.5 * ((grid[:, None, None] - theta[None]) / sigma) ** 2) / (sigma * math.sqrt(2 * math.pi))
     density = (gauss * tau[None]).sum((1, 2)) / n_probes
@@ -309,6 +320,7 @@ def slq_density(
 # %% ../nbs/07_ggn.ipynb #7b52c808
 def _operators(model, loss, data):
     "The Hessian H, its Gauss–Newton term G and the functional Hessian H_F of `model` on `data`, by name."
+    data = as_batches(data)  # read once: an iterable of batches (a generator, a resampling loader) gives all three
     return {
         "H": HessianOperator(model, loss, data),
         "G": GGNOperator(model, loss, data),
