@@ -51,6 +51,12 @@ class _TermStopsPool:
         if kind is _Terminated:
             signal.raise_signal(signal.SIGTERM)  # now as by default: the end of this process
 
+# %% ../nbs/05e_workers.ipynb #2417c924
+def _start_worker(threads: int):  # torch threads for this worker
+    "A worker's set-up: its share of the threads, and SIGINT ignored (the pool's owner stops it with SIGTERM)."
+    torch.set_num_threads(threads)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
 # %% ../nbs/05e_workers.ipynb #59bbdb311c014d738909a11f9e486628
 def run_in_workers(
     fn,  # a module-level function of one job (worker processes import it by name)
@@ -64,7 +70,7 @@ def run_in_workers(
         return [fn(j) for j in tqdm(jobs, desc=desc, disable=not progress)]
     if getattr(fn, "__module__", "__main__") == "__main__" or "<" in getattr(fn, "__qualname__", "<"):
         raise UserError(f"`fn` must be a module-level function of an importable module for workers, got {fn!r}")
-    share = dict(initializer=torch.set_num_threads, initargs=(threads_per_worker(workers),))
+    share = dict(initializer=_start_worker, initargs=(threads_per_worker(workers),))
     with _TermStopsPool(), mp.get_context("forkserver").Pool(min(workers, len(jobs)), **share) as pool:
         done = list(tqdm(pool.imap_unordered(fn, jobs), total=len(jobs), desc=desc, disable=not progress))
         pool.close()  # let the workers exit on their own: their finalizers run, and no semaphore is left behind

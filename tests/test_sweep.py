@@ -203,3 +203,51 @@ def test_a_stopped_sweep_with_workers_keeps_every_runs_steps(tmp_path, to_group)
     whole = subprocess.run(cmd("whole"), capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and whole.returncode == 0, again.stderr + whole.stderr
     assert_same_rows(pd.read_csv(tmp_path / "whole" / "results.csv"), pd.read_csv(tmp_path / "cut" / "results.csv"))
+
+
+def test_ctrl_c_with_idle_workers_ends_at_once_in_one_line(tmp_path):
+    """Ctrl-C to the group while some workers wait with no job left (their runs done): the sweep ends with 130 and one
+    line, its running jobs checkpointed, no process left; a worker interrupted while waiting once hung the pool."""
+    base = {
+        "data_args": {"n_train": 150},
+        "hidden": [8],
+        "log_every": 10,
+        "checkpoint_every": 2000,
+        "methods": [{"name": "sgd", "lr": 0.1}],
+        "seeds": [0, 1],
+        "grid": {"steps": [20, 2000]},  # two short runs end first, and their workers wait
+        "workers": 4,
+    }
+    cfg = tmp_path / "sweep.json"
+    cfg.write_text(json.dumps(base))
+    proc = subprocess.Popen(
+        [CLI, "sweep", str(cfg), "--out", str(tmp_path / "cut"), "--device", "cpu"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=functools.partial(signal.signal, signal.SIGINT, signal.SIG_DFL),
+    )
+    short = [tmp_path / "cut" / "points" / "steps=20" / f"sgd-seed{s}" / "done.json" for s in (0, 1)]
+    long = [tmp_path / "cut" / "points" / "steps=2000" / f"sgd-seed{s}" / "rows.csv" for s in (0, 1)]
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        ready = all(d.exists() for d in short) and all(r.exists() and r.read_text().count("\n") >= 6 for r in long)
+        if proc.poll() is not None or ready:
+            break
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)  # a hung pool would pass this
+    first, *rest = err.splitlines()
+    assert proc.returncode == 130 and first.startswith("subspace-opt sweep: interrupted"), err
+    assert "Traceback" not in err and all("resource_tracker" in line or "warnings.warn" in line for line in rest), err
+    for _ in range(300):
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("processes of the stopped sweep are still running")
+    for r in long:
+        assert 40 <= torch.load(r.parent / "checkpoint.pt", weights_only=True)["state"]["step"] < 2000
