@@ -203,6 +203,14 @@ def _sweep_spec(
             raise ConfigError(f"`{where}.names.{key}` gives no method name to the values {unnamed}")
     return s["base"], s["grid"], names
 
+# %% ../nbs/06a_sweep.ipynb #834c65bd
+def _named(
+    values: pd.Series,  # a grid key's column of a sweep's rows
+    names: dict,  # its value -> method name
+):
+    "The method name of each row's grid value; a null value (NaN once read back from CSV) is the name of None."
+    return values.map(lambda v: names[None if pd.isna(v) else v])
+
 # %% ../nbs/06a_sweep.ipynb #7623eae2785240b9bd12b16a66d81610
 def run_sweeps(
     sweeps: dict,  # folder name -> {"base": config, "grid": grid, "names": {grid key: {value: method name}}} (optional)
@@ -232,7 +240,7 @@ def run_sweeps(
     frames = []
     for name, rows in tables.items():
         for key, named in specs[name][2].items():
-            rows["method"] = rows[key].map(named)  # every value is named (`_sweep_spec`)
+            rows["method"] = _named(rows[key], named)  # every value is named (`_sweep_spec`)
         if len(rows):
             frames.append(rows.assign(sweep=name))
     return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["sweep"])), unfinished

@@ -13,13 +13,17 @@
 #                    pilot.json (tools/gpu_pilot.py), refresh.csv and refresh.json (tools/refresh_bench.py: a warm
 #                    refresh of the tracker against a cold eigsh on this device), benchmarks/B05_compiled_products.ipynb
 #                    (that benchmark executed here: compiled curvature products against uncompiled ones on this
-#                    device), gpu.csv (nvidia-smi's load and memory every 10 s) and
+#                    device), gpu.csv (nvidia-smi's load and memory every 10 s), notebook-logs/ (each notebook's
+#                    log and exit status as it is written, so they come back even if packing never happens) and
 #                    results.tar.gz (tools/run_gpu_experiments.sh --pack: the executed notebooks, their logs and
 #                    finished runs; `tar xzf` it in the repository root). The exit status is 1 when a test, the pilot
 #                    or a notebook failed.
-#   --budget S       the whole run ends within S seconds: the notebooks get what the tests and the pilot leave,
-#                    less 30 s to pack (run_gpu_experiments.sh --deadline), and are run with --keep-going, so a
-#                    notebook whose checked outcome fails at FULL is still saved with its tables and figures.
+#   --budget S       the whole run ends within S seconds: each stage before the notebooks runs within its own cap
+#                    (tests 240 s, pilot and refresh benchmark 150 s each, B05 240 s) and within what is left of the
+#                    budget, and is skipped (a failure) when less than 20 s would be left; the notebooks get what the
+#                    stages leave, less 30 s to pack (run_gpu_experiments.sh --deadline), and are run with
+#                    --keep-going, so a notebook whose checked outcome fails at FULL is still saved with its tables
+#                    and figures. The exit status is 1 too when pytest itself ends badly (a crash, its timeout).
 #   --jobs N         notebooks at once (default 2; each already runs several runs at once).
 #   --wheels DIR     a folder of wheels adding nbdev/execnb/IPython (installed with --no-index into a private folder).
 #   --data DIR       the folder holding Fashion-MNIST's four IDX .gz files (exported as SUBSPACE_OPT_DATA).
@@ -81,6 +85,11 @@ cd "$REPO"
 t0=$SECONDS
 status=0  # 1 when a test, the pilot or a notebook failed
 left() { echo $((BUDGET - (SECONDS - t0))); }
+stage_time() {  # seconds a stage may take: its own cap $1, within what is left of the budget less 30 s to pack
+  local t=$(($(left) - 30))
+  [ "$t" -lt "$1" ] || t=$1
+  echo "$t"
+}
 PY="${PYTHON:-python3}"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 if [ -n "$WHEELS" ] && ! "$PY" -c "import nbdev, execnb, IPython" 2>/dev/null; then
@@ -99,32 +108,46 @@ if command -v nvidia-smi >/dev/null; then  # sampled until this script ends, how
   trap "kill $! 2>/dev/null" EXIT
 fi
 
-if [ "$TESTS" = 1 ]; then
-  echo "== $((SECONDS - t0)) s: CUDA tests (pytest -m cuda; nbdev_test --flags cuda), log in tests.log"
+if [ "$TESTS" = 1 ] && [ "$(stage_time 240)" -lt 20 ]; then
+  echo "SKIPPED: the CUDA tests (no time left in the budget)"; status=1
+elif [ "$TESTS" = 1 ]; then
+  T=$(stage_time 240)
+  echo "== $((SECONDS - t0)) s: CUDA tests (pytest -m cuda; nbdev_test --flags cuda; at most $T s), log in tests.log"
   (
-    timeout 240 "$PY" -m pytest -q -p no:cacheprovider -m cuda tests 2>&1 | sed 's/^/[pytest] /' &
+    { timeout "$T" "$PY" -m pytest -q -p no:cacheprovider -m cuda tests 2>&1; echo "exit status $?"; } \
+      | sed 's/^/[pytest] /' &
     for nb in $(grep -l '#| cuda' nbs/[0-9]*.ipynb); do
-      (timeout 240 "$PY" -c "import sys; from nbdev.test import nbdev_test; nbdev_test(path=sys.argv[1], flags='$FLAGS', \
+      (timeout "$T" "$PY" -c "import sys; from nbdev.test import nbdev_test; nbdev_test(path=sys.argv[1], flags='$FLAGS', \
 do_print=True)" "$nb" 2>&1 || echo "FAILED: $nb") \
         | sed "s|^|[$(basename "$nb")] |" &
     done
     wait
   ) > "$OUTDIR/tests.log" 2>&1
-  grep -E "passed|failed|FAILED|Error" "$OUTDIR/tests.log" | tail -20
+  grep -E "passed|failed|FAILED|Error|exit status" "$OUTDIR/tests.log" | tail -20
   ! grep -qE "^\[pytest\] .*[0-9]+ (failed|error)|FAILED: " "$OUTDIR/tests.log" || status=1
+  # a crash, a timeout or an internal error prints no summary: pytest's own status decides (5: no test selected)
+  grep -qE "^\[pytest\] exit status (0|5)$" "$OUTDIR/tests.log" || { echo "FAILED: pytest (see tests.log)"; status=1; }
 fi
-if [ "$PILOT" = 1 ]; then
+if [ "$PILOT" = 1 ] && [ "$(stage_time 150)" -lt 20 ]; then
+  echo "SKIPPED: the pilot (no time left in the budget)"; status=1
+elif [ "$PILOT" = 1 ]; then
   echo "== $((SECONDS - t0)) s: pilot (tools/gpu_pilot.py)"
-  timeout 150 "$PY" tools/gpu_pilot.py ${PILOT_ARGS[@]+"${PILOT_ARGS[@]}"} --out "$OUTDIR" \
+  timeout "$(stage_time 150)" "$PY" tools/gpu_pilot.py ${PILOT_ARGS[@]+"${PILOT_ARGS[@]}"} --out "$OUTDIR" \
     || { echo "FAILED: the pilot"; status=1; }
 fi
-if [ "$BENCH" = 1 ]; then
+if [ "$BENCH" = 1 ] && [ "$(stage_time 150)" -lt 20 ]; then
+  echo "SKIPPED: the benchmarks (no time left in the budget)"; status=1
+elif [ "$BENCH" = 1 ]; then
   echo "== $((SECONDS - t0)) s: refresh benchmark (tools/refresh_bench.py)"
-  timeout 150 "$PY" tools/refresh_bench.py ${BENCH_ARGS[@]+"${BENCH_ARGS[@]}"} --out "$OUTDIR" \
+  timeout "$(stage_time 150)" "$PY" tools/refresh_bench.py ${BENCH_ARGS[@]+"${BENCH_ARGS[@]}"} --out "$OUTDIR" \
     || { echo "FAILED: the refresh benchmark"; status=1; }
-  echo "== $((SECONDS - t0)) s: compiled products (nbs/benchmarks/B05_compiled_products.ipynb, executed)"
-  timeout 240 "$PY" tools/execute_notebooks.py nbs/benchmarks/B05_compiled_products.ipynb \
-    --out-dir "$OUTDIR/benchmarks" || { echo "FAILED: benchmark B05"; status=1; }
+  if [ "$(stage_time 240)" -ge 20 ]; then  # --keep-going: a failing cell still leaves the notebook's measurements
+    echo "== $((SECONDS - t0)) s: compiled products (nbs/benchmarks/B05_compiled_products.ipynb, executed)"
+    timeout "$(stage_time 240)" "$PY" tools/execute_notebooks.py nbs/benchmarks/B05_compiled_products.ipynb \
+      --keep-going --out-dir "$OUTDIR/benchmarks" || { echo "FAILED: benchmark B05"; status=1; }
+  else
+    echo "SKIPPED: benchmark B05 (no time left in the budget)"; status=1
+  fi
 fi
 if [ -n "$RESUME" ]; then  # only regular files of finished runs, only inside the repository (tarfile's 'data' filter)
   "$PY" - "$RESUME" "$REPO" <<'PYEOF' || { echo "FAIL: could not unpack $RESUME"; exit 1; }
@@ -143,7 +166,8 @@ fi
 deadline=$(($(left) - 30))
 echo "== $((SECONDS - t0)) s: ${#NBS[@]} notebooks, $JOBS at once, deadline $deadline s"
 if [ "$deadline" -ge 30 ]; then
-  logs="$(mktemp -d /tmp/subspace-opt-gpu-logs.XXXXXX)"  # packed into results.tar.gz
+  logs="$OUTDIR/notebook-logs"  # in $OUT as they are written (and packed into results.tar.gz)
+  mkdir -p "$logs"
   tools/run_gpu_experiments.sh ${CPU[@]+"${CPU[@]}"} --keep-going --jobs "$JOBS" --deadline "$deadline" --log-dir "$logs" \
     --pack "$OUTDIR/results.tar.gz" "${NBS[@]}" || status=1
   [ ! -e "$logs/summary.tsv" ] || cat "$logs/summary.tsv"
