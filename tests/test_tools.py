@@ -334,3 +334,30 @@ def test_dry_run_full_runs_the_toy_setting_and_fails_only_on_raised_errors(tmp_p
     assert out.returncode == 1 and "cell 2: KeyError" in out.stdout and "FAIL: cells raised in bad" in out.stderr
     out = subprocess.run([*cmd, str(tmp_path / "none.ipynb")], capture_output=True, text=True, timeout=300)
     assert out.returncode == 1 and "needs exactly one `#| cuda` cell setting P = FULL" in out.stderr
+
+
+def test_pack_results_keeps_what_a_rerun_reuses(tmp_path):
+    "Finished runs whole (snapshots too), records beside the runs; not checkpoints, locks or unfinished runs."
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        from pack_results import finished_runs
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    runs = tmp_path / "runs" / "E10" / "small"
+    files = [
+        "mlp/curvature-settings.json",  # an analysis's settings, beside the runs: kept
+        "mlp/runs/bulk-seed0/done.json",
+        "mlp/runs/bulk-seed0/rows.csv",
+        "mlp/runs/bulk-seed0/run.json",
+        "mlp/runs/bulk-seed0/checkpoint.pt",  # left out
+        "mlp/runs/bulk-seed0/snapshots/step-100.pt",  # kept: the analysis reads it
+        "mlp/runs/sgd-seed0/run.json",  # unfinished: nothing of it
+        "mlp/runs/sgd-seed0/rows.csv",
+        "mlp/runs/sgd-seed0/snapshots/step-100.pt",
+        "mlp/curvature.csv",  # a table: made again by the rerun
+    ]
+    for f in files:
+        (runs / f).parent.mkdir(parents=True, exist_ok=True)
+        (runs / f).write_text("x")
+    got = sorted(p.relative_to(runs).as_posix() for p in finished_runs(tmp_path))
+    assert got == sorted(files[i] for i in (0, 1, 2, 3, 5)), got

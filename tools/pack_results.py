@@ -8,8 +8,9 @@
 - the executed notebooks given to `--notebooks` (those that finished);
 - the log folder's files, under `gpu-logs/`;
 - every finished run beside the notebooks of `--runs-beside`: each folder under their `runs/` that holds a
-  `done.json`, with its files except the checkpoint (a finished run is reused from its rows and records alone) and
-  the lock.
+  `done.json`, with its files and subfolders (snapshots of weights, which analyses read) except the checkpoint (a
+  finished run is reused from its rows and records alone) and the lock; and the `*.json` records beside the runs
+  (an analysis's settings, a sweep's grid), so that a rerun on another machine reuses them as this one would.
 
 Paths inside are relative to the repository root (a notebook outside it: relative to its folder's parent), so
 `tar xzf FILE` at the root puts the notebooks in place, and a rerun of the same notebooks reuses the finished runs.
@@ -34,14 +35,20 @@ def _name(path: Path, repo: Path):
 
 
 def finished_runs(folder: Path):
-    "The files of every finished run under `folder/runs` (folders with a done.json), checkpoints and locks left out."
+    """The files a rerun reuses under `folder/runs`: every finished run's folder (one with a done.json), its subfolders
+    such as snapshots/ included, and the records beside the runs (*.json outside any run's folder, such as an
+    analysis's settings); checkpoints, locks and unfinished runs (a run.json without a done.json) left out."""
     runs = folder / "runs"
     if not runs.is_dir() or runs.is_symlink():
         return []
+    walk = sorted((Path(here), names) for here, _, names in os.walk(runs))  # os.walk does not enter linked folders
+    finished = {here for here, names in walk if "done.json" in names}
+    unfinished = {here for here, names in walk if "run.json" in names and "done.json" not in names}
     files = []
-    for here, dirs, names in sorted(os.walk(runs)):  # os.walk does not enter linked folders
-        if "done.json" in names:
-            files += [Path(here) / n for n in sorted(names) if n not in SKIP and not (Path(here) / n).is_symlink()]
+    for here, names in walk:
+        run = next((d for d in (here, *here.parents) if d in finished or d in unfinished), None)
+        keep = (lambda n: n not in SKIP) if run in finished else (lambda n: run is None and n.endswith(".json"))
+        files += [here / n for n in sorted(names) if keep(n) and not (here / n).is_symlink()]
     return files
 
 
