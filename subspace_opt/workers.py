@@ -5,6 +5,8 @@
 # %% ../nbs/05e_workers.ipynb #acae54e37e7d407bbb7b55eff062a284
 from __future__ import annotations
 import multiprocessing as mp, signal, threading
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 import torch
 from tqdm.auto import tqdm
 from .config import UserError
@@ -57,6 +59,27 @@ def _start_worker(threads: int):  # torch threads for this worker
     torch.set_num_threads(threads)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
+# %% ../nbs/05e_workers.ipynb #69e285a7
+class _Workers:
+    "`n` forkserver worker processes (`_start_worker`); leaving on an exception stops them at once (SIGTERM)."
+
+    def __init__(
+        self,
+        n: int,  # worker processes
+        threads: int,  # torch threads each
+    ):
+        ctx = mp.get_context("forkserver")
+        self.pool = ProcessPoolExecutor(n, mp_context=ctx, initializer=_start_worker, initargs=(threads,))
+
+    def __enter__(self):
+        return self.pool
+
+    def __exit__(self, kind, exc, tb):
+        if kind is not None:  # a running job holds SIGTERM until its step is checkpointed (`train.HeldSignals`)
+            for p in list((getattr(self.pool, "_processes", None) or {}).values()):
+                p.terminate()
+        self.pool.shutdown(wait=True, cancel_futures=True)  # joined: no process or semaphore left behind
+
 # %% ../nbs/05e_workers.ipynb #59bbdb311c014d738909a11f9e486628
 def run_in_workers(
     fn,  # a module-level function of one job (worker processes import it by name)
@@ -70,9 +93,12 @@ def run_in_workers(
         return [fn(j) for j in tqdm(jobs, desc=desc, disable=not progress)]
     if getattr(fn, "__module__", "__main__") == "__main__" or "<" in getattr(fn, "__qualname__", "<"):
         raise UserError(f"`fn` must be a module-level function of an importable module for workers, got {fn!r}")
-    share = dict(initializer=_start_worker, initargs=(threads_per_worker(workers),))
-    with _TermStopsPool(), mp.get_context("forkserver").Pool(min(workers, len(jobs)), **share) as pool:
-        done = list(tqdm(pool.imap_unordered(fn, jobs), total=len(jobs), desc=desc, disable=not progress))
-        pool.close()  # let the workers exit on their own: their finalizers run, and no semaphore is left behind
-        pool.join()
-    return done
+    with _TermStopsPool(), _Workers(min(workers, len(jobs)), threads_per_worker(workers)) as pool:
+        futures = [pool.submit(fn, j) for j in jobs]
+        try:
+            return [f.result() for f in tqdm(as_completed(futures), total=len(jobs), desc=desc, disable=not progress)]
+        except BrokenProcessPool:  # the others were stopped (SIGTERM, held by a running job until its checkpoint)
+            raise UserError(
+                "a worker process ended abruptly (killed, e.g. for lack of memory) with jobs unfinished: "
+                "run again (finished runs are reused)"
+            ) from None

@@ -251,3 +251,64 @@ def test_ctrl_c_with_idle_workers_ends_at_once_in_one_line(tmp_path):
         raise AssertionError("processes of the stopped sweep are still running")
     for r in long:
         assert 40 <= torch.load(r.parent / "checkpoint.pt", weights_only=True)["state"]["step"] < 2000
+
+
+def _group_workers(pgid: int):
+    "The pids of the pool's worker processes in process group `pgid`: children of its forkserver."
+    procs = {}
+    for d in Path("/proc").iterdir():
+        try:
+            stat = (d / "stat").read_text()
+            cmd = (d / "cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()  # state, ppid, pgrp, ...
+        if d.name.isdigit() and int(fields[2]) == pgid:
+            procs[int(d.name)] = (int(fields[1]), b"forkserver" in cmd)
+    return [pid for pid, (ppid, fs) in procs.items() if fs and procs.get(ppid, (0, False))[1]]
+
+
+def test_a_killed_worker_ends_the_sweep_with_one_line_and_a_rerun_finishes_it(tmp_path):
+    """`kill -9` of a worker (or the kernel's, for lack of memory): the sweep ends at once, status 2, one line — a
+    `multiprocessing.Pool` lost the job and waited forever — and the same command then finishes it exactly."""
+    base = {
+        "data_args": {"n_train": 150},
+        "hidden": [8],
+        "steps": 600,
+        "log_every": 10,
+        "checkpoint_every": 600,
+        "methods": [{"name": "sgd", "lr": 0.1}],
+        "seeds": [0, 1],
+        "grid": {"methods.lr": [0.1, 0.2]},
+        "workers": 2,
+    }
+    cfg = tmp_path / "sweep.json"
+    cfg.write_text(json.dumps(base))
+    cmd = lambda out: [CLI, "sweep", str(cfg), "--out", str(tmp_path / out), "--device", "cpu"]
+    proc = subprocess.Popen(
+        cmd("cut"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    deadline, workers = time.time() + 300, []
+    while time.time() < deadline and proc.poll() is None:
+        rows = list((tmp_path / "cut" / "points").glob("*/sgd-seed*/rows.csv"))
+        workers = _group_workers(proc.pid)
+        if len(rows) >= 2 and all(r.read_text().count("\n") >= 3 for r in rows) and len(workers) == 2:
+            break
+        time.sleep(0.02)
+    assert len(workers) == 2, workers
+    os.kill(workers[0], signal.SIGKILL)
+    _, err = proc.communicate(timeout=120)  # a pool that lost the job would wait here forever
+    assert proc.returncode == 2 and err.startswith("subspace-opt sweep: error: a worker process ended abruptly"), err
+    assert "Traceback" not in err, err
+    for _ in range(300):
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("processes of the stopped sweep are still running")
+    again = subprocess.run(cmd("cut"), capture_output=True, text=True, timeout=600)
+    whole = subprocess.run(cmd("whole"), capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and whole.returncode == 0, again.stderr + whole.stderr
+    assert_same_rows(pd.read_csv(tmp_path / "whole" / "results.csv"), pd.read_csv(tmp_path / "cut" / "results.csv"))
