@@ -325,9 +325,9 @@ class HeldSignals:
         return self
 
     def _hold(self, sig, frame):
-        "Note `sig`; a second one of its kind is not held: it takes effect at once."
-        if sig not in self.asked:
-            self.asked.append(sig)
+        "Note `sig`; a second SIGINT is not held (it takes effect at once), a second SIGTERM is (a pool repeats it)."
+        if sig not in self.asked or sig == signal.SIGTERM:
+            self.asked += [sig] if sig not in self.asked else []
             return
         self._restore()
         self.asked.remove(sig)  # delivered now, not again on leaving the block
