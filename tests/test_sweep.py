@@ -148,6 +148,17 @@ def test_a_job_that_raises_stops_the_sweep_and_a_rerun_resumes_it(tmp_path, monk
     assert starts == [5]  # only the failed job ran again, from its checkpoint
 
 
+def _assert_group_ends(pgid: int):
+    "Within 30 s no process of group `pgid` is left: the workers, the fork server and the resource tracker all end."
+    for _ in range(300):
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    raise AssertionError("processes of the stopped sweep are still running")
+
+
 @pytest.mark.parametrize("to_group", [True, False], ids=["ctrl-c-to-the-group", "sigterm-to-the-sweep-alone"])
 def test_a_stopped_sweep_with_workers_keeps_every_runs_steps(tmp_path, to_group):
     """SIGINT to the whole process group (Ctrl-C, a deadline's `timeout`), or SIGTERM to the sweep's process alone
@@ -187,14 +198,7 @@ def test_a_stopped_sweep_with_workers_keeps_every_runs_steps(tmp_path, to_group)
         proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == (130 if to_group else -signal.SIGTERM), err
-    for _ in range(300):  # the workers, the fork server and the resource tracker all end
-        try:
-            os.killpg(proc.pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.1)
-    else:
-        raise AssertionError("processes of the stopped sweep are still running")
+    _assert_group_ends(proc.pid)
     for r in rows:
         assert not (r.parent / "done.json").exists(), f"{r.parent.name} finished before the interruption"
         step = torch.load(r.parent / "checkpoint.pt", weights_only=True)["state"]["step"]
@@ -241,14 +245,7 @@ def test_ctrl_c_with_idle_workers_ends_at_once_in_one_line(tmp_path):
     first, *rest = err.splitlines()
     assert proc.returncode == 130 and first.startswith("subspace-opt sweep: interrupted"), err
     assert "Traceback" not in err and all("resource_tracker" in line or "warnings.warn" in line for line in rest), err
-    for _ in range(300):
-        try:
-            os.killpg(proc.pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.1)
-    else:
-        raise AssertionError("processes of the stopped sweep are still running")
+    _assert_group_ends(proc.pid)
     for r in long:
         assert 40 <= torch.load(r.parent / "checkpoint.pt", weights_only=True)["state"]["step"] < 2000
 
@@ -300,14 +297,7 @@ def test_a_killed_worker_ends_the_sweep_with_one_line_and_a_rerun_finishes_it(tm
     _, err = proc.communicate(timeout=120)  # a pool that lost the job would wait here forever
     assert proc.returncode == 2 and err.startswith("subspace-opt sweep: error: a worker process ended abruptly"), err
     assert "Traceback" not in err, err
-    for _ in range(300):
-        try:
-            os.killpg(proc.pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.1)
-    else:
-        raise AssertionError("processes of the stopped sweep are still running")
+    _assert_group_ends(proc.pid)
     again = subprocess.run(cmd("cut"), capture_output=True, text=True, timeout=600)
     whole = subprocess.run(cmd("whole"), capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and whole.returncode == 0, again.stderr + whole.stderr
