@@ -294,11 +294,7 @@ def slq_density(
 ):
     "Spectral density of `M` by stochastic Lanczos quadrature, smoothed with Gaussians of width `sigma`."
     _check_probes(n_probes, 1)
-    if not isinstance(n_steps, int) or n_steps < 1:
-        raise ValueError(f"`n_steps` must be an int >= 1, got {n_steps!r}")
-    if isinstance(n_grid, bool) or not isinstance(n_grid, int) or n_grid < 2:
-        raise ValueError(f"`n_grid` must be an int >= 2, got {n_grid!r}")
-    m = min(n_steps, M.shape[0])
+    m, n_grid = min(_check_int(n_steps, "n_steps", 1), M.shape[0]), _check_int(n_grid, "n_grid", 2)
     gen = torch.Generator(device=M.device).manual_seed(_check_int(seed, "seed", 0))
     Z = _rademacher(M, n_probes, gen) / math.sqrt(M.shape[0])
     theta, S = torch.linalg.eigh(_slq_tridiagonal(M, Z, m).cpu())
