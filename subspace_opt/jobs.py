@@ -4,7 +4,7 @@
 
 # %% ../nbs/09a_jobs.ipynb #2006646c
 from __future__ import annotations
-import json, os, tempfile, time
+import json, math, os, tempfile, time
 from datetime import datetime
 from pathlib import Path
 import pandas as pd
@@ -106,6 +106,12 @@ def _check_steps(train_steps):  # `spectrum`'s SGD steps before measuring
         raise UserError(f"`train_steps` must be an int >= 0, got {train_steps!r}")
 
 
+def _check_tol(tol):  # the solver's relative residual tolerance
+    "A `UserError` unless `tol` is a number > 0 and finite (checked before the training, where the solver would after)."
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 < tol < math.inf:
+        raise UserError(f"`tol` must be > 0 and finite, got {tol!r}")
+
+
 def _check_k(k, hidden, solver, name):
     "A `UserError` naming `name` unless `solver` can compute k eigenpairs for the digits MLP with `hidden` widths."
     if solver not in SOLVERS:
@@ -137,7 +143,8 @@ def spectrum(
     config = dict(locals())
     _check_k(k, hidden, solver, "k")
     _check_steps(train_steps)
-    dev = check_device(device, "device")
+    _check_tol(tol)
+    dev, _ = check_device(device, "device"), _check_writable(out, "out")  # refused before the training, not after
     data = load_digits(seed=seed, device=dev)
     model = mlp((64, *hidden, data.n_classes), activation=activation, seed=seed, device=dev)
     try:

@@ -131,7 +131,7 @@ class RunFolder(_Layout):
         root: str | Path | None = None,  # the folder that its paths must stay inside (default: `path` itself)
     ):
         self.path, self.root = Path(path), Path(path if root is None else root)
-        self.spec, self._fd = None, None
+        self.spec, self._fd, self._made = None, None, None
         self._inside(self.path)
 
     def __enter__(self):
@@ -139,8 +139,16 @@ class RunFolder(_Layout):
         return self
 
     def __exit__(self, *exc):
-        "Release the lock when the `with` block ends, however it ends."
+        "Release the lock when the `with` block ends, however it ends; if it raised, remove the empty folders it made."
         self.unlock()
+        made, self._made = self._made, None
+        for path in (self.path, *self.path.parents) if exc[0] is not None and made is not None else ():
+            try:
+                path.rmdir()  # refused once a folder holds anything: what a failed block wrote is kept
+            except OSError:
+                break
+            if path == made:
+                break
 
     def _put(self, name: str, write):
         "Write the file `name` whole through `write(f)`; rank 0 only (the other ranks of a group write nothing)."
@@ -179,6 +187,7 @@ def lock(self: RunFolder):
 
     def take():
         if rank() == 0:
+            made = [p for p in (self.path, *self.path.parents) if not p.exists()]  # the folders `mkdir` creates
             try:
                 self.path.mkdir(parents=True, exist_ok=True)
             except (FileExistsError, NotADirectoryError):  # a file where the folder, or one above it, would be
@@ -188,7 +197,7 @@ def lock(self: RunFolder):
             fd = _acquire(self.path / LOCK)
             if fd is None:
                 raise UserError(f"{self.path} is in use by another process: wait for it to end, or use another folder")
-            self._fd = fd
+            self._fd, self._made = fd, made[-1] if made else None
             for tmp in [*self.path.glob(".*.tmp"), *self.path.glob("snapshots/.*.tmp")]:
                 tmp.unlink()  # left by a writer that was killed
 

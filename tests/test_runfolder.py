@@ -277,7 +277,7 @@ def test_names_and_links_cannot_lead_out(tmp_path):
     cfg.methods = [MethodConfig("../../escaped", lr=0.1)]  # past the configuration's own checks
     with pytest.raises(UserError, match="cannot name a file or folder"):
         run_experiment(cfg, tmp_path / "out", progress=False)
-    assert [p.name for p in tmp_path.iterdir()] == ["out"] and not list((tmp_path / "out").iterdir())
+    assert not list(tmp_path.iterdir())  # nothing escaped, and the folder the refused run made is gone
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "linked").mkdir()
     (tmp_path / "linked" / "runs").symlink_to(tmp_path / "elsewhere")  # runs/ points out of the experiment folder
