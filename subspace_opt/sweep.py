@@ -73,6 +73,10 @@ def expand_grid(
         for k, v in point.items():
             _set(d, k, v)
         label = ",".join(f"{k}={v}" for k, v in sorted(point.items())) or "base"  # one folder, whatever the key order
+        if len(label) > 200:  # `safe_name`'s limit
+            single = [k for k, v in grid.items() if len(v) == 1]
+            hint = f"; set {', '.join(single)} in the base configuration instead" if single else ""
+            raise ConfigError(f"`grid`: a point's folder name has {len(label)} characters, at most 200{hint}")
         cfg = config_from_dict(d)
         same = next((other for _, other, c in points if c == cfg), None)  # 3 and 3.0: one configuration
         if same is not None:
