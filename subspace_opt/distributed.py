@@ -4,7 +4,7 @@
 
 # %% ../nbs/05a_distributed.ipynb #fedd6632
 from __future__ import annotations
-import gc, logging, os, pickle, socket, sys, tempfile
+import gc, logging, os, pickle, socket, sys, tempfile, time, traceback
 from pathlib import Path
 import torch
 import torch.distributed as dist
@@ -103,7 +103,7 @@ def check_agree(
 ):
     "Raise a `ValueError` listing each rank's value unless all ranks agree on `metas[r][key]`; return the value."
     vals, ranks = [m[key] for m in metas], ranks or list(range(len(metas)))
-    if any(v != vals[0] for v in vals):
+    if any(v != vals[0] and repr(v) != repr(vals[0]) for v in vals):  # repr: NaN and NaN agree
         raise ValueError(
             f"ranks disagree on {what} (" + ", ".join(f"rank {r}: {v}" for r, v in zip(ranks, vals)) + f"): {advice}"
         )
@@ -185,7 +185,7 @@ def local_loss_scale(
         raise ValueError(f"`world` must be None or an int >= 1, got {world!r}")
     return (world_size() if world is None else world) / global_batch
 
-# %% ../nbs/05a_distributed.ipynb #6f3cb99a
+# %% ../nbs/05a_distributed.ipynb #7fb27b941602401d91542211134fc71a
 def free_port() -> int:
     "A TCP port on 127.0.0.1 that is free now."
     with socket.socket() as s:
@@ -198,13 +198,31 @@ def _worker(r, fn, args, nprocs, port, out, threads):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=r, world_size=nprocs)
     try:
         result = fn(*args)
-    except BaseException:
+    except BaseException:  # recorded with its time before the group ends: the other ranks' errors come after it
+        Path(out, f"{r}.err").write_text(f"{time.time()!r}\n{traceback.format_exc()}")
         shutdown()
         raise  # torch's spawn wrapper sends the traceback to the parent
     Path(out, f"{r}.pkl").write_bytes(pickle.dumps(result))
     finish(0)  # see "Ending a distributed program"
 
 
+def _first_failure(
+    out: str,  # the folder where the ranks wrote `<rank>.pkl` (a result) or `<rank>.err` (time, traceback)
+    nprocs: int,  # number of ranks
+):
+    "The first rank's failure as a `RuntimeError` (its traceback, or that it ended without a result); None if none."
+    errors = sorted(
+        (float(when), r, tb)
+        for r in range(nprocs)
+        if Path(out, f"{r}.err").exists()
+        for when, tb in [Path(out, f"{r}.err").read_text().split("\n", 1)]
+    )
+    if errors:
+        return RuntimeError(f"rank {errors[0][1]} of {nprocs} failed first:\n{errors[0][2]}")
+    missing = [r for r in range(nprocs) if not Path(out, f"{r}.pkl").exists()]
+    return RuntimeError(f"rank {missing[0]} of {nprocs} ended without returning a result") if missing else None
+
+# %% ../nbs/05a_distributed.ipynb #9a63283cbaf04dbcab1f6479b197f3a8
 def run_processes(
     fn,  # importable function run on every rank with `args`; its return value must pickle
     nprocs: int,  # number of processes (ranks)
@@ -215,5 +233,14 @@ def run_processes(
     if not isinstance(nprocs, int) or nprocs < 1:
         raise ValueError(f"`nprocs` must be an int >= 1, got {nprocs!r}")
     with tempfile.TemporaryDirectory() as out:
-        mp.spawn(_worker, args=(fn, args, nprocs, free_port(), out, threads), nprocs=nprocs, join=True)
+        try:
+            mp.spawn(_worker, args=(fn, args, nprocs, free_port(), out, threads), nprocs=nprocs, join=True)
+        except mp.ProcessRaisedException:  # spawn names the first process it saw fail, often a consequence
+            failure = _first_failure(out, nprocs)
+            if failure is None:
+                raise
+            raise failure from None
+        failure = _first_failure(out, nprocs)  # a rank that ended quietly (`sys.exit(0)`) left no result
+        if failure is not None:
+            raise failure
         return [pickle.loads(Path(out, f"{r}.pkl").read_bytes()) for r in range(nprocs)]

@@ -10,8 +10,8 @@ import torch
 from .subspace import alignment
 
 # %% auto #0
-__all__ = ['LEAK_COLUMNS', 'sharp_step', 'sharp_floor', 'PreStep', 'before_step', 'step_leakage', 'after_step',
-           'step_diagnostics']
+__all__ = ['LEAK_COLUMNS', 'sharp_step', 'sharp_floor', 'PreStep', 'accurate_refresh', 'before_step', 'step_leakage',
+           'after_step', 'step_diagnostics']
 
 # %% ../nbs/03a_leakage.ipynb #87670456
 def _check_step(
@@ -79,9 +79,15 @@ def _flat(op):
     return torch.cat([q.detach().reshape(-1) for q in op.parameters()]).to(op.dtype)
 
 
+def accurate_refresh(tracker):  # a `DominantSubspace` whose eigenpairs are measurements (not a step's basis)
+    "Refresh `tracker`, warm, and once more cold if that did not converge: what it logs is an eigenspace; its `info`."
+    info = tracker.refresh()
+    return info if info["converged"] else tracker.refresh(cold=True)
+
+
 def before_step(tracker):  # a `DominantSubspace` on the curvature to measure against, e.g. the full data's Hessian
     "Refresh `tracker` at the current parameters; return its basis, eigenvalues, the parameters and the gradient."
-    tracker.refresh()
+    accurate_refresh(tracker)
     U = tracker.basis
     return PreStep(U.clone(), tracker.eigenvalues[: U.shape[1]].clone(), _flat(tracker.op), tracker.op.gradient())
 

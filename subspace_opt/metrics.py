@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import torch
 from .curvature import check_loss, loss_sum, prepare_targets
-from .leakage import LEAK_COLUMNS, step_diagnostics
+from .leakage import LEAK_COLUMNS, accurate_refresh, step_diagnostics
 from .subspace import alignment
 
 # %% auto #0
@@ -88,7 +88,7 @@ def measure(
     if not cfg.log_curvature:  # the losses and costs only
         return {**row, **step_diagnostics(opt)}
     follow_rank(opt, log_sub)  # k='auto': measure at the optimizer's rank once it has one
-    log_sub.refresh()
+    accurate_refresh(log_sub)  # warm, then cold if that did not converge: the row's λ are eigenvalues
     lam = log_sub.eigenvalues.tolist()
     row.update({f"lambda_{i + 1}": v for i, v in enumerate(lam)})
     bulk = b * lr * lam[log_sub.k] if len(lam) > log_sub.k else math.nan  # b·η·λ_{k+1}

@@ -12,8 +12,8 @@ from .losses import check_loss, loss_sum, prepare_targets
 from .subspace import DominantSubspace, _alignment, alignment, project
 
 # %% auto #0
-__all__ = ['MODES', 'ProjectedOptimizer', 'dom_sgd', 'bulk_sgd', 'interpolated_sgd', 'damped_dominant_sgd', 'bulk_amplified_sgd',
-           'dom_bulk_sgd', 'sgd_steps']
+__all__ = ['MODES', 'SETTINGS', 'ProjectedOptimizer', 'dom_sgd', 'bulk_sgd', 'interpolated_sgd', 'damped_dominant_sgd',
+           'bulk_amplified_sgd', 'dom_bulk_sgd', 'sgd_steps']
 
 # %% ../nbs/03_optim.ipynb #1a896131
 def _check_base(base):
@@ -35,7 +35,7 @@ MODES = ("gradient", "update")
 
 
 def _check_coef(name, c):
-    if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c) or c < 0:
+    if isinstance(c, bool) or not isinstance(c, numbers.Real) or not math.isfinite(c) or c < 0:
         raise ValueError(f"`{name}` must be a finite number >= 0 (a negative one ascends along that part), got {c!r}")
     return float(c)
 
@@ -56,17 +56,22 @@ def _check_params(base, subspace):
         )
     return ps
 
-
-def _check_args(base, mode, start_step, switch_threshold, switch_ema):
-    "Refuse a non-torch base, an unknown mode, a negative start step, a threshold or EMA factor outside (0, 1)."
+# %% ../nbs/03_optim.ipynb #1c448414
+def _check_args(base, subspace, mode, start_step, switch_threshold, switch_ema):
+    "Refuse a non-torch base, a non-finite learning rate, an unknown mode, a bad start step, threshold or EMA factor."
     _check_base(base)
+    for i, group in enumerate(base.param_groups):
+        if not math.isfinite(float(group.get("lr", 0.0))):
+            raise ValueError(f"`base`'s learning rate must be finite, got {group['lr']!r} (parameter group {i})")
     if mode not in MODES:
         raise ValueError(f"`mode` must be one of {MODES}, got {mode!r}")
-    if not isinstance(start_step, int) or start_step < 0:
+    if isinstance(start_step, bool) or not isinstance(start_step, int) or start_step < 0:
         raise ValueError(f"`start_step` must be an int >= 0, got {start_step!r}")
-    unit = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x < 1  # noqa: E731
+    unit = lambda x: isinstance(x, numbers.Real) and not isinstance(x, bool) and 0 < x < 1  # noqa: E731
     if switch_threshold is not None and not unit(switch_threshold):
         raise ValueError(f"`switch_threshold` must be None or in (0, 1), got {switch_threshold!r}")
+    if switch_threshold is not None and not getattr(getattr(subspace, "op", None), "has_data", True):
+        raise ValueError("`switch_threshold` needs the gradient on the source's data: build the source on an operator")
     if not unit(switch_ema):
         raise ValueError(f"`switch_ema` must be a number in (0, 1) (the weight of the past), got {switch_ema!r}")
 
@@ -148,6 +153,9 @@ class _TorchFace(torch.optim.Optimizer):
         )
 
 # %% ../nbs/03_optim.ipynb #9bf323d1
+SETTINGS = ("dom", "bulk", "mode", "start_step", "switch_threshold", "switch_ema")  # saved, and checked on loading
+
+
 class _WrapperBase(_TorchFace):
     "The torch.optim face of a wrapper of the optimizer `self.base` over `self.params`, tracked by `self.subspace`."
 
@@ -168,25 +176,36 @@ class _WrapperBase(_TorchFace):
                 n_steps=self.n_steps,
                 switch_step=self.switch_step,
                 ema=self.ema,
+                settings={a: getattr(self, a) for a in SETTINGS if hasattr(self, a)},
             ),
         )
 
     def load_state_dict(self, state: dict):  # a `state_dict()` of a wrapper with the same settings
         "Restore a state saved by `state_dict()` (restore the model's parameters separately, as usual)."
-        _hooked_load(self, state, self._load)
-
-    def _load(self, state: dict):
-        "Restore the base optimizer, the tracker and the counters from `state`."
-        missing = [a for a in ("base", "subspace", "n_steps", "switch_step", "ema") if a not in state]
-        if missing:
-            raise ValueError(f"`state` must be a `ProjectedOptimizer.state_dict()`; it lacks {', '.join(missing)}")
-        self.base.load_state_dict(state["base"])
-        self.subspace.load_state_dict(state["subspace"])
-        self.n_steps, self.switch_step, self.ema = state["n_steps"], state["switch_step"], state["ema"]
+        _hooked_load(self, state, lambda s: _load(self, s))
 
     def _flat_params(self):
         "The parameters as one detached vector (p,), in the operator's order."
         return _param_vector(self.params)
+
+# %% ../nbs/03_optim.ipynb #2c15e540
+def _load(opt: _WrapperBase, state: dict):
+    "Restore the base optimizer, the tracker and the counters from `state`: all of them, or none if one refuses."
+    missing = [a for a in ("base", "subspace", "n_steps", "switch_step", "ema") if a not in state]
+    if missing:
+        raise ValueError(f"`state` must be a `ProjectedOptimizer.state_dict()`; it lacks {', '.join(missing)}")
+    saved = state.get("settings", {})  # none in a state saved before settings were: then not checked
+    differ = [f"{a}={saved[a]!r}" for a in SETTINGS if a in saved and hasattr(opt, a) and saved[a] != getattr(opt, a)]
+    if differ:
+        raise ValueError(f"`state` was saved by a wrapper with {', '.join(differ)}: build this one with those settings")
+    kept = opt.subspace.state_dict()
+    opt.subspace.load_state_dict(state["subspace"])  # first: a tracker refuses another model's state
+    try:
+        opt.base.load_state_dict(state["base"])
+    except Exception:
+        opt.subspace.load_state_dict(kept)
+        raise
+    opt.n_steps, opt.switch_step, opt.ema = state["n_steps"], state["switch_step"], state["ema"]
 
 # %% ../nbs/03_optim.ipynb #7ddb9e1a
 def _warn_unconfined(base: torch.optim.Optimizer, mode: str):
@@ -217,7 +236,7 @@ class ProjectedOptimizer(_WrapperBase):
         switch_threshold: float | None = None,  # or: project once the EMA of χ_k(∇L) exceeds this
         switch_ema: float = 0.9,  # EMA factor of the switch criterion
     ):
-        _check_args(base, mode, start_step, switch_threshold, switch_ema)
+        _check_args(base, subspace, mode, start_step, switch_threshold, switch_ema)
         _warn_unconfined(base, mode)
         self.base, self.subspace, self.mode = base, subspace, mode
         self.dom, self.bulk = _check_coef("dom", dom), _check_coef("bulk", bulk)
@@ -289,6 +308,7 @@ def _projected_step(opt: ProjectedOptimizer):
     if opt.mode == "gradient":
         _write(opt.params, project(U, g, opt.dom, opt.bulk), "grad")
         opt.base.step()
+        _write(opt.params, g, "grad")  # the gradient as backward left it, as torch's optimizers leave it
     else:
         opt.base.step()
         _write(opt.params, theta0 + project(U, opt._flat_params() - theta0, opt.dom, opt.bulk), "data")
@@ -304,7 +324,7 @@ def _diagnose(opt: ProjectedOptimizer, U, g, delta):
     opt.last = dict(
         chi_grad=_alignment(U, g),  # U is the tracker's basis: no checks at every step
         chi_update=_alignment(U, delta),
-        lr_x_lambda1=opt.param_groups[0]["lr"] * opt.subspace.eigenvalues[0],
+        lr_x_lambda1=max(group["lr"] for group in opt.param_groups) * opt.subspace.eigenvalues[0],  # the largest η
         eff_lr_dom=rate(-(dd @ gd), gd @ gd),
         eff_lr_bulk=rate(-(delta @ gb), gb @ gb),
     )

@@ -150,6 +150,8 @@ class MinibatchSubspace(TimedSubspace):
 class _ParameterSpace:
     "The trainable tensors as the `op` of a source without an operator: `parameters()`, shape, dtype and device."
 
+    has_data = False  # no gradient on data (`switch_threshold` needs one), no curvature products
+
     def __init__(self, params):  # tensors, in the order of the flat vector (those without requires_grad are left out)
         params = list(params)
         if not all(isinstance(q, torch.Tensor) for q in params):
@@ -158,6 +160,8 @@ class _ParameterSpace:
         if not self.params:
             raise ValueError("`params` must hold trainable tensors (requires_grad=True), got none")
         q = self.params[0]
+        if any((t.dtype, t.device) != (q.dtype, q.device) for t in self.params):
+            raise ValueError("`params` must share one dtype and device (their flat vector is one tensor)")
         self.shape, self.dtype, self.device = (sum(t.numel() for t in self.params),) * 2, q.dtype, q.device
 
     def parameters(self):
@@ -205,9 +209,20 @@ class _SourceState:
 
     def load_state_dict(self, state: dict):  # a `state_dict()` of a source with the same settings
         "Restore a state saved by `state_dict()`: the run continues exactly as the uninterrupted one."
+        name = type(self).__name__
+        missing = [a for a in (*self._STATE, "generator") if not isinstance(state, dict) or a not in state]
+        if missing:
+            raise ValueError(f"`state` must be a `{name}.state_dict()`; it lacks {', '.join(missing)}")
+        p = self.op.shape[0]  # the shapes of a basis, the ring of updates, θ: all checked before any is set
+        for a, want in dict(basis=(p, getattr(self, "k", 0)), updates=(p, getattr(self, "m", 0)), theta=(p,)).items():
+            if a in self._STATE and isinstance(state[a], torch.Tensor) and tuple(state[a].shape) != want:
+                raise ValueError(
+                    f"`state` is another source's: its {a} is {tuple(state[a].shape)}, this {name}'s {want}"
+                )
         for a in self._STATE:
-            v = state[a]  # tensors onto the source's device (a checkpoint loads on the CPU)
-            setattr(self, a, v.to(self.op.device, copy=True) if isinstance(v, torch.Tensor) else v)
+            v = state[a]  # tensors onto the source's device and dtype (a checkpoint loads on the CPU)
+            dtype = self.op.dtype if isinstance(v, torch.Tensor) and v.is_floating_point() else None
+            setattr(self, a, v.to(self.op.device, dtype, copy=True) if isinstance(v, torch.Tensor) else v)
         self.gen.set_state(state["generator"])
 
 # %% ../nbs/02a_sources.ipynb #61c8290a

@@ -290,12 +290,16 @@ def _next_block(
 
 # %% ../nbs/02_subspace.ipynb #2183898b
 @patch
-def refresh(self: DominantSubspace, op=None):  # operator for this refresh only (default: the subspace's own)
+def refresh(
+    self: DominantSubspace,
+    op=None,  # operator for this refresh only (default: the subspace's own)
+    cold: bool = False,  # solve from a random block even when one is carried (e.g. after an unconverged warm one)
+):
     "Recompute the top eigenpairs at the current parameters (warm from the carried block, if any); return `info`."
     if op is not None and _check_operator(op) != self.op.shape[0]:
         raise ValueError(f"`op` must act on the tracker's p={self.op.shape[0]} parameters, got shape {tuple(op.shape)}")
     op, t0, prev = op if op is not None else self.op, time.perf_counter(), self.basis
-    cold = self.block is None or bool(self.cold_every and self.n_refreshes % self.cold_every == 0)  # k_pending: None
+    cold = cold or self.block is None or bool(self.cold_every and self.n_refreshes % self.cold_every == 0)
     res = _cold_solve(self, op) if cold else _warm_solve(self, op)
     n_mv = res.n_matvecs
     if not cold and res.rel[: self.k].max() > self.restart_tol:  # lost: the carried block no longer holds the space
@@ -466,9 +470,15 @@ def load_state_dict(self: DominantSubspace, state: dict):  # a `state_dict()` of
         raise ValueError(f"`state` must be a `DominantSubspace.state_dict()`; it lacks {', '.join(missing)}")
     if not self.auto_k and state.get("k", self.k) != self.k:
         raise ValueError(f"`state` is a tracker's of k={state['k']}, this one tracks k={self.k}: build it with that k")
+    V, p = state["eigvecs"], self.op.shape[0]
+    if V is not None and (not isinstance(V, torch.Tensor) or V.ndim != 2 or V.shape[0] != p):
+        raise ValueError(
+            f"`state` is a tracker's of another model: eigenvectors {tuple(getattr(V, 'shape', ()))}, p={p}"
+        )
     older = dict(block=None, last_refresh=state.get("n_updates", 0), period=self.period, k=self.k, n_eigs=self.n_eigs)
     older["k_pending"] = self.k_pending
     for a in _STATE:
         v = state[a] if a in state else older[a]  # tensors onto this tracker's device (a checkpoint loads on the CPU)
-        setattr(self, a, v.to(self.op.device) if isinstance(v, torch.Tensor) else v)
+        dtype = self.op.dtype if a in ("eigvecs", "block") else None  # products need the operator's dtype
+        setattr(self, a, v.to(self.op.device, dtype) if isinstance(v, torch.Tensor) else v)
     self.gen.set_state(state["generator"])

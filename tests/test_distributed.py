@@ -213,6 +213,32 @@ def test_bad_setups_fail_on_every_rank_with_a_clear_error(setups, case, message)
         assert message in errors[case], errors[case]
 
 
+_HEAP = []  # what a failing rank holds: its exit takes long enough for the others to fail before it reports
+
+
+def _fails_on_rank_1():
+    "Rank 1 raises; rank 0, waiting in a collective for it, fails in turn (gloo's 'connection closed')."
+    if rank() == 1:
+        _HEAP.extend([i] for i in range(3_000_000))  # about as many objects as a model, data and an optimizer
+        raise ValueError("rank 1: the cause")
+    total = torch.ones(3)
+    torch.distributed.all_reduce(total)
+    return total.tolist()
+
+
+def _exits_on_rank_1():
+    if rank() == 1:
+        sys.exit(0)
+    return 0
+
+
+def test_the_rank_that_failed_first_is_the_one_named():
+    with pytest.raises(RuntimeError, match=r"^rank 1 of 2 failed first:\n(.|\n)*ValueError: rank 1: the cause\n$"):
+        run_processes(_fails_on_rank_1, 2)
+    with pytest.raises(RuntimeError, match=r"^rank 1 of 2 failed first:\n(.|\n)*SystemExit: 0\n$"):
+        run_processes(_exits_on_rank_1, 2)
+
+
 def test_process_group_without_distributed_is_refused():
     X, y, model = _task()
     with pytest.raises(RuntimeError, match="torch.distributed is not initialised"):

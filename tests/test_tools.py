@@ -36,23 +36,27 @@ def test_gpu_pilot_small_writes_its_table(tmp_path):
 
 
 def test_refresh_bench_small_writes_its_table(tmp_path):
-    "`refresh_bench.py --small` on digits: the four ways, their products, and the two accurate solves agreeing."
+    "`refresh_bench.py --small` on digits: the five ways, their products, and the accurate solves agreeing."
     cmd = [sys.executable, str(ROOT / "tools" / "refresh_bench.py"), "--small", "--data", "digits", "--repeats", "1"]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     done = subprocess.run([*cmd, "--out", str(tmp_path)], capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     table = pd.read_csv(tmp_path / "refresh.csv")
-    ways = ["eigsh, cold", "block Krylov, cold", "refresh, one block", "refresh, default"]
+    ways = ["eigsh, cold", "eigsh, cold, tol 1e-4", "block Krylov, cold", "refresh, one block", "refresh, default"]
     assert table.way.tolist() == ways and (table.data == "digits").all(), table
     assert (table.p == 64 * 32 + 32 + 32 * 10 + 10).all(), table  # the 64-32-10 MLP
     assert (table.products > 0).all() and (table.seconds > 0).all(), table
-    assert table.products[2] == 12, table  # one block: k + oversampling products
+    assert table.products[3] == 12, table  # one block: k + oversampling products
+    assert table.products[1] <= table.products[0] and (table.eigsh4_over_this > 0).all(), table  # the cheaper eigsh
     cos = table.set_index("way").min_cos_vs_eigsh
     assert cos["eigsh, cold"] > 0.999999 and cos["block Krylov, cold"] > 0.999, cos  # two accurate solves agree
+    assert cos["eigsh, cold, tol 1e-4"] > 0.99, cos
     assert cos.between(0, 1 + 1e-6).all(), cos
     assert json.loads((tmp_path / "refresh.json").read_text())["environment"]["device"] == "cpu"
     bad = subprocess.run([*cmd[:2], "--repeats", "0"], capture_output=True, text=True, env=env)
     assert bad.returncode == 1 and "refresh_bench: --repeats must be >= 1" in bad.stderr, bad.stderr
+    bad = subprocess.run([*cmd[:2], "--threads", "0"], capture_output=True, text=True, env=env)
+    assert bad.returncode == 1 and "refresh_bench: --threads must be >= 1" in bad.stderr, bad.stderr
 
 
 def test_gpu_pilot_refuses_bad_arguments(tmp_path):
