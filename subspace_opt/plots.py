@@ -91,7 +91,8 @@ def plot_curves(
     "Mean over seeds per method against step, with a min–max seed band; diverged runs end in a red x, switches a |."
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 3.8))
-    ok = results[results[metric].notna()]
+    gone = results["diverged"].eq(True) if "diverged" in results else False  # a blown-up row: marked, not averaged
+    ok = results[results[metric].notna() & ~gone]
     if len(ok):
         sns.lineplot(ok, x="step", y=metric, hue="method", errorbar=("pi", 100), ax=ax, palette=palette)
     marks, switches, extra = _divergence_marks(results, metric), _switch_marks(results, metric), []
@@ -134,6 +135,14 @@ def _swept_label(
 ):
     "The value's legend label: a number as %g, a null grid value as None, anything else as written ('auto')."
     return f"{by} = " + ("None" if pd.isna(v) else f"{v:g}" if isinstance(v, numbers.Real) else str(v))
+
+
+def _grid_value(v):  # a value of a grid column read back from CSV: a number, NaN (null) or text such as 'auto'
+    "`v` as a float when it is a number written as text (a column mixing 2, 10 and 'auto' is read as text)."
+    try:
+        return float(v) if isinstance(v, str) else v
+    except ValueError:
+        return v
 
 
 def _swept_order(v):  # a value of a swept column
@@ -180,10 +189,14 @@ def _heatmap_cells(
 ):
     "Tables (y × x) of the mean final `value` over seeds and of whether a seed diverged; a null grid value is 'None'."
     ordered = results.fillna({x: -np.inf, y: -np.inf}).sort_values("step", kind="stable")  # last rows: by step
-    runs = ordered.groupby(["seed", x, y], sort=True)  # a null grid value first, then relabelled
+    runs = ordered.groupby(["seed", x, y], sort=False)  # numbers and words: ordered below by `_swept_order`
     final = runs.tail(last).groupby(["seed", x, y])[value].mean()  # per run
     per_run = pd.DataFrame({value: final, "diverged": runs.diverged.any()})
-    table, div = (per_run.groupby([y, x])[c].agg(f).unstack() for c, f in ((value, "mean"), ("diverged", "any")))
+    table, div = (
+        per_run.groupby([y, x], sort=False)[c].agg(f).unstack() for c, f in ((value, "mean"), ("diverged", "any"))
+    )
+    at = lambda t: t.reindex(index=sorted(t.index, key=_swept_order), columns=sorted(t.columns, key=_swept_order))  # noqa: E731
+    table, div = at(table), at(div)  # a null grid value (-inf here) first, then numbers, then words
     none = lambda v: "None" if v == -np.inf else v  # noqa: E731
     return tuple(t.rename(index=none, columns=none) for t in (table, div))
 
@@ -283,7 +296,7 @@ def _read_results(run_dir: Path):
     why = why or (f"column {words[0]} holds no numbers" if words else "")
     if why:
         raise UserError(f"{f} is not the results of a run or sweep: {why}")
-    return results, grid
+    return results.assign(**{k: results[k].map(_grid_value) for k in grid if results[k].dtype == object}), grid
 
 
 def plot_run(run_dir: str | Path):  # a run or sweep folder, with results.csv
@@ -296,7 +309,7 @@ def plot_run(run_dir: str | Path):  # a run or sweep folder, with results.csv
     if len(grid) == 2:
         figs = {"heatmap": lambda: plot_heatmap(results, grid[1], grid[0])}
     elif grid:  # one key, or more than two: a loss curve per method and grid point
-        labels = [results[k].astype(str).radd(f" {k}=") for k in grid]  # e.g. "bulk methods.lr=0.1"
+        labels = [results[k].map(lambda v, k=k: " " + _swept_label(k, v)) for k in grid]  # "bulk methods.lr = 0.1"
         figs = {"loss": lambda: plot_curves(results.assign(method=sum(labels, results.method.astype(str))))}
     folder = RunFolder(run_dir)  # whole files, none through a link that leads out of the folder
     for name, make in figs.items():
@@ -314,30 +327,26 @@ def plot_energy(
     "Stacked shares per block against step: a row of panels per method, a column per matrix; mean over seeds."
     parts = [p for p in ("dom", "cross", "bulk") if f"{prefix}_{p}" in shares]
     methods, matrices = list(dict.fromkeys(shares.method)), list(dict.fromkeys(shares.matrix))
-    fig, axes = plt.subplots(
-        len(methods),
-        len(matrices),
-        figsize=(3.6 * len(matrices), 2.6 * len(methods)),
-        squeeze=False,
-        sharex=True,
-        sharey=True,
-    )
+    if shares.empty:
+        raise ValueError("`shares` has no rows (every snapshot diverged, or none was analysed): nothing to draw")
+    size = (3.6 * len(matrices), 2.6 * len(methods))
+    fig, axes = plt.subplots(len(methods), len(matrices), figsize=size, squeeze=False, sharex=True, sharey=True)
     for (i, m), (j, name) in ((a, b) for a in enumerate(methods) for b in enumerate(matrices)):
         d = (
             shares[(shares.method == m) & (shares.matrix == name)]
             .groupby("step")[[f"{prefix}_{p}" for p in parts]]
             .mean()
         )
-        axes[i, j].stackplot(
-            d.index,
-            *(d[f"{prefix}_{p}"].clip(lower=0) for p in parts),
-            labels=parts,
-            colors=["C3", "C1", "C0"][: len(parts)],
-            alpha=0.85,
-        )
-        axes[i, j].set(
+        ax, colors = axes[i, j], ["C3", "C1", "C0"][: len(parts)]
+        if prefix == "trace":  # trace shares of an indefinite matrix fall outside [0, 1]: lines on their own scale
+            for part, color in zip(parts, colors):
+                ax.plot(d.index, d[f"{prefix}_{part}"], color=color, label=part)
+            ax.axhline(0, color="grey", lw=0.8)
+        else:  # Frobenius shares: parts of 1, stacked
+            ax.stackplot(d.index, *(d[f"{prefix}_{p}"].clip(lower=0) for p in parts), labels=parts, colors=colors)
+            ax.set(ylim=(0, 1))
+        ax.set(
             title=f"{m}: {name}",
-            ylim=(0, 1),
             xlabel="step" if i == len(methods) - 1 else None,
             ylabel=f"{prefix} share" if j == 0 else None,
         )
