@@ -407,7 +407,7 @@ def against_reference(
     reference: str = "sgd",  # the method every other one is compared with
     match: float = 1.1,  # final losses within this factor of each other 'match'
 ):
-    "Means over seeds per method and setting, each against `reference` at the same `by[0]`: a loss ratio and a word."
+    "Means over seeds per setting (`n_final`: the seeds that did not diverge, whose losses the mean has) vs `reference`."
     if not (isinstance(match, (int, float)) and not isinstance(match, bool) and match >= 1):
         raise ValueError(f"`match` must be a number >= 1, got {match!r}")
     by = _check_by(outcomes, by)
@@ -415,7 +415,8 @@ def against_reference(
         raise ValueError(f"`reference` {reference!r} is not a method of `outcomes`: {sorted(set(outcomes.method))}")
     if "seed" in outcomes and outcomes.duplicated(["method", *by, "seed"]).any():  # a mean would mix settings
         raise ValueError(f"`by` must list every column that tells one method's runs apart at a seed; {by} does not")
-    agg = dict(final_loss=("final", "mean"), divergence_rate=("diverged", "mean"), diverged_at=("diverged_at", "min"))
+    agg = dict(final_loss=("final", "mean"), n_final=("final", "count"), divergence_rate=("diverged", "mean"))
+    agg |= dict(diverged_at=("diverged_at", "min"))
     agg |= {c: (c, "mean") for c in ("leakage", "sharp_step") if c in outcomes}
     agg |= {c: (c, "max") for c in ("max_bulk_number", "max_lambda1") if c in outcomes}
     table = outcomes.groupby(["method", *by], dropna=False).agg(**agg).reset_index()  # NaN settings (no T) kept
