@@ -407,7 +407,7 @@ def against_reference(
     reference: str = "sgd",  # the method every other one is compared with
     match: float = 1.1,  # final losses within this factor of each other 'match'
 ):
-    "Means over seeds per setting (`n_final`: the seeds that did not diverge, whose losses the mean has) vs `reference`."
+    "Means over seeds per setting (`n_final`: the seeds that did not diverge, in the loss's mean), against `reference`."
     if not (isinstance(match, (int, float)) and not isinstance(match, bool) and match >= 1):
         raise ValueError(f"`match` must be a number >= 1, got {match!r}")
     by = _check_by(outcomes, by)
