@@ -4,7 +4,7 @@
 
 # %% ../nbs/07a_trajectory.ipynb #feaad929
 from __future__ import annotations
-import json, pickle
+import json, pickle, warnings
 from dataclasses import dataclass
 from pathlib import Path
 import pandas as pd
@@ -215,6 +215,11 @@ def analyze_run(
     data = load_experiment_data(cfg, dev)
     k, here = _analysed_rank(cfg, k, data.n_classes), check_workers(workers) == 1
     n_hessian = _check_n_hessian(n_hessian, len(data.train[0]))
+    missing = sorted(set(density_steps) - {int(path.stem[4:]) for _, _, path in jobs})
+    if missing:  # e.g. the last step of runs that all diverged before it: no density there, said rather than skipped
+        warnings.warn(
+            f"`density_steps` {missing} match no snapshot (kept every {cfg.snapshot_every}): no density there"
+        )
     settings = dict(n_hessian=n_hessian, k=k, method=method, n_probes=n_probes, max_exact=max_exact)
     settings |= dict(slq_probes=slq_probes, slq_steps=slq_steps)  # what the tables are computed with
     with RunFolder(out).lock():  # no run adds snapshots meanwhile, and no other analysis writes these tables
