@@ -17,9 +17,12 @@ it times, with the device synchronised:
   bound, the drift between two bases) and the projection of a gradient: where a refresh's time goes besides products
   (parts.csv).
 
-`--small` swaps in digits and a small MLP, for a check on a CPU (tests/test_tools.py runs it). Each measurement is
-the median over repeats after a warm-up. The tables (pilot.csv, parts.csv, pilot.json) go to `--out`, default the
-current folder.
+`--small` swaps in digits and a small MLP, for a check on a CPU (tests/test_tools.py runs it). The base step, the
+logged row, the products and the refresh's parts are medians over repeats after a warm-up call; the projected step is
+the mean over whole refresh periods (its refreshes amortised); the cold solve is one call, after an untimed solve on
+the first setting has paid the device's start-up (CUDA context, kernels). The processes of the shared measurement
+start together but are not synchronised: their timed windows overlap for most, not necessarily all, of their length.
+The tables (pilot.csv, parts.csv, pilot.json) go to `--out`, default the current folder.
 """
 
 import argparse
@@ -157,6 +160,8 @@ def main(argv=None):
         sys.exit("gpu_pilot: --workers and --repeats must be >= 1")
     device, size, t_start = str(default_device()), SMALL if a.small else FULL, time.perf_counter()
     rows = []
+    warm = config(size, device, refresh_every=1)
+    build_run(warm, warm.methods[0], 0, task_data(warm))[1].subspace.update()  # untimed: the device's start-up costs
     cnn = {**size, "hidden": [4] if a.small else [32]}  # the CNN's channels
     for name, cfg in [
         ("mlp, T=1", lambda: config(size, device, refresh_every=1)),
