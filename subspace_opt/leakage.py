@@ -79,10 +79,16 @@ def _flat(op):
     return torch.cat([q.detach().reshape(-1) for q in op.parameters()]).to(op.dtype)
 
 
-def accurate_refresh(tracker):  # a `DominantSubspace` whose eigenpairs are measurements (not a step's basis)
-    "Refresh `tracker`, warm, and once more cold if that did not converge: what it logs is an eigenspace; its `info`."
-    info = tracker.refresh()
-    return info if info["converged"] else tracker.refresh(cold=True)
+def accurate_refresh(
+    tracker,  # a `DominantSubspace` whose eigenpairs are measurements (not a step's basis)
+    tries: int = 4,  # warm refreshes at most, each going on from the last one's block, before a cold solve
+):
+    "Refresh `tracker` until it converges — warm, then cold as a last resort: what it logs is an eigenspace; `info`."
+    for _ in range(tries):
+        info = tracker.refresh()
+        if info["converged"]:
+            return info
+    return tracker.refresh(cold=True)
 
 
 def before_step(tracker):  # a `DominantSubspace` on the curvature to measure against, e.g. the full data's Hessian
