@@ -142,7 +142,9 @@ class RunFolder(_Layout):
         "Release the lock when the `with` block ends, however it ends; if it raised, remove the empty folders it made."
         self.unlock()
         made, self._made = self._made, None
-        for path in (self.path, *self.path.parents) if exc[0] is not None and made is not None else ():
+        if exc[0] is None or made is None:
+            return
+        for path in (self.path, *self.path.parents):
             try:
                 path.rmdir()  # refused once a folder holds anything: what a failed block wrote is kept
             except OSError:

@@ -326,8 +326,9 @@ class HeldSignals:
 
     def _hold(self, sig, frame):
         "Note `sig`; a second SIGINT is not held (it takes effect at once), a second SIGTERM is (a pool repeats it)."
-        if sig not in self.asked or sig == signal.SIGTERM:
-            self.asked += [sig] if sig not in self.asked else []
+        if sig == signal.SIGTERM or sig not in self.asked:
+            if sig not in self.asked:
+                self.asked.append(sig)
             return
         self._restore()
         self.asked.remove(sig)  # delivered now, not again on leaving the block
