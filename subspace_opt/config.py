@@ -296,9 +296,9 @@ def _check_context(cfg: ExperimentConfig):
     s = cfg.subspace
     if isinstance(s.k, int) and s.n_eigs is not None and s.n_eigs < s.k:
         raise ConfigError(f"`config.subspace.n_eigs` must be >= k={s.k} (the tracked eigenvalues), got {s.n_eigs}")
-    for key in ("refresh_every", "k"):  # both are read from the spectrum the tracked sources measure
-        if getattr(s, key) == "auto" and s.source in ("update_pca", "random"):
-            raise ConfigError(f"`config.subspace.{key}` auto needs a tracked source (hessian, ggn), not {s.source}")
+    for key in ("refresh_every", "k", "hessian_data"):  # read from the curvature the tracked sources measure
+        if (v := getattr(s, key)) in ("auto", "minibatch") and s.source in ("update_pca", "random"):
+            raise ConfigError(f"`config.subspace.{key}` {v} needs a tracked source (hessian, ggn), not {s.source}")
     if s.drift_tol != SubspaceConfig.drift_tol and s.refresh_every != "auto":  # it would be ignored
         raise ConfigError(f"`config.subspace.drift_tol` steers refresh_every auto; refresh_every is {s.refresh_every}")
     for i, m in enumerate(cfg.methods):  # a momentum with base sgd would train plain SGD, silently

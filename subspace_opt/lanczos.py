@@ -260,17 +260,26 @@ def _basis_size(k, p, max_iter):
     return int(m)
 
 # %% ../nbs/01_lanczos.ipynb #fb8e4491
+def _warn_repeated(
+    solver: str,  # the single-vector solver that found `vals`
+    vals: torch.Tensor,  # its eigenvalues, descending
+    tol: float,  # its tolerance
+):
+    "Warn when two of `vals` agree to max(√tol, 1e-12) of the largest |value|: a repeated eigenvalue, copies unseen."
+    close = (vals[:-1] - vals[1:]).abs() <= max(math.sqrt(tol), 1e-12) * vals.abs().max()
+    if close.any() and vals.abs().max() > 0:  # all zero: a zero operator, whose null vectors are all found
+        i = int(close.nonzero()[0, 0])
+        warnings.warn(
+            f"{solver}: eigenvalues {i + 1} and {i + 2} agree ({vals[i]:.6g}): probably a repeated eigenvalue, whose "
+            "further copies a single start vector cannot see; use block_lanczos or DominantSubspace for its subspace"
+        )
+
+
 def _wanted_pairs(op, Q, theta, S, res, idx, tol=0.0, scale=None):
     "The wanted Ritz pairs `idx` in descending order: values, vectors Q S, relative residuals (`_rel` at `scale`)."
     order = idx[torch.argsort(theta[idx], descending=True)]
     vals, U = theta[order], Q @ S[:, order].to(op.dtype).to(op.device)
-    close = (vals[:-1] - vals[1:]).abs() <= max(math.sqrt(tol), 1e-12) * vals.abs().max()
-    if close.any():
-        i = int(close.nonzero()[0, 0])
-        warnings.warn(
-            f"lanczos: eigenvalues {i + 1} and {i + 2} agree ({vals[i]:.6g}): probably a repeated eigenvalue, whose "
-            "further copies a single start vector cannot see; use block_lanczos or DominantSubspace for its subspace"
-        )
+    _warn_repeated("lanczos", vals, tol)
     return vals.to(op.device), U, _rel(res[order], vals, scale, tol).to(op.device)
 
 # %% ../nbs/01_lanczos.ipynb #cd21e775
@@ -501,6 +510,7 @@ def _eigsh_result(op, vals, vecs, n_mv, tol, residuals):
     "ARPACK's pairs as a `LanczosResult`, descending; with `residuals`, converged only if they are all <= tol."
     order = np.argsort(-vals)
     lam = torch.as_tensor(vals[order].astype(np.float64), device=op.device)
+    _warn_repeated("scipy_eigsh", lam, tol)  # ARPACK's single start vector misses copies as `lanczos` does
     U = torch.as_tensor(np.ascontiguousarray(vecs[:, order])).to(op.device, op.dtype)
     if not residuals:
         return LanczosResult(lam, U, torch.full_like(lam, float("nan")), n_mv, True, 0)

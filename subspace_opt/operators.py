@@ -107,6 +107,9 @@ class LinearCombinationOperator(TorchLinearOperator):
         shapes = {op.shape for _, op in terms}
         if len(shapes) != 1:
             raise ValueError(f"operators in a sum must share one shape, got {sorted(shapes)}")
+        kinds = {(op.dtype, op.device) for _, op in terms}  # a sum in one precision, on one device
+        if len(kinds) != 1:
+            raise ValueError(f"operators in a sum must share one dtype and device, got {sorted(map(str, kinds))}")
         super().__init__(terms[0][1].shape, terms[0][1].dtype, terms[0][1].device)
         self.terms = list(terms)
         self.SELF_ADJOINT = all(getattr(op, "SELF_ADJOINT", False) for _, op in terms)

@@ -156,12 +156,12 @@ def _config_columns(
 
 # %% ../nbs/06b_results.ipynb #0000001b
 def _ranked(
-    t: pd.DataFrame,  # a table with `reached`, `median` and `max` columns
+    t: pd.DataFrame,  # a table with `reached`, `median`, `min` and `max` columns
     by=(),  # columns to sort by first
 ):
-    "`t` sorted best first: reached on every seed, then median, fraction reached, worst seed, then table order."
+    "`t` sorted best first: reached on every seed, then median, fraction reached, worst seed, best seed, table order."
     keys = t.assign(_miss=t.reached < 1, _r=-t.reached)
-    return t.loc[keys.sort_values([*by, "_miss", "median", "_r", "max"], kind="stable").index]
+    return t.loc[keys.sort_values([*by, "_miss", "median", "_r", "max", "min"], kind="stable").index]
 
 
 def rank_configs(
@@ -575,8 +575,8 @@ def paired_control(
         at = at[at[family].isin([method, control])]
         if at.duplicated([*_config_columns(at, family, cols), "seed", family]).any():  # no row at all: NaN below
             raise ValueError(f"`config` must list every column that tells one family's runs apart; {cols} does not")
-        w = at.pivot_table(index=[*cols, "seed"], columns=family, values="_x", aggfunc="first").dropna()
-        for key, we in w.reindex(columns=[method, control]).dropna().groupby(level=cols):
+        w = at.groupby([*cols, "seed", family], dropna=False)._x.first().unstack(family)  # a null grid value kept
+        for key, we in w.reindex(columns=[method, control]).dropna().groupby(level=cols, dropna=False):
             x, c = we[method].to_numpy(), we[control].to_numpy()
             with np.errstate(invalid="ignore"):  # inf - inf where both never arrive: 0 below
                 d = np.where(np.isinf(x) & np.isinf(c), 0.0, c - x)

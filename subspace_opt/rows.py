@@ -39,12 +39,13 @@ def _is_missing(v):
 
 # %% ../nbs/05d_rows.ipynb #e9d288bc
 def _steps(header: list, records: list):
-    "The step of every record, or None when the rows cannot be read."
+    "The step of every record, or None when the rows cannot be read (a step that is not a whole number included)."
     try:
         col = header.index("step")
-        return [int(float(r[col])) for r in records]
+        steps = [float(r[col]) for r in records]
     except (ValueError, IndexError):
         return None
+    return [int(s) for s in steps] if all(math.isfinite(s) and s == int(s) for s in steps) else None
 
 
 def _few(steps: list):

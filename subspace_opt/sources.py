@@ -31,9 +31,13 @@ class TimedSubspace(DominantSubspace):
         super().__init__(op, k, **kw)
         self.seconds = 0.0
 
-    def refresh(self, op=None):  # operator for this refresh only (default: the subspace's own)
+    def refresh(
+        self,
+        op=None,  # operator for this refresh only (default: the subspace's own)
+        cold: bool = False,  # solve from a random block even when one is carried
+    ):
         "Refresh as `DominantSubspace.refresh` does, adding its seconds to `seconds`; return `info`."
-        info = super().refresh(op)
+        info = super().refresh(op, cold)
         self.seconds += info["seconds"]
         return info
 

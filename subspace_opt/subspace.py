@@ -289,6 +289,25 @@ def _next_block(
     return _orth_against(None, torch.where(lost.to(res.V.device), res.V, res.HV))
 
 # %% ../nbs/02_subspace.ipynb #2183898b
+def _solve(
+    sub: DominantSubspace,  # the tracker
+    op,  # the operator of this refresh
+    cold: bool,  # whether a cold solve was asked for
+):
+    "A refresh's solve: cold if asked, without a block or when `cold_every` says; else warm, cold if it lost the space."
+    cold = cold or sub.block is None or bool(sub.cold_every and sub.n_refreshes % sub.cold_every == 0)
+    if op is not sub.op and not cold:  # a cold solve checks its operator itself
+        check_symmetric(op, sub.seed)
+    if sub.k_pending:  # k='auto' choosing its rank: a cold solve over max_k pairs
+        sub.k, sub.n_eigs = sub.max_k, max(sub.n_eigs_asked or sub.max_k, sub.max_k)
+    res = _cold_solve(sub, op) if cold else _warm_solve(sub, op)
+    n_mv = res.n_matvecs
+    if not cold and res.rel[: sub.k].max() > sub.restart_tol:  # lost: the carried block no longer holds the space
+        res, cold = _cold_solve(sub, op), True
+        n_mv += res.n_matvecs
+    return (_settle_rank(sub, res) if sub.k_pending else res), cold, n_mv
+
+# %% ../nbs/02_subspace.ipynb #bd081f34
 @patch
 def refresh(
     self: DominantSubspace,
@@ -299,13 +318,7 @@ def refresh(
     if op is not None and _check_operator(op) != self.op.shape[0]:
         raise ValueError(f"`op` must act on the tracker's p={self.op.shape[0]} parameters, got shape {tuple(op.shape)}")
     op, t0, prev = op if op is not None else self.op, time.perf_counter(), self.basis
-    cold = cold or self.block is None or bool(self.cold_every and self.n_refreshes % self.cold_every == 0)
-    res = _cold_solve(self, op) if cold else _warm_solve(self, op)
-    n_mv = res.n_matvecs
-    if not cold and res.rel[: self.k].max() > self.restart_tol:  # lost: the carried block no longer holds the space
-        res, cold = _cold_solve(self, op), True
-        n_mv += res.n_matvecs
-    res = _settle_rank(self, res) if self.k_pending else res
+    res, cold, n_mv = _solve(self, op, cold)
     m, dev = self.n_eigs, op.device
     synced = _synced(op, res.V[:, :m], res.theta[:m].to(dev), res.rel[:m].to(dev), _next_block(res, m))
     self.eigvecs, self.eigenvalues, self.residuals, self.block = synced  # the block: one power step ahead
@@ -386,16 +399,15 @@ def _settle_rank(sub: DominantSubspace, res: _Solve):
 
 @patch
 def estimate_k(self: DominantSubspace):
-    "k='auto': choose k afresh at the next refresh, by a cold solve over `max_k` pairs (k stays fixed otherwise)."
+    "k='auto': choose k afresh at the next refresh, by a cold solve over `max_k` pairs (k and basis hold till then)."
     if not self.auto_k:
         raise ValueError("`estimate_k` needs a tracker built with k='auto'")
-    self.k, self.n_eigs = self.max_k, max(self.n_eigs_asked or self.max_k, self.max_k)
     self.k_pending, self.block = True, None
 
 # %% ../nbs/02_subspace.ipynb #92a4f1cb
 @patch
 def fix_k(self: DominantSubspace, k: int):  # the rank to keep, 1 <= k <= max_k
-    "k='auto': track rank `k` from the next refresh on, as if chosen (warm while `n_eigs` is unchanged)."
+    "k='auto': track rank `k` as if chosen: now if k pairs are held, else from the next refresh (warm if n_eigs holds)."
     if not self.auto_k:
         raise ValueError("`fix_k` needs a tracker built with k='auto'")
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.max_k:
@@ -403,6 +415,8 @@ def fix_k(self: DominantSubspace, k: int):  # the rank to keep, 1 <= k <= max_k
     n_eigs = max(self.n_eigs_asked or k, k)
     if n_eigs != self.n_eigs:  # the carried block has the old size: the next refresh is cold
         self.block = None
+    if self.eigvecs is not None and self.eigvecs.shape[1] < k:  # too few pairs held: no basis until the next refresh
+        self.eigvecs = self.eigenvalues = self.residuals = None
     self.k, self.n_eigs, self.k_pending = k, n_eigs, False
 
 # %% ../nbs/02_subspace.ipynb #7954e167
@@ -470,6 +484,8 @@ def load_state_dict(self: DominantSubspace, state: dict):  # a `state_dict()` of
         raise ValueError(f"`state` must be a `DominantSubspace.state_dict()`; it lacks {', '.join(missing)}")
     if not self.auto_k and state.get("k", self.k) != self.k:
         raise ValueError(f"`state` is a tracker's of k={state['k']}, this one tracks k={self.k}: build it with that k")
+    if not self.auto_k and state.get("n_eigs", self.n_eigs) != self.n_eigs:  # its logged λ would change columns
+        raise ValueError(f"`state` is a tracker's of n_eigs={state['n_eigs']}, this one has {self.n_eigs}: build it so")
     V, p = state["eigvecs"], self.op.shape[0]
     if V is not None and (not isinstance(V, torch.Tensor) or V.ndim != 2 or V.shape[0] != p):
         raise ValueError(

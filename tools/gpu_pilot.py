@@ -21,7 +21,7 @@ it times, with the device synchronised:
 logged row, the products and the refresh's parts are medians over repeats after a warm-up call; the projected step is
 the mean over whole refresh periods (its refreshes amortised); the cold solve is one call, after an untimed solve on
 the first setting has paid the device's start-up (CUDA context, kernels). The processes of the shared measurement
-start together but are not synchronised: their timed windows overlap for most, not necessarily all, of their length.
+wait for each other at a barrier before their projected steps, so their timed windows start together.
 The tables (pilot.csv, parts.csv, pilot.json) go to `--out`, default the current folder.
 """
 
@@ -66,8 +66,9 @@ def timed(fn, model, repeats: int):
     return statistics.median(times)
 
 
-def steps(cfg, repeats: int):
+def steps(cfg, repeats: int, ready=None):
     "Seconds of a base step and of a projected step (with the refreshes it owes), and products per projected step."
+    # ready: called just before the projected steps are timed (the shared measurement's barrier)
     data = task_data(cfg)
     model, opt, log_sub = build_run(cfg, cfg.methods[0], 0, data)
     X, y = data.train
@@ -85,6 +86,8 @@ def steps(cfg, repeats: int):
     cold, cold_products = _now(model) - t0, opt.subspace.n_matvecs
     base = timed(lambda: one(False), model, repeats)
     one(True)  # the warm-up: the timed steps start right after a refresh
+    if ready is not None:
+        ready()
     n, before = 20 * -(-repeats // 20), opt.subspace.n_matvecs  # whole periods of T = 1, 10 and 20
     t0 = _now(model)
     for _ in range(n):
@@ -135,18 +138,29 @@ def parts(cfg, repeats: int):
     return pd.DataFrame(dict(part=list(ms), ms=[1e3 * t for t in ms.values()]))
 
 
+_BARRIER = None  # in a worker of the shared measurement: the barrier all of them wait at
+
+
+def _init(barrier):
+    "Set up a worker of the shared measurement: keep the barrier."
+    global _BARRIER
+    _BARRIER = barrier
+
+
 def _worker(args):
     "One of several processes timing the projected step at once (spawned: CUDA does not survive a fork)."
     size, device, repeats, threads = args
     torch.set_num_threads(threads)
-    return steps(config(size, device), repeats)["projected_step"]
+    return steps(config(size, device), repeats, ready=lambda: _BARRIER.wait(timeout=600))["projected_step"]
 
 
 def shared(size: dict, device: str, repeats: int, workers: int):
-    "Median projected-step seconds over `workers` processes that run at the same time."
+    "Median projected-step seconds over `workers` processes that time their projected steps from the same moment."
     threads = max(1, torch.get_num_threads() // workers) if device == "cpu" else 1
-    with mp.get_context("spawn").Pool(workers) as pool:
-        return statistics.median(pool.map(_worker, [(size, device, repeats, threads)] * workers))
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(workers)  # each process takes one job: a job waits here until every process holds one
+    with ctx.Pool(workers, initializer=_init, initargs=(barrier,)) as pool:
+        return statistics.median(pool.map(_worker, [(size, device, repeats, threads)] * workers, chunksize=1))
 
 
 def main(argv=None):
