@@ -59,10 +59,13 @@ def _float_in(accepted: Interval):  # the numbers accepted, as a config key's `R
 _positive_float = _float_in(Interval(0, lo_open=True))
 
 # %% ../nbs/09_cli.ipynb #e7c21ab1
-def _common_args(q):
+def _common_args(
+    q,  # the command's parser
+    out: str = "folder under which a new folder <job>-<time> is made (default: runs/)",  # what its --out means
+):
     "`--device` and `--out`, which every computing job takes."
     q.add_argument("--device", default=None, help="cpu, cuda, cuda:<index> or mps (default: cuda if present)")
-    q.add_argument("--out", default=None, help="output folder (default: runs/)")
+    q.add_argument("--out", default=None, help=out)
 
 
 def _demo_args(sub, fmt):
@@ -75,14 +78,14 @@ def _run_args(sub, fmt):
     r = sub.add_parser("run", help="run (or resume) the experiment of a JSON/YAML config", formatter_class=fmt)
     r.add_argument("config", help="experiment configuration (.json, .yaml)")
     r.add_argument("--workers", type=_int_in(1), default=1, help="worker processes that share the runs (not torchrun)")
-    _common_args(r)
+    _common_args(r, "the experiment's folder itself (default: runs/<name>)")
 
 
 def _sweep_args(sub, fmt):
     sw = sub.add_parser("sweep", help="run (or resume) a grid of experiments", formatter_class=fmt)
     sw.add_argument("config", help="experiment configuration plus `grid` (dotted key -> list) and optional `workers`")
     sw.add_argument("--workers", type=_int_in(1), default=None, help="worker processes (default: the config, else 1)")
-    _common_args(sw)
+    _common_args(sw, "the sweep's folder itself (default: runs/<name>-sweep)")
 
 # %% ../nbs/09_cli.ipynb #51a12358
 def _compare_args(sub, fmt):

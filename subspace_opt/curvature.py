@@ -542,6 +542,11 @@ def with_data(
     batches = as_batches(data, batch_size, allow_empty=self.group is not None)
     targets = [prepare_targets(y.to(self.device), self.loss, self.n_outputs, self.dtype) for _, y in batches]
     new.batches = [(self._input(X), t) for (X, _), t in zip(batches, targets)]
+    shape = next((tuple(X.shape[1:]) for X, _ in self.batches), None)  # one sample's shape, as the operator's data
+    if shape is not None and (bad := next((tuple(X.shape) for X, _ in new.batches if X.shape[1:] != shape), None)):
+        raise ValueError(
+            f"`data` inputs must have the shape (n, {', '.join(map(str, shape))}) of the operator's, got {bad}"
+        )
     new.n_local = sum(len(X) for X, _ in new.batches)
     n = all_reduce_sum(torch.tensor(new.n_local, device=self.device), self.group)  # the global sample count
     if int(n) == 0:  # every rank's batch empty (one process: refused by `as_batches` already)

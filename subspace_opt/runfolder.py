@@ -168,7 +168,7 @@ def sub(self: RunFolder, *names: str):  # folder names, each one path component
 def _acquire(path: Path):
     "A descriptor of the lock file `path` held with an exclusive `flock`, or None when another process holds it."
     for _ in range(100):
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)  # never a file a symlink points to
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -194,14 +194,18 @@ def lock(self: RunFolder):
                 self.path.mkdir(parents=True, exist_ok=True)
             except (FileExistsError, NotADirectoryError):  # a file where the folder, or one above it, would be
                 raise UserError(f"{self.path} cannot be a folder: it, or a folder above it, is a file") from None
-            if (self.path / LOCK).exists() and not (self.path / LOCK).is_file():
-                raise UserError(f"{self.path / LOCK} is not a file: delete {self.path} to run it again")
+            held = self.path / LOCK
+            if held.is_symlink() or held.exists() and not held.is_file():  # a folder from elsewhere: untrusted
+                raise UserError(f"{held} is not a file: delete {self.path} to run it again")
             fd = _acquire(self.path / LOCK)
             if fd is None:
                 raise UserError(f"{self.path} is in use by another process: wait for it to end, or use another folder")
             self._fd, self._made = fd, made[-1] if made else None
-            for tmp in [*self.path.glob(".*.tmp"), *self.path.glob("snapshots/.*.tmp")]:
-                tmp.unlink()  # left by a writer that was killed
+            snaps = self.path / "snapshots"  # searched only where it is a folder of its own, not a link out of it
+            left = [*self.path.glob(".*.tmp"), *(snaps.glob(".*.tmp") if not snaps.is_symlink() else [])]
+            for tmp in left:  # left by a writer that was killed (a link is removed, never what it points to)
+                if tmp.is_symlink() or tmp.is_file():
+                    tmp.unlink()
 
     all_ranks(take)
     return self
@@ -286,7 +290,7 @@ def claim(
         if diff:
             raise ConfigError(
                 f"{self.path} holds a run of another configuration (differs in {', '.join(diff)}); "
-                "delete that folder or choose another out_dir"
+                "delete that folder or choose another folder (`out_dir`, `--out`)"
             )
     if self.is_done:  # a finished run is read back: it must be this one, whole
         self.check_done(spec)
@@ -434,7 +438,7 @@ def check_done(self: RunFolder, spec: dict):  # the run's specification (see `cl
     if info.get("run") not in (None, run_identity(spec)):
         raise ConfigError(
             f"{self.path} holds the finished run of another configuration ({_whose(info['run'])}, not "
-            f"{_whose(run_identity(spec))}): delete that folder or choose another out_dir"
+            f"{_whose(run_identity(spec))}): delete that folder or choose another folder (`out_dir`, `--out`)"
         )
     sha = info.get("rows_sha256")
     if sha is not None and (not self.rows.is_file() or _sha256(self.rows) != sha):
