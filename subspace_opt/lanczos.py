@@ -404,6 +404,22 @@ def _start_block(op, k, U0, n_blocks, block_size, max_restarts, seed):
         raise ValueError(f"`n_blocks` must be >= 2 to make progress, got {n_blocks}")
     return U0
 
+
+def _restart_size(
+    keep,  # `block_lanczos`'s argument of that name
+    b: int,  # its block size
+    n_blocks: int,  # its blocks per cycle
+    p: int,  # the operator's dimension
+):
+    "The Ritz vectors a restart carries: `keep`, by default 3b, leaving room in p for the cycle's n_blocks - 1 blocks."
+    room = p - (n_blocks - 1) * b
+    if keep is None:
+        return min(3 * b, room)
+    keep = _check_int(keep, "keep", b)
+    if keep > room:
+        raise ValueError(f"`keep` must be at most p - (n_blocks - 1) b = {room}, got {keep}")
+    return keep
+
 # %% ../nbs/01_lanczos.ipynb #ed8d2eb7
 def _warn_if_invariant(
     U: torch.Tensor,  # (p, b) orthonormal start block
@@ -461,23 +477,26 @@ def block_lanczos(
     max_restarts: int = 50,  # further cycles, each costing n_blocks - 1 block products
     seed: int = 0,  # seed of the random start block
     warn: bool = True,  # warn when `tol` is not reached (callers that check `converged` may say False)
+    keep: int | None = None,  # Ritz vectors a restart carries, b <= keep (default 3b: thick; b: plain restarts)
 ):
     "Top-`k` eigenpairs by restarted block Krylov + Rayleigh–Ritz, warm-startable from a previous basis `U0`."
     check_solver_args(op, k, tol, which)
     warm, U0 = U0 is not None, _start_block(op, k, U0, n_blocks, block_size, max_restarts, seed)
     check_symmetric(op, seed)
     b, U = U0.shape[1], _orth_block(None, U0)
+    keep = _restart_size(keep, b, n_blocks, op.shape[0])
     HU, n_mv, worst = op @ U, b, []
     _warn_if_invariant(U, HU, warm)
     for cycle in range(max_restarts + 1):
-        Qs, Ws = [U], [HU]
+        Qs, Ws, grow = [U], [HU], HU[:, :b]  # the Krylov blocks grow from the b best Ritz vectors only
         for _ in range(n_blocks - 1):
-            Qs.append(_orth_block(torch.cat(Qs, 1), Ws[-1]))
-            Ws.append(op @ Qs[-1])
+            Qs.append(_orth_block(torch.cat(Qs, 1), grow))
+            grow = op @ Qs[-1]
+            Ws.append(grow)
             n_mv += b
         W = torch.cat(Ws, 1)
         _check_products(W, op, "block_lanczos")
-        th, Ub, HUb, rel = _rayleigh_ritz(torch.cat(Qs, 1), W, b, which, tol)
+        th, Ub, HUb, rel = _rayleigh_ritz(torch.cat(Qs, 1), W, min(keep, W.shape[1]), which, tol)
         worst.append(rel[:k].max().item())
         if (rel[:k] <= tol).all() or _stalled(worst, W.dtype):
             break
