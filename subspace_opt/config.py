@@ -151,7 +151,13 @@ def load_experiment_data(
     args = dict(cfg.data_args)
     if cfg.model == "cnn" and cfg.data in ("digits", "fashion-mnist", "mnist", "cifar10"):
         args.setdefault("flatten", False)
-    return load_task(cfg.data, device=device, **args)
+    try:
+        return load_task(cfg.data, device=device, **args)
+    except ValueError as e:  # a loader's `UserError` names its argument: say where the configuration sets it
+        key = next((k for k in cfg.data_args if str(e).startswith(f"`{k}`")), None)
+        if key is None:
+            raise
+        raise ConfigError(f"`config.data_args.{key}`{str(e)[len(key) + 2 :]}") from None
 
 # %% ../nbs/05b_config.ipynb #39950f79
 @dataclass(frozen=True)
