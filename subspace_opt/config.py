@@ -305,10 +305,8 @@ def _check_context(cfg: ExperimentConfig):
     for key in ("refresh_every", "k", "hessian_data"):  # read from the curvature the tracked sources measure
         if (v := getattr(s, key)) in ("auto", "minibatch") and s.source in ("update_pca", "random"):
             raise ConfigError(f"`config.subspace.{key}` {v} needs a tracked source (hessian, ggn), not {s.source}")
-    ignored = dict(drift_tol=("refresh_every", "auto"), max_k=("k", "auto"), n_hessian=("hessian_data", "subsample"))
-    for key, (on, value) in ignored.items():  # set away from its default where it would be ignored
-        if getattr(s, key) != getattr(SubspaceConfig, key) and getattr(s, on) != value:
-            raise ConfigError(f"`config.subspace.{key}` is read with {on} {value} only; {on} is {getattr(s, on)}")
+    if s.drift_tol != SubspaceConfig.drift_tol and s.refresh_every != "auto":  # it would be ignored
+        raise ConfigError(f"`config.subspace.drift_tol` steers refresh_every auto; refresh_every is {s.refresh_every}")
     for i, m in enumerate(cfg.methods):  # a momentum with base sgd would train plain SGD, silently
         if m.momentum != MethodConfig.momentum and m.base != "momentum":
             raise ConfigError(f"`config.methods[{i}].momentum` is used by base momentum only; base is {m.base}")

@@ -151,7 +151,7 @@ BAD_CONFIGS = [  # (configuration, what the one line names)
     (_config(method__start_step=-1), "`config.methods[0].start_step`"),
     (_config(device="banana"), "`config.device`"),
     (_config(device="cuda:7"), "`config.device` is 'cuda:7', but this machine has"),
-    (_config(data_args={"n_train": 0}), "`n_train` must be an int in [1, 1438], got 0"),
+    (_config(data_args={"n_train": 0}), "`config.data_args.n_train` must be an int in [1, 1438], got 0"),
     (_config(data_args={"ntrain": 10}), "`config.data_args.ntrain`"),
     (_config(data="imagenet"), "`config.data` must be one of"),
     (_config(steps=0), "`config.steps`"),
@@ -163,7 +163,10 @@ BAD_CONFIGS = [  # (configuration, what the one line names)
     (_config(batch_size=61), "`config.batch_size` must be at most the 60 training samples, got 61"),
     (_config(subspace__hessian_data="subsample", subspace__n_hessian=61), "`config.subspace.n_hessian` must be"),
     (_config(model="cnn", data_args={"n_train": 60, "flatten": True}), "`config.model` cnn needs images"),
-    (_config(data_args={"n_train": 60, "test_fraction": 1e-9}), "`test_fraction` must leave both sets non-empty"),
+    (
+        _config(data_args={"n_train": 60, "test_fraction": 1e-9}),
+        "`config.data_args.test_fraction` must leave both sets non-empty",
+    ),
 ]
 
 
