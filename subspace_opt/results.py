@@ -296,7 +296,7 @@ def summarize(
     results: pd.DataFrame,  # an experiment's rows: `method, seed, step, train_loss` (`test_acc`, `diverged`, ...)
     threshold: float,  # train-loss threshold for "steps to threshold"
 ):
-    "One row per method, means over its seeds: final loss and accuracy, steps to `threshold`, divergence, ms per step."
+    "Per method, means over seeds: final loss and accuracy, steps to `threshold` (seeds that reach it: `reached`), ..."
     _check_targets(threshold, "threshold")
     grid = [c for c in results.columns if "." in str(c)]
     if grid:
@@ -310,11 +310,17 @@ def summarize(
         blown = r.diverged.eq(True).any() if "diverged" in r.columns else not np.isfinite(r.train_loss).all()
         runs.append(
             dict(method=method, final_train_loss=last.train_loss, final_test_acc=acc)
-            | dict(steps_to_threshold=reach[method, seed], diverged=bool(blown), ms_per_step=ms)
+            | dict(steps_to_threshold=reach[method, seed], reached=float(np.isfinite(reach[method, seed])))
+            | dict(diverged=bool(blown), ms_per_step=ms)
         )
     nan_counts = lambda s: s.mean(skipna=False)  # noqa: E731 (a seed whose last row has no loss: NaN, not left out)
-    how = dict(final_train_loss=nan_counts, final_test_acc=nan_counts, steps_to_threshold="mean", diverged="mean")
-    return pd.DataFrame(runs).groupby("method", sort=False).agg(how | dict(ms_per_step="mean")).reset_index()
+    how = dict(final_train_loss=nan_counts, final_test_acc=nan_counts, steps_to_threshold="mean", reached="mean")
+    return (
+        pd.DataFrame(runs)
+        .groupby("method", sort=False)
+        .agg(how | dict(diverged="mean", ms_per_step="mean"))
+        .reset_index()
+    )
 
 # %% ../nbs/06b_results.ipynb #8bdc06f9
 def _ended(r: pd.DataFrame):  # rows numbered by `_numbered`, with `train_loss` and usually `diverged`
