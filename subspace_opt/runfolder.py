@@ -197,7 +197,7 @@ def lock(self: RunFolder):
             held = self.path / LOCK
             if held.is_symlink() or held.exists() and not held.is_file():  # a folder from elsewhere: untrusted
                 raise UserError(f"{held} is not a file: delete {self.path} to run it again")
-            fd = _acquire(self.path / LOCK)
+            fd = _acquire(held)
             if fd is None:
                 raise UserError(f"{self.path} is in use by another process: wait for it to end, or use another folder")
             self._fd, self._made = fd, made[-1] if made else None
