@@ -301,10 +301,33 @@ def coefficients(self: ProjectedOptimizer):
     waiting = self.switch_step is None and (self.start_step > 0 or self.switch_threshold is not None)
     return (1.0, 1.0) if waiting else (self.dom, self.bulk)
 
+# %% ../nbs/03_optim.ipynb #8d3640f3
+_UNWRITABLE = 1e-3  # the basis's weight on tensors without a gradient above which a projected step is refused
+
+
+def _refuse_unwritable(opt: ProjectedOptimizer, U: torch.Tensor):
+    "Refuse a projected step that would have to move tensors without a gradient: it could not be confined."
+    if opt.dom == opt.bulk:  # a·g: no mixing across tensors
+        return
+    sizes, start, heavy = [q.numel() for q in opt.params], 0, []
+    for i, (q, n) in enumerate(zip(opt.params, sizes)):
+        if q.grad is None and (w := U[start : start + n].norm().item()) > _UNWRITABLE:  # round-off: about 1e-5
+            heavy.append((i, w))
+        start += n
+    if heavy:
+        names = getattr(getattr(opt.subspace, "op", None), "names", None)
+        i, w = heavy[0]
+        raise RuntimeError(
+            f"ProjectedOptimizer: parameter {names[i] if names else f'#{i}'!r} has no gradient in this step, but the "
+            f"tracked basis has weight {w:.2g} on it: the step cannot be confined without moving it; give it a zero "
+            "gradient (torch.zeros_like) or leave it out of the operator (requires_grad=False)"
+        )
+
 # %% ../nbs/03_optim.ipynb #72c35e8b
 def _projected_step(opt: ProjectedOptimizer):
     "Project the gradient before the base step, or the base step's update after it, on the tracked basis; diagnose."
     U, g, theta0 = opt.subspace.basis, _grad_vector(opt.params), opt._flat_params()
+    _refuse_unwritable(opt, U)
     if opt.mode == "gradient":
         _write(opt.params, project(U, g, opt.dom, opt.bulk), "grad")
         opt.base.step()

@@ -140,7 +140,7 @@ def _initial_rank(
 
 # %% ../nbs/02_subspace.ipynb #a81db5de
 _RANK_SETTINGS = ("k", "max_k", "n_eigs", "refresh_every", "tol", "cold_tol", "restart_tol", "cold_every")
-_RANK_SETTINGS += ("oversample", "max_warm_restarts", "seed", "min_every", "max_every", "drift_tol")
+_RANK_SETTINGS += ("oversample", "max_warm_restarts", "seed", "min_every", "max_every", "drift_tol", "ahead")
 
 
 def _same_on_every_rank(
@@ -157,14 +157,17 @@ def _same_on_every_rank(
 
 # %% ../nbs/02_subspace.ipynb #f1a8e5ed
 def _check_solver(  # `DominantSubspace`'s arguments of that name
+    op,  # the operator, checked first (`_check_operator`)
     n_eigs,  # None or an int >= 1
     tol,  # in (0, 1]
     cold_tol,  # in (0, 1]
     restart_tol,  # > 0
     cold_every,  # None or an int >= 1
     max_warm_restarts,  # an int >= 0
+    ahead=False,  # True or False
 ):
-    "Refuse tolerances, counts and periods a tracker's solves cannot honour, naming the argument."
+    "Refuse an operator, tolerances, counts and periods a tracker's solves cannot honour, naming the argument; `ahead`."
+    _check_operator(op)
     if n_eigs is not None and (isinstance(n_eigs, bool) or not isinstance(n_eigs, int) or n_eigs < 1):
         raise ValueError(f"`n_eigs` must be None or an int >= 1, got {n_eigs!r}")
     for name, t in (("tol", tol), ("cold_tol", cold_tol)):
@@ -179,6 +182,9 @@ def _check_solver(  # `DominantSubspace`'s arguments of that name
     bad_restarts = isinstance(max_warm_restarts, bool) or not isinstance(max_warm_restarts, int)
     if bad_restarts or max_warm_restarts < 0:
         raise ValueError(f"`max_warm_restarts` must be an int >= 0, got {max_warm_restarts!r}")
+    if not isinstance(ahead, bool):
+        raise ValueError(f"`ahead` must be True or False, got {ahead!r}")
+    return ahead
 
 # %% ../nbs/02_subspace.ipynb #aef67d7a
 class DominantSubspace:
@@ -201,9 +207,9 @@ class DominantSubspace:
         max_every: int = 50,  # 'auto': most steps between two refreshes
         drift_tol: float = 0.3,  # 'auto': sine of the largest principal angle to allow between two refreshes
         max_k: int = 20,  # k='auto': the largest rank considered
+        ahead: bool = False,  # return span HV, one power step on, not the Ritz vectors V ("One step ahead")
     ):
-        _check_operator(op)
-        _check_solver(n_eigs, tol, cold_tol, restart_tol, cold_every, max_warm_restarts)
+        self.ahead = _check_solver(op, n_eigs, tol, cold_tol, restart_tol, cold_every, max_warm_restarts, ahead)
         k, self.auto_k, self.max_k, self.n_eigs_asked = _initial_rank(k, max_k, op.shape[0]), k == "auto", max_k, n_eigs
         p, self.n_eigs, self.k_pending = op.shape[0], max(n_eigs or k, k) if self.auto_k else n_eigs or k, self.auto_k
         _check_rank(k, self.n_eigs, oversample, p)
@@ -322,6 +328,8 @@ def refresh(
     m, dev = self.n_eigs, op.device
     synced = _synced(op, res.V[:, :m], res.theta[:m].to(dev), res.rel[:m].to(dev), _next_block(res, m))
     self.eigvecs, self.eigenvalues, self.residuals, self.block = synced  # the block: one power step ahead
+    if self.ahead:  # its first m columns span H V[:, :m] (QR keeps the order)
+        self.eigvecs = self.block[:, :m]
     self.n_matvecs, self.n_refreshes, self.last_refresh = self.n_matvecs + n_mv, self.n_refreshes + 1, self.n_updates
     drift, angle = _drift(prev, self.basis)
     self.period = _next_period(self, angle)
