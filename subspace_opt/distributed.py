@@ -194,15 +194,15 @@ def free_port() -> int:
 
 
 def _worker(r, fn, args, nprocs, port, out, threads):
-    torch.set_num_threads(threads)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=r, world_size=nprocs)
-    try:
-        result = fn(*args)
+    try:  # the set-up and the result's pickling too: every failure of a rank is recorded where the parent reads it
+        torch.set_num_threads(threads)
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=r, world_size=nprocs)
+        result = pickle.dumps(fn(*args))
     except BaseException:  # recorded with its time before the group ends: the other ranks' errors come after it
         Path(out, f"{r}.err").write_text(f"{time.time()!r}\n{traceback.format_exc()}")
         shutdown()
         raise  # torch's spawn wrapper sends the traceback to the parent
-    Path(out, f"{r}.pkl").write_bytes(pickle.dumps(result))
+    Path(out, f"{r}.pkl").write_bytes(result)
     finish(0)  # see "Ending a distributed program"
 
 

@@ -4,7 +4,7 @@
 
 # %% ../nbs/05e_workers.ipynb #acae54e37e7d407bbb7b55eff062a284
 from __future__ import annotations
-import multiprocessing as mp, signal, threading
+import multiprocessing as mp, pickle, signal, threading, traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 import torch
@@ -59,6 +59,18 @@ def _start_worker(threads: int):  # torch threads for this worker
     torch.set_num_threads(threads)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
+# %% ../nbs/05e_workers.ipynb #69bdc631
+def _call(fn, job):
+    "`fn(job)` in a worker; an exception that would not survive the trip back as a RuntimeError with its traceback."
+    try:
+        return fn(job)
+    except Exception as e:
+        try:
+            pickle.loads(pickle.dumps(e))
+        except Exception:
+            raise RuntimeError(f"{type(e).__name__}: {e}\n{traceback.format_exc()}") from None
+        raise
+
 # %% ../nbs/05e_workers.ipynb #69e285a7
 class _Workers:
     "`n` forkserver worker processes (`_start_worker`); leaving on an exception stops them at once (SIGTERM)."
@@ -94,7 +106,7 @@ def run_in_workers(
     if getattr(fn, "__module__", "__main__") == "__main__" or "<" in getattr(fn, "__qualname__", "<"):
         raise UserError(f"`fn` must be a module-level function of an importable module for workers, got {fn!r}")
     with _TermStopsPool(), _Workers(min(workers, len(jobs)), threads_per_worker(workers)) as pool:
-        futures = [pool.submit(fn, j) for j in jobs]
+        futures = [pool.submit(_call, fn, j) for j in jobs]
         try:
             return [f.result() for f in tqdm(as_completed(futures), total=len(jobs), desc=desc, disable=not progress)]
         except BrokenProcessPool:  # the others were stopped (SIGTERM, held by a running job until its checkpoint)

@@ -239,6 +239,18 @@ def test_the_rank_that_failed_first_is_the_one_named():
         run_processes(_exits_on_rank_1, 2)
 
 
+def _unpicklable_result():
+    return lambda: rank()  # a result that cannot travel back to the parent
+
+
+def test_a_failure_outside_the_function_is_named_too():
+    "A result that does not pickle, and a set-up that fails, come back with their cause (not 'without a result')."
+    with pytest.raises(RuntimeError, match=r"^rank \d of 2 failed first:\n(.|\n)*Can.t pickle local object"):
+        run_processes(_unpicklable_result, 2)
+    with pytest.raises(RuntimeError, match=r"^rank \d of 2 failed first:\n(.|\n)*[Tt]hreads"):
+        run_processes(rank, 2, threads=0)
+
+
 def test_process_group_without_distributed_is_refused():
     X, y, model = _task()
     with pytest.raises(RuntimeError, match="torch.distributed is not initialised"):

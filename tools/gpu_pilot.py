@@ -163,6 +163,14 @@ def shared(size: dict, device: str, repeats: int, workers: int):
         return statistics.median(pool.map(_worker, [(size, device, repeats, threads)] * workers, chunksize=1))
 
 
+def in_ms(rows: list):
+    "The table of `rows` (dicts of seconds and counts), its times in milliseconds, columns named `..._ms`."
+    table = pd.DataFrame(rows)
+    ms = [c for c in table.columns if c not in ("setting", "products_per_step", "cold_products")]
+    table[ms] = 1e3 * table[ms]
+    return table.rename(columns={c: f"{c}_ms" for c in ms})
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=".", help="folder for pilot.csv and pilot.json")
@@ -173,7 +181,8 @@ def main(argv=None):
     if a.workers < 1 or a.repeats < 1:
         sys.exit("gpu_pilot: --workers and --repeats must be >= 1")
     device, size, t_start = str(default_device()), SMALL if a.small else FULL, time.perf_counter()
-    rows = []
+    rows, out = [], Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
     warm = config(size, device, refresh_every=1)
     build_run(warm, warm.methods[0], 0, task_data(warm))[1].subspace.update()  # untimed: the device's start-up costs
     cnn = {**size, "hidden": [4] if a.small else [32]}  # the CNN's channels
@@ -188,14 +197,13 @@ def main(argv=None):
     ]:
         rows.append(dict(setting=name, **steps(cfg(), a.repeats)))
         print(f"{name}: {time.perf_counter() - t_start:.0f} s so far", flush=True)
+        in_ms(rows).to_csv(out / "pilot.csv", index=False)  # after each setting: a run stopped later keeps these
     pieces = parts(config(size, device, refresh_every=1), a.repeats)
+    pieces.to_csv(out / "parts.csv", index=False)
     print(f"refresh parts: {time.perf_counter() - t_start:.0f} s so far", flush=True)
     alone = rows[0]["projected_step"]
     together = shared(size, device, max(4, a.repeats // 2), a.workers)
-    table = pd.DataFrame(rows)
-    ms = [c for c in table.columns if c not in ("setting", "products_per_step", "cold_products")]
-    table[ms] = 1e3 * table[ms]
-    table = table.rename(columns={c: f"{c}_ms" for c in ms})
+    table = in_ms(rows)
     report = dict(
         environment=environment(torch.device(device)),
         workers=a.workers,
@@ -206,10 +214,6 @@ def main(argv=None):
         table=table.to_dict(orient="records"),
         parts=pieces.to_dict(orient="records"),
     )
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "pilot.csv", index=False)
-    pieces.to_csv(out / "parts.csv", index=False)
     (out / "pilot.json").write_text(json.dumps(report, indent=1))
     print(table.round(3).to_string(index=False))
     print(pieces.round(3).to_string(index=False))

@@ -6,7 +6,7 @@
 # Usage, from anywhere inside the repository:
 #
 #     tools/gpu_session.sh --out DIR --budget SECONDS [--jobs N] [--wheels DIR] [--data DIR] [--resume FILE]
-#                          [--no-tests] [--no-pilot] [--no-bench] [NOTEBOOK ...]
+#                          [--reserve SECONDS] [--no-tests] [--no-pilot] [--no-bench] [NOTEBOOK ...]
 #
 #   --out DIR        where everything lands (created): session.log (this script's output), tests.log (pytest -m cuda
 #                    and nbdev_test --flags cuda on each library notebook with a `#| cuda` cell), pilot.csv and
@@ -20,10 +20,14 @@
 #                    or a notebook failed.
 #   --budget S       the whole run ends within S seconds: each stage before the notebooks runs within its own cap
 #                    (tests 240 s, pilot and refresh benchmark 150 s each, B05 240 s) and within what is left of the
-#                    budget, and is skipped (a failure) when less than 20 s would be left; the notebooks get what the
-#                    stages leave, less 30 s to pack (run_gpu_experiments.sh --deadline), and are run with
-#                    --keep-going, so a notebook whose checked outcome fails at FULL is still saved with its tables
-#                    and figures. The exit status is 1 too when pytest itself ends badly (a crash, its timeout).
+#                    budget less the notebooks' reserve, and is skipped (a failure) when less than 20 s would be
+#                    left; the notebooks get what the stages leave, less 60 s to stop them and pack
+#                    (run_gpu_experiments.sh --deadline), and are run with --keep-going, so a notebook whose checked
+#                    outcome fails at FULL is still saved with its tables and figures. The exit status is 1 too when
+#                    pytest itself ends badly (a crash, its timeout). A stage that ignores its stop is killed 15 s
+#                    later. Stopped by SIGTERM or SIGINT, the script packs the runs finished so far into
+#                    results.tar.gz before it exits.
+#   --reserve S      seconds of the budget the stages must leave to the notebooks (default: half the budget).
 #   --jobs N         notebooks at once (default 2; each already runs several runs at once).
 #   --wheels DIR     a folder of wheels adding nbdev/execnb/IPython (installed with --no-index into a private folder).
 #   --data DIR       the folder holding Fashion-MNIST's four IDX .gz files (exported as SUBSPACE_OPT_DATA).
@@ -45,6 +49,7 @@ JOBS=2
 WHEELS=""
 DATA=""
 RESUME=""
+RESERVE=""
 TESTS=1
 PILOT=1
 BENCH=1
@@ -61,6 +66,7 @@ while [ $# -gt 0 ]; do
     --wheels) WHEELS="$2"; shift 2 ;;
     --data) DATA="$2"; shift 2 ;;
     --resume) RESUME="$2"; shift 2 ;;
+    --reserve) RESERVE="$2"; shift 2 ;;
     --no-tests) TESTS=0; shift ;;
     --no-pilot) PILOT=0; shift ;;
     --no-bench) BENCH=0; shift ;;
@@ -68,11 +74,16 @@ while [ $# -gt 0 ]; do
       CPU=(--allow-cpu); shift ;;
     -h|--help) sed -n '2,/^set -uo/{/^set -uo/!p}' "$0"; exit 0 ;;
     -*) echo "FAIL: unknown option $1 (see --help)" >&2; exit 2 ;;
-    *) NBS+=("$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"); shift ;;
+    *) [ -f "$1" ] || { echo "FAIL: no notebook $1" >&2; exit 2; }
+      NBS+=("$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"); shift ;;
   esac
 done
 [ -n "$OUTDIR" ] || { echo "FAIL: --out DIR is required" >&2; exit 2; }
 [[ "$BUDGET" =~ ^[1-9][0-9]*$ ]] || { echo "FAIL: --budget must be a whole number of seconds >= 1, got '$BUDGET'" >&2; exit 2; }
+[[ "$JOBS" =~ ^[1-9][0-9]*$ ]] || { echo "FAIL: --jobs must be an int >= 1, got '$JOBS'" >&2; exit 2; }
+[ -n "$RESERVE" ] || RESERVE=$((BUDGET / 2))
+[[ "$RESERVE" =~ ^[0-9]+$ ]] && [ "$RESERVE" -le "$BUDGET" ] \
+  || { echo "FAIL: --reserve must be a whole number of seconds from 0 to the budget, got '$RESERVE'" >&2; exit 2; }
 mkdir -p "$OUTDIR" && OUTDIR="$(cd "$OUTDIR" && pwd)"
 [ -z "$RESUME" ] || [ -f "$RESUME" ] || { echo "FAIL: --resume: no file $RESUME" >&2; exit 2; }
 [ -z "$RESUME" ] || RESUME="$(cd "$(dirname "$RESUME")" && pwd)/$(basename "$RESUME")"
@@ -80,13 +91,16 @@ for d in DATA WHEELS; do  # absolute, from where the script was called: the note
   [ -z "${!d}" ] || [ -d "${!d}" ] || { echo "FAIL: --${d,,}: no folder ${!d}" >&2; exit 2; }
   [ -z "${!d}" ] || printf -v "$d" '%s' "$(cd "${!d}" && pwd)"
 done
+[ -z "$DATA" ] || [ -e "$DATA/train-images-idx3-ubyte.gz" ] || [ -e "$DATA/fashion-mnist/train-images-idx3-ubyte.gz" ] \
+  || { echo "FAIL: --data: no Fashion-MNIST IDX files in $DATA (train-images-idx3-ubyte.gz)" >&2; exit 2; }
+[ ${#NBS[@]} -gt 0 ] || NBS=("$REPO"/nbs/experiments/E*.ipynb)
 exec > >(tee -a "$OUTDIR/session.log") 2>&1
 cd "$REPO"
 t0=$SECONDS
 status=0  # 1 when a test, the pilot or a notebook failed
 left() { echo $((BUDGET - (SECONDS - t0))); }
-stage_time() {  # seconds a stage may take: its own cap $1, within what is left of the budget less 30 s to pack
-  local t=$(($(left) - 30))
+stage_time() {  # seconds a stage may take: its own cap $1, within what is left of the budget less the reserve
+  local t=$(($(left) - 30 - RESERVE))
   [ "$t" -lt "$1" ] || t=$1
   echo "$t"
 }
@@ -102,6 +116,20 @@ fi
 "$PY" -c "import torch, subspace_opt; print('torch', torch.__version__, '| cuda', torch.cuda.is_available(), '|', \
 torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU', '| subspace_opt', subspace_opt.__version__)" \
   || { echo "FAIL: cannot import torch and subspace_opt"; exit 1; }
+[ ${#CPU[@]} -gt 0 ] || "$PY" -c "import sys, torch; sys.exit(not torch.cuda.is_available())" \
+  || { echo "FAIL: no CUDA device visible to torch (--allow-cpu checks this script on a CPU)"; exit 1; }
+on_signal() {  # stopped from outside: stop the notebooks, pack what finished, and go (a stage is waited for)
+  trap - TERM INT
+  echo "== $((SECONDS - t0)) s: stopped by a signal; packing the finished runs into results.tar.gz"
+  if [ -n "${child:-}" ]; then  # run_gpu_experiments.sh interrupts its notebooks, then packs as at its end
+    kill -TERM "$child" 2>/dev/null
+    wait "$child"
+  fi
+  [ -e "$OUTDIR/results.tar.gz" ] || "$PY" tools/pack_results.py --repo "$REPO" --logs "$OUTDIR/notebook-logs" \
+    --out "$OUTDIR/results.tar.gz" --runs-beside "${NBS[@]}"
+  exit 143
+}
+trap on_signal TERM INT
 if command -v nvidia-smi >/dev/null; then  # sampled until this script ends, however it ends
   nvidia-smi --query-gpu=timestamp,name,utilization.gpu,memory.used,clocks.sm --format=csv -l 10 \
     > "$OUTDIR/gpu.csv" 2>/dev/null &
@@ -114,10 +142,10 @@ elif [ "$TESTS" = 1 ]; then
   T=$(stage_time 240)
   echo "== $((SECONDS - t0)) s: CUDA tests (pytest -m cuda; nbdev_test --flags cuda; at most $T s), log in tests.log"
   (
-    { timeout "$T" "$PY" -m pytest -q -p no:cacheprovider -m cuda tests 2>&1; echo "exit status $?"; } \
+    { timeout -k 15 "$T" "$PY" -m pytest -q -p no:cacheprovider -m cuda tests 2>&1; echo "exit status $?"; } \
       | sed 's/^/[pytest] /' &
     for nb in $(grep -l '#| cuda' nbs/[0-9]*.ipynb); do
-      (timeout "$T" "$PY" -c "import sys; from nbdev.test import nbdev_test; nbdev_test(path=sys.argv[1], flags='$FLAGS', \
+      (timeout -k 15 "$T" "$PY" -c "import sys; from nbdev.test import nbdev_test; nbdev_test(path=sys.argv[1], flags='$FLAGS', \
 do_print=True)" "$nb" 2>&1 || echo "FAILED: $nb") \
         | sed "s|^|[$(basename "$nb")] |" &
     done
@@ -132,18 +160,18 @@ if [ "$PILOT" = 1 ] && [ "$(stage_time 150)" -lt 20 ]; then
   echo "SKIPPED: the pilot (no time left in the budget)"; status=1
 elif [ "$PILOT" = 1 ]; then
   echo "== $((SECONDS - t0)) s: pilot (tools/gpu_pilot.py)"
-  timeout "$(stage_time 150)" "$PY" tools/gpu_pilot.py ${PILOT_ARGS[@]+"${PILOT_ARGS[@]}"} --out "$OUTDIR" \
+  timeout -k 15 "$(stage_time 150)" "$PY" tools/gpu_pilot.py ${PILOT_ARGS[@]+"${PILOT_ARGS[@]}"} --out "$OUTDIR" \
     || { echo "FAILED: the pilot"; status=1; }
 fi
 if [ "$BENCH" = 1 ] && [ "$(stage_time 150)" -lt 20 ]; then
   echo "SKIPPED: the benchmarks (no time left in the budget)"; status=1
 elif [ "$BENCH" = 1 ]; then
   echo "== $((SECONDS - t0)) s: refresh benchmark (tools/refresh_bench.py)"
-  timeout "$(stage_time 150)" "$PY" tools/refresh_bench.py ${BENCH_ARGS[@]+"${BENCH_ARGS[@]}"} --out "$OUTDIR" \
+  timeout -k 15 "$(stage_time 150)" "$PY" tools/refresh_bench.py ${BENCH_ARGS[@]+"${BENCH_ARGS[@]}"} --out "$OUTDIR" \
     || { echo "FAILED: the refresh benchmark"; status=1; }
   if [ "$(stage_time 240)" -ge 20 ]; then  # --keep-going: a failing cell still leaves the notebook's measurements
     echo "== $((SECONDS - t0)) s: compiled products (nbs/benchmarks/B05_compiled_products.ipynb, executed)"
-    timeout "$(stage_time 240)" "$PY" tools/execute_notebooks.py nbs/benchmarks/B05_compiled_products.ipynb \
+    timeout -k 15 "$(stage_time 240)" "$PY" tools/execute_notebooks.py nbs/benchmarks/B05_compiled_products.ipynb \
       --keep-going --out-dir "$OUTDIR/benchmarks" || { echo "FAILED: benchmark B05"; status=1; }
   else
     echo "SKIPPED: benchmark B05 (no time left in the budget)"; status=1
@@ -162,14 +190,16 @@ with tarfile.open(src) as tar:
 print(f"== resumed {len(runs)} files of finished runs from {src}")
 PYEOF
 fi
-[ ${#NBS[@]} -gt 0 ] || NBS=(nbs/experiments/E*.ipynb)
-deadline=$(($(left) - 30))
+deadline=$(($(left) - 60))  # 30 s to pack, 20 s for run_gpu_experiments.sh's kill-after, 10 s for its start-up
 echo "== $((SECONDS - t0)) s: ${#NBS[@]} notebooks, $JOBS at once, deadline $deadline s"
 if [ "$deadline" -ge 30 ]; then
   logs="$OUTDIR/notebook-logs"  # in $OUT as they are written (and packed into results.tar.gz)
   mkdir -p "$logs"
   tools/run_gpu_experiments.sh ${CPU[@]+"${CPU[@]}"} --keep-going --jobs "$JOBS" --deadline "$deadline" --log-dir "$logs" \
-    --pack "$OUTDIR/results.tar.gz" "${NBS[@]}" || status=1
+    --pack "$OUTDIR/results.tar.gz" "${NBS[@]}" &
+  child=$!
+  wait "$child" || status=1
+  child=""
   [ ! -e "$logs/summary.tsv" ] || cat "$logs/summary.tsv"
 else
   echo "FAIL: no time left for the notebooks"

@@ -14,7 +14,8 @@
 #                 interrupted (SIGINT, then killed 20 s later) and counts as failed, "stopped at the deadline". Its
 #                 finished runs stay under runs/, so a rerun of the same notebook reuses them; its runs in flight
 #                 checkpoint the step they reached (SIGINT is held until the step ends), and a rerun goes on from
-#                 there. Default: no deadline.
+#                 there. Default: no deadline. SIGTERM or SIGINT to this script does the same at once: no
+#                 notebook starts later, those running are interrupted ("stopped by a signal"), and --pack still runs.
 #   --pack FILE   at the end, write one .tar.gz holding the notebooks that finished, the logs and summary.tsv (under
 #                 gpu-logs/), and every finished run beside the notebooks (each folder under runs/ with a done.json:
 #                 its rows and records, not its checkpoint). Paths inside are relative to the repository root (a
@@ -123,23 +124,40 @@ run_one() {  # one notebook, in its own folder, within `left` seconds if given; 
   t0=$SECONDS
   rc=0
   [ -z "$left" ] || limit=(timeout --signal=INT --kill-after=20 "$left")
-  (cd "$(dirname "$nb")" && ${limit[@]+"${limit[@]}"} "$PY" "$REPO/tools/execute_notebooks.py" ${KEEP[@]+"${KEEP[@]}"} "$(basename "$nb")") \
-    > "$LOGDIR/$name.log" 2>&1 || rc=$?
+  (cd "$(dirname "$nb")" && exec ${limit[@]+"${limit[@]}"} "$PY" "$REPO/tools/execute_notebooks.py" ${KEEP[@]+"${KEEP[@]}"} "$(basename "$nb")") \
+    > "$LOGDIR/$name.log" 2>&1 &
+  echo $! > "$LOGDIR/$name.pid"  # `timeout` (or the notebook's process): what a signal to this script interrupts
+  wait $! || rc=$?
+  rm -f "$LOGDIR/$name.pid"
   if [ -n "$left" ] && { [ "$rc" = 124 ] || [ "$rc" = 137 ]; } && [ $((SECONDS - t0)) -ge "$left" ]; then
     rc=deadline  # `timeout` stopped it
   fi
+  [ "$rc" = 0 ] || [ ! -e "$LOGDIR/.stopped" ] || rc=stopped
   echo "$rc $((SECONDS - t0))" > "$LOGDIR/$name.status"
   case "$rc" in
     0) echo "== $name: done in $((SECONDS - t0)) s" ;;
     deadline) echo "== $name: FAILED (stopped at the deadline) after $((SECONDS - t0)) s" ;;
+    stopped) echo "== $name: FAILED (stopped by a signal) after $((SECONDS - t0)) s" ;;
     3) echo "== $name: FAILED (cells failed; saved with their errors) in $((SECONDS - t0)) s" ;;
     *) echo "== $name: FAILED (exit $rc) in $((SECONDS - t0)) s" ;;
   esac
 }
 
+stop() {  # SIGTERM or SIGINT: interrupt the notebooks as a deadline would (SIGINT), start no other, pack at the end
+  touch "$LOGDIR/.stopped"
+  echo "== stopped by a signal: interrupting the notebooks"
+  for f in "$LOGDIR"/*.pid; do [ ! -e "$f" ] || kill -INT "$(cat "$f")" 2>/dev/null || true; done
+}
+rm -f "$LOGDIR/.stopped"
+trap stop TERM INT
 t_all=$SECONDS
 for nb in "${NBS[@]}"; do
   while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || true; done
+  if [ -e "$LOGDIR/.stopped" ]; then
+    echo "not-started 0" > "$LOGDIR/$(basename "$nb" .ipynb).status"
+    echo "== $(basename "$nb" .ipynb): not started (stopped by a signal)"
+    continue
+  fi
   left=""
   if [ -n "$DEADLINE" ]; then
     left=$((DEADLINE - (SECONDS - t_all)))
@@ -152,7 +170,8 @@ for nb in "${NBS[@]}"; do
   echo "== $(basename "$nb" .ipynb): started at $((SECONDS - t_all)) s"
   run_one "$nb" "$left" &
 done
-wait
+while [ -n "$(jobs -rp)" ]; do wait || true; done  # a trapped signal ends `wait` early: wait on
+trap - TERM INT
 total=$((SECONDS - t_all))
 
 failed=()
