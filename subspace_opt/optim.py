@@ -10,6 +10,7 @@ from fastcore.basics import patch
 from tqdm.auto import tqdm
 from .losses import check_loss, loss_sum, prepare_targets
 from .subspace import DominantSubspace, _alignment, alignment, project
+from .distributed import check_agree, gather_meta
 
 # %% auto #0
 __all__ = ['MODES', 'SETTINGS', 'ProjectedOptimizer', 'dom_sgd', 'bulk_sgd', 'interpolated_sgd', 'damped_dominant_sgd',
@@ -213,13 +214,24 @@ def _warn_unconfined(base: torch.optim.Optimizer, mode: str):
     groups = base.param_groups
     if mode != "gradient":
         return
-    if len({g.get("lr") for g in groups}) > 1 or any(g.get("weight_decay", 0) for g in groups):
+    rates = {float(g.get("lr", 0)) for g in groups}  # a tensor learning rate as its value
+    if len(rates) > 1 or any(g.get("weight_decay", 0) for g in groups):
         warnings.warn(
             "ProjectedOptimizer: with per-group learning rates or weight decay, mode='gradient' steps are not "
             "confined to the projected subspace (the base scales or adds to the projected gradient); "
             "mode='update' confines them",
             stacklevel=3,
         )
+
+# %% ../nbs/03_optim.ipynb #07f78aae
+def _same_on_every_rank(opt):  # a `ProjectedOptimizer` being built
+    "Refuse settings that differ between the ranks of a data-parallel operator: their steps would call collectives apart."
+    group = getattr(getattr(opt.subspace, "op", None), "group", None)
+    if group is None:
+        return
+    metas = gather_meta(group, base=type(opt.base).__name__, **{a: getattr(opt, a) for a in SETTINGS})
+    for a in ("base", *SETTINGS):
+        check_agree(metas, a, f"the optimizer's `{a}`", advice="build it with the same settings on every rank")
 
 # %% ../nbs/03_optim.ipynb #9be5cc00
 class ProjectedOptimizer(_WrapperBase):
@@ -243,6 +255,7 @@ class ProjectedOptimizer(_WrapperBase):
         self.params = _check_params(base, subspace)
         self.start_step, self.switch_threshold, self.switch_ema = start_step, switch_threshold, switch_ema
         self.n_steps, self.switch_step, self.ema, self.last, self.last_update = 0, None, 0.0, {}, None
+        _same_on_every_rank(self)
         self._init_hooks()
 
     def __repr__(self):

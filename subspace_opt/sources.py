@@ -10,7 +10,8 @@ import torch
 from .curvature import CurvatureOperator, GGNOperator, HessianOperator, as_batches
 from .krylov import _orth_against
 from .lanczos import _check_int
-from .subspace import DominantSubspace
+from .subspace import DominantSubspace, _synced
+from .distributed import check_agree, gather_meta
 
 # %% auto #0
 __all__ = ['TimedSubspace', 'hessian_source', 'ggn_source', 'subsample_source', 'MinibatchSubspace', 'UpdatePCASubspace',
@@ -233,14 +234,21 @@ class _SourceState:
 def _check_source(
     k: int,  # rank of the basis
     refresh_every,  # None or an int T >= 1
-    p: int,  # the dimension of the parameter space
+    op,  # the parameter space (`_as_space`): its dimension p, and its ranks' group if data-parallel
+    seed=0,  # seed of the random directions
+    kind: str = "source",  # the source's class, which every rank must build too
 ):
-    "Refuse a rank or a refresh period that a parameter-space source cannot honour on dimension `p`."
+    "Refuse a rank or a refresh period that a source cannot honour on `op`'s dimension p, or that differs between ranks."
+    p = op.shape[0]
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < p:
         raise ValueError(f"`k` must be an int in [1, p={p}), got {k!r}")
     bad = isinstance(refresh_every, bool) or not isinstance(refresh_every, int) or refresh_every < 1
     if refresh_every is not None and bad:
         raise ValueError(f"`refresh_every` must be None or an int >= 1, got {refresh_every!r}")
+    if getattr(op, "group", None) is not None:  # ranks that refresh apart, or draw apart, would drift apart
+        metas = gather_meta(op.group, kind=kind, k=k, refresh_every=refresh_every, seed=seed)
+        for a in ("kind", "k", "refresh_every", "seed"):
+            check_agree(metas, a, f"the source's `{a}`", advice="build it with the same settings on every rank")
 
 # %% ../nbs/02a_sources.ipynb #db9a2c42
 class _BasisSource(_SourceState):
@@ -256,7 +264,7 @@ class _BasisSource(_SourceState):
         seed: int,  # seed of the random directions
     ):
         self.op, self.k, self.refresh_every = _as_space(params), k, refresh_every
-        _check_source(k, refresh_every, self.op.shape[0])
+        _check_source(k, refresh_every, self.op, seed, type(self).__name__)
         self.gen = torch.Generator(device=self.op.device).manual_seed(_check_int(seed, "seed", 0))
         self.eigenvalues = torch.full((k,), float("nan"), dtype=self.op.dtype, device=self.op.device)
         self.basis, self.n_updates, self.n_refreshes, self.n_matvecs, self.seconds, self.info = None, 0, 0, 0, 0.0, {}
@@ -267,7 +275,7 @@ class _BasisSource(_SourceState):
     def refresh(self):
         "Make a new basis now (`_new_basis`); return `info` with its seconds and its drift from the previous basis."
         t0, prev = _clock(self.op.device), self.basis
-        self.basis, self.n_refreshes = self._new_basis(), self.n_refreshes + 1
+        self.basis, self.n_refreshes = _synced(self.op, self._new_basis())[0], self.n_refreshes + 1  # rank 0's
         drift = None if prev is None else ((prev.T @ self.basis).square().sum() / self.k).item()
         self.info = dict(refresh=self.n_refreshes, n_matvecs=0, seconds=_clock(self.op.device) - t0, drift=drift)
         return self.info

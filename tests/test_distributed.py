@@ -13,6 +13,7 @@ from subspace_opt.distributed import free_port, local_loss_scale, rank, run_proc
 from subspace_opt.lanczos import lanczos
 from subspace_opt.models import mlp
 from subspace_opt.optim import bulk_sgd
+from subspace_opt.sources import RandomSubspace
 from subspace_opt.subspace import DominantSubspace
 from subspace_opt.train import TIMING
 
@@ -144,7 +145,7 @@ def _check_products(ranks, ref, world):
 
 def _setups():
     "The error cases and an operator with an empty shard on rank 1, all in one group of processes."
-    cases = ("params", "dtype", "empty", "loss", "weights", "tracker", "empty batch", "seed")
+    cases = ("params", "dtype", "empty", "loss", "weights", "tracker", "empty batch", "seed", "source", "optimizer")
     return {case: _bad_setup(case) for case in cases}, _empty_rank()
 
 
@@ -190,6 +191,10 @@ def _bad_setup(case):
             H.with_data((X[:0], y[:0]))
         if case == "seed":  # start vectors that differ between ranks: their all-reduced products mix
             lanczos(H, k=3, seed=rank())
+        if case == "source":  # random bases that differ between ranks: the replicas would drift apart
+            RandomSubspace(H, k=3, seed=rank())
+        if case == "optimizer":  # one rank projecting from step 0, the other from step 1: collectives paired apart
+            bulk_sgd(torch.optim.SGD(model.parameters(), lr=0.1), DominantSubspace(H, k=3), start_step=rank())
     except ValueError as e:
         return str(e)
     return "no error"
@@ -206,6 +211,8 @@ def _bad_setup(case):
         ("tracker", "ranks disagree on the tracker's `cold_tol` (rank 0: 0.01, rank 1: 1e-08)"),
         ("empty batch", "`data` holds no samples on any rank"),
         ("seed", "ranks disagree on the solver's `seed` (rank 0: 0, rank 1: 1)"),
+        ("source", "ranks disagree on the source's `seed` (rank 0: 0, rank 1: 1)"),
+        ("optimizer", "ranks disagree on the optimizer's `start_step` (rank 0: 0, rank 1: 1)"),
     ],
 )
 def test_bad_setups_fail_on_every_rank_with_a_clear_error(setups, case, message):
