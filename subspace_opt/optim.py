@@ -225,7 +225,7 @@ def _warn_unconfined(base: torch.optim.Optimizer, mode: str):
 
 # %% ../nbs/03_optim.ipynb #07f78aae
 def _same_on_every_rank(opt):  # a `ProjectedOptimizer` being built
-    "Refuse settings that differ between the ranks of a data-parallel operator: their steps would call collectives apart."
+    "Refuse settings that differ between a data-parallel operator's ranks: their steps would call collectives apart."
     group = getattr(getattr(opt.subspace, "op", None), "group", None)
     if group is None:
         return

@@ -238,7 +238,7 @@ def _check_source(
     seed=0,  # seed of the random directions
     kind: str = "source",  # the source's class, which every rank must build too
 ):
-    "Refuse a rank or a refresh period that a source cannot honour on `op`'s dimension p, or that differs between ranks."
+    "Refuse a rank or a refresh period that a source cannot honour on `op`'s dimension p or that differs between ranks."
     p = op.shape[0]
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < p:
         raise ValueError(f"`k` must be an int in [1, p={p}), got {k!r}")
