@@ -11,10 +11,10 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['INSTALL_HINTS', 'DATA_MARKERS', 'IDX_FILES', 'CIFAR_GLOBALS', 'MAX_GENERATED', 'TASKS', 'default_device',
-           'check_device', 'environment', 'TaskData', 'load_digits', 'data_places', 'find_data', 'data_available',
-           'read_idx', 'task_from_arrays', 'load_fashion_mnist', 'load_mnist', 'CifarUnpickler', 'read_cifar_batch',
-           'load_cifar10', 'gaussian_mixture', 'teacher_student', 'load_task']
+__all__ = ['INSTALL_HINTS', 'DATA_MARKERS', 'MAX_IDX_BYTES', 'IDX_FILES', 'CIFAR_GLOBALS', 'MAX_GENERATED', 'TASKS',
+           'default_device', 'check_device', 'environment', 'TaskData', 'load_digits', 'data_places', 'find_data',
+           'data_available', 'read_idx', 'task_from_arrays', 'load_fashion_mnist', 'load_mnist', 'CifarUnpickler',
+           'read_cifar_batch', 'load_cifar10', 'gaussian_mixture', 'teacher_student', 'load_task']
 
 # %% ../nbs/04_data.ipynb #04441b7f
 def default_device() -> torch.device:
@@ -189,6 +189,9 @@ def data_available(
         return False
 
 # %% ../nbs/04_data.ipynb #9d901e21
+MAX_IDX_BYTES = 1 << 30  # the largest IDX array read (1 GiB; MNIST's training images take 47 MB)
+
+
 def read_idx(path: str | Path):  # an IDX file, gzipped or not
     "The array stored in an IDX file (the MNIST format): uint8 images (n, h, w) or labels (n,); else a `UserError`."
     path = Path(path)
@@ -201,13 +204,17 @@ def read_idx(path: str | Path):  # an IDX file, gzipped or not
                     f"{path} is not an IDX file of unsigned bytes in 1 to 3 dimensions (header {raw.hex()})"
                 )
             raw += fh.read(4 * ndim)
+            if len(raw) < 4 + 4 * ndim:
+                raise _user_error(f"{path} ends inside its header ({len(raw)} of {4 + 4 * ndim} bytes)")
             shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-            raw += _read_at_most(fh, math.prod(shape) + 1)  # no more than the header says (a gzip bomb stops there)
+            if math.prod(shape) > MAX_IDX_BYTES:
+                raise _user_error(f"{path}: its header declares {shape}, above the {MAX_IDX_BYTES:,} bytes read")
+            data = _read_at_most(fh, math.prod(shape) + 1)  # no more than the header says (a gzip bomb stops there)
     except (EOFError, gzip.BadGzipFile, zlib.error) as e:  # a damaged archive
         raise _user_error(f"{path} is not an IDX file: {' '.join(str(e).split())}") from None
-    if len(raw) != 4 + 4 * ndim + math.prod(shape):
-        raise _user_error(f"{path} holds {len(raw) - 4 - 4 * ndim} bytes of data, not the {shape} its header says")
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+    if len(data) != math.prod(shape):
+        raise _user_error(f"{path} holds {len(data)} bytes of data, not the {shape} its header says")
+    return np.frombuffer(data, dtype=np.uint8).reshape(shape)
 
 
 def _read_at_most(
@@ -320,6 +327,7 @@ CIFAR_GLOBALS = {  # (module, name): the only globals a CIFAR-10 python batch na
     ("numpy._core.numeric", "_frombuffer"),  # arrays at pickle protocol 5, numpy 2
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
+    ("_codecs", "encode"),  # byte strings (array buffers) written at protocols 0-2 by Python 3: str -> bytes only
 }
 
 

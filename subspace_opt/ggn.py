@@ -297,7 +297,10 @@ def slq_density(
     m, n_grid = min(_check_int(n_steps, "n_steps", 1), M.shape[0]), _check_int(n_grid, "n_grid", 2)
     gen = torch.Generator(device=M.device).manual_seed(_check_int(seed, "seed", 0))
     Z = _rademacher(M, n_probes, gen) / math.sqrt(M.shape[0])
-    theta, S = torch.linalg.eigh(_slq_tridiagonal(M, Z, m).cpu())
+    T = _slq_tridiagonal(M, Z, m).cpu()
+    if not T.isfinite().all():
+        raise FloatingPointError("slq_density: products with `M` are NaN or inf (a diverged model, or NaN data)")
+    theta, S = torch.linalg.eigh(T)
     tau = S[:, 0, :] ** 2
     live = theta[tau > 1e-14]  # after a breakdown the decoupled zero block adds nodes of weight 0: not the spectrum's
     lo, hi = live.min().item(), live.max().item()

@@ -23,7 +23,7 @@ def evaluate(
 ):
     """Mean loss and accuracy of `model` on `data`, as floats. The accuracy compares the largest output with the class
     label, or with the largest entry of a float target row (one-hot or soft); it is NaN with one output, or when an
-    output is NaN (a diverged model predicts nothing)."""
+    output is NaN or infinite (a diverged model predicts nothing)."""
     X, y = data
     if len(X) == 0 or len(X) != len(y):
         raise ValueError(f"`data` must hold as many targets as inputs, and some: got {len(X)} inputs, {len(y)} targets")
@@ -36,7 +36,7 @@ def evaluate(
         total += loss_sum(out, t, loss).item()
         labels = t.argmax(1) if y.is_floating_point() else y[i : i + chunk]
         correct += (out.argmax(1) == labels).sum().item()
-        undefined |= out.shape[1] < 2 or bool(out.isnan().any())  # argmax of a NaN row is 0: no prediction
+        undefined |= out.shape[1] < 2 or not bool(out.isfinite().all())  # argmax of a NaN or inf row: no prediction
     return total / len(X), (math.nan if undefined else correct / len(X))
 
 # %% ../nbs/06c_metrics.ipynb #ba4ad772

@@ -55,6 +55,8 @@ def _divergence_marks(
 ):
     "Per diverged run: its first diverged step, at its `metric` there, or the last finite value before (NaN rows)."
     marks = []
+    if "diverged" not in results:  # a table of runs that cannot diverge (or were not checked): nothing to mark
+        return pd.DataFrame(marks, columns=["step", metric])
     for _, r in _runs(results):
         bad = r[r.diverged.eq(True)]
         if len(bad):
