@@ -114,7 +114,7 @@ def load_digits(
     "scikit-learn's bundled digits as a `TaskData`, split and scaled to [0, 1], on `device`."
     from sklearn.datasets import load_digits as _sk_digits
 
-    if not isinstance(test_fraction, (int, float)) or not 0 < test_fraction < 1:
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, numbers.Real) or not 0 < test_fraction < 1:
         raise _user_error(f"`test_fraction` must lie in (0, 1), got {test_fraction!r}")
     _check_dtype(dtype)
     _check_sizes(dict(seed=(seed, 0)))
@@ -270,6 +270,8 @@ def task_from_arrays(
 ):
     "A `TaskData` from numpy arrays, after the first-n selection and scaling; inputs and labels checked to agree."
     arrays = {"training": (X_train, y_train), "test": (X_test, y_test)}
+    if empty := [part for part, (inputs, _) in arrays.items() if len(inputs) == 0]:
+        raise _user_error(f"{name}: the {empty[0]} set holds no samples")
     n_classes = _check_arrays(name, arrays, None if flatten else shape, n_classes, dtype)
     if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not (math.isfinite(scale) and scale > 0):
         raise _user_error(f"`scale` must be a finite number > 0, got {scale!r}")
@@ -424,7 +426,7 @@ def gaussian_mixture(
     "A seeded Gaussian-mixture classification task as a `TaskData`."
     _check_sizes(dict(n_train=(n_train, 1), n_test=(n_test, 1), dim=(dim, 1), n_classes=(n_classes, 2), seed=(seed, 0)))
     _check_generated(n_train, n_test, dim)
-    if isinstance(separation, bool) or not isinstance(separation, (int, float)) or not 0 < separation < math.inf:
+    if isinstance(separation, bool) or not isinstance(separation, numbers.Real) or not 0 < separation < math.inf:
         raise _user_error(f"`separation` must be a finite number > 0 (the norm of the class means), got {separation!r}")
     if dim == 1 and n_classes > 2:  # a line holds two points of norm `separation`: further classes would share a mean
         raise _user_error(f"`dim`=1 holds two class means (±separation), not n_classes={n_classes}: use dim >= 2")

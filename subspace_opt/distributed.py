@@ -152,9 +152,9 @@ def shard_bounds(
 ):
     "The slice `(start, stop)` of shard `r` when n samples are cut into `world` contiguous near-equal shards."
     world, r = world_size() if world is None else world, rank() if r is None else r
-    if not isinstance(world, int) or world < 1:
+    if isinstance(world, bool) or not isinstance(world, int) or world < 1:
         raise ValueError(f"`world` must be an int >= 1, got {world!r}")
-    if not 0 <= r < world:
+    if isinstance(r, bool) or not isinstance(r, int) or not 0 <= r < world:
         raise ValueError(f"`r` must be a rank in [0, {world}), got {r!r}")
     q, m = divmod(n, world)
     start = r * q + min(r, m)
@@ -168,6 +168,8 @@ def shard(
 ):
     "This rank's contiguous shard of `data` (an (X, y) pair, or a sequence)."
     if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+        if len(data[0]) != len(data[1]):
+            raise ValueError(f"`data` must hold as many targets as inputs, got {len(data[0])} and {len(data[1])}")
         a, b = shard_bounds(len(data[0]), world, r)
         return data[0][a:b], data[1][a:b]
     a, b = shard_bounds(len(data), world, r)

@@ -54,7 +54,7 @@ def _rademacher(M, n, gen):
 
 
 def _check_probes(n_probes, least):
-    if not isinstance(n_probes, int) or n_probes < least:
+    if isinstance(n_probes, bool) or not isinstance(n_probes, int) or n_probes < least:
         raise ValueError(f"`n_probes` must be an int >= {least}, got {n_probes!r}")
 
 # %% ../nbs/07_ggn.ipynb #9e291472
@@ -65,6 +65,7 @@ def exact_quadratic(
 ):
     "tr(M) or ‖M‖²_F from all p columns, `block` at a time."
     _check_quantity(quantity)
+    _check_int(block, "block", 1)
     p, total = M.shape[0], torch.zeros((), dtype=torch.float64, device=M.device)
     for j in range(0, p, block):
         E = torch.eye(p, dtype=M.dtype, device=M.device)[:, j : j + block]

@@ -13,7 +13,7 @@ from .data import check_device, environment, load_digits
 from .lanczos import block_lanczos, lanczos, scipy_eigsh
 from .models import mlp
 from .config import UserError, config_from_dict
-from .results import best_vs_best, describe, summarize, time_to_target
+from .results import _check_targets, best_vs_best, describe, summarize, time_to_target
 from .runfolder import RunFolder
 from .optim import sgd_steps
 from .metrics import evaluate
@@ -207,6 +207,10 @@ def compare(
     metrics=("step", "hvps", "train_seconds"),  # the clocks to compare on
 ):
     "Time to each target of every run, into `run_dir/time_to_target.csv`; (that table, each method's best vs the best)."
+    try:
+        targets = _check_targets(targets)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     folder = Path(run_dir)
     if not (folder / "results.csv").is_file():
         why = "holds no results.csv" if folder.is_dir() else "is a file" if folder.exists() else "does not exist"

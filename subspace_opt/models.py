@@ -35,8 +35,8 @@ def _sequence(value):
 
 def _seeded(build, seed, dtype, device):
     "Build a module under a private RNG state seeded by `seed`, so initialisation is reproducible."
-    if not _count(seed, 0):  # torch would take 1.5 for 1
-        raise ValueError(f"`seed` must be an int >= 0, got {seed!r}")
+    if not _count(seed, 0) or seed >= 2**64:  # torch would take 1.5 for 1, and fail past 64 bits
+        raise ValueError(f"`seed` must be an int in [0, 2**64), got {seed!r}")
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise ValueError(f"`dtype` must be a floating torch dtype such as torch.float32, got {dtype!r}")
     device = None if device is None else check_device(device)  # None: left where torch creates it

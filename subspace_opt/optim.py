@@ -436,6 +436,8 @@ def leakage(
     "χ_k of `delta` in a Dominant subspace freshly computed (a cold block solve) at the current parameters."
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 < tol <= 1:
         raise ValueError(f"`tol` must be a number in (0, 1], got {tol!r}")
+    if not isinstance(delta, torch.Tensor) or delta.shape != (self.subspace.op.shape[0],):
+        raise ValueError(f"`delta` must be a vector of the p={self.subspace.op.shape[0]} parameters, got {delta!r:.60}")
     fresh = DominantSubspace(self.subspace.op, k=self.subspace.k, cold_tol=tol)
     fresh.refresh()
     return alignment(fresh.basis, delta.to(fresh.basis.dtype))
@@ -453,9 +455,13 @@ def sgd_steps(
 ):
     "Run `steps` steps of mini-batch SGD on the mean `loss`; their losses (`FloatingPointError` at a non-finite one)."
     check_loss(loss)
-    if not lr > 0:
-        raise ValueError(f"`lr` must be > 0, got {lr!r}")
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not lr > 0:
+        raise ValueError(f"`lr` must be a number > 0, got {lr!r}")
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0:
+        raise ValueError(f"`steps` must be an int >= 0, got {steps!r}")
     X, y = data
+    if len(X) != len(y):
+        raise ValueError(f"`data` must hold as many targets as inputs, got {len(X)} inputs and {len(y)} targets")
     if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or not 1 <= batch_size <= len(X):
         raise ValueError(f"`batch_size` must be an int in [1, {len(X)}], got {batch_size!r}")
     opt = torch.optim.SGD(model.parameters(), lr=lr)
