@@ -262,10 +262,8 @@ def _slq_tridiagonal(M, Z, m):
     "m Lanczos steps for every column of the unit-norm block Z at once; returns the (b, m, m) float64 tridiagonals."
     p, b = Z.shape
     Q = torch.zeros(m, p, b, dtype=M.dtype, device=M.device)
-    alpha, beta = (
-        torch.zeros(b, m, dtype=torch.float64, device=M.device),
-        torch.zeros(b, m - 1, dtype=torch.float64, device=M.device),
-    )
+    alpha = torch.zeros(b, m, dtype=torch.float64, device=M.device)
+    beta = torch.zeros(b, m - 1, dtype=torch.float64, device=M.device)
     Q[0] = Z
     for j in range(m):
         W = M @ Q[j]
@@ -330,10 +328,8 @@ def _operators(model, loss, data):
 
 def _shares_row(name, M, U, overlap, method, n_probes, seed, max_exact):
     "One row of `CurvatureReport.shares`: the energy and trace shares of `M` in span(U)."
-    e, t = (
-        curvature_energy(M, U, method, n_probes, seed, max_exact),
-        trace_shares(M, U, method, n_probes, seed, max_exact),
-    )
+    e = curvature_energy(M, U, method, n_probes, seed, max_exact)
+    t = trace_shares(M, U, method, n_probes, seed, max_exact)
     return dict(
         matrix=name,
         energy_dom=e.dom,
