@@ -147,12 +147,12 @@ def spectrum(
     dev, _ = check_device(device, "device"), _check_writable(out, "out")  # refused before the training, not after
     data = load_digits(seed=seed, device=dev)
     model = mlp((64, *hidden, data.n_classes), activation=activation, seed=seed, device=dev)
-    try:
+    try:  # a learning rate too large for this network (bad input, not a bug): its loss, or its curvature, overflows
         sgd_steps(model, loss, data.train, train_steps, lr=lr, batch_size=batch_size, seed=seed, progress=progress)
-    except FloatingPointError as e:  # a learning rate too large for this network: bad input, not a bug
+        t0 = time.perf_counter()
+        res = SOLVERS[solver](HessianOperator(model, loss, data.train), k=k, tol=tol, seed=seed)
+    except FloatingPointError as e:
         raise UserError(f"{e}: choose a smaller `lr`") from None
-    t0 = time.perf_counter()
-    res = SOLVERS[solver](HessianOperator(model, loss, data.train), k=k, tol=tol, seed=seed)
     seconds = time.perf_counter() - t0
     table, path = _spectrum_table(res, k, lr), new_run_dir(out, "spectrum")
     table.to_csv(path / "spectrum.csv", index=False)
