@@ -56,7 +56,7 @@ class SubspaceConfig:
     n_eigs: int | None = None  # eigenpairs tracked, >= k (default k); rows log at least k + 1 (k auto: max_k + 1)
     max_k: int = 20  # k='auto': the largest rank considered, >= 1
     tol: float = 1e-2  # warm-refresh tolerance, in (0, 1]
-    solver: str = "warm"  # 'warm': block refresh from the last basis; 'cold': a fresh block-Krylov solve per refresh
+    solver: str = "warm"  # 'warm': refresh from the last basis; 'cold': a fresh solve; 'power': one block, a step ahead
     source: str = "hessian"  # tracked 'hessian' or 'ggn'; 'update_pca' (last updates) or 'random': no products
     compile: bool = False  # curvature products through torch.compile: equal to round-off, fewer and fused kernels
     drift_tol: float = 0.3  # refresh_every 'auto': sine of the largest principal angle between refreshes, in (0, 1]
@@ -127,7 +127,9 @@ def preset_arguments(name: str):  # a key of `PRESETS`
 ACCEPTED = {  # key -> the names it accepts: the registries above, and the lists of the layers below
     **dict(data=tuple(TASKS), model=tuple(MODELS), activation=tuple(ACTIVATIONS), loss=tuple(LOSS_FUNCTIONS)),
     **dict(base=tuple(BASE_OPTIMIZERS), mode=MODES, hessian_data=("full", "subsample", "minibatch")),
-    **dict(solver=("warm", "cold"), refresh_every=("auto",), preset=tuple(PRESETS)),  # refresh_every: or a count T
+    **dict(
+        solver=("warm", "cold", "power"), refresh_every=("auto",), preset=tuple(PRESETS)
+    ),  # refresh_every: or a count T
     "k": ("auto",),  # or a rank
     **dict(source=("hessian", "ggn", "update_pca", "random")),
 }

@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_train.ipynb #d8e81051
 from __future__ import annotations
-import json, signal, threading, time
+import json, math, signal, threading, time
 from dataclasses import asdict
 from pathlib import Path
 import pandas as pd
@@ -70,9 +70,10 @@ def _subspace(s, op, kw):
     if s.source == "random":  # a random k-dimensional subspace, drawn anew every T steps
         return RandomSubspace(op, kw["k"], seed=kw["seed"], refresh_every=s.refresh_every)
     tracker = MinibatchSubspace if s.hessian_data == "minibatch" else DominantSubspace  # 'minibatch': see `Run.step`
-    return tracker(op, refresh_every=s.refresh_every, **kw)
+    power = dict(max_warm_restarts=0, ahead=True, restart_tol=math.inf) if s.solver == "power" else {}  # see below
+    return tracker(op, refresh_every=s.refresh_every, **kw, **power)
 
-
+# %% ../nbs/06_train.ipynb #3666a43c
 def build_run(
     cfg: ExperimentConfig,  # the experiment
     method: MethodConfig,  # one of its methods

@@ -23,12 +23,15 @@ def test_gpu_pilot_small_writes_its_table(tmp_path):
     out = subprocess.run([*cmd, "--out", str(tmp_path)], capture_output=True, text=True, timeout=600, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     table = pd.read_csv(tmp_path / "pilot.csv")
-    assert table.setting.tolist() == ["mlp, T=1", "mlp, T=10", "mlp, T=1, k auto", "cnn, T=1, subsample"]
+    settings = ["mlp, T=1", "mlp, T=1, power", "mlp, T=10", "mlp, T=1, k auto", "cnn, T=1, subsample"]
+    assert table.setting.tolist() == settings
     times = table.filter(like="_ms")
     assert (times > 0).all().all(), table
     t1, t10 = table.set_index("setting").loc[["mlp, T=1", "mlp, T=10"]].itertuples()
     assert t1.products_per_step > 5 * t10.products_per_step > 0  # every step refreshes at T = 1, a tenth at T = 10
     assert t1.projected_step_ms > t1.base_step_ms and t1.cold_products > t1.products_per_step
+    power = table.set_index("setting").loc["mlp, T=1, power"]  # one block of k + 2 = 12 products a refresh
+    assert power.products_per_step == 12 < t1.products_per_step, table
     report = json.loads((tmp_path / "pilot.json").read_text())
     assert report["workers"] == 2 and report["throughput_gain"] > 0 and report["environment"]["device"] == "cpu"
     parts = pd.read_csv(tmp_path / "parts.csv")  # a warm refresh, and what it is made of besides its products

@@ -7,7 +7,8 @@ notebooks estimate their cost from these units. On the FULL network (Fashion-MNI
 784-200-200-10 tanh, MSE, batch 50, k = 10) and on the CNN (conv 32, its subspace from a fixed 1,000-image subsample)
 it times, with the device synchronised:
 
-- an SGD step, a Bulk-SGD step with its subspace refreshed every step (T = 1, warm) and one refreshed every 10;
+- an SGD step, a Bulk-SGD step with its subspace refreshed every step (T = 1, warm; and with `solver: power`, one
+  block product a refresh) and one refreshed every 10;
 - the first (cold) solve, a logged row (train and test evaluation, the logging tracker's refresh, its λ_{k+1});
 - the same with `k: auto` (E5): a first solve that picks the rank among the top 21 pairs, rows that log 21 of them;
 - one Hessian-vector product and a block of 10 in one pass;
@@ -188,6 +189,7 @@ def main(argv=None):
     cnn = {**size, "hidden": [4] if a.small else [32]}  # the CNN's channels
     for name, cfg in [
         ("mlp, T=1", lambda: config(size, device, refresh_every=1)),
+        ("mlp, T=1, power", lambda: config(size, device, refresh_every=1, solver="power")),
         ("mlp, T=10", lambda: config(size, device, refresh_every=10)),
         ("mlp, T=1, k auto", lambda: config(size, device, refresh_every=1, k="auto")),
         (
