@@ -12,8 +12,8 @@ import torch.multiprocessing as mp
 
 # %% auto #0
 __all__ = ['default_backend', 'rank', 'world_size', 'barrier', 'init_from_env', 'resolve_group', 'all_reduce_sum', 'gather_meta',
-           'check_agree', 'gloo_threads', 'shutdown', 'finish', 'shard_bounds', 'shard', 'local_loss_scale',
-           'free_port', 'run_processes']
+           'check_agree', 'same_on_every_rank', 'gloo_threads', 'shutdown', 'finish', 'shard_bounds', 'shard',
+           'local_loss_scale', 'free_port', 'run_processes']
 
 # %% ../nbs/05a_distributed.ipynb #589342da
 def default_backend():
@@ -108,6 +108,20 @@ def check_agree(
             f"ranks disagree on {what} (" + ", ".join(f"rank {r}: {v}" for r, v in zip(ranks, vals)) + f"): {advice}"
         )
     return vals[0]
+
+# %% ../nbs/05a_distributed.ipynb #ee9ffa05
+def same_on_every_rank(
+    group,  # the ranks' process group, or None (one process: nothing to compare)
+    what: str,  # whose settings, for the message, e.g. "the tracker's"
+    advice: str,  # what to do when they differ
+    **settings,  # name -> this rank's (picklable) value
+):
+    "Refuse settings that differ between the ranks of `group` (one `gather_meta`), naming each rank's value."
+    if group is None:
+        return
+    metas = gather_meta(group, **settings)
+    for name in settings:
+        check_agree(metas, name, f"{what} `{name}`", advice=advice)
 
 # %% ../nbs/05a_distributed.ipynb #6c3d30d7
 def gloo_threads() -> list[str]:

@@ -10,7 +10,7 @@ from fastcore.basics import patch
 from tqdm.auto import tqdm
 from .losses import check_loss, loss_sum, prepare_targets
 from .subspace import DominantSubspace, _alignment, alignment, project
-from .distributed import check_agree, gather_meta
+from .distributed import same_on_every_rank
 
 # %% auto #0
 __all__ = ['MODES', 'SETTINGS', 'ProjectedOptimizer', 'dom_sgd', 'bulk_sgd', 'interpolated_sgd', 'damped_dominant_sgd',
@@ -226,12 +226,9 @@ def _warn_unconfined(base: torch.optim.Optimizer, mode: str):
 # %% ../nbs/03_optim.ipynb #07f78aae
 def _same_on_every_rank(opt):  # a `ProjectedOptimizer` being built
     "Refuse settings that differ between a data-parallel operator's ranks: their steps would call collectives apart."
-    group = getattr(getattr(opt.subspace, "op", None), "group", None)
-    if group is None:
-        return
-    metas = gather_meta(group, base=type(opt.base).__name__, **{a: getattr(opt, a) for a in SETTINGS})
-    for a in ("base", *SETTINGS):
-        check_agree(metas, a, f"the optimizer's `{a}`", advice="build it with the same settings on every rank")
+    group, settings = getattr(getattr(opt.subspace, "op", None), "group", None), {a: getattr(opt, a) for a in SETTINGS}
+    advice = "build it with the same settings on every rank"
+    same_on_every_rank(group, "the optimizer's", advice, base=type(opt.base).__name__, **settings)
 
 # %% ../nbs/03_optim.ipynb #9be5cc00
 class ProjectedOptimizer(_WrapperBase):

@@ -11,7 +11,7 @@ from .curvature import CurvatureOperator, GGNOperator, HessianOperator, as_batch
 from .krylov import _orth_against
 from .lanczos import _check_int
 from .subspace import DominantSubspace, _synced
-from .distributed import check_agree, gather_meta
+from .distributed import same_on_every_rank
 
 # %% auto #0
 __all__ = ['TimedSubspace', 'hessian_source', 'ggn_source', 'subsample_source', 'MinibatchSubspace', 'UpdatePCASubspace',
@@ -245,10 +245,10 @@ def _check_source(
     bad = isinstance(refresh_every, bool) or not isinstance(refresh_every, int) or refresh_every < 1
     if refresh_every is not None and bad:
         raise ValueError(f"`refresh_every` must be None or an int >= 1, got {refresh_every!r}")
-    if getattr(op, "group", None) is not None:  # ranks that refresh apart, or draw apart, would drift apart
-        metas = gather_meta(op.group, kind=kind, k=k, refresh_every=refresh_every, seed=seed)
-        for a in ("kind", "k", "refresh_every", "seed"):
-            check_agree(metas, a, f"the source's `{a}`", advice="build it with the same settings on every rank")
+    advice = "build it with the same settings on every rank"  # ranks that refresh or draw apart would drift apart
+    same_on_every_rank(
+        getattr(op, "group", None), "the source's", advice, kind=kind, k=k, refresh_every=refresh_every, seed=seed
+    )
 
 # %% ../nbs/02a_sources.ipynb #db9a2c42
 class _BasisSource(_SourceState):

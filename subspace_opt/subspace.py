@@ -12,7 +12,7 @@ import torch
 from fastcore.basics import patch
 from .krylov import _Solve, _accepted, _block_solve, _orth_against, angle_bound
 from .lanczos import _check_int, _check_operator, _check_orthonormal, check_symmetric
-from .distributed import check_agree, gather_meta
+from .distributed import same_on_every_rank
 
 # %% auto #0
 __all__ = ['project', 'project_dom', 'project_bulk', 'alignment', 'choose_k', 'DominantSubspace']
@@ -148,12 +148,10 @@ def _same_on_every_rank(
     op,  # its operator
 ):
     "Refuse settings that differ between the ranks of a data-parallel `op`: the ranks' collectives would hang or mix."
-    group = getattr(op, "group", None)
-    if group is None:
-        return
-    metas = gather_meta(group, **{a: getattr(sub, a) for a in _RANK_SETTINGS})
-    for a in _RANK_SETTINGS:
-        check_agree(metas, a, f"the tracker's `{a}`", advice="build it with the same settings everywhere")
+    settings = {a: getattr(sub, a) for a in _RANK_SETTINGS}
+    same_on_every_rank(
+        getattr(op, "group", None), "the tracker's", "build it with the same settings everywhere", **settings
+    )
 
 # %% ../nbs/02_subspace.ipynb #f1a8e5ed
 def _check_solver(  # `DominantSubspace`'s arguments of that name
