@@ -13,8 +13,8 @@ from .subspace import DominantSubspace, _alignment, alignment, project
 from .distributed import same_on_every_rank
 
 # %% auto #0
-__all__ = ['MODES', 'SETTINGS', 'ProjectedOptimizer', 'dom_sgd', 'bulk_sgd', 'interpolated_sgd', 'damped_dominant_sgd',
-           'bulk_amplified_sgd', 'dom_bulk_sgd', 'sgd_steps']
+__all__ = ['MODES', 'SETTINGS', 'ProjectedOptimizer', 'StepDiagnostics', 'dom_sgd', 'bulk_sgd', 'interpolated_sgd',
+           'damped_dominant_sgd', 'bulk_amplified_sgd', 'dom_bulk_sgd', 'sgd_steps']
 
 # %% ../nbs/03_optim.ipynb #1a896131
 def _check_base(base):
@@ -333,6 +333,61 @@ def _refuse_unwritable(opt: ProjectedOptimizer, U: torch.Tensor):
             "gradient (torch.zeros_like) or leave it out of the operator (requires_grad=False)"
         )
 
+# %% ../nbs/03_optim.ipynb #885362f8
+def _diagnostics(
+    U: torch.Tensor,  # the basis (p, k) a step projected on
+    g: torch.Tensor,  # its gradient (p,)
+    delta: torch.Tensor,  # the update it applied (p,)
+    lr: float,  # its largest learning rate
+    lambda1: torch.Tensor,  # the tracker's top eigenvalue at that step
+):
+    "χ_k of a step's gradient and update, η·λ_1, and the effective learning rates of its Dominant and Bulk parts."
+    gd, dd = U.T @ g, U.T @ delta
+    gb = g - U @ gd  # the gradient's Bulk part, directly: ‖g‖² − ‖Uᵀg‖² cancels where g lies (nearly) in span U
+    floor = torch.finfo(g.dtype).eps * (g @ g)  # ‖part‖ <= √ε‖g‖: its rate would carry an error above √ε
+    nan = torch.full_like(floor, math.nan)
+    rate = lambda num, den: torch.where(den > floor, num / den, nan)  # NaN: undefined (a part below rounding)
+    return dict(
+        chi_grad=_alignment(U, g),  # U is the tracker's basis: no checks
+        chi_update=_alignment(U, delta),
+        lr_x_lambda1=lr * lambda1,
+        eff_lr_dom=rate(-(dd @ gd), gd @ gd),
+        eff_lr_bulk=rate(-(delta @ gb), gb @ gb),
+    )
+
+# %% ../nbs/03_optim.ipynb #5f313297
+class StepDiagnostics(collections.abc.Mapping):
+    "A projected step's diagnostics (tensors), computed from its basis, gradient and update when first read."
+
+    def __init__(
+        self,
+        U: torch.Tensor,  # the basis (p, k) the step projected on
+        g: torch.Tensor,  # its gradient (p,)
+        delta: torch.Tensor,  # the update it applied (p,)
+        lr: float,  # its largest learning rate
+        lambda1: torch.Tensor,  # the tracker's top eigenvalue at that step
+    ):
+        self._inputs, self._values = (U, g, delta, lr, lambda1), None
+
+    def _computed(self):
+        "The diagnostics, computed once; the inputs are dropped then."
+        if self._values is None:
+            self._values = _diagnostics(*self._inputs)
+            self._inputs = None
+        return self._values
+
+    def __getitem__(self, key):
+        return self._computed()[key]
+
+    def __iter__(self):
+        return iter(self._computed())
+
+    def __len__(self):
+        return len(self._computed())
+
+    def __repr__(self):
+        return f"StepDiagnostics({self._computed()!r})"
+
 # %% ../nbs/03_optim.ipynb #72c35e8b
 def _projected_step(opt: ProjectedOptimizer):
     "Project the gradient before the base step, or the base step's update after it, on the tracked basis; diagnose."
@@ -349,18 +404,9 @@ def _projected_step(opt: ProjectedOptimizer):
 
 
 def _diagnose(opt: ProjectedOptimizer, U, g, delta):
-    "Store the step's diagnostics (tensors) in `opt.last`, and the applied update in `opt.last_update`."
-    gd, dd = U.T @ g, U.T @ delta
-    gb = g - U @ gd  # the gradient's Bulk part, directly: ‖g‖² − ‖Uᵀg‖² cancels where g lies (nearly) in span U
-    floor = torch.finfo(g.dtype).eps * (g @ g)  # ‖part‖ <= √ε‖g‖: its rate would carry an error above √ε
-    rate = lambda num, den: torch.where(den > floor, num / den, torch.full_like(den, math.nan))  # NaN: undefined
-    opt.last = dict(
-        chi_grad=_alignment(U, g),  # U is the tracker's basis: no checks at every step
-        chi_update=_alignment(U, delta),
-        lr_x_lambda1=max(group["lr"] for group in opt.param_groups) * opt.subspace.eigenvalues[0],  # the largest η
-        eff_lr_dom=rate(-(dd @ gd), gd @ gd),
-        eff_lr_bulk=rate(-(delta @ gb), gb @ gb),
-    )
+    "Keep the step's diagnostics in `opt.last` (computed when read) and its update in `opt.last_update`."
+    lr = max(group["lr"] for group in opt.param_groups)  # the largest η, as it is at this step
+    opt.last = StepDiagnostics(U, g, delta, lr, opt.subspace.eigenvalues[0])
     opt.last_update = delta  # the applied step, for the runner's leakage measurement
 
 # %% ../nbs/03_optim.ipynb #c21b1294
