@@ -38,6 +38,10 @@ def test_gpu_pilot_small_writes_its_table(tmp_path):
     assert parts.part[0].startswith("warm refresh (") and parts.part[1] == "block product (12 vectors)", parts
     assert len(parts) == 7 and (parts.ms > 0).all() and parts.ms[0] > parts.ms[1], parts
     assert [p["part"] for p in report["parts"]] == parts.part.tolist()
+    stacked = pd.read_csv(tmp_path / "stacked.csv")  # 12 runs one after another, and stacked into one batched call
+    assert stacked.what.tolist() == ["SGD step", "Hessian block of 12"] and (stacked.members == 12).all(), stacked
+    assert (stacked.separate_ms > 0).all() and (stacked.stacked_ms > 0).all() and (stacked.speedup > 0).all(), stacked
+    assert stacked.rel_diff[1] < 1e-4, stacked  # the stacked products are the separate ones, to float32 rounding
 
 
 def test_refresh_bench_small_writes_its_table(tmp_path):

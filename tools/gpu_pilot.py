@@ -16,7 +16,11 @@ it times, with the device synchronised:
   how much running several runs on one device gains;
 - on the FULL MLP, a warm refresh and its pieces (a block product, orthonormalising a block, Rayleigh-Ritz, the angle
   bound, the drift between two bases) and the projection of a gradient: where a refresh's time goes besides products
-  (parts.csv).
+  (parts.csv);
+- `--members` runs (12) of the FULL MLP one after another against the same runs stacked into one batched call
+  (`torch.func.vmap` over their parameters): an SGD step each, and a block of 12 Hessian-vector products each on the
+  whole data set, with the stacked products' relative difference from the separate ones (stacked.csv) — what runs
+  that share one model and data set would gain from being trained as one.
 
 `--small` swaps in digits and a small MLP, for a check on a CPU (tests/test_tools.py runs it). The base step, the
 logged row, the products and the refresh's parts are medians over repeats after a warm-up call; the projected step is
@@ -27,6 +31,7 @@ The tables (pilot.csv, parts.csv, pilot.json) go to `--out`, default the current
 """
 
 import argparse
+import copy
 import json
 import multiprocessing as mp
 import statistics
@@ -37,7 +42,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from subspace_opt.config import config_from_dict
+from subspace_opt.config import config_from_dict, make_model
+from subspace_opt.curvature import HessianOperator, _hessian_rows, loss_sum, prepare_targets
 from subspace_opt.data import default_device, environment
 from subspace_opt.krylov import _orth_against, _rayleigh_ritz, angle_bound
 from subspace_opt.metrics import measure
@@ -139,6 +145,48 @@ def parts(cfg, repeats: int):
     return pd.DataFrame(dict(part=list(ms), ms=[1e3 * t for t in ms.values()]))
 
 
+def stacked(cfg, repeats: int, members: int):
+    "Milliseconds of `members` runs' SGD steps and Hessian blocks one run after another, and stacked into one call."
+    data = task_data(cfg)
+    (X, y), b, loss = data.train, cfg.batch_size, cfg.loss
+    models = [make_model(cfg, data, seed) for seed in range(members)]
+    opts = [torch.optim.SGD(m.parameters(), lr=0.05) for m in models]
+    params = {n: p.detach().clone() for n, p in torch.func.stack_module_state(models)[0].items()}
+    shell = copy.deepcopy(models[0]).to("meta")  # the structure only: parameters come from `params`
+    idx = torch.randint(0, len(X), (members, b), generator=torch.Generator().manual_seed(0)).to(X.device)
+    T = prepare_targets(y, loss, data.n_classes, X.dtype)
+
+    def separate_steps():
+        for m, o, i in zip(models, opts, idx):
+            o.zero_grad()
+            _batch_loss(m(X[i]), y[i], loss, b).backward()
+            o.step()
+
+    one = lambda ps, xb, tb: loss_sum(torch.func.functional_call(shell, ps, (xb,)), tb, loss) / b
+    grads = torch.func.vmap(torch.func.grad(one))
+
+    def stacked_step():
+        for n, g in grads(params, X[idx], T[idx]).items():
+            params[n].sub_(0.05 * g)
+
+    ops = [HessianOperator(m, loss, data.train) for m in models]
+    V = torch.randn(members, ops[0].shape[0], 12, generator=torch.Generator().manual_seed(1)).to(X.device, X.dtype)
+    rows = torch.func.vmap(_hessian_rows, in_dims=(None, 0, None, None, None, None, 0, None))
+    stacked_blocks = lambda: rows(shell, params, {}, X, T, loss, V.transpose(1, 2), ops[0]._layout) / len(X)
+    separate_blocks = lambda: torch.stack([(o @ v).T for o, v in zip(ops, V)])
+    params.update({n: p.detach().clone() for n, p in torch.func.stack_module_state(models)[0].items()})
+    want, got = separate_blocks(), stacked_blocks()  # the same products, stacked: a check of the batched path
+    diff = ((got - want).norm() / want.norm()).item()
+    out = []
+    for what, sep, stk, check in [
+        ("SGD step", separate_steps, stacked_step, float("nan")),
+        ("Hessian block of 12", separate_blocks, stacked_blocks, diff),
+    ]:
+        t_sep, t_stk = timed(sep, models[0], repeats), timed(stk, models[0], repeats)
+        out.append(dict(what=what, members=members, separate_ms=1e3 * t_sep, stacked_ms=1e3 * t_stk, rel_diff=check))
+    return pd.DataFrame(out).assign(speedup=lambda t: t.separate_ms / t.stacked_ms)
+
+
 _BARRIER = None  # in a worker of the shared measurement: the barrier all of them wait at
 
 
@@ -178,9 +226,10 @@ def main(argv=None):
     ap.add_argument("--workers", type=int, default=4, help="processes that share the device in the last measurement")
     ap.add_argument("--small", action="store_true", help="digits and a small MLP: a quick check on a CPU")
     ap.add_argument("--repeats", type=int, default=20, help="timed repeats of each step")
+    ap.add_argument("--members", type=int, default=12, help="runs stacked into one batched call (stacked.csv)")
     a = ap.parse_args(argv)
-    if a.workers < 1 or a.repeats < 1:
-        sys.exit("gpu_pilot: --workers and --repeats must be >= 1")
+    if a.workers < 1 or a.repeats < 1 or a.members < 2:
+        sys.exit("gpu_pilot: --workers and --repeats must be >= 1, --members >= 2")
     device, size, t_start = str(default_device()), SMALL if a.small else FULL, time.perf_counter()
     rows, out = [], Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -203,6 +252,9 @@ def main(argv=None):
     pieces = parts(config(size, device, refresh_every=1), a.repeats)
     pieces.to_csv(out / "parts.csv", index=False)
     print(f"refresh parts: {time.perf_counter() - t_start:.0f} s so far", flush=True)
+    stack = stacked(config(size, device), max(3, a.repeats // 4), a.members)
+    stack.to_csv(out / "stacked.csv", index=False)
+    print(f"stacked runs: {time.perf_counter() - t_start:.0f} s so far", flush=True)
     alone = rows[0]["projected_step"]
     together = shared(size, device, max(4, a.repeats // 2), a.workers)
     table = in_ms(rows)
@@ -215,10 +267,12 @@ def main(argv=None):
         seconds=time.perf_counter() - t_start,
         table=table.to_dict(orient="records"),
         parts=pieces.to_dict(orient="records"),
+        stacked=stack.to_dict(orient="records"),
     )
     (out / "pilot.json").write_text(json.dumps(report, indent=1))
     print(table.round(3).to_string(index=False))
     print(pieces.round(3).to_string(index=False))
+    print(stack.round(4).to_string(index=False))
     print(
         f"{a.workers} runs at once: {1e3 * together:.2f} ms per projected step each, alone {1e3 * alone:.2f} ms; "
         f"throughput x{report['throughput_gain']:.2f}; pilot took {report['seconds']:.0f} s on {device}"
