@@ -225,6 +225,7 @@ def rayleigh_quotients(
     "uᵢᵀ M uᵢ for every column uᵢ of `U` and every named operator M: a table with one row per column."
     if not ops:
         raise ValueError("give at least one operator, e.g. `rayleigh_quotients(U, H=H, G=G)`")
+    U = _check_orthonormal(U, "U", next(iter(ops.values())).shape[0])  # a wrong shape: an error naming U, not matmul's
     return pd.DataFrame(
         {
             "i": range(1, U.shape[1] + 1),
