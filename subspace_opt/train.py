@@ -147,12 +147,17 @@ def _ddp(model):
     return DistributedDataParallel(model, device_ids=[dev] if dev.type == "cuda" else None) if wrap else model
 
 
-def _batch_loss(out, y, loss: str, global_batch: int):
+def _batch_loss(
+    out: torch.Tensor,  # the model's outputs on this rank's share of the mini-batch
+    t: torch.Tensor,  # their targets, as `prepare_targets` makes them
+    loss: str,  # 'mse' or 'ce'
+    global_batch: int,  # the mini-batch's size over all ranks
+):
     "The loss to back-propagate: the mini-batch mean on one process; under DDP this rank's share w/|S| · Σ_local."
-    total = loss_sum(out, prepare_targets(y, loss, out.shape[1], out.dtype), loss)
+    total = loss_sum(out, t, loss)
     return total / global_batch if world_size() == 1 else total * local_loss_scale(global_batch)
 
-
+# %% ../nbs/06_train.ipynb #fab66c36
 def _batch_trouble(
     loss,  # this rank's loss to back-propagate (`_batch_loss`)
     cfg: ExperimentConfig,  # the experiment, for its `diverge_factor`
@@ -162,9 +167,10 @@ def _batch_trouble(
     mine = loss.detach().reshape(1)
     bad = ~torch.isfinite(mine)
     total = all_reduce_sum(torch.cat([bad.to(mine.dtype), torch.where(bad, 0.0, mine)]), resolve_group())
-    if total[0].item() > 0:
+    n_bad, total = total.tolist()  # one read from the device a step
+    if n_bad > 0:
         return "non-finite mini-batch loss"
-    mean = total[1].item() / world_size()  # under DDP the ranks' shares add up to world_size × the mean
+    mean = total / world_size()  # under DDP the ranks' shares add up to world_size × the mean
     return (
         f"mini-batch loss above {cfg.diverge_factor:g}x the initial train loss"
         if mean > cfg.diverge_factor * initial
@@ -191,6 +197,7 @@ class Run:
         self.net, self.gen = _ddp(self.model), torch.Generator().manual_seed(seed)
         self.tag = dict(experiment=cfg.name, method=method.name, seed=seed)
         self.state, self.reason, self.leak = dict(step=0, order=[], initial=float("nan"), train_seconds=0.0), "", {}
+        self.targets = (None, None)  # (labels, their prepared targets), made at the first step
 
     @property
     def over(self):
@@ -199,13 +206,8 @@ class Run:
 
     def _row(self, row: dict):
         "A row of measurements with the run's tag, its training time so far and its divergence columns."
-        return {
-            **self.tag,
-            **row,
-            **{k: self.state[k] for k in TIMING},
-            "diverged": bool(self.reason),
-            "reason": self.reason,
-        }
+        timing, diverged = {k: self.state[k] for k in TIMING}, dict(diverged=bool(self.reason), reason=self.reason)
+        return {**self.tag, **row, **timing, **diverged}
 
     def _snapshot(self):
         "Keep the weights when `snapshot_every` asks for them at this step."
@@ -259,7 +261,10 @@ def step(self: Run):
     if cfg.subspace.hessian_data == "minibatch":
         self.opt.subspace.set_batch(X[local], y[local])  # an operator on it is built only when a refresh is due
     self.opt.zero_grad()
-    loss = _batch_loss(self.net(X[local]), y[local], cfg.loss, len(idx))
+    out = self.net(X[local])
+    if self.targets[0] is not y:  # the whole set's targets, checked once: no read from the device at every step
+        self.targets = (y, prepare_targets(y, cfg.loss, out.shape[1], out.dtype))
+    loss = _batch_loss(out, self.targets[1][local], cfg.loss, len(idx))
     self.reason = _batch_trouble(loss, cfg, self.state["initial"])  # before any refresh on a blown-up model
     s, lr = self.state["step"] + 1, self.opt.param_groups[0]["lr"]  # every row names its learning rate
     if self.reason:

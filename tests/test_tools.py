@@ -73,9 +73,13 @@ def test_gpu_pilot_refuses_bad_arguments(tmp_path):
     cmd = [sys.executable, str(ROOT / "tools" / "gpu_pilot.py"), "--small", "--workers", "0", "--out", str(tmp_path)]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and out.stderr.strip().splitlines() == [
-        "gpu_pilot: --workers and --repeats must be >= 1"
+        "gpu_pilot: --workers and --repeats must be >= 1, --members >= 2"
     ]
     assert not (tmp_path / "pilot.csv").exists()
+    one = subprocess.run(
+        [*cmd[:3], "--members", "1", "--out", str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
+    assert one.returncode != 0 and "--members >= 2" in one.stderr and not (tmp_path / "pilot.csv").exists()
 
 
 def _notebook(path: Path, *cells: str):

@@ -79,12 +79,13 @@ def steps(cfg, repeats: int, ready=None):
     data = task_data(cfg)
     model, opt, log_sub = build_run(cfg, cfg.methods[0], 0, data)
     X, y = data.train
+    T = prepare_targets(y, cfg.loss, data.n_classes, X.dtype)  # as the runner does: once, then indexed
     gen = torch.Generator().manual_seed(0)
 
     def one(project: bool):
         idx = torch.randint(0, len(X), (cfg.batch_size,), generator=gen).to(X.device)
         opt.zero_grad()
-        _batch_loss(model(X[idx]), y[idx], cfg.loss, len(idx)).backward()
+        _batch_loss(model(X[idx]), T[idx], cfg.loss, len(idx)).backward()
         (opt.step if project else opt.base.step)()
 
     dev = X.device
@@ -154,12 +155,12 @@ def stacked(cfg, repeats: int, members: int):
     params = {n: p.detach().clone() for n, p in torch.func.stack_module_state(models)[0].items()}
     shell = copy.deepcopy(models[0]).to("meta")  # the structure only: parameters come from `params`
     idx = torch.randint(0, len(X), (members, b), generator=torch.Generator().manual_seed(0)).to(X.device)
-    T = prepare_targets(y, loss, data.n_classes, X.dtype)
+    T = prepare_targets(y, loss, data.n_classes, X.dtype)  # as the runner does: once, then indexed
 
     def separate_steps():
         for m, o, i in zip(models, opts, idx):
             o.zero_grad()
-            _batch_loss(m(X[i]), y[i], loss, b).backward()
+            _batch_loss(m(X[i]), T[i], loss, b).backward()
             o.step()
 
     one = lambda ps, xb, tb: loss_sum(torch.func.functional_call(shell, ps, (xb,)), tb, loss) / b
