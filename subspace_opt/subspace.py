@@ -324,8 +324,8 @@ def refresh(
     op, t0, prev = op if op is not None else self.op, time.perf_counter(), self.basis
     res, cold, n_mv = _solve(self, op, cold)
     m, dev = self.n_eigs, op.device
-    synced = _synced(op, res.V[:, :m], res.theta[:m].to(dev), res.rel[:m].to(dev), _next_block(res, m))
-    self.eigvecs, self.eigenvalues, self.residuals, self.block = synced  # the block: one power step ahead
+    V, theta, rel, block = _synced(op, res.V[:, :m], res.theta[:m], res.rel[:m], _next_block(res, m))  # θ: on the host
+    self.eigvecs, self.eigenvalues, self.residuals, self.block = V, theta.to(dev), rel.to(dev), block  # block: H V
     if self.ahead:  # its first m columns span H V[:, :m] (QR keeps the order)
         self.eigvecs = self.block[:, :m]
     self.n_matvecs, self.n_refreshes, self.last_refresh = self.n_matvecs + n_mv, self.n_refreshes + 1, self.n_updates
@@ -340,8 +340,8 @@ def refresh(
         angle=angle,
         bound=res.bound,
         converged=res.converged,
-        max_residual=self.residuals.max().item(),
-        eigenvalues=self.eigenvalues.tolist(),
+        max_residual=rel.max().item(),  # from the host's copies: no read of the device
+        eigenvalues=theta.tolist(),
         period=self.period,
         k=self.k,
     )
