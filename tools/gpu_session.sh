@@ -9,8 +9,8 @@
 #                          [--reserve SECONDS] [--no-tests] [--no-pilot] [--no-bench] [NOTEBOOK ...]
 #
 #   --out DIR        where everything lands (created): session.log (this script's output), tests.log (pytest -m cuda
-#                    and nbdev_test --flags cuda on each library notebook with a `#| cuda` cell), pilot.csv and
-#                    pilot.json (tools/gpu_pilot.py), refresh.csv and refresh.json (tools/refresh_bench.py: a warm
+#                    and nbdev_test --flags cuda on each library notebook with a `#| cuda` cell), pilot.csv,
+#                    parts.csv, stacked.csv and pilot.json (tools/gpu_pilot.py), refresh.csv and refresh.json (tools/refresh_bench.py: a warm
 #                    refresh of the tracker against a cold eigsh on this device), benchmarks/B05_compiled_products.ipynb
 #                    (that benchmark executed here: compiled curvature products against uncompiled ones on this
 #                    device), gpu.csv (nvidia-smi's load and memory every 10 s), notebook-logs/ (each notebook's
