@@ -127,9 +127,8 @@ def preset_arguments(name: str):  # a key of `PRESETS`
 ACCEPTED = {  # key -> the names it accepts: the registries above, and the lists of the layers below
     **dict(data=tuple(TASKS), model=tuple(MODELS), activation=tuple(ACTIVATIONS), loss=tuple(LOSS_FUNCTIONS)),
     **dict(base=tuple(BASE_OPTIMIZERS), mode=MODES, hessian_data=("full", "subsample", "minibatch")),
-    **dict(
-        solver=("warm", "cold", "power"), refresh_every=("auto",), preset=tuple(PRESETS)
-    ),  # refresh_every: or a count T
+    "solver": ("warm", "cold", "power"),  # the optimizer's tracker (the runner chapter: `solver: power`)
+    **dict(refresh_every=("auto",), preset=tuple(PRESETS)),  # refresh_every: or a count T
     "k": ("auto",),  # or a rank
     **dict(source=("hessian", "ggn", "update_pca", "random")),
 }
