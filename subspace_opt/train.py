@@ -167,10 +167,10 @@ def _batch_trouble(
     mine = loss.detach().reshape(1)
     bad = ~torch.isfinite(mine)
     total = all_reduce_sum(torch.cat([bad.to(mine.dtype), torch.where(bad, 0.0, mine)]), resolve_group())
-    n_bad, total = total.tolist()  # one read from the device a step
+    n_bad, summed = total.tolist()  # one read from the device a step
     if n_bad > 0:
         return "non-finite mini-batch loss"
-    mean = total / world_size()  # under DDP the ranks' shares add up to world_size × the mean
+    mean = summed / world_size()  # under DDP the ranks' shares add up to world_size × the mean
     return (
         f"mini-batch loss above {cfg.diverge_factor:g}x the initial train loss"
         if mean > cfg.diverge_factor * initial

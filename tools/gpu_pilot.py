@@ -175,7 +175,6 @@ def stacked(cfg, repeats: int, members: int):
     rows = torch.func.vmap(_hessian_rows, in_dims=(None, 0, None, None, None, None, 0, None))
     stacked_blocks = lambda: rows(shell, params, {}, X, T, loss, V.transpose(1, 2), ops[0]._layout) / len(X)
     separate_blocks = lambda: torch.stack([(o @ v).T for o, v in zip(ops, V)])
-    params.update({n: p.detach().clone() for n, p in torch.func.stack_module_state(models)[0].items()})
     want, got = separate_blocks(), stacked_blocks()  # the same products, stacked: a check of the batched path
     diff = ((got - want).norm() / want.norm()).item()
     out = []
