@@ -15,7 +15,7 @@ from subspace_opt.curvature import (
     TorchLinearOperator,
     as_batches,
 )
-from .lanczos import _check_int, _check_orthonormal, block_lanczos, check_symmetric
+from .lanczos import _check_int, _check_operator, _check_orthonormal, block_lanczos, check_symmetric
 
 # %% auto #0
 __all__ = ['QUANTITIES', 'ESTIMATORS', 'Estimate', 'exact_quadratic', 'hutchinson', 'hutchpp', 'estimate_quadratic',
@@ -137,8 +137,7 @@ class BulkOperator(TorchLinearOperator):
         M,  # symmetric operator or tensor (p, p)
         U: torch.Tensor,  # (p, k) orthonormal basis
     ):
-        if U.ndim != 2 or U.shape[0] != M.shape[0]:
-            raise ValueError(f"`U` must have shape (p={M.shape[0]}, k), got {tuple(U.shape)}")
+        U = _check_orthonormal(U, "U", _check_operator(M))  # `M` a square tensor or operator, `U` its (p, k) basis
         super().__init__(M.shape, M.dtype, M.device)
         self.M, self.U = M, U.to(M.device, M.dtype)
 

@@ -26,7 +26,7 @@ class LanczosResult:
     eigenvalues: torch.Tensor  # (k,) float64, descending
     eigenvectors: torch.Tensor  # (p, k) orthonormal columns, operator's dtype and device
     residuals: torch.Tensor  # (k,) float64, ‖Hu − λu‖ / |λ| (|λ| floored at max(tol, √ε)·the spectrum's scale)
-    n_matvecs: int  # operator-vector products used (a block of b counts b)
+    n_matvecs: int  # products used (a block of b counts b; not the 2 of a symmetry check, see check_symmetric)
     converged: bool = False  # the residuals were checked against tol and all are <= tol
     n_restarts: int = 0  # restart cycles after the first
 
@@ -52,6 +52,11 @@ def _check_operator(op):  # what a solver was given as its operator
     if isinstance(op, torch.Tensor) and not torch.isfinite(op).all():
         raise ValueError("`op` must be finite: the tensor holds NaN or inf entries")
     return op.shape[0]
+
+
+def _as_int(value):  # an argument's value
+    "numpy's integers (a grid from `np.arange`, a pandas column) as Python ints; any other value unchanged."
+    return int(value) if isinstance(value, np.integer) else value
 
 
 def _check_int(
@@ -114,6 +119,8 @@ def check_symmetric(
 ):
     "Refuse `op` unless |uᵀAv − vᵀAu| <= rtol ‖A‖‖u‖‖v‖ on a random pair; return that relative asymmetry."
     _same_seed(op, seed)  # every solver checks here: a data-parallel operator's ranks must draw the same vectors
+    if rtol is not None and (isinstance(rtol, bool) or not isinstance(rtol, (int, float)) or not rtol >= 0):
+        raise ValueError(f"`rtol` must be None or a number >= 0, got {rtol!r}")
     if getattr(op, "SELF_ADJOINT", False) is True:
         return 0.0
     g = torch.Generator(device=op.device).manual_seed(seed)
@@ -525,15 +532,17 @@ def _zero_pairs(A, k, seed, mv):
     return np.zeros(k), Q
 
 
-def _eigsh_result(op, vals, vecs, n_mv, tol, residuals):
-    "ARPACK's pairs as a `LanczosResult`, descending; with `residuals`, converged only if they are all <= tol."
+def _eigsh_result(op, vals, vecs, n_mv, tol, residuals, scale=0.0):
+    """ARPACK's pairs as a `LanczosResult`, descending; with `residuals`, converged only if they are all <= tol.
+    Residuals are relative to max(|λ|, the floor of `_rel`), its scale the larger of max |λ| and `scale` (the largest
+    ‖Ax‖/‖x‖ ARPACK's products saw): which='SA' on a null space returns λ ≈ 0, not the spectrum's scale."""
     order = np.argsort(-vals)
     lam = torch.as_tensor(vals[order].astype(np.float64), device=op.device)
     _warn_repeated("scipy_eigsh", lam, tol)  # ARPACK's single start vector misses copies as `lanczos` does
     U = torch.as_tensor(np.ascontiguousarray(vecs[:, order])).to(op.device, op.dtype)
     if not residuals:
         return LanczosResult(lam, U, torch.full_like(lam, float("nan")), n_mv, True, 0)
-    res = _pair_rel(_block_product(op, U), U, lam, None, tol)
+    res = _pair_rel(_block_product(op, U), U, lam, max(float(lam.abs().max()), scale), tol)
     converged = bool((res <= tol).all())
     if not converged:
         warnings.warn(f"scipy_eigsh: ARPACK stopped, but the largest relative residual {res.max():.2e} > tol={tol:g}")
@@ -555,12 +564,14 @@ def scipy_eigsh(
         raise ValueError(f"`ncv` must be None or an int in ({k}, p={p}], got {ncv!r}")
     check_symmetric(op, seed)
     A = _as_scipy(op)
-    n_mv = [0]
+    n_mv, scale = [0], [0.0]  # products, and the largest ‖Ax‖/‖x‖ among them: the spectrum's scale, seen for free
 
     def mv(x):
         n_mv[0] += 1
         y = A.matvec(x)
         _check_products(y, op, "scipy_eigsh")
+        nx = float(np.linalg.norm(x))
+        scale[0] = max(scale[0], float(np.linalg.norm(y)) / nx if nx > 0 else 0.0)
         return y
 
     v0 = np.random.default_rng(seed).standard_normal(p).astype(A.dtype)
@@ -570,4 +581,4 @@ def scipy_eigsh(
         if not str(e).startswith("ARPACK error -9"):
             raise
         vals, vecs = _zero_pairs(A, k, seed, mv)
-    return _eigsh_result(op, vals, vecs, n_mv[0], tol, residuals)
+    return _eigsh_result(op, vals, vecs, n_mv[0], tol, residuals, scale[0])

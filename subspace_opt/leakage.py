@@ -25,8 +25,9 @@ def _check_step(
         raise ValueError(f"`U` must be a (p, k) basis, got {getattr(U, 'shape', type(U).__name__)}")
     p, k = U.shape
     for name, t, want in (("lam", lam, (k,)), ("delta", delta, (p,)), ("grad", grad, (p,))):
-        if tuple(t.shape) != want:
-            raise ValueError(f"`{name}` must have shape {want} for a basis of shape {(p, k)}, got {tuple(t.shape)}")
+        got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+        if got != want:
+            raise ValueError(f"`{name}` must be a tensor of shape {want} for a basis of shape {(p, k)}, got {got}")
         if name != "lam" and t.dtype != U.dtype:
             raise ValueError(f"`{name}` must have the basis's dtype {U.dtype}, got {t.dtype}")
 
@@ -51,6 +52,10 @@ def sharp_floor(
     grad: torch.Tensor,  # the full-batch gradient ∇L (p,) at the starting point
 ):
     "E s(‖Δ‖ ω) over directions ω uniform on the sphere: ‖Δ‖ Σ λ_i / (p ‖∇L‖) (NaN at a stationary point)."
+    if not all(isinstance(t, torch.Tensor) for t in (lam, delta, grad)):
+        raise ValueError(
+            f"`lam`, `delta` and `grad` must be tensors, got {[type(t).__name__ for t in (lam, delta, grad)]}"
+        )
     if lam.ndim != 1 or delta.ndim != 1 or grad.shape != delta.shape:
         raise ValueError(
             f"`lam` must be (k,), `delta` and `grad` (p,) alike; got {tuple(lam.shape)}, {tuple(delta.shape)}, "

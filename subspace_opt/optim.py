@@ -9,6 +9,7 @@ import torch
 from fastcore.basics import patch
 from tqdm.auto import tqdm
 from .losses import check_loss, loss_sum, prepare_targets
+from .lanczos import _as_int
 from .subspace import DominantSubspace, _alignment, alignment, project
 from .distributed import same_on_every_rank
 
@@ -59,7 +60,7 @@ def _check_params(base, subspace):
 
 # %% ../nbs/03_optim.ipynb #1c448414
 def _check_args(base, subspace, mode, start_step, switch_threshold, switch_ema):
-    "Refuse a non-torch base, a non-finite learning rate, an unknown mode, a bad start step, threshold or EMA factor."
+    "The start step, once base, learning rates, mode, start step, switch threshold and EMA factor are checked."
     _check_base(base)
     for i, group in enumerate(base.param_groups):
         if not math.isfinite(float(group.get("lr", 0.0))):
@@ -75,6 +76,7 @@ def _check_args(base, subspace, mode, start_step, switch_threshold, switch_ema):
         raise ValueError("`switch_threshold` needs the gradient on the source's data: build the source on an operator")
     if not unit(switch_ema):
         raise ValueError(f"`switch_ema` must be a number in (0, 1) (the weight of the past), got {switch_ema!r}")
+    return start_step
 
 # %% ../nbs/03_optim.ipynb #105e35a2
 def _grad_vector(params):
@@ -245,7 +247,7 @@ class ProjectedOptimizer(_WrapperBase):
         switch_threshold: float | None = None,  # or: project once the EMA of χ_k(∇L) exceeds this
         switch_ema: float = 0.9,  # EMA factor of the switch criterion
     ):
-        _check_args(base, subspace, mode, start_step, switch_threshold, switch_ema)
+        start_step = _check_args(base, subspace, mode, _as_int(start_step), switch_threshold, switch_ema)
         _warn_unconfined(base, mode)
         self.base, self.subspace, self.mode = base, subspace, mode
         self.dom, self.bulk = _check_coef("dom", dom), _check_coef("bulk", bulk)

@@ -9,7 +9,7 @@ import time
 import torch
 from .curvature import CurvatureOperator, GGNOperator, HessianOperator, as_batches
 from .krylov import _orth_against
-from .lanczos import _check_int
+from .lanczos import _as_int, _check_int
 from .subspace import DominantSubspace, _synced
 from .distributed import same_on_every_rank
 
@@ -58,7 +58,7 @@ def _first_samples(
     n: int,  # how many samples to keep, from the start
 ):
     "The first `n` samples of `data`, in order across its batches, as a list of batches."
-    batches = as_batches(data)
+    batches, n = as_batches(data), _as_int(n)
     total = sum(len(X) for X, _ in batches)
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= total:
         raise ValueError(f"`n` must be an int in [1, {total}] (the samples in `data`), got {n!r}")
@@ -263,8 +263,8 @@ class _BasisSource(_SourceState):
         refresh_every: int | None,  # new basis on every T-th call of `update()`; None: only on the first
         seed: int,  # seed of the random directions
     ):
-        self.op, self.k, self.refresh_every = _as_space(params), k, refresh_every
-        _check_source(k, refresh_every, self.op, seed, type(self).__name__)
+        self.op, self.k, self.refresh_every = _as_space(params), _as_int(k), _as_int(refresh_every)
+        _check_source(self.k, self.refresh_every, self.op, seed, type(self).__name__)
         self.gen = torch.Generator(device=self.op.device).manual_seed(_check_int(seed, "seed", 0))
         self.eigenvalues = torch.full((k,), float("nan"), dtype=self.op.dtype, device=self.op.device)
         self.basis, self.n_updates, self.n_refreshes, self.n_matvecs, self.seconds, self.info = None, 0, 0, 0, 0.0, {}
@@ -308,6 +308,7 @@ class UpdatePCASubspace(_BasisSource):
         if refresh_every is None:  # the only basis would be made on the first call, before any update is kept
             raise ValueError("`refresh_every` must be an int >= 1 for UpdatePCASubspace, got None (a random basis)")
         super().__init__(params, k, refresh_every, seed)
+        m = _as_int(m)
         if isinstance(m, bool) or not isinstance(m, int) or m < k:
             raise ValueError(f"`m` must be an int >= k={k} (the updates kept), got {m!r}")
         self.m, self.n_recorded, self.theta, self.singular_values = m, 0, None, None  # the top singular values

@@ -11,7 +11,7 @@ import warnings
 import torch
 from fastcore.basics import patch
 from .krylov import _Solve, _accepted, _block_solve, _orth_against, angle_bound
-from .lanczos import _check_int, _check_operator, _check_orthonormal, check_symmetric
+from .lanczos import _as_int, _check_int, _check_operator, _check_orthonormal, check_symmetric
 from .distributed import same_on_every_rank
 
 # %% auto #0
@@ -39,9 +39,10 @@ def _checked(
 
 def _alignment(U, v):
     "χ_k(v) without `alignment`'s checks (the optimizers' path, on the tracker's basis); NaN for a non-finite `v`."
-    n = v.norm()
-    chi = (U.T @ v).norm() / n.clamp_min(torch.finfo(v.dtype).tiny)
-    return torch.where(n == 0, torch.zeros_like(n), chi.clamp_max(1.0))  # rounding can pass 1 where v lies in span U
+    s = v.abs().amax()  # v / s: its norm neither overflows (a float32 ‖v‖ above 1e19) nor underflows (below 1e-19)
+    w = v / s.clamp_min(torch.finfo(v.dtype).tiny)
+    chi = (U.T @ w).norm() / w.norm().clamp_min(torch.finfo(v.dtype).tiny)
+    return torch.where(s == 0, torch.zeros_like(s), chi.clamp_max(1.0))  # rounding can pass 1 where v lies in span U
 
 # %% ../nbs/02_subspace.ipynb #d531b8ad
 def project(
@@ -207,6 +208,8 @@ class DominantSubspace:
         max_k: int = 20,  # k='auto': the largest rank considered
         ahead: bool = False,  # return span HV, one power step on, not the Ritz vectors V ("One step ahead")
     ):
+        refresh_every, n_eigs, cold_every, oversample = map(_as_int, (refresh_every, n_eigs, cold_every, oversample))
+        max_warm_restarts, min_every, max_every, max_k = map(_as_int, (max_warm_restarts, min_every, max_every, max_k))
         self.ahead = _check_solver(op, n_eigs, tol, cold_tol, restart_tol, cold_every, max_warm_restarts, ahead)
         k, self.auto_k, self.max_k, self.n_eigs_asked = _initial_rank(k, max_k, op.shape[0]), k == "auto", max_k, n_eigs
         p, self.n_eigs, self.k_pending = op.shape[0], max(n_eigs or k, k) if self.auto_k else n_eigs or k, self.auto_k
@@ -219,11 +222,6 @@ class DominantSubspace:
         self.seed, self.eigvecs, self.eigenvalues, self.residuals, self.info = seed, None, None, None, {}
         self.block, self.n_matvecs, self.n_refreshes, self.n_updates, self.last_refresh = None, 0, 0, 0, 0
         _same_on_every_rank(self, op)
-
-    @property
-    def basis(self):
-        "The (p, k) orthonormal basis U of the Dominant subspace (None before the first refresh)."
-        return None if self.eigvecs is None else self.eigvecs[:, : self.k]
 
 # %% ../nbs/02_subspace.ipynb #c9f0a2ed
 def _cold_solve(sub: DominantSubspace, op):
@@ -311,7 +309,30 @@ def _solve(
         n_mv += res.n_matvecs
     return (_settle_rank(sub, res) if sub.k_pending else res), cold, n_mv
 
+# %% ../nbs/02_subspace.ipynb #22099e16
+def _refresh_operator(
+    sub: DominantSubspace,  # the tracker
+    op,  # `refresh`'s argument: None (the tracker's own) or an operator for this refresh only
+):
+    "The operator of a refresh: `sub.op`, or `op` once it has the tracker's dimension, dtype and device."
+    if op is None:
+        return sub.op
+    if _check_operator(op) != sub.op.shape[0]:
+        raise ValueError(f"`op` must act on the tracker's p={sub.op.shape[0]} parameters, got shape {tuple(op.shape)}")
+    if (op.dtype, torch.device(op.device)) != (sub.op.dtype, torch.device(sub.op.device)):
+        raise ValueError(
+            f"`op` must have the tracker's dtype and device ({sub.op.dtype}, {sub.op.device}), got "
+            f"({op.dtype}, {op.device}): its basis and block live there"
+        )
+    return op
+
 # %% ../nbs/02_subspace.ipynb #bd081f34
+@patch(as_prop=True)
+def basis(self: DominantSubspace):
+    "The (p, k) orthonormal basis U of the Dominant subspace (None before the first refresh)."
+    return None if self.eigvecs is None else self.eigvecs[:, : self.k]
+
+
 @patch
 def refresh(
     self: DominantSubspace,
@@ -319,9 +340,7 @@ def refresh(
     cold: bool = False,  # solve from a random block even when one is carried (e.g. after an unconverged warm one)
 ):
     "Recompute the top eigenpairs at the current parameters (warm from the carried block, if any); return `info`."
-    if op is not None and _check_operator(op) != self.op.shape[0]:
-        raise ValueError(f"`op` must act on the tracker's p={self.op.shape[0]} parameters, got shape {tuple(op.shape)}")
-    op, t0, prev = op if op is not None else self.op, time.perf_counter(), self.basis
+    op, t0, prev = _refresh_operator(self, op), time.perf_counter(), self.basis
     res, cold, n_mv = _solve(self, op, cold)
     m, dev = self.n_eigs, op.device
     V, theta, rel, block = _synced(op, res.V[:, :m], res.theta[:m], res.rel[:m], _next_block(res, m))  # θ: on the host
@@ -485,7 +504,11 @@ def state_dict(self: DominantSubspace):
 @patch
 def load_state_dict(self: DominantSubspace, state: dict):  # a `state_dict()` of a tracker with the same settings
     "Restore a state saved by `state_dict()` (one without a carried block makes the next refresh cold)."
-    missing = [a for a in ("eigvecs", "generator") if not isinstance(state, dict) or a not in state]
+    older = dict(
+        block=None, last_refresh=state.get("n_updates", 0) if isinstance(state, dict) else 0, period=self.period
+    )
+    older.update(k=self.k, n_eigs=self.n_eigs, k_pending=self.k_pending)  # keys that earlier versions did not save
+    missing = [a for a in (*_STATE, "generator") if a not in older and (not isinstance(state, dict) or a not in state)]
     if missing:
         raise ValueError(f"`state` must be a `DominantSubspace.state_dict()`; it lacks {', '.join(missing)}")
     if not self.auto_k and state.get("k", self.k) != self.k:
@@ -493,12 +516,12 @@ def load_state_dict(self: DominantSubspace, state: dict):  # a `state_dict()` of
     if not self.auto_k and state.get("n_eigs", self.n_eigs) != self.n_eigs:  # its logged λ would change columns
         raise ValueError(f"`state` is a tracker's of n_eigs={state['n_eigs']}, this one has {self.n_eigs}: build it so")
     V, p = state["eigvecs"], self.op.shape[0]
-    if V is not None and (not isinstance(V, torch.Tensor) or V.ndim != 2 or V.shape[0] != p):
+    if V is not None and not isinstance(V, torch.Tensor):
+        raise ValueError(f"`state`'s eigvecs must be None or a tensor, got {type(V).__name__}")
+    if V is not None and (V.ndim != 2 or V.shape[0] != p):
         raise ValueError(
             f"`state` is a tracker's of another model: eigenvectors {tuple(getattr(V, 'shape', ()))}, p={p}"
         )
-    older = dict(block=None, last_refresh=state.get("n_updates", 0), period=self.period, k=self.k, n_eigs=self.n_eigs)
-    older["k_pending"] = self.k_pending
     for a in _STATE:
         v = state[a] if a in state else older[a]  # tensors onto this tracker's device (a checkpoint loads on the CPU)
         dtype = self.op.dtype if a in ("eigvecs", "block") else None  # products need the operator's dtype

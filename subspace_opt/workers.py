@@ -111,6 +111,6 @@ def run_in_workers(
             return [f.result() for f in tqdm(as_completed(futures), total=len(jobs), desc=desc, disable=not progress)]
         except BrokenProcessPool:  # the others were stopped (SIGTERM, held by a running job until its checkpoint)
             raise UserError(
-                "a worker process ended abruptly (killed, e.g. for lack of memory) with jobs unfinished: "
-                "run again (finished runs are reused)"
+                "a worker process ended abruptly (killed, e.g. for lack of memory, or it could not start: see any "
+                "error above) with jobs unfinished: run again (finished runs are reused)"
             ) from None
