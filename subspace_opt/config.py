@@ -306,11 +306,6 @@ def _check_context(cfg: ExperimentConfig):
     for key in ("refresh_every", "k", "hessian_data"):  # read from the curvature the tracked sources measure
         if (v := getattr(s, key)) in ("auto", "minibatch") and s.source in ("update_pca", "random"):
             raise ConfigError(f"`config.subspace.{key}` {v} needs a tracked source (hessian, ggn), not {s.source}")
-    if s.drift_tol != SubspaceConfig.drift_tol and s.refresh_every != "auto":  # it would be ignored
-        raise ConfigError(f"`config.subspace.drift_tol` steers refresh_every auto; refresh_every is {s.refresh_every}")
-    for i, m in enumerate(cfg.methods):  # a momentum with base sgd would train plain SGD, silently
-        if m.momentum != MethodConfig.momentum and m.base != "momentum":
-            raise ConfigError(f"`config.methods[{i}].momentum` is used by base momentum only; base is {m.base}")
     if cfg.device is not None:
         try:
             torch.device(cfg.device)
@@ -335,6 +330,29 @@ def _check_context(cfg: ExperimentConfig):
             f"`config.data_args.flatten` false gives images, which model {cfg.model} cannot take: use cnn"
         )
 
+# %% ../nbs/05b_config.ipynb #aaf4922a
+def _written(d: dict):  # a configuration as plain data, checked
+    """The keys among subspace.drift_tol and methods[i].momentum that `d` sets by hand: a mapping that lists every
+    field (a record the runner wrote, `asdict`) sets them all by construction and counts as setting none."""
+    partial = lambda m, cls: isinstance(m, dict) and not {f.name for f in fields(cls)} <= m.keys()  # noqa: E731
+    s = d.get("subspace") or {}
+    written = {"subspace.drift_tol"} if partial(s, SubspaceConfig) and "drift_tol" in s else set()
+    methods = enumerate(d.get("methods") or [])
+    return written | {f"methods[{i}].momentum" for i, m in methods if partial(m, MethodConfig) and "momentum" in m}
+
+
+def _check_ignored(
+    cfg: ExperimentConfig,  # the configuration
+    written: set = frozenset(),  # keys the configuration's file wrote, e.g. {'methods[0].momentum'}: even at a default
+):
+    "Refuse a setting the runs would ignore: a momentum beside base sgd or adam, a drift_tol beside a fixed period."
+    s = cfg.subspace
+    if (s.drift_tol != SubspaceConfig.drift_tol or "subspace.drift_tol" in written) and s.refresh_every != "auto":
+        raise ConfigError(f"`config.subspace.drift_tol` steers refresh_every auto; refresh_every is {s.refresh_every}")
+    for i, m in enumerate(cfg.methods):  # a momentum with base sgd would train plain SGD, silently
+        if (m.momentum != MethodConfig.momentum or f"methods[{i}].momentum" in written) and m.base != "momentum":
+            raise ConfigError(f"`config.methods[{i}].momentum` is used by base momentum only; base is {m.base}")
+
 # %% ../nbs/05b_config.ipynb #5e295a3f
 def config_from_dict(d: dict):  # plain data, e.g. parsed JSON or YAML
     "A checked `ExperimentConfig` from plain data; raises `ConfigError` naming the offending key."
@@ -348,6 +366,7 @@ def config_from_dict(d: dict):  # plain data, e.g. parsed JSON or YAML
         raise ConfigError(f"`config.methods` names must be unique (they name run folders), got {names!r} twice")
     _check_lists(cfg)
     _check_context(cfg)
+    _check_ignored(cfg, _written(d))
     return cfg
 
 # %% ../nbs/05b_config.ipynb #7fb27b941602401d91542211134fc71a
