@@ -15,8 +15,8 @@ from .distributed import rank, world_size
 from .rows import csv_header, row_line, rows_upto
 
 # %% auto #0
-__all__ = ['SAFE_NAME', 'FILE_MODE', 'LAYOUT', 'LOCK', 'MAX_UNPACKED', 'safe_name', 'atomic_write', 'all_ranks', 'RunFolder',
-           'run_identity', 'unpack_runs']
+__all__ = ['SAFE_NAME', 'FILE_MODE', 'LAYOUT', 'LOCK', 'KINDS', 'MAX_UNPACKED', 'safe_name', 'atomic_write', 'all_ranks',
+           'RunFolder', 'run_identity', 'unpack_runs']
 
 # %% ../nbs/05c_runfolder.ipynb #43f7b4c5
 SAFE_NAME = re.compile(r"[A-Za-z0-9_=+-][A-Za-z0-9._=,+-]{0,199}")  # a name of a file or folder made from user input
@@ -218,6 +218,20 @@ def unlock(self: RunFolder):
         (self.path / LOCK).unlink(missing_ok=True)
         os.close(self._fd)
         self._fd = None
+
+# %% ../nbs/05c_runfolder.ipynb #6fd9c7ea
+KINDS = {"run": ("config.json", "runs"), "sweep": ("sweep.json", "points")}  # kind -> the entries that mark it
+
+
+@patch
+def check_kind(self: RunFolder, kind: str):  # 'run' or 'sweep': what is about to be written here
+    "A `UserError` if the folder holds the other kind of experiment (a run's or a sweep's entries): `kind`'s own else."
+    if kind not in KINDS:
+        raise ValueError(f"`kind` must be one of {list(KINDS)}, got {kind!r}")
+    other = next(k for k in KINDS if k != kind)
+    found = [n for n in KINDS[other] if (self.path / n).exists() or (self.path / n).is_symlink()]
+    if found:
+        raise UserError(f"`out_dir` {self.path} holds a {other} ({found[0]}): give this {kind} a folder of its own")
 
 # %% ../nbs/05c_runfolder.ipynb #318bc28c
 @patch

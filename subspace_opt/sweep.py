@@ -156,6 +156,7 @@ def run_sweep(
     "Run (or resume) every grid point, method and seed; return the combined rows with one column per grid key."
     out, points = RunFolder(out_dir), expand_grid(base, grid)  # a bad grid is refused before the folder is made
     with out.lock():
+        out.check_kind("sweep")
         jobs = _checked_jobs(points, out)
         _record_sweep(base, grid, out)
         run_in_workers(run_job, jobs, workers, progress, desc="sweep")

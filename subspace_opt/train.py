@@ -430,6 +430,7 @@ def run_experiment(
     out, dev, workers = RunFolder(out_dir), check_device(cfg.device, "config.device"), check_workers(workers)
     data = load_experiment_data(cfg, dev)
     with out.lock():
+        out.check_kind("run")
         runs = [(i, m, s, out.sub("runs", f"{m.name}-seed{s}")) for i, m in enumerate(cfg.methods) for s in cfg.seeds]
         for _, m, s, folder in runs:
             check_run(cfg, m, s, folder)
