@@ -8,11 +8,12 @@ import json, math, os, tempfile, time
 from datetime import datetime
 from pathlib import Path
 import pandas as pd
+import torch
 from .curvature import HessianOperator
 from .data import check_device, environment, load_digits
 from .lanczos import block_lanczos, lanczos, scipy_eigsh
 from .models import mlp
-from .config import UserError, config_from_dict
+from .config import ExperimentConfig, UserError, config_from_dict
 from .results import _check_targets, best_vs_best, describe, summarize, time_to_target
 from .runfolder import RunFolder
 from .optim import sgd_steps
@@ -123,6 +124,22 @@ def _check_k(k, hidden, solver, name):
     if not ints(k, 1) or k > _largest_k(solver, p):
         raise UserError(f"`{name}` must be in [1, {_largest_k(solver, p)}] for solver {solver} (p = {p}), got {k}")
 
+# %% ../nbs/09a_jobs.ipynb #c76271ca
+def _train(
+    model: torch.nn.Module,  # network to train in place
+    loss: str,  # 'mse' or 'ce'
+    train,  # the training (X, y) pair
+    sgd: dict,  # `sgd_steps`' steps, lr, batch_size and seed
+    progress: bool,  # show the progress bar
+):
+    """`sgd_steps`, then a `FloatingPointError` if the train loss ended above `diverge_factor` times its start (the
+    runner's rule): a cross-entropy can blow up to a huge finite loss where the MSE's overflows, and stay finite."""
+    start = evaluate(model, loss, train)[0]
+    sgd_steps(model, loss, train, progress=progress, **sgd)
+    end, factor = evaluate(model, loss, train)[0], ExperimentConfig.diverge_factor
+    if not end <= factor * start:
+        raise FloatingPointError(f"SGD diverged: the train loss went from {start:.4g} to {end:.4g} (lr={sgd['lr']:g})")
+
 # %% ../nbs/09a_jobs.ipynb #59a6c91f
 def spectrum(
     k: int = 10,  # number of eigenpairs
@@ -148,7 +165,7 @@ def spectrum(
     data = load_digits(seed=seed, device=dev)
     model = mlp((64, *hidden, data.n_classes), activation=activation, seed=seed, device=dev)
     try:  # a learning rate too large for this network (bad input, not a bug): its loss, or its curvature, overflows
-        sgd_steps(model, loss, data.train, train_steps, lr=lr, batch_size=batch_size, seed=seed, progress=progress)
+        _train(model, loss, data.train, dict(steps=train_steps, lr=lr, batch_size=batch_size, seed=seed), progress)
         t0 = time.perf_counter()
         res = SOLVERS[solver](HessianOperator(model, loss, data.train), k=k, tol=tol, seed=seed)
     except FloatingPointError as e:
