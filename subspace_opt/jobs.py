@@ -30,6 +30,8 @@ def _check_writable(
 ):
     "`path` as a `Path` if it is, or can become, a folder this process writes into; else a `UserError` naming `name`."
     path = Path(path)
+    if dangling := next((p for p in (path, *path.parents) if p.is_symlink() and not p.exists()), None):
+        raise UserError(f"`{name}`: {dangling} is a link to {os.readlink(dangling)}, which does not exist")
     base = next(p for p in (path, *path.parents) if os.path.exists(p))  # the nearest part of the path that exists
     try:
         if not base.is_dir():

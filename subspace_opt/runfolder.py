@@ -192,8 +192,11 @@ def lock(self: RunFolder):
             made = [p for p in (self.path, *self.path.parents) if not p.exists()]  # the folders `mkdir` creates
             try:
                 self.path.mkdir(parents=True, exist_ok=True)
-            except (FileExistsError, NotADirectoryError):  # a file where the folder, or one above it, would be
-                raise UserError(f"{self.path} cannot be a folder: it, or a folder above it, is a file") from None
+            except (FileExistsError, NotADirectoryError):  # a file, or a link to nowhere, where a folder would be
+                why = next(
+                    (f"{q} is a link to nowhere" for q in made if q.is_symlink()), "it, or a folder above it, is a file"
+                )
+                raise UserError(f"{self.path} cannot be a folder: {why}") from None
             held = self.path / LOCK
             if held.is_symlink() or held.exists() and not held.is_file():  # a folder from elsewhere: untrusted
                 raise UserError(f"{held} is not a file: delete {self.path} to run it again")
