@@ -15,7 +15,7 @@ from .lanczos import block_lanczos, lanczos, scipy_eigsh
 from .models import mlp
 from .config import ExperimentConfig, UserError, config_from_dict
 from .results import _check_targets, best_vs_best, describe, summarize, time_to_target
-from .runfolder import RunFolder
+from .runfolder import RunFolder, sweep_grid
 from .optim import sgd_steps
 from .metrics import evaluate
 from .train import run_experiment
@@ -234,11 +234,10 @@ def compare(
     if not (folder / "results.csv").is_file():
         why = "holds no results.csv" if folder.is_dir() else "is a file" if folder.exists() else "does not exist"
         raise UserError(f"`run_dir` must be a run or sweep folder holding results.csv, but {folder} {why}")
-    try:  # a sweep's top-level grid keys (e.g. `steps`) tell its runs apart, as its dotted ones do
-        grid = json.loads((folder / "sweep.json").read_text())["grid"] if (folder / "sweep.json").exists() else {}
-        keys = [k for k in grid if "." not in str(k)]
+    keys = [k for k in sweep_grid(folder) if "." not in str(k)]  # a sweep's top-level grid keys (e.g. `steps`) tell
+    try:  # its runs apart, as its dotted ones do
         ttt = time_to_target(pd.read_csv(folder / "results.csv"), targets, keys=keys)
-    except (ValueError, KeyError, TypeError, pd.errors.ParserError) as e:  # a bad table, sweep.json or target
+    except (OSError, ValueError, KeyError, TypeError, pd.errors.ParserError) as e:  # a bad table or target
         raise UserError(f"`run_dir`: {folder / 'results.csv'}: {' '.join(str(e).split())}") from None
     with RunFolder(folder).lock() as f:
         f.write_csv("time_to_target.csv", ttt)

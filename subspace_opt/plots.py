@@ -4,14 +4,14 @@
 
 # %% ../nbs/08_plots.ipynb #436d7213
 from __future__ import annotations
-import io, itertools, json, numbers
+import io, itertools, numbers
 from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
 from .config import UserError
-from .runfolder import RunFolder
+from .runfolder import RunFolder, sweep_grid
 
 # %% auto #0
 __all__ = ['VERDICT_COLOURS', 'plot_spectrum', 'plot_curves', 'plot_sharpness', 'plot_over_training', 'plot_heatmap',
@@ -284,11 +284,12 @@ def plot_verdicts(
 # %% ../nbs/08_plots.ipynb #4d676d69
 def _read_results(run_dir: Path):
     "The results table of a run or sweep folder and the sweep's grid keys ([] for a run); a `UserError` if unusable."
-    f, sweep = run_dir / "results.csv", run_dir / "sweep.json"
+    f = run_dir / "results.csv"
     if not f.is_file():
         raise UserError(f"no results.csv in {run_dir}: give the folder of a finished run or sweep")
+    grid = list(sweep_grid(run_dir))
     try:
-        results, grid = pd.read_csv(f), (list(json.loads(sweep.read_text())["grid"]) if sweep.exists() else [])
+        results = pd.read_csv(f)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"cannot read the results in {run_dir}: {e}") from None
     numbers = ["step", "train_loss", *([] if grid else ["test_acc", "lr"])]  # lambda_1: none with log_curvature off

@@ -16,7 +16,7 @@ from .rows import csv_header, row_line, rows_upto
 
 # %% auto #0
 __all__ = ['SAFE_NAME', 'FILE_MODE', 'LAYOUT', 'LOCK', 'KINDS', 'MAX_UNPACKED', 'safe_name', 'atomic_write', 'all_ranks',
-           'RunFolder', 'run_identity', 'unpack_runs']
+           'RunFolder', 'sweep_grid', 'run_identity', 'unpack_runs']
 
 # %% ../nbs/05c_runfolder.ipynb #43f7b4c5
 SAFE_NAME = re.compile(r"[A-Za-z0-9_=+-][A-Za-z0-9._=,+-]{0,199}")  # a name of a file or folder made from user input
@@ -235,6 +235,19 @@ def check_kind(self: RunFolder, kind: str):  # 'run' or 'sweep': what is about t
     found = [n for n in KINDS[other] if (self.path / n).exists() or (self.path / n).is_symlink()]
     if found:
         raise UserError(f"`out_dir` {self.path} holds a {other} ({found[0]}): give this {kind} a folder of its own")
+
+# %% ../nbs/05c_runfolder.ipynb #0e64c148
+def sweep_grid(folder: str | Path):  # a run's or a sweep's folder
+    "The grid of the sweep in `folder` (its sweep.json), key -> values; {} in a run's folder; `UserError` if unusable."
+    f = Path(folder) / "sweep.json"
+    if not f.exists():
+        return {}
+    try:
+        grid = json.loads(f.read_text())["grid"]
+        assert isinstance(grid, dict) and all(isinstance(v, list) for v in grid.values())
+    except (OSError, ValueError, KeyError, TypeError, AssertionError):
+        raise UserError(f"{f} is no sweep's record (a mapping whose `grid` maps keys to lists of values)") from None
+    return grid
 
 # %% ../nbs/05c_runfolder.ipynb #318bc28c
 @patch
