@@ -260,6 +260,13 @@ def best_vs_best(
     return pd.concat([best[by].assign(target=float(target), metric=metric), stats, pd.DataFrame(rows)], axis=1)
 
 # %% ../nbs/06b_results.ipynb #0000002c
+def _number(v: float):  # a step, product count or seconds: a median of two can be a half
+    "`v` for a sentence: 'never' for inf, whole numbers whole, 1117.5 as it is, small ones to 3 significant digits."
+    if np.isinf(v):
+        return "never"
+    return f"{v:.0f}" if float(v).is_integer() else f"{v:.1f}" if abs(v) >= 100 else f"{v:.3g}"
+
+
 def describe(comparison: pd.DataFrame):  # a `best_vs_best` table
     "A `best_vs_best` table in words: a header, then one line per family."
     need = [
@@ -281,11 +288,10 @@ def describe(comparison: pd.DataFrame):  # a `best_vs_best` table
     cols = list(comparison.columns)
     family, config = cols[0], cols[1 : cols.index("target")]
     c = comparison.iloc[0]
-    fmt = lambda v: "never" if np.isinf(v) else f"{v:.0f}" if float(v).is_integer() else f"{v:.3g}"  # noqa: E731
     lines = [f"train loss {c.target:g}, in {c.metric}, best configuration of each {family} vs {c.baseline}:"]
     for _, r in comparison.iterrows():
         setting = ", ".join(f"{k}={r[k]}" for k in config)
-        spread = f"median {fmt(r['median'])} (min {fmt(r['min'])}, max {fmt(r['max'])})"
+        spread = f"median {_number(r['median'])} (min {_number(r['min'])}, max {_number(r['max'])})"
         reached = f"reached on {round(r.reached * r.n_seeds)}/{r.n_seeds} seeds"
         versus = f"ratio to {c.baseline} {r.ratio:.3g}, p={r.p_value:.2g} over {r.n_paired} seeds"
         lines.append(f"  {r[family]}" + (f" [{setting}]" if setting else "") + f": {spread}, {reached}; {versus}")
