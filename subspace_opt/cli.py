@@ -87,11 +87,21 @@ def _sweep_args(sub, fmt):
     sw.add_argument("--workers", type=_int_in(1), default=None, help="worker processes (default: the config, else 1)")
     _common_args(sw, "the sweep's folder itself (default: runs/<name>-sweep)")
 
+# %% ../nbs/09_cli.ipynb #3f12e82a
+def _target(text: str):  # one value given to `compare --target`
+    "A target train loss (a number > 0); a folder's name among the targets is told to come before `--target`."
+    try:
+        return _positive_float(text)
+    except argparse.ArgumentTypeError as e:
+        if os.path.isdir(text):  # `compare --target 0.1 DIR`: the targets took the folder in
+            raise argparse.ArgumentTypeError(f"{e}, a folder: name the folder before --target") from None
+        raise
+
 # %% ../nbs/09_cli.ipynb #51a12358
 def _compare_args(sub, fmt):
     c = sub.add_parser("compare", help="time to target loss of every run; best against best", formatter_class=fmt)
     c.add_argument("run_dir", help="run or sweep folder holding results.csv")
-    c.add_argument("--target", type=_positive_float, nargs="+", required=True, help="train-loss targets, e.g. 0.1 0.03")
+    c.add_argument("--target", type=_target, nargs="+", required=True, help="train-loss targets, e.g. 0.1 0.03")
 
 
 def _plot_args(sub, fmt):
@@ -103,13 +113,13 @@ def _spectrum_args(sub, fmt):
     s = sub.add_parser("spectrum", help="top-k Hessian eigenvalues of an MLP on digits", formatter_class=fmt)
     s.add_argument("--k", type=_int_in(1), default=10, help="number of eigenpairs")
     s.add_argument("--hidden", type=_int_in(1), nargs="+", default=[128, 128], help="hidden layer widths")
-    s.add_argument("--activation", default="tanh", choices=ACCEPTED["activation"])
-    s.add_argument("--loss", default="mse", choices=ACCEPTED["loss"])
+    s.add_argument("--activation", default="tanh", choices=ACCEPTED["activation"], help="the MLP's nonlinearity")
+    s.add_argument("--loss", default="mse", choices=ACCEPTED["loss"], help="mean squared error or cross-entropy")
     s.add_argument("--train-steps", type=_int_in(0), default=300, help="SGD steps before measuring")
     s.add_argument("--lr", type=_float_in(RANGES["lr"]), default=0.1, help="SGD learning rate")
     s.add_argument("--solver", default="block", choices=list(SOLVERS), help="block finds repeated eigenvalues")
     s.add_argument("--tol", type=_float_in(RANGES["tol"]), default=1e-5, help="relative residual tolerance")
-    s.add_argument("--seed", type=_int_in(0, 2**32 - 1), default=0)
+    s.add_argument("--seed", type=_int_in(0, 2**32 - 1), default=0, help="seed of data split, weights, batch order")
     _common_args(s)
 
 
