@@ -219,7 +219,7 @@ class DominantSubspace:
         self.restart_tol, self.cold_every, self.max_warm_restarts = restart_tol, cold_every, max_warm_restarts
         self.oversample, self.min_every, self.max_every, self.drift_tol = oversample, min_every, max_every, drift_tol
         self.gen = torch.Generator(device=op.device).manual_seed(_check_int(seed, "seed", 0))
-        self.seed, self.eigvecs, self.eigenvalues, self.residuals, self.info = seed, None, None, None, {}
+        self.seed, self.eigvecs, self.eigenvalues, self.residuals, self.info = int(seed), None, None, None, {}
         self.block, self.n_matvecs, self.n_refreshes, self.n_updates, self.last_refresh = None, 0, 0, 0, 0
         _same_on_every_rank(self, op)
 
