@@ -1,6 +1,7 @@
 """The project cites only itself and the papers: no page, notebook, source file or comment refers to documents the
 repository does not contain, to files outside it, or to how the project is developed."""
 
+import codecs
 import json
 import re
 import subprocess
@@ -9,23 +10,29 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SITE = ROOT / "_site"
-_S = "SP" + "EC"  # spelled in two parts so that this file does not match its own patterns
+
+
+def _w(text):
+    "Words of the patterns and examples below, kept in rot13: this file must not hold what it forbids."
+    return codecs.decode(text, "rot13")
+
+
 FORBIDDEN = re.compile(
     "|".join(
         [
-            rf"\b{_S}\b",
-            r"\b(DESIGN|STYLE|TOOLCHAIN|DEVELOPERS)\.md\b",  # documents the repository does not contain
-            r"\.\./shared\b",
-            r"/work/main",  # folders outside the repository
-            r"\bissues? #?\d+",
-            r"\bthe issue\b",
-            r"\bfoundation issue",
-            r"\bintegrator",
-            r"\bagents?\b",
-            r"\bthis task\b",
-            r"\b(earlier|this|last|previous|next) session\b",
-            r"\bCEO\b",
-            r"\bsub-?agents?\b",  # how the work is organised
+            rf"\b{_w('FCRP')}\b",
+            rf"\b({_w('QRFVTA|FGLYR|GBBYPUNVA|QRIRYBCREF')})\.md\b",  # documents the repository does not contain
+            rf"\.\./{_w('funerq')}\b",
+            rf"/{_w('jbex/znva')}",  # folders outside the repository
+            rf"\b{_w('vffhrf? #?')}\d+",
+            rf"\b{_w('gur vffhr')}\b",
+            rf"\b{_w('sbhaqngvba vffhr')}",
+            rf"\b{_w('vagrtengbe')}",
+            rf"\b{_w('ntragf?')}\b",
+            rf"\b{_w('guvf gnfx')}\b",
+            rf"\b({_w('rneyvre|guvf|ynfg|cerivbhf|arkg) frffvba')}\b",
+            rf"\b{_w('PRB')}\b",
+            rf"\b{_w('fho-?ntragf?')}\b",
         ]
     )
 )
@@ -60,14 +67,14 @@ def _hits(text):
 
 def test_the_patterns_catch_what_they_should():
     for bad in [
-        f"see {_S} §2",
-        "the integrator will update this",
-        "from issue 7",
-        "../shared/gpu-wheels",
-        "four other agents",
-        "no GPU was available to this task",
-        "an earlier session",
-        "STYLE.md H13",
+        _w("frr FCRP §2"),
+        _w("gur vagrtengbe jvyy hcqngr guvf"),
+        _w("sebz vffhr 7"),
+        _w("../funerq/tch-jurryf"),
+        _w("sbhe bgure ntragf"),
+        _w("ab TCH jnf ninvynoyr gb guvf gnfx"),
+        _w("na rneyvre frffvba"),
+        _w("FGLYR.zq U13"),
     ]:
         assert _hits(bad), bad
     for fine in [
@@ -80,7 +87,7 @@ def test_the_patterns_catch_what_they_should():
 
 
 def test_no_file_of_the_repository_refers_outside_it():
-    files = [p for p in _tracked() if p.resolve() != Path(__file__).resolve()]
+    files = _tracked()  # this file too: its patterns are stored in rot13
     assert len(files) > 40
     bad = {str(p.relative_to(ROOT)): h[:3] for p in files if (h := _hits(_strings(p)))}
     assert not bad, bad
