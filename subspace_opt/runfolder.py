@@ -245,7 +245,7 @@ def sweep_grid(folder: str | Path):  # a run's or a sweep's folder
     try:
         grid = json.loads(f.read_text())["grid"]
         assert isinstance(grid, dict) and all(isinstance(v, list) for v in grid.values())
-    except (OSError, ValueError, KeyError, TypeError, AssertionError):
+    except (OSError, ValueError, KeyError, TypeError, AssertionError, RecursionError):
         raise UserError(f"{f} is no sweep's record (a mapping whose `grid` maps keys to lists of values)") from None
     return grid
 
@@ -314,7 +314,7 @@ def claim(
     if path.exists():
         try:
             old = _flat(json.loads(path.read_text()))
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, OSError):
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, OSError, RecursionError):
             raise UserError(f"{path} cannot be read: delete {self.path} to start that run over") from None
         diff = sorted(k for k in old.keys() | _flat(spec).keys() if old.get(k) != _flat(spec).get(k))
         if diff:
@@ -463,7 +463,7 @@ def check_done(self: RunFolder, spec: dict):  # the run's specification (see `cl
     try:
         info = json.loads(self.file("done.json").read_text())
         assert isinstance(info, dict)
-    except (OSError, ValueError, AssertionError):
+    except (OSError, ValueError, AssertionError, RecursionError):  # RecursionError: JSON nested beyond Python's limit
         raise UserError(f"{self.file('done.json')} cannot be read: delete {self.path} to run it again") from None
     if info.get("run") not in (None, run_identity(spec)):
         raise ConfigError(

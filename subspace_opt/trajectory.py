@@ -157,7 +157,7 @@ def _check_settings(
     try:
         old = json.loads(path.read_text())
         assert isinstance(old, dict)
-    except (OSError, ValueError, AssertionError):
+    except (OSError, ValueError, AssertionError, RecursionError):
         raise UserError(
             f"{out} holds curvature tables whose settings are not recorded ({path.name} is missing or "
             f"unreadable): delete {tables[0].name} and the other tables under runs/ to analyse again"
