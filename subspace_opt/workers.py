@@ -55,9 +55,12 @@ class _TermStopsPool:
 
 # %% ../nbs/05e_workers.ipynb #2417c924
 def _start_worker(threads: int):  # torch threads for this worker
-    "A worker's set-up: its share of the threads, and SIGINT ignored (the pool's owner stops it with SIGTERM)."
+    "A worker's set-up: its share of the threads, SIGINT ignored (the owner stops it with SIGTERM), tqdm's lock."
     torch.set_num_threads(threads)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # tqdm takes a process-shared lock (a named semaphore) at its first bar, shown or not; a worker stopped by
+    # SIGTERM cannot release it, and the resource tracker reports it leaked: a worker's bars need no such lock
+    tqdm.set_lock(threading.RLock())
 
 # %% ../nbs/05e_workers.ipynb #69bdc631
 def _call(fn, job):

@@ -198,6 +198,7 @@ def test_a_stopped_sweep_with_workers_keeps_every_runs_steps(tmp_path, to_group)
         proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == (130 if to_group else -signal.SIGTERM), err
+    assert "leaked semaphore" not in err, err  # the workers' stop leaves no named semaphore behind
     _assert_group_ends(proc.pid)
     for r in rows:
         assert not (r.parent / "done.json").exists(), f"{r.parent.name} finished before the interruption"
