@@ -4,12 +4,12 @@
 
 # %% ../nbs/05d_rows.ipynb #80aa7b83
 from __future__ import annotations
-import csv, io, math
+import csv, hashlib, io, math
 from pathlib import Path
 import numpy as np
 
 # %% auto #0
-__all__ = ['csv_header', 'row_line', 'rows_upto']
+__all__ = ['csv_header', 'row_line', 'rows_upto', 'rows_digest']
 
 # %% ../nbs/05d_rows.ipynb #ff2dc86b
 def csv_header(path: Path):  # a CSV file
@@ -68,16 +68,21 @@ def _mismatch(got: list | None, logged: list):
     return f"it holds steps {_few(repeated)} more than once" if repeated else f"its steps are out of order: {_few(got)}"
 
 # %% ../nbs/05d_rows.ipynb #4ac03fdd
+def _records(text: str):  # a rows file's text
+    "(its whole lines, header, records, each record's step or None if unreadable); a line cut off mid-way left out."
+    whole = text[: text.rfind("\n") + 1]
+    records = list(csv.reader(io.StringIO(whole)))
+    header, records = (records[0], records[1:]) if records else ([], [])
+    return whole, header, records, _steps(header, records) if header else []  # an empty file holds no rows
+
+
 def rows_upto(
     text: str,  # the rows file's text
     step: int,  # the checkpoint's step
     logged: list,  # the steps logged up to it, in order
 ):
     "`text` cut back to its rows up to `step` (None: nothing to cut); `ValueError` unless they are the `logged` steps."
-    whole = text[: text.rfind("\n") + 1]  # without a last line cut off mid-way
-    records = list(csv.reader(io.StringIO(whole)))
-    header, records = (records[0], records[1:]) if records else ([], [])
-    steps = _steps(header, records) if header else []  # an empty or missing file holds no rows
+    whole, header, records, steps = _records(text)
     got = None if steps is None else [s for s in steps if s <= step]
     if got != logged:
         raise ValueError(_mismatch(got, logged))
@@ -86,3 +91,16 @@ def rows_upto(
     out = io.StringIO()
     csv.writer(out, lineterminator="\n").writerows([header, *[r for r, s in zip(records, steps) if s <= step]])
     return out.getvalue()
+
+# %% ../nbs/05d_rows.ipynb #17fc5fbb
+def rows_digest(
+    text: str,  # the rows file's text
+    step: int,  # the checkpoint's step
+):
+    "SHA-256 (hex) of `text`'s header and its rows up to `step`, as `csv.writer` writes them; '' when unreadable."
+    _, header, records, steps = _records(text)
+    if steps is None:
+        return ""
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows([header, *[r for r, s in zip(records, steps) if s <= step]])
+    return hashlib.sha256(out.getvalue().encode()).hexdigest()

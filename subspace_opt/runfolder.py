@@ -12,7 +12,7 @@ import torch.distributed as dist
 from fastcore.basics import patch
 from .config import ConfigError, UserError
 from .distributed import rank, world_size
-from .rows import csv_header, row_line, rows_upto
+from .rows import csv_header, row_line, rows_digest, rows_upto
 
 # %% auto #0
 __all__ = ['SAFE_NAME', 'FILE_MODE', 'LAYOUT', 'LOCK', 'KINDS', 'MAX_UNPACKED', 'safe_name', 'atomic_write', 'all_ranks',
@@ -370,12 +370,16 @@ def keep_rows(
     step: int,  # the checkpoint's step
     logged: list,  # the steps logged up to it, in order
     rewrite: bool = True,  # rewrite the file (False: only check)
+    digest: str | None = None,  # the checkpoint's `rows_digest` of them (None: a checkpoint that recorded none)
 ):
     "Cut rows.csv back to its rows up to `step`, checking they are the rows of the `logged` steps; rewritten whole."
     if rank():
         return
+    found = self.rows.read_text() if self.rows.exists() else ""
     try:
-        text = rows_upto(self.rows.read_text() if self.rows.exists() else "", step, logged)
+        text = rows_upto(found, step, logged)
+        if digest is not None and rows_digest(found, step) != digest:
+            raise ValueError("they are not the rows this run wrote (copied from another run, or edited)")
     except ValueError as e:
         raise UserError(
             f"{self.rows} does not match {self.checkpoint.name} (step {step}): {e}; "
@@ -404,9 +408,10 @@ def save_checkpoint(
     contents: dict,  # tensors and plain data: state dicts, generator states, the loop state
     step: int,  # the step it was taken at
 ):
-    "Write checkpoint.pt whole: `contents` with the step and the run it belongs to (the folder's claimed spec)."
+    "Write checkpoint.pt whole: `contents` with the step, the run it belongs to and a digest of its rows up to `step`."
     _to_disk(self.rows)  # a resume keeps the rows up to the checkpoint: they reach the disk first
-    self.save("checkpoint.pt", {**contents, "step": step, "run": run_identity(self.spec)})
+    rows = rows_digest(self.rows.read_text(), step) if rank() == 0 and self.rows.exists() else None  # rank 0 writes
+    self.save("checkpoint.pt", {**contents, "step": step, "run": run_identity(self.spec), "rows_digest": rows})
 
 
 @patch
@@ -489,7 +494,7 @@ def check(
         return
     c = self.load_checkpoint()
     if c is not None:
-        self.keep_rows(c["step"], logged(c["step"]), rewrite=False)
+        self.keep_rows(c["step"], logged(c["step"]), rewrite=False, digest=c.get("rows_digest"))
 
 # %% ../nbs/05c_runfolder.ipynb #acae54e37e7d407bbb7b55eff062a284
 MAX_UNPACKED = 2**30  # bytes `unpack_runs` writes at most

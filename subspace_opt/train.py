@@ -236,7 +236,7 @@ def start(self: Run):
     if c is not None:
         all_ranks(lambda: _restore(self, c))
         step = self.state["step"]
-        all_ranks(lambda: self.folder.keep_rows(step, _logged(self.cfg)(step)))
+        all_ranks(lambda: self.folder.keep_rows(step, _logged(self.cfg)(step), digest=c.get("rows_digest")))
         return step
     row = measure(self.cfg, self.model, self.opt, self.log_sub, self.data, 0)
     self.folder.write_csv("rows.csv", pd.DataFrame([self._row(row)]))

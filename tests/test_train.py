@@ -210,6 +210,17 @@ def test_emptied_rows_are_refused_then_the_run_starts_over(uninterrupted, tmp_pa
     assert_same_rows(pd.read_csv(ref / "results.csv"), pd.read_csv(tmp_path / "out" / "results.csv"))
 
 
+def test_rows_of_another_run_are_refused_on_resume(uninterrupted, tmp_path):
+    "Another seed's rows, with the same steps, copied into a run that resumes: refused, not sealed as this run's."
+    cfg, ref = uninterrupted
+    shutil.copytree(ref, tmp_path / "out")
+    run = tmp_path / "out" / "runs" / "sgd-seed1"
+    (run / "done.json").unlink()
+    shutil.copy(tmp_path / "out" / "runs" / "sgd-seed0" / "rows.csv", run / "rows.csv")
+    _one_line_refusal(_run(cfg, tmp_path / "out"), "they are not the rows this run wrote (copied from another run")
+    assert not (run / "done.json").exists()
+
+
 @pytest.mark.parametrize("sig, status", [(signal.SIGINT, 130), (signal.SIGTERM, -signal.SIGTERM)])
 def test_a_signal_keeps_the_step_reached(uninterrupted, tmp_path, sig, status):
     "Ctrl-C or SIGTERM between two checkpoints: the run checkpoints the step it reached, and the rerun loses nothing."
