@@ -4,7 +4,7 @@
 
 # %% ../nbs/05d_rows.ipynb #80aa7b83
 from __future__ import annotations
-import csv, hashlib, io, math
+import csv, hashlib, io, json, math
 from pathlib import Path
 import numpy as np
 
@@ -97,10 +97,17 @@ def rows_digest(
     text: str,  # the rows file's text
     step: int,  # the checkpoint's step
 ):
-    "SHA-256 (hex) of `text`'s header and its rows up to `step`, as `csv.writer` writes them; '' when unreadable."
+    "SHA-256 (hex) of `text`'s header and its values up to `step` (numbers as floats: 20 is 20.0); '' when unreadable."
     _, header, records, steps = _records(text)
     if steps is None:
         return ""
-    out = io.StringIO()
-    csv.writer(out, lineterminator="\n").writerows([header, *[r for r, s in zip(records, steps) if s <= step]])
-    return hashlib.sha256(out.getvalue().encode()).hexdigest()
+    values = [[_value(c) for c in r] for r, s in zip(records, steps) if s <= step]
+    return hashlib.sha256(json.dumps([header, *values]).encode()).hexdigest()
+
+
+def _value(cell: str):  # one cell of a rows file
+    "A number's float as `repr` writes it (the same for '20', '20.0' and '2e1'), else the text itself."
+    try:
+        return repr(float(cell))
+    except ValueError:
+        return cell
