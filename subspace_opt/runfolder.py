@@ -470,13 +470,18 @@ def check_done(self: RunFolder, spec: dict):  # the run's specification (see `cl
         assert isinstance(info, dict)
     except (OSError, ValueError, AssertionError, RecursionError):  # RecursionError: JSON nested beyond Python's limit
         raise UserError(f"{self.file('done.json')} cannot be read: delete {self.path} to run it again") from None
-    if info.get("run") not in (None, run_identity(spec)):
+    unsealed = [k for k in ("run", "rows_sha256") if not isinstance(info.get(k), dict if k == "run" else str)]
+    if unsealed:
+        raise UserError(
+            f"{self.file('done.json')} records no {' and no '.join(unsealed)}: it cannot tell whose rows these are; "
+            f"delete {self.path} to run it again"
+        )
+    if info["run"] != run_identity(spec):
         raise ConfigError(
             f"{self.path} holds the finished run of another configuration ({_whose(info['run'])}, not "
             f"{_whose(run_identity(spec))}): delete that folder or choose another folder (`out_dir`, `--out`)"
         )
-    sha = info.get("rows_sha256")
-    if sha is not None and (not self.rows.is_file() or _sha256(self.rows) != sha):
+    if not self.rows.is_file() or _sha256(self.rows) != info["rows_sha256"]:
         raise UserError(
             f"{self.rows} changed since its run finished (cut or edited): delete {self.path} to run it again"
         )

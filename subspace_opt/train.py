@@ -104,6 +104,7 @@ _ADDED_LATER = dict(drift_tol=0.3)  # subspace keys added after runs were archiv
 def _run_spec(cfg: ExperimentConfig, method: MethodConfig, seed: int):
     "What fixes a run's trajectory and rows: the config without name, other methods and seeds; the method; the seed."
     c = {k: v for k, v in asdict(cfg).items() if k not in ("name", "methods", "seeds")}
+    c["device"] = None  # where it computes: equal to round-off; null, the value of the runs archived before this rule
     # compile: how products are computed, equal to round-off (a run may resume with it on or off); max_k: no part in a
     # fixed k; keys added since runs were first archived: only when set away from their default, so those runs stay
     s = c["subspace"]
