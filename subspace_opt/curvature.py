@@ -13,14 +13,16 @@ import torch
 import torch.distributed as dist
 from fastcore.basics import patch
 from torch.func import functional_call, grad, jvp, vjp, vmap
-from .losses import LOSSES as LOSSES, check_loss, loss_hessian_product, loss_sum, prepare_targets
+from .losses import LOSSES as LOSSES, check_loss, curvature_loss_sum, loss_hessian_product, loss_sum
+from .losses import output_gradient, prepare_targets
 from .operators import LinearCombinationOperator as LinearCombinationOperator, grad_rows
 from .operators import TorchLinearOperator
 from .distributed import all_reduce_sum, check_agree, gather_meta, resolve_group
 
 # %% auto #0
-__all__ = ['CPU_BATCHED_FLOPS', 'METHODS', 'as_batches', 'params_to_vector', 'check_deterministic', 'forward_flops',
-           'compiler_available', 'CurvatureOperator', 'HessianOperator', 'GGNOperator', 'FunctionalHessianOperator']
+__all__ = ['CPU_BATCHED_FLOPS', 'METHODS', 'as_batches', 'params_to_vector', 'check_modes', 'check_deterministic',
+           'forward_flops', 'compiler_available', 'CurvatureOperator', 'HessianOperator', 'GGNOperator',
+           'FunctionalHessianOperator']
 
 # %% ../nbs/00_curvature.ipynb #c3e96bd1
 def _pairs(data):  # an (X, y) pair of tensors, or an iterable of (X, y) batches
@@ -101,6 +103,22 @@ def _flat(
     "Named tensors as one flat vector (p,), in parameter order."
     return torch.cat([d[n].reshape(-1) for n in layout[0]])
 
+# %% ../nbs/00_curvature.ipynb #96006a2c
+def _check_trainable(
+    built: list,  # the names of the trainable tensors when the operator was built
+    model: torch.nn.Module,  # the model now
+):
+    "Return `built`, or raise a `ValueError` saying which tensors were frozen or unfrozen since the operator was built."
+    live = [n for n, q in model.named_parameters() if q.requires_grad]
+    if live != built:
+        frozen, unfrozen = [n for n in built if n not in live], [n for n in live if n not in built]
+        what = "; ".join(f"{w} {', '.join(ns[:3])}" for w, ns in (("frozen", frozen), ("unfrozen", unfrozen)) if ns)
+        raise ValueError(
+            f"the model's trainable parameters changed since the operator was built ({what or 'reordered'}): "
+            "build a new operator"
+        )
+    return built
+
 # %% ../nbs/00_curvature.ipynb #6f86e503
 class _ModelParameters(TorchLinearOperator):
     "An operator on the trainable parameters of `model`: moves between the flat vector and the named tensors."
@@ -115,13 +133,13 @@ class _ModelParameters(TorchLinearOperator):
         self.shapes, self.sizes = [q.shape for _, q in trainable], [q.numel() for _, q in trainable]
         super().__init__((sum(self.sizes),) * 2, trainable[0][1].dtype, trainable[0][1].device)
 
+    def parameters(self):
+        "The trainable parameters, in flat-vector order (as when built, or refused): what the optimizer updates."
+        return [self.model.get_parameter(n) for n in _check_trainable(self.names, self.model)]
+
     def _params(self):
         "The trainable parameters by name, detached: the point where `torch.func` differentiates."
-        return {n: q.detach() for n, q in self.model.named_parameters() if q.requires_grad}
-
-    def parameters(self):
-        "The trainable parameters, in flat-vector order: what autograd differentiates and the optimizer updates."
-        return [q for q in self.model.parameters() if q.requires_grad]
+        return {n: q.detach() for n, q in zip(self.names, self.parameters())}
 
     def _consts(self, copy=False):
         "The frozen parameters and the buffers by name, which products hold fixed (buffers copied if `copy`)."
@@ -146,6 +164,21 @@ class _ModelParameters(TorchLinearOperator):
 _RANDOM_OR_BATCHED = (torch.nn.modules.dropout._DropoutNd, torch.nn.modules.batchnorm._BatchNorm)
 
 
+def check_modes(model: torch.nn.Module):  # the network, before its curvature products
+    "Raise a `ValueError` naming a Dropout or BatchNorm layer whose outputs would depend on chance or on the batch."
+    for name, m in model.named_modules():
+        if isinstance(m, _RANDOM_OR_BATCHED) and m.training and getattr(m, "p", 1.0) > 0:
+            raise ValueError(
+                f"model layer {name!r} ({type(m).__name__}) is in training mode, where its outputs depend on chance "
+                "or on the batch: call `model.eval()` (again after `model.train()`) before curvature products"
+            )
+        if isinstance(m, _RANDOM_OR_BATCHED[1]) and not m.track_running_stats:
+            raise ValueError(
+                f"model layer {name!r} ({type(m).__name__}) keeps no running statistics (track_running_stats=False): "
+                "it normalises with the batch's even in eval mode; keep running statistics or remove it"
+            )
+
+# %% ../nbs/00_curvature.ipynb #e5d1881b
 def check_deterministic(
     forward,  # forward(X) -> outputs, on copies of the model's buffers (a module is also checked layer by layer)
     X: torch.Tensor,  # a probe batch with at least two samples
@@ -153,12 +186,8 @@ def check_deterministic(
 ):
     "Raise a `ValueError` if two passes over `X` differ, or if outputs depend on how `X` is split into batches."
     model = forward if model is None and isinstance(forward, torch.nn.Module) else model
-    for name, m in [] if model is None else model.named_modules():
-        if isinstance(m, _RANDOM_OR_BATCHED) and m.training and getattr(m, "p", 1.0) > 0:
-            raise ValueError(
-                f"model layer {name!r} ({type(m).__name__}) is in training mode, where its outputs depend on chance "
-                "or on the batch: call `model.eval()`"
-            )
+    if model is not None:
+        check_modes(model)
     out = forward(X)
     tol = out.abs().max().item() * torch.finfo(out.dtype).eps ** 0.5 + torch.finfo(out.dtype).tiny
     if (forward(X) - out).abs().max() > tol:
@@ -308,6 +337,7 @@ class _Reduction(_ShardedData):
         "Σ over this rank's batches of `_batch_matmat`, summed over the ranks and divided by the global count n."
         Vt = V.T.contiguous()  # one contiguous row per vector
         total = torch.zeros_like(Vt)
+        check_modes(self.model)  # a model switched to training mode since (`model.train()`) would give noise
         with torch.enable_grad():
             for X, t in self.batches:
                 total = total + self._batch_matmat(X, t, Vt)
@@ -450,6 +480,7 @@ class CurvatureOperator(_MethodChoice):
 def gradient(self: CurvatureOperator):
     "The gradient (p,) of the mean loss over the operator's data (all ranks' shards), at the current parameters."
     live, total = self.parameters(), torch.zeros(self.shape[0], dtype=self.dtype, device=self.device)
+    check_modes(self.model)
     with torch.enable_grad():
         for X, t in self.batches:
             gs = torch.autograd.grad(
@@ -470,7 +501,7 @@ def _hessian_rows(
     layout: tuple,  # (names, shapes, sizes) of `params` in flat-vector order
 ):
     "The Hessian of the batch's summed loss times each row of Vt, forward-over-reverse: a pure (compilable) function."
-    f = lambda ps: loss_sum(functional_call(model, (ps, consts), (X,)), t, loss)
+    f = lambda ps: curvature_loss_sum(functional_call(model, (ps, consts), (X,)), t, loss)
     return vmap(lambda v: _flat(jvp(grad(f), (params,), (_unflat(v, layout),))[1], layout))(Vt)
 
 
@@ -482,7 +513,7 @@ class HessianOperator(CurvatureOperator):
         if self.method == "reverse":
             live = self.parameters()
             g = torch.autograd.grad(
-                loss_sum(self.model(X), t, self.loss), live, create_graph=True, materialize_grads=True
+                curvature_loss_sum(self.model(X), t, self.loss), live, create_graph=True, materialize_grads=True
             )
             return grad_rows(g, live, self._rows(Vt), batched=_batched(self, X))
         args = (self.model, self._params(), self._consts(), X, t, self.loss, Vt, self._layout)
@@ -522,12 +553,33 @@ class GGNOperator(CurvatureOperator):
         return _pure_call(self, _ggn_rows, *args)
 
 # %% ../nbs/00_curvature.ipynb #a6747e6f
+def _functional_rows(
+    model: torch.nn.Module,  # the network: its structure only (the parameters come next)
+    params: dict,  # name -> trainable tensor: the point of the product
+    consts: dict,  # name -> frozen parameter or buffer
+    X: torch.Tensor,  # a batch of inputs
+    r: torch.Tensor,  # its residuals ∇_f ℓ at `params`, (n, C), held fixed
+    Vt: torch.Tensor,  # (b, p) block, one vector per row
+    layout: tuple,  # (names, shapes, sizes) of `params` in flat-vector order
+):
+    "The Hessian of Σ⟨r, f⟩ times each row of Vt, forward-over-reverse: a pure (compilable) function."
+    f = lambda ps: (r * functional_call(model, (ps, consts), (X,))).sum()
+    return vmap(lambda v: _flat(jvp(grad(f), (params,), (_unflat(v, layout),))[1], layout))(Vt)
+
+
 class FunctionalHessianOperator(CurvatureOperator):
-    "Matrix-free functional Hessian H − G (residual-weighted second derivatives of the outputs), one loop over data."
+    "Matrix-free functional Hessian H − G (residual-weighted second derivatives of the outputs), computed directly."
 
     def _batch_matmat(self, X, t, Vt):
-        "H − G of the summed loss of batch (X, t) times each row of Vt: (b, p) -> (b, p)."
-        return HessianOperator._batch_matmat(self, X, t, Vt) - GGNOperator._batch_matmat(self, X, t, Vt)
+        "H_F of the summed loss of batch (X, t) times each row of Vt: (b, p) -> (b, p)."
+        if self.method == "reverse":
+            live, out = self.parameters(), self.model(X)
+            r = output_gradient(out.detach(), t, self.loss)
+            g = torch.autograd.grad((r * out).sum(), live, create_graph=True, materialize_grads=True)
+            return grad_rows(g, live, self._rows(Vt), batched=_batched(self, X))
+        params = self._params()
+        r = output_gradient(self._forward(params, X).detach(), t, self.loss)
+        return _pure_call(self, _functional_rows, self.model, params, self._consts(), X, r, Vt, self._layout)
 
 # %% ../nbs/00_curvature.ipynb #6a2d9b41
 @patch

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['LOSSES', 'check_loss', 'loss_sum', 'prepare_targets', 'loss_hessian_product']
+__all__ = ['LOSSES', 'check_loss', 'loss_sum', 'prepare_targets', 'loss_hessian_product', 'curvature_loss_sum', 'output_gradient']
 
 # %% ../nbs/00c_losses.ipynb #54ecd9db
 LOSSES = ("mse", "ce")
@@ -74,5 +74,31 @@ def loss_hessian_product(
     "Per-sample ∇²_f ℓ · U in closed form: U for 'mse', (diag(p) − p pᵀ) U with p = softmax(out) for 'ce'."
     if check_loss(loss) == "mse":
         return U
-    p = out.softmax(-1)
-    return p * U - p * (p * U).sum(-1, keepdim=True)
+    p, r = out.softmax(-1), out.argmax(-1, keepdim=True)  # differences from the top class r: 1 − p_r is never formed
+    Ur = U.gather(-1, r.expand(*U.shape[:-1], 1))
+    return p * (U - Ur - (p * (U - Ur)).sum(-1, keepdim=True))
+
+# %% ../nbs/00c_losses.ipynb #c8dc6b11
+def curvature_loss_sum(
+    out: torch.Tensor,  # model outputs, (n, C)
+    target: torch.Tensor,  # prepared targets: (n, C) floats for 'mse', (n,) labels for 'ce'
+    loss: str,  # 'mse' or 'ce'
+):
+    "`loss_sum`, written so that its second derivatives keep their precision where the softmax saturates."
+    if check_loss(loss) == "mse":
+        return loss_sum(out, target, loss)
+    r = out.detach().argmax(-1, keepdim=True)  # the top class of each sample
+    top = out.gather(-1, r)
+    rest = (out - top).exp().masked_fill(F.one_hot(r.squeeze(-1), out.shape[-1]).bool(), 0)  # e^{f_j − f_r}, j ≠ r
+    return (top.squeeze(-1) + rest.sum(-1).log1p() - out.gather(-1, target.unsqueeze(-1)).squeeze(-1)).sum()
+
+
+def output_gradient(
+    out: torch.Tensor,  # model outputs, (n, C)
+    target: torch.Tensor,  # prepared targets: (n, C) floats for 'mse', (n,) labels for 'ce'
+    loss: str,  # 'mse' or 'ce'
+):
+    "Per-sample ∇_f ℓ, (n, C): the residual f − t for 'mse', softmax(f) − e_y for 'ce'."
+    if check_loss(loss) == "mse":
+        return out - target
+    return out.softmax(-1) - F.one_hot(target, out.shape[-1]).to(out.dtype)

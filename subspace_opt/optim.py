@@ -22,6 +22,8 @@ def _check_base(base):
     "Refuse a base that is not a torch optimizer, or whose step needs a closure (it has no single update to project)."
     if not isinstance(base, torch.optim.Optimizer):
         raise TypeError(f"`base` must be a torch.optim.Optimizer, got {type(base).__name__}")
+    if isinstance(base, torch.optim.SparseAdam):  # it takes sparse gradients only, which no projection keeps
+        raise TypeError("`base` SparseAdam takes sparse gradients only, and a projected gradient is dense: use Adam")
     try:
         closure = inspect.signature(base.step).parameters.get("closure")
     except (TypeError, ValueError):  # a step without a Python signature (compiled): nothing to tell
@@ -51,6 +53,8 @@ def _check_params(base, subspace):
     "The parameters in the operator's order; refuse a subspace whose model is not what `base` updates."
     op = getattr(subspace, "op", None)  # None for anything but a tracker (e.g. `subspace=None`): refused below
     ps = list(op.parameters()) if callable(getattr(op, "parameters", None)) else None
+    if ps is not None and len({id(q) for q in ps}) < len(ps):  # one tensor at two places of the flat vector
+        raise ValueError("`subspace`'s operator lists a tensor twice: its flat vector would hold two copies of it")
     if ps is None or {id(q) for q in ps} != _trainable(base):
         raise ValueError(
             "`subspace` must be built on an operator of the model whose trainable parameters the base "
@@ -60,7 +64,7 @@ def _check_params(base, subspace):
 
 # %% ../nbs/03_optim.ipynb #1c448414
 def _check_args(base, subspace, mode, start_step, switch_threshold, switch_ema):
-    "The start step, once base, learning rates, mode, start step, switch threshold and EMA factor are checked."
+    "(start step, switch threshold, EMA factor) as int and floats, once base, rates, mode and those are checked."
     _check_base(base)
     for i, group in enumerate(base.param_groups):
         if not math.isfinite(float(group.get("lr", 0.0))):
@@ -76,11 +80,16 @@ def _check_args(base, subspace, mode, start_step, switch_threshold, switch_ema):
         raise ValueError("`switch_threshold` needs the gradient on the source's data: build the source on an operator")
     if not unit(switch_ema):
         raise ValueError(f"`switch_ema` must be a number in (0, 1) (the weight of the past), got {switch_ema!r}")
-    return start_step
+    return start_step, None if switch_threshold is None else float(switch_threshold), float(switch_ema)
 
 # %% ../nbs/03_optim.ipynb #105e35a2
 def _grad_vector(params):
     "The gradients of `params` as one vector (p,); a missing gradient counts as zeros."
+    if any(q.grad is not None and q.grad.layout != torch.strided for q in params):
+        raise ValueError(
+            "a parameter has a sparse gradient (e.g. nn.Embedding(sparse=True)): a projection mixes every "
+            "coordinate, so it needs dense gradients; build the layer with sparse=False"
+        )
     return torch.cat([(q.grad if q.grad is not None else torch.zeros_like(q)).reshape(-1) for q in params])
 
 
@@ -209,6 +218,7 @@ def _load(opt: _WrapperBase, state: dict):
         opt.subspace.load_state_dict(kept)
         raise
     opt.n_steps, opt.switch_step, opt.ema = state["n_steps"], state["switch_step"], state["ema"]
+    opt.updated_at = None
 
 # %% ../nbs/03_optim.ipynb #7ddb9e1a
 def _warn_unconfined(base: torch.optim.Optimizer, mode: str):
@@ -247,13 +257,16 @@ class ProjectedOptimizer(_WrapperBase):
         switch_threshold: float | None = None,  # or: project once the EMA of χ_k(∇L) exceeds this
         switch_ema: float = 0.9,  # EMA factor of the switch criterion
     ):
-        start_step = _check_args(base, subspace, mode, _as_int(start_step), switch_threshold, switch_ema)
+        start_step, switch_threshold, switch_ema = _check_args(
+            base, subspace, mode, _as_int(start_step), switch_threshold, switch_ema
+        )
         _warn_unconfined(base, mode)
         self.base, self.subspace, self.mode = base, subspace, mode
         self.dom, self.bulk = _check_coef("dom", dom), _check_coef("bulk", bulk)
         self.params = _check_params(base, subspace)
         self.start_step, self.switch_threshold, self.switch_ema = start_step, switch_threshold, switch_ema
         self.n_steps, self.switch_step, self.ema, self.last, self.last_update = 0, None, 0.0, {}, None
+        self.updated_at = None  # the step whose tracker update was made (`_active`)
         _same_on_every_rank(self)
         self._init_hooks()
 
@@ -267,22 +280,10 @@ class ProjectedOptimizer(_WrapperBase):
         _check_unchanged(self)
         with torch.enable_grad():
             loss = None if closure is None else closure()
-        if not _count_step(self) or (self.dom == self.bulk == 1.0) or not _active(self):
-            self.base.step()
-        else:
-            _projected_step(self)
+        _step(self)
         return loss
 
 # %% ../nbs/03_optim.ipynb #a6a3688b
-def _check_unchanged(opt: ProjectedOptimizer):
-    "Refuse to step once the base moves other tensors than at construction: the subspace would not cover them."
-    if _trainable(opt.base) != {id(q) for q in opt.params}:
-        raise ValueError(
-            "the base optimizer's trainable parameters changed since the wrapper was built (a parameter group "
-            "added, or a tensor frozen or unfrozen): build a new operator, subspace and optimizer"
-        )
-
-
 def _count_step(opt: ProjectedOptimizer):
     "Count this step and return True; False, uncounted, when no tensor has a gradient (the base skips every one)."
     if all(q.grad is None for q in opt.params):
@@ -295,7 +296,9 @@ def _active(opt: ProjectedOptimizer):
     "Whether this step projects: after `start_step`, once past the `switch_threshold`; first, it updates the tracker."
     if opt.switch_step is None and opt.n_steps <= opt.start_step:
         return False
-    opt.subspace.update()  # the one place a step updates the tracker: once per step that uses it
+    if opt.updated_at != opt.n_steps:  # a step retried after a refusal: the tracker has counted it already
+        opt.subspace.update()  # the one place a step updates the tracker: once per step that uses it
+        opt.updated_at = opt.n_steps
     if opt.switch_step is not None:
         return True
     if opt.switch_threshold is not None:
@@ -312,6 +315,28 @@ def coefficients(self: ProjectedOptimizer):
     "(a, b) of the steps now: (dom, bulk) once projecting, (1, 1) while plain base steps wait for the switch."
     waiting = self.switch_step is None and (self.start_step > 0 or self.switch_threshold is not None)
     return (1.0, 1.0) if waiting else (self.dom, self.bulk)
+
+# %% ../nbs/03_optim.ipynb #0eee73db
+def _check_unchanged(opt: ProjectedOptimizer):
+    "Refuse to step once the base moves other tensors than at construction: the subspace would not cover them."
+    if _trainable(opt.base) != {id(q) for q in opt.params}:
+        raise ValueError(
+            "the base optimizer's trainable parameters changed since the wrapper was built (a parameter group "
+            "added, or a tensor frozen or unfrozen): build a new operator, subspace and optimizer"
+        )
+
+
+def _step(opt: ProjectedOptimizer):
+    "Count the step, update the tracker if the step uses it, take the plain or projected step; all or nothing."
+    kept = opt.n_steps, opt.switch_step, opt.ema
+    try:
+        if not _count_step(opt) or (opt.dom == opt.bulk == 1.0) or not _active(opt):
+            opt.base.step()
+        else:
+            _projected_step(opt)
+    except BaseException:  # a refused step is no step: the counters stay, and a retry is this step again
+        opt.n_steps, opt.switch_step, opt.ema = kept
+        raise
 
 # %% ../nbs/03_optim.ipynb #8d3640f3
 _UNWRITABLE = 1e-3  # the basis's weight on tensors without a gradient above which a projected step is refused
@@ -407,7 +432,7 @@ def _projected_step(opt: ProjectedOptimizer):
 
 def _diagnose(opt: ProjectedOptimizer, U, g, delta):
     "Keep the step's diagnostics in `opt.last` (computed when read) and its update in `opt.last_update`."
-    lr = max(group["lr"] for group in opt.param_groups)  # the largest η, as it is at this step
+    lr = max(float(group["lr"]) for group in opt.param_groups)  # the largest η now (a scheduler may change a tensor's)
     opt.last = StepDiagnostics(U, g, delta, lr, opt.subspace.eigenvalues[0])
     opt.last_update = delta  # the applied step, for the runner's leakage measurement
 

@@ -157,11 +157,19 @@ class _ParameterSpace:
 
     has_data = False  # no gradient on data (`switch_threshold` needs one), no curvature products
 
-    def __init__(self, params):  # tensors, in the order of the flat vector (those without requires_grad are left out)
+    def __init__(
+        self,
+        params,  # tensors, in the order of the flat vector (those without requires_grad are left out)
+        names: list | None = None,  # their names, for messages (default: their index and shape)
+    ):
         params = list(params)
         if not all(isinstance(q, torch.Tensor) for q in params):
             raise TypeError("`params` must be an operator, a module or an iterable of tensors, got other items")
+        if len({id(q) for q in params}) < len(params):
+            raise ValueError("`params` lists a tensor twice: its flat vector would hold two copies of it")
+        names = names or [f"#{i} (shape {tuple(q.shape)})" for i, q in enumerate(params)]
         self.params = [q for q in params if q.requires_grad]
+        self.names = [n for n, q in zip(names, params) if q.requires_grad]
         if not self.params:
             raise ValueError("`params` must hold trainable tensors (requires_grad=True), got none")
         q = self.params[0]
@@ -183,12 +191,15 @@ class _ParameterSpace:
             "this source has no data: pass an operator as `params` for curvature products (e.g. `leakage`)"
         )
 
-
+# %% ../nbs/02a_sources.ipynb #685ccca4
 def _as_space(params):  # an operator, a module, or an iterable of tensors
     "An operator as it is (it has `parameters()` and `shape`); the tensors of a module or an iterable, wrapped."
     if hasattr(params, "shape") and callable(getattr(params, "parameters", None)):
         return params
-    return _ParameterSpace(params.parameters() if isinstance(params, torch.nn.Module) else params)
+    if isinstance(params, torch.nn.Module):  # with the tensors' names, for messages
+        named = list(params.named_parameters())
+        return _ParameterSpace([q for _, q in named], [n for n, _ in named])
+    return _ParameterSpace(params)
 
 # %% ../nbs/02a_sources.ipynb #fbd5d3f3
 def _clock(device: torch.device):  # the device whose queued work to wait for
