@@ -87,10 +87,9 @@ def curvature_loss_sum(
     "`loss_sum`, written so that its second derivatives keep their precision where the softmax saturates."
     if check_loss(loss) == "mse":
         return loss_sum(out, target, loss)
-    r = out.detach().argmax(-1, keepdim=True)  # the top class of each sample
-    top = out.gather(-1, r)
-    rest = (out - top).exp().masked_fill(F.one_hot(r.squeeze(-1), out.shape[-1]).bool(), 0)  # e^{f_j − f_r}, j ≠ r
-    return (top.squeeze(-1) + rest.sum(-1).log1p() - out.gather(-1, target.unsqueeze(-1)).squeeze(-1)).sum()
+    top = F.one_hot(out.argmax(-1), out.shape[-1]).to(out.dtype)  # the top class r of each sample, one-hot
+    rest = (out - (out * top).sum(-1, keepdim=True)).exp() * (1 - top)  # e^{f_j − f_r} for j ≠ r, 0 at r
+    return rest.sum(-1).log1p().sum() + (out * (top - F.one_hot(target, out.shape[-1]).to(out.dtype))).sum()
 
 
 def output_gradient(
