@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_plots.ipynb #436d7213
 from __future__ import annotations
-import io, itertools, numbers
+import io, itertools, numbers, warnings
 from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
@@ -93,7 +93,10 @@ def plot_curves(
     "Mean over seeds per method against step, with a min–max seed band; diverged runs end in a red x, switches a |."
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 3.8))
-    gone = results["diverged"].eq(True) if "diverged" in results else False  # a blown-up row: marked, not averaged
+    gone = np.isinf(results[metric].astype(float))  # an infinite value ends its run, flagged or not (as in `results`)
+    if "diverged" in results:
+        gone |= results["diverged"].eq(True)  # a blown-up row: marked, not averaged
+    results = results.assign(diverged=gone)
     ok = results[results[metric].notna() & ~gone]
     if len(ok):
         sns.lineplot(ok, x="step", y=metric, hue="method", errorbar=("pi", 100), ax=ax, palette=palette)
@@ -110,6 +113,8 @@ def plot_curves(
         ax.legend(old.legend_handles + extra, labels, title=old.get_title().get_text() or None)
     if log if log is not None else metric.endswith("loss"):
         ax.set_yscale("log")
+        if hidden := int((ok[metric] <= 0).sum()):  # e.g. a float32 cross-entropy that reached 0.0
+            warnings.warn(f"plot_curves: {hidden} values of {metric} <= 0 are left out of a log scale (log=False)")
     ax.set(title=metric.replace("_", " "))
     ax.figure.tight_layout()
     return ax.figure

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 
 # %% auto #0
-__all__ = ['RUN_COLUMNS', 'COSTS', 'MAX_EXACT_SEEDS', 'SIGN_DRAWS', 'run_keys', 'time_to_target', 'rank_configs',
-           'sign_flip_pvalue', 'best_vs_best', 'describe', 'summarize', 'stability_numbers', 'run_outcomes',
-           'against_reference', 'best_setting', 'against_best', 'tuned', 'headline', 'against_fastest',
+__all__ = ['RUN_COLUMNS', 'COSTS', 'MAX_EXACT_SEEDS', 'SIGN_DRAWS', 'HEADLINE_STATS', 'run_keys', 'time_to_target',
+           'rank_configs', 'sign_flip_pvalue', 'best_vs_best', 'describe', 'summarize', 'stability_numbers',
+           'run_outcomes', 'against_reference', 'best_setting', 'against_best', 'tuned', 'headline', 'against_fastest',
            'first_to_target', 'paired_control', 'relapses']
 
 # %% ../nbs/06b_results.ipynb #0000000b
@@ -307,6 +307,13 @@ def summarize(
     grid = [c for c in results.columns if "." in str(c)]
     if grid:
         raise ValueError(f"`results` are a sweep's (grid columns {grid}): summarize one experiment's rows at a time")
+    twice = results[results.duplicated(["method", "seed", "step"])] if set(RUN_COLUMNS) <= set(results) else results[:0]
+    if len(twice):  # a sweep over a top-level key (`steps`) has no dotted column: its runs share method and seed
+        m, s, t = twice.iloc[0][["method", "seed", "step"]]
+        raise ValueError(
+            f"`results` has two rows of method {m}, seed {s} at step {t}: summarize one experiment's rows at a time "
+            "(a sweep's: one grid point), or drop repeated rows"
+        )
     reach = time_to_target(results, threshold, keys=[]).set_index(["method", "seed"]).step
     runs = []
     for (method, seed), r in results.sort_values("step", kind="stable").groupby(["method", "seed"], sort=False):
@@ -504,6 +511,10 @@ def tuned(
     return pd.concat(out, ignore_index=True)
 
 # %% ../nbs/06b_results.ipynb #8dd0d8092fe74a7c96281538738b07e2
+HEADLINE_STATS = ("steps", "steps_min", "steps_max", "hvps", "seconds", "seconds_min", "seconds_max", "reached")
+HEADLINE_STATS += ("diverged", "diverged_grid")  # `headline`'s columns; a configuration column so named gets _setting
+
+
 def headline(
     ttt: pd.DataFrame,  # a `time_to_target` table
     targets,  # its targets, easiest first
@@ -513,6 +524,7 @@ def headline(
     "Per target and family: its best configuration in steps there and, at it, every clock's spread and the divergence."
     _check_ttt(ttt, family, *COSTS, "diverged")
     ts, cols = _check_targets(targets), _config_columns(ttt, family, config)
+    clash = {c: f"{c}_setting" for c in cols if c in HEADLINE_STATS}  # a sweep over `steps`: steps_setting
     grid = ttt.drop_duplicates([family, *cols, "seed"]).groupby(family, sort=False).diverged.mean()
     out = []
     for target in ts:
@@ -524,7 +536,7 @@ def headline(
         stats |= dict(seconds_max=g.train_seconds.max(), reached=g.step.agg(lambda s: float(np.isfinite(s).mean())))
         stats |= dict(diverged=g.diverged.mean().astype(float), diverged_grid=grid.astype(float))
         table = pd.DataFrame(stats).loc[best[family]].reset_index(names=family)
-        out.append(best.assign(target=float(target)).merge(table, on=family))
+        out.append(best.rename(columns=clash).assign(target=float(target)).merge(table, on=family))
     return pd.concat(out, ignore_index=True)
 
 # %% ../nbs/06b_results.ipynb #8edb47106e1a46a883d545849b8ab81b

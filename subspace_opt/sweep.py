@@ -200,6 +200,10 @@ def _sweep_spec(
     if not isinstance(s, dict) or not {"base", "grid"} <= set(s) or set(s) - {"base", "grid", "names"}:
         raise ConfigError(f"`{where}` must be a dict with the keys base, grid and optionally names, got {_show(s)}")
     names = s.get("names") or {}
+    methods = (s["base"] or {}).get("methods") if isinstance(s["base"], dict) else None
+    if len(names) > 1 or (names and isinstance(methods, list) and len(methods) != 1):
+        what = f"{len(names)} grid keys" if len(names) > 1 else f"{len(methods)} methods"
+        raise ConfigError(f"`{where}.names` names the one method of a sweep after one grid key; this has {what}")
     for key, named in names.items():
         if key not in s["grid"]:
             raise ConfigError(f"`{where}.names` names {_show(key)}, which is not a key of its grid {list(s['grid'])}")
