@@ -451,6 +451,8 @@ def read_config_file(path: str | Path):  # a .json, .yaml or .yml file
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist")
+    if path.is_fifo():  # opening a named pipe waits for a writer: forever
+        raise ConfigError(f"config file {path} is a named pipe, not a file")
     try:
         with open(path, "rb") as f:
             raw = f.read(MAX_CONFIG_BYTES + 1)

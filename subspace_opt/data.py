@@ -166,6 +166,8 @@ def find_data(
     data_dir: str | Path | None = None,  # a folder to look in first
 ):
     "The first of `data_places(name, data_dir)` that holds one of `markers`; a one-line error if none does."
+    if data_dir is not None and (str(data_dir) == "" or not Path(data_dir).is_dir()):  # else another folder is used
+        raise _user_error(f"`data_dir` must be a folder, got {str(data_dir)!r}")
     if markers is None and name not in DATA_MARKERS:
         raise _user_error(f"`name` must be one of {', '.join(DATA_MARKERS)} (or give `markers`), got {name!r}")
     markers, places = markers or DATA_MARKERS[name], data_places(name, data_dir)
@@ -188,35 +190,7 @@ def data_available(
     except FileNotFoundError:
         return False
 
-# %% ../nbs/04_data.ipynb #9d901e21
-MAX_IDX_BYTES = 1 << 30  # the largest IDX array read (1 GiB; MNIST's training images take 47 MB)
-
-
-def read_idx(path: str | Path):  # an IDX file, gzipped or not
-    "The array stored in an IDX file (the MNIST format): uint8 images (n, h, w) or labels (n,); else a `UserError`."
-    path = Path(path)
-    try:
-        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as fh:
-            raw = fh.read(4)
-            ndim = raw[3] if len(raw) == 4 else 0
-            if raw[:3] != b"\0\0\x08" or not 1 <= ndim <= 3:
-                raise _user_error(
-                    f"{path} is not an IDX file of unsigned bytes in 1 to 3 dimensions (header {raw.hex()})"
-                )
-            raw += fh.read(4 * ndim)
-            if len(raw) < 4 + 4 * ndim:
-                raise _user_error(f"{path} ends inside its header ({len(raw)} of {4 + 4 * ndim} bytes)")
-            shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-            if math.prod(shape) > MAX_IDX_BYTES:
-                raise _user_error(f"{path}: its header declares {shape}, above the {MAX_IDX_BYTES:,} bytes read")
-            data = _read_at_most(fh, math.prod(shape) + 1)  # no more than the header says (a gzip bomb stops there)
-    except (EOFError, gzip.BadGzipFile, zlib.error) as e:  # a damaged archive
-        raise _user_error(f"{path} is not an IDX file: {' '.join(str(e).split())}") from None
-    if len(data) != math.prod(shape):
-        raise _user_error(f"{path} holds {len(data)} bytes of data, not the {shape} its header says")
-    return np.frombuffer(data, dtype=np.uint8).reshape(shape)
-
-
+# %% ../nbs/04_data.ipynb #457f1a6e
 def _read_at_most(
     fh,  # an open binary file
     n: int,  # the most bytes to read
@@ -227,6 +201,43 @@ def _read_at_most(
         pieces.append(piece)
         n -= len(piece)
     return b"".join(pieces)
+
+# %% ../nbs/04_data.ipynb #9d901e21
+MAX_IDX_BYTES = 1 << 30  # the largest IDX array read (1 GiB; MNIST's training images take 47 MB)
+
+
+def read_idx(
+    path: str | Path,  # an IDX file, gzipped or not
+    max_items: int | None = None,  # the most items (images, labels) it may hold, checked before its data is read
+):
+    "The array stored in an IDX file (the MNIST format): uint8 images (n, h, w) or labels (n,); else a `UserError`."
+    path = Path(path)
+    if path.is_fifo():  # opening a named pipe waits for a writer: forever
+        raise _user_error(f"{path} is a named pipe, not an IDX file")
+    try:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as fh:
+            raw = fh.read(4)
+            ndim = raw[3] if len(raw) == 4 else 0
+            if raw[:3] != b"\0\0\x08" or not 1 <= ndim <= 3:
+                raise _user_error(
+                    f"{path} is not an IDX file of unsigned bytes in 1 to 3 dimensions (header {raw.hex() or 'empty'})"
+                )
+            raw += fh.read(4 * ndim)
+            if len(raw) < 4 + 4 * ndim:
+                raise _user_error(f"{path} ends inside its header ({len(raw)} of {4 + 4 * ndim} bytes)")
+            shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+            if math.prod(shape) > MAX_IDX_BYTES:
+                raise _user_error(f"{path}: its header declares {shape}, above the {MAX_IDX_BYTES:,} bytes read")
+            if max_items is not None and shape[0] > max_items:
+                raise _user_error(
+                    f"{path}: its header declares {shape[0]:,} items, more than the {max_items:,} expected"
+                )
+            data = _read_at_most(fh, math.prod(shape) + 1)  # no more than the header says (a gzip bomb stops there)
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:  # a damaged archive
+        raise _user_error(f"{path} is not an IDX file: {' '.join(str(e).split())}") from None
+    if len(data) != math.prod(shape):
+        raise _user_error(f"{path} holds {len(data)} bytes of data, not the {shape} its header says")
+    return np.frombuffer(data, dtype=np.uint8).reshape(shape)
 
 # %% ../nbs/04_data.ipynb #7a993b4f
 def _check_arrays(
@@ -291,7 +302,8 @@ def _load_idx(name, n_train, n_test, data_dir, flatten, device, dtype):
     "(Fashion-)MNIST's four IDX files in `data_dir` (or where `find_data` looks): 28 x 28 images, 10 classes."
     folder = find_data(name, data_dir=data_dir)
     ext = ".gz" if (folder / "train-labels-idx1-ubyte.gz").exists() else ""
-    parts = [read_idx(folder / f"{part}{ext}") for part in IDX_FILES]
+    most = dict(train=60_000, t10k=10_000)  # the published sets: a header claiming more is not them (nor read)
+    parts = [read_idx(folder / f"{part}{ext}", most[part.split("-")[0]]) for part in IDX_FILES]
     odd = [f"{part}{ext}" for part, a in zip(IDX_FILES, parts) if "images" in part and a.shape[1:] != (28, 28)]
     if odd:
         raise _user_error(f"{folder / odd[0]} does not hold 28 x 28 images: not {name}")

@@ -4,7 +4,7 @@
 
 # %% ../nbs/05c_runfolder.ipynb #10b970b5
 from __future__ import annotations
-import fcntl, hashlib, io, json, os, re, tarfile, tempfile, warnings
+import fcntl, gzip, hashlib, io, json, os, re, tarfile, tempfile, warnings
 from pathlib import Path
 import pandas as pd
 import torch
@@ -15,8 +15,8 @@ from .distributed import rank, world_size
 from .rows import csv_header, row_line, rows_digest, rows_upto
 
 # %% auto #0
-__all__ = ['SAFE_NAME', 'FILE_MODE', 'LAYOUT', 'LOCK', 'KINDS', 'MAX_UNPACKED', 'safe_name', 'atomic_write', 'all_ranks',
-           'RunFolder', 'sweep_grid', 'run_identity', 'unpack_runs']
+__all__ = ['SAFE_NAME', 'FILE_MODE', 'LAYOUT', 'LOCK', 'KINDS', 'MAX_UNPACKED', 'MAX_MEMBERS', 'safe_name', 'atomic_write',
+           'all_ranks', 'RunFolder', 'sweep_grid', 'run_identity', 'unpack_runs']
 
 # %% ../nbs/05c_runfolder.ipynb #43f7b4c5
 SAFE_NAME = re.compile(r"[A-Za-z0-9_=+-][A-Za-z0-9._=,+-]{0,199}")  # a name of a file or folder made from user input
@@ -503,12 +503,15 @@ def check(
 
 # %% ../nbs/05c_runfolder.ipynb #acae54e37e7d407bbb7b55eff062a284
 MAX_UNPACKED = 2**30  # bytes `unpack_runs` writes at most
+MAX_MEMBERS = 100_000  # members an archive may hold (run files: 3 to 5 per run)
 
 
 def _archive_files(tar: tarfile.TarFile, where: str, under: tuple):
     "The regular files of `tar` below the folder `under` (path parts), with their path below it; unsafe: refused."
     files, total = [], 0
-    for m in tar.getmembers():
+    for i, m in enumerate(tar):
+        if i == MAX_MEMBERS:
+            raise UserError(f"`archive`: {where} holds more than {MAX_MEMBERS:,} members: refused, nothing unpacked")
         parts = tuple(p for p in m.name.split("/") if p not in ("", "."))
         if m.name.startswith("/") or ".." in parts or not (m.isfile() or m.isdir()):
             kind = "an absolute path" if m.name.startswith("/") else "a '..'" if ".." in parts else "a link or device"
@@ -525,6 +528,36 @@ def _archive_files(tar: tarfile.TarFile, where: str, under: tuple):
         )
     return files
 
+# %% ../nbs/05c_runfolder.ipynb #7a918beb
+def _whole_gzip(archive: Path):  # a .tar.gz
+    "Its uncompressed length, read to the end so that gzip checks its CRC and length (tarfile stops before)."
+    n = 0
+    with gzip.open(archive, "rb") as f:
+        while piece := f.read(1 << 20):
+            n += len(piece)
+            if n > MAX_UNPACKED + 2048 * MAX_MEMBERS:  # the files' bytes, their headers and padding
+                raise UserError(f"`archive`: {archive.name} unpacks to more than {n - len(piece):,} bytes: refused")
+    return n
+
+
+def _check_places(
+    where: str,  # the archive's name, for messages
+    dest: Path,  # the folder to unpack into
+    rels: list,  # the files' paths below it, as tuples of names
+):
+    "Refuse a file named twice (or as a file and a folder), one already in `dest`, or one reached through a link."
+    names, seen = {tuple(r) for r in rels}, set()
+    for rel in map(tuple, rels):
+        folder = next((rel[:i] for i in range(1, len(rel)) if rel[:i] in names), None)
+        if rel in seen or folder:
+            raise UserError(f"`archive`: {where} holds {'/'.join(folder or rel)} twice: refused, nothing unpacked")
+        seen.add(rel)
+        out = dest.joinpath(*rel)
+        if out.exists() or out.is_symlink():
+            raise UserError(f"`dest`: {out} exists already: unpack into an empty folder")
+        if any(dest.joinpath(*rel[:i]).is_symlink() for i in range(1, len(rel))):
+            raise UserError(f"`dest`: {out} would be written through a link: unpack into an empty folder")
+
 # %% ../nbs/05c_runfolder.ipynb #8dd0d8092fe74a7c96281538738b07e2
 def unpack_runs(
     archive: str | Path,  # a .tar.gz of run folders
@@ -539,21 +572,17 @@ def unpack_runs(
         )
     if dest.exists() and not dest.is_dir():
         raise UserError(f"`dest` must be a folder to unpack into, but {dest} is a file")
+    if dest.is_symlink() and not dest.exists():
+        raise UserError(f"`dest` must be a folder to unpack into, but {dest} is a link to nowhere")
     try:
+        length, keep = _whole_gzip(archive), tuple(p for p in under.split("/") if p)
         with tarfile.open(archive, "r:gz") as tar:
-            files = _archive_files(tar, archive.name, tuple(p for p in under.split("/") if p))
-            twice = [rel for i, (_, rel) in enumerate(files) if rel in [r for _, r in files[:i]]]
-            names = {tuple(rel) for _, rel in files}
-            twice += [
-                rel[:i] for _, rel in files for i in range(1, len(rel)) if tuple(rel[:i]) in names
-            ]  # file, folder
-            if twice:
-                raise UserError(
-                    f"`archive`: {archive.name} holds {'/'.join(twice[0])} twice: refused, nothing unpacked"
-                )
-            there = [dest.joinpath(*rel) for _, rel in files if dest.joinpath(*rel).exists()]
-            if there:
-                raise UserError(f"`dest`: {there[0]} exists already: unpack into an empty folder")
+            files = _archive_files(tar, archive.name, keep)
+            if length < tar.offset + 1024:  # no end-of-archive blocks: cut at a member's end, and its rest lost
+                raise UserError(f"`archive`: {archive.name} ends without the end-of-archive marker: cut short, refused")
+            if keep and not files:
+                raise UserError(f"`under`: {archive.name} holds no file below {under!r}")
+            _check_places(archive.name, dest, [rel for _, rel in files])
             for m, rel in files:
                 out = dest.joinpath(*rel)
                 out.parent.mkdir(parents=True, exist_ok=True)

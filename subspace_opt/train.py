@@ -223,8 +223,10 @@ def _restore(run: Run, c: dict):
         run.opt.load_state_dict(c["opt"])
         run.log_sub.load_state_dict(c["log_sub"])
         run.gen.set_state(c["gen"])
-        s = c["state"]
-        run.state = dict(step=int(s["step"]), order=[int(i) for i in s["order"]], initial=float(s["initial"]))
+        s, n = c["state"], len(run.data.y_train)
+        if not all(type(i) is int and 0 <= i < n for i in s["order"]):  # the epoch's rest: indices of samples
+            raise ValueError("its mini-batch order holds something other than sample indices")
+        run.state = dict(step=int(s["step"]), order=list(s["order"]), initial=float(s["initial"]))
         run.state["train_seconds"] = float(s["train_seconds"])
     except (KeyError, RuntimeError, TypeError, ValueError):
         raise UserError(f"{run.folder.checkpoint} does not fit this run: delete it to start that run over") from None

@@ -4,7 +4,7 @@
 
 # %% ../nbs/07a_trajectory.ipynb #feaad929
 from __future__ import annotations
-import json, pickle, warnings
+import json, pickle, re, warnings
 from dataclasses import dataclass
 from pathlib import Path
 import pandas as pd
@@ -53,6 +53,8 @@ def _snapshot_jobs(cfg, out):
     ]
     if not jobs:
         raise FileNotFoundError(f"no snapshots under {out / 'runs'}: run the experiment with `snapshot_every` set")
+    if odd := next((p for _, _, p in jobs if not (re.fullmatch(r"step[0-9]+\.pt", p.name) and p.is_file())), None):
+        raise UserError(f"{odd} is not a snapshot (a file step<step>.pt): move it out of {odd.parent}")
     return jobs
 
 
@@ -88,15 +90,20 @@ def _load_snapshot(cfg, seed, data, path, dev):
     "The model of the run with `seed`, with the snapshot's weights; None when they are not all finite (diverged)."
     model = make_model(cfg, data, seed)
     try:
-        model.load_state_dict(torch.load(path, map_location=dev, weights_only=True))
+        state, own = torch.load(path, map_location=dev, weights_only=True), model.state_dict()
+        kind = lambda t: (t.is_floating_point(), t.is_complex()) if isinstance(t, torch.Tensor) else None  # noqa: E731
+        if odd := next((k for k, v in state.items() if k in own and kind(v) != kind(own[k])), None):  # e.g. ints
+            raise TypeError(
+                f"its {odd} is {getattr(state[odd], 'dtype', type(state[odd]).__name__)}, not {own[odd].dtype}"
+            )
+        model.load_state_dict(state)
     except pickle.UnpicklingError:  # it names something other than tensors; nothing of it ran
         raise UserError(
             f"{path} is not a weights snapshot: it holds more than tensors, and only weights are loaded"
         ) from None
-    except (RuntimeError, EOFError, KeyError, TypeError, ValueError) as e:  # unreadable, or another model's weights
-        raise UserError(
-            f"{path} is not a weights snapshot of this experiment's model: {' '.join(str(e).split())}"
-        ) from None
+    except (RuntimeError, EOFError, KeyError, TypeError, ValueError, AttributeError) as e:  # unreadable, another's
+        detail = " ".join(str(e).split()) if isinstance(e, (RuntimeError, TypeError)) else type(e).__name__
+        raise UserError(f"{path} is not a weights snapshot of this experiment's model: {detail}") from None
     return model if all(torch.isfinite(q).all() for q in model.parameters()) else None
 
 
