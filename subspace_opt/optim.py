@@ -422,8 +422,10 @@ def _projected_step(opt: ProjectedOptimizer):
     _refuse_unwritable(opt, U)
     if opt.mode == "gradient":
         _write(opt.params, project(U, g, opt.dom, opt.bulk), "grad")
-        opt.base.step()
-        _write(opt.params, g, "grad")  # the gradient as backward left it, as torch's optimizers leave it
+        try:
+            opt.base.step()
+        finally:  # the gradient as backward left it, as torch's optimizers leave it (also when the step fails)
+            _write(opt.params, g, "grad")
     else:
         opt.base.step()
         _write(opt.params, theta0 + project(U, opt._flat_params() - theta0, opt.dom, opt.bulk), "data")
