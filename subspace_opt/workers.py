@@ -4,7 +4,7 @@
 
 # %% ../nbs/05e_workers.ipynb #acae54e37e7d407bbb7b55eff062a284
 from __future__ import annotations
-import multiprocessing as mp, pickle, signal, threading, traceback
+import multiprocessing as mp, os, pickle, signal, threading, time, traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 import torch
@@ -54,6 +54,13 @@ class _TermStopsPool:
             signal.raise_signal(signal.SIGTERM)  # now as by default: the end of this process
 
 # %% ../nbs/05e_workers.ipynb #2417c924
+def _stop_with_owner():
+    "In a worker: a thread that sends this worker SIGTERM once the pool's owner has ended, however it ended."
+    owner = mp.parent_process()  # in a forkserver worker: the process that owns the pool (not the forkserver)
+    if owner is not None:  # SIGTERM: a running job finishes its step and checkpoints, an idle worker ends at once
+        threading.Thread(target=lambda: (owner.join(), os.kill(os.getpid(), signal.SIGTERM)), daemon=True).start()
+
+
 def _start_worker(threads: int):  # torch threads for this worker
     "A worker's set-up: its share of the threads, SIGINT ignored (the owner stops it with SIGTERM), tqdm's lock."
     torch.set_num_threads(threads)
@@ -61,6 +68,7 @@ def _start_worker(threads: int):  # torch threads for this worker
     # tqdm takes a process-shared lock (a named semaphore) at its first bar, shown or not; a worker stopped by
     # SIGTERM cannot release it, and the resource tracker reports it leaked: a worker's bars need no such lock
     tqdm.set_lock(threading.RLock())
+    _stop_with_owner()  # a killed owner leaves no worker running on
 
 # %% ../nbs/05e_workers.ipynb #69bdc631
 def _call(fn, job):
@@ -73,6 +81,23 @@ def _call(fn, job):
         except Exception:
             raise RuntimeError(f"{type(e).__name__}: {e}\n{traceback.format_exc()}") from None
         raise
+
+# %% ../nbs/05e_workers.ipynb #d81c6295
+def _ended(pid: int):  # a process id
+    "Whether process `pid` has ended: gone, or a zombie (ended, not yet collected by its parent)."
+    try:
+        with open(f"/proc/{pid}/stat") as f:  # Linux: "pid (name) state ..."
+            return f.read().rpartition(")")[2].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+    except OSError:  # no /proc: the kernel says whether the id is in use
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            pass
+        return False
 
 # %% ../nbs/05e_workers.ipynb #69e285a7
 class _Workers:
@@ -89,11 +114,35 @@ class _Workers:
     def __enter__(self):
         return self.pool
 
+    def processes(self):
+        "The worker processes started so far (`multiprocessing.Process`)."
+        return list((getattr(self.pool, "_processes", None) or {}).values())
+
     def __exit__(self, kind, exc, tb):
+        workers = self.processes()
         if kind is not None:  # a running job holds SIGTERM until its step is checkpointed (`train.HeldSignals`)
-            for p in list((getattr(self.pool, "_processes", None) or {}).values()):
+            for p in workers:
                 p.terminate()
         self.pool.shutdown(wait=True, cancel_futures=True)  # joined: no process or semaphore left behind
+        while not all(_ended(p.pid) for p in workers):  # joined by pid: a join can return while a worker runs on
+            time.sleep(0.05)
+
+# %% ../nbs/05e_workers.ipynb #6ab4590f
+def _why_ended(codes: list):  # the workers' exit statuses (`Process.exitcode`: None while running, -N: signal N)
+    "Why a pool's worker ended abruptly, in words, from the exit statuses of its workers."
+    known = [c for c in codes if c not in (None, 0)]
+    cause = next((c for c in known if c != -signal.SIGTERM), known[0] if known else None)
+    if cause is None:
+        return "killed, e.g. for lack of memory, or it could not start: see any error above"
+    if cause == -signal.SIGKILL:
+        return "killed by SIGKILL: by hand, or by the kernel for lack of memory"
+    if cause == -signal.SIGTERM:
+        return "stopped by SIGTERM; a running job checkpointed its step first"
+    if cause < 0:
+        return f"killed by {signal.Signals(-cause).name}"
+    if cause == 255:
+        return "exit status 255: the forkserver process that started it was stopped, or it exited so"
+    return f"exit status {cause}: it failed, or could not start: see any error above"
 
 # %% ../nbs/05e_workers.ipynb #59bbdb311c014d738909a11f9e486628
 def run_in_workers(
@@ -108,12 +157,14 @@ def run_in_workers(
         return [fn(j) for j in tqdm(jobs, desc=desc, disable=not progress)]
     if getattr(fn, "__module__", "__main__") == "__main__" or "<" in getattr(fn, "__qualname__", "<"):
         raise UserError(f"`fn` must be a module-level function of an importable module for workers, got {fn!r}")
-    with _TermStopsPool(), _Workers(min(workers, len(jobs)), threads_per_worker(workers)) as pool:
+    team = _Workers(min(workers, len(jobs)), threads_per_worker(workers))
+    with _TermStopsPool(), team as pool:
         futures = [pool.submit(_call, fn, j) for j in jobs]
+        started = team.processes()  # every worker has started by now: one per job handed over, up to n
         try:
             return [f.result() for f in tqdm(as_completed(futures), total=len(jobs), desc=desc, disable=not progress)]
         except BrokenProcessPool:  # the others were stopped (SIGTERM, held by a running job until its checkpoint)
+            why = _why_ended([p.exitcode for p in started])
             raise UserError(
-                "a worker process ended abruptly (killed, e.g. for lack of memory, or it could not start: see any "
-                "error above) with jobs unfinished: run again (finished runs are reused)"
+                f"a worker process ended abruptly ({why}) with jobs unfinished: run again (finished runs are reused)"
             ) from None

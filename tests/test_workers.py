@@ -2,8 +2,11 @@
 
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -46,7 +49,75 @@ def test_a_script_without_a_main_guard_fails_fast_and_says_why(tmp_path):
         proc.stderr.rstrip()
         .splitlines()[-1]
         .endswith(
-            "a worker process ended abruptly (killed, e.g. for lack of memory, or it could not start: see any error "
-            "above) with jobs unfinished: run again (finished runs are reused)"
+            "a worker process ended abruptly (exit status 1: it failed, or could not start: see any error above) "
+            "with jobs unfinished: run again (finished runs are reused)"
         )
     )
+
+
+JOBS = """import os, signal, time
+from pathlib import Path
+
+
+def nap(job):  # (folder, seconds, hold SIGTERM): note this worker's pid, then sleep
+    folder, seconds, hold = job
+    asked = []
+    if hold:  # as a training run holds SIGTERM until its step is checkpointed, then takes it
+        signal.signal(signal.SIGTERM, lambda sig, frame: asked.append(sig))
+    Path(folder, f"{os.getpid()}.pid").write_text("")
+    time.sleep(seconds)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if asked:
+        signal.raise_signal(signal.SIGTERM)
+    return os.getpid()
+"""
+
+
+def _owner(tmp_path, seconds, hold):
+    "A process that runs two `nap` jobs in two workers (its script's folder holds the jobs' module); and their pids."
+    (tmp_path / "jobs.py").write_text(JOBS)
+    (tmp_path / "owner.py").write_text(
+        "from jobs import nap\nfrom subspace_opt.workers import run_in_workers\n"
+        "if __name__ == '__main__':\n"
+        f"    run_in_workers(nap, [({str(tmp_path)!r}, {seconds}, {hold})] * 2, workers=2)\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # stderr to a file: the workers hold a pipe open past the owner
+    proc = subprocess.Popen([sys.executable, str(tmp_path / "owner.py")], env=env, stderr=(tmp_path / "err").open("w"))
+    deadline = time.time() + 120
+    while len(list(tmp_path.glob("*.pid"))) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    pids = [int(f.stem) for f in tmp_path.glob("*.pid")]
+    assert len(pids) == 2, (pids, proc.poll())
+    return proc, pids
+
+
+def _running(pid):
+    "Whether `pid` runs (a zombie has ended)."
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_workers_end_when_their_owner_is_killed(tmp_path):
+    "`kill -9` of the pool's owner (or the kernel's, for lack of memory): its workers stop too, not after their jobs."
+    proc, pids = _owner(tmp_path, 120, False)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    deadline = time.time() + 30  # the jobs would sleep 120 s
+    while any(_running(p) for p in pids) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not any(_running(p) for p in pids), "a worker runs on without its owner"
+
+
+def test_the_owner_waits_for_its_workers_when_the_forkserver_is_stopped(tmp_path):
+    "SIGTERM to the forkserver (a `pkill -f` that matches it): the owner returns only once its workers have ended."
+    proc, pids = _owner(tmp_path, 4, True)
+    parents = {int(Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()[1]) for p in pids}
+    assert len(parents) == 1, parents  # the forkserver that started both
+    os.kill(parents.pop(), signal.SIGTERM)
+    proc.wait(timeout=120)
+    running = [p for p in pids if _running(p)]
+    err = (tmp_path / "err").read_text()
+    assert proc.returncode == 1 and "a worker process ended abruptly (exit status 255" in err, err
+    assert not running, "the owner returned while a worker was running"
