@@ -301,12 +301,14 @@ IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-
 def _load_idx(name, n_train, n_test, data_dir, flatten, device, dtype):
     "(Fashion-)MNIST's four IDX files in `data_dir` (or where `find_data` looks): 28 x 28 images, 10 classes."
     folder = find_data(name, data_dir=data_dir)
-    ext = ".gz" if (folder / "train-labels-idx1-ubyte.gz").exists() else ""
+    files = [folder / f"{part}.gz" if (folder / f"{part}.gz").exists() else folder / part for part in IDX_FILES]
     most = dict(train=60_000, t10k=10_000)  # the published sets: a header claiming more is not them (nor read)
-    parts = [read_idx(folder / f"{part}{ext}", most[part.split("-")[0]]) for part in IDX_FILES]
-    odd = [f"{part}{ext}" for part, a in zip(IDX_FILES, parts) if "images" in part and a.shape[1:] != (28, 28)]
+    parts = [read_idx(f, most[part.split("-")[0]]) for f, part in zip(files, IDX_FILES)]
+    odd = [f for f, a in zip(files, parts) if "images" in f.name and a.shape[1:] != (28, 28)]
     if odd:
-        raise _user_error(f"{folder / odd[0]} does not hold 28 x 28 images: not {name}")
+        raise _user_error(f"{odd[0]} does not hold 28 x 28 images: not {name}")
+    if (n := len(parts[0])) <= (m := len(parts[2])):  # 60,000 against 10,000 as published
+        raise _user_error(f"{files[0]} holds {n} images, not more than the {m} of {files[2].name}: swapped or copies?")
     return task_from_arrays(name, *parts, n_train, n_test, 255.0, (-1, 1, 28, 28), flatten, device, dtype, 10)
 
 
