@@ -37,6 +37,8 @@ def test_gpu_pilot_small_writes_its_table(tmp_path):
     parts = pd.read_csv(tmp_path / "parts.csv")  # a warm refresh, and what it is made of besides its products
     assert parts.part[0].startswith("warm refresh (") and parts.part[1] == "block product (12 vectors)", parts
     assert len(parts) == 7 and (parts.ms > 0).all() and parts.ms[0] > parts.ms[1], parts
+    blocks = float(re.search(r"\(([\d.]+) block products\)", parts.part[0]).group(1))
+    assert blocks >= 2 and 12 * blocks >= t1.products_per_step, parts  # after a step, as a refresh in training at T = 1
     assert [p["part"] for p in report["parts"]] == parts.part.tolist()
     stacked = pd.read_csv(tmp_path / "stacked.csv")  # 12 runs one after another, and stacked into one batched call
     assert stacked.what.tolist() == ["SGD step", "Hessian block of 12"] and (stacked.members == 12).all(), stacked
@@ -288,8 +290,10 @@ def test_gpu_session_resumes_only_the_finished_runs_of_an_earlier_archive(tmp_pa
     cmd += ["--allow-cpu", "--no-tests", "--no-pilot", "--no-bench", "--resume", str(archive), str(nbs / "a.ipynb")]
     env = {**os.environ, "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": ""}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
-    assert done.returncode == 1 and "could not unpack" in done.stdout and "escaped.txt" in done.stdout, done.stdout
+    refused = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(refused) == 1 and "--resume" in refused[0] and "escaped.txt" in refused[0]
     assert not (tmp_path / "escaped.txt").exists() and not (repo / "escaped.txt").exists()
+    assert not (repo / "nbs" / "experiments" / "runs").exists()  # refused whole: nothing of it unpacked
     with tarfile.open(archive, "w:gz") as tar:  # the same without the escaping member
         for name in ["done.json", "rows.csv"]:
             info = tarfile.TarInfo(f"nbs/experiments/runs/E/full/m-0/{name}")
@@ -338,6 +342,16 @@ def test_prose_numbers_lists_the_quoted_numbers_the_new_outputs_lost(tmp_path):
     assert out.stderr == "1 quoted numbers no longer in the outputs\n"
     same = subprocess.run([*tool, tmp_path / "old.ipynb", tmp_path / "old.ipynb"], capture_output=True, text=True)
     assert (same.returncode, same.stdout) == (0, ""), same
+
+
+def test_prose_numbers_checks_a_decimal_that_ends_a_sentence_but_not_a_version(tmp_path):
+    "A decimal before a full stop ('on MSE 0.71.') is quoted; one inside a version string ('1.2.3') is not."
+    prose = "Adam needs 0.85 of the steps, and on MSE 0.71. With torch 1.2.3 it also prints 2.4.1."
+    _with_outputs(tmp_path / "old.ipynb", prose, "ratios 0.853 0.712 versions 1.2 2.4\n")
+    _with_outputs(tmp_path / "new.ipynb", prose, "ratios 0.911 0.934 versions 1.3 2.5\n")
+    tool = [sys.executable, str(ROOT / "tools" / "prose_numbers.py")]
+    out = subprocess.run([*tool, tmp_path / "old.ipynb", tmp_path / "new.ipynb"], capture_output=True, text=True)
+    assert (out.returncode, out.stdout) == (1, "old.ipynb cell 0: 0.85, 0.71\n"), out
 
 
 def test_dry_run_full_shrinks_the_full_setting_and_softens_assertions():
@@ -416,3 +430,189 @@ def test_pack_results_keeps_what_a_rerun_reuses(tmp_path):
         (runs / f).write_text("x")
     got = sorted(p.relative_to(runs).as_posix() for p in finished_runs(tmp_path))
     assert got == sorted(files[i] for i in (0, 1, 2, 3, 5)), got
+
+
+def _session_left(sid: int) -> list:
+    "The processes still alive in the session that the process `sid` (started with start_new_session) leads."
+    table = subprocess.run(["ps", "-e", "-o", "pid=,sid=,stat=,args="], capture_output=True, text=True).stdout
+    rows = [line.split(None, 3) for line in table.splitlines()]
+    return [r for r in rows if len(r) > 2 and r[1] == str(sid) and not r[2].startswith("Z")]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_gpu_session_stopped_by_a_signal_to_its_process_group_packs_and_leaves_nothing_running(tmp_path, sig):
+    """A signal to the whole process group (Ctrl-C, `timeout`, a job runner): its `tee` outlives it, the notebook is
+    interrupted and recorded, the finished runs are packed, and no process of the session is left running."""
+    nbs = tmp_path / "nbs"
+    (nbs / "runs" / "E" / "x" / "m-0").mkdir(parents=True)
+    (nbs / "runs" / "E" / "x" / "m-0" / "done.json").write_text("{}")
+    _notebook(
+        nbs / "slow.ipynb", "from pathlib import Path\nimport time\nPath('slow.started').touch()\ntime.sleep(120)"
+    )
+    out = tmp_path / "out"
+    cmd = ["bash", str(ROOT / "tools" / "gpu_session.sh"), "--out", str(out), "--budget", "300", "--allow-cpu"]
+    cmd += ["--no-tests", "--no-pilot", "--no-bench", str(nbs / "slow.ipynb")]
+    env = {**os.environ, "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True
+    )
+    try:
+        t0 = time.monotonic()
+        while not (nbs / "slow.started").exists():  # the notebook's kernel is in its sleeping cell
+            assert time.monotonic() - t0 < 60 and proc.poll() is None, proc.poll()
+            time.sleep(0.2)
+        os.killpg(proc.pid, sig)
+        printed, _ = proc.communicate(timeout=60)
+        left = _session_left(proc.pid)
+        while left and time.monotonic() - t0 < 90:  # what exits on its own (tee, at its end of file) may take a moment
+            time.sleep(0.2)
+            left = _session_left(proc.pid)
+    finally:
+        for row in _session_left(proc.pid):  # never leave the session's processes behind, even when failing
+            os.kill(int(row[0]), signal.SIGKILL)
+    assert not left, left
+    assert proc.returncode == 143 and "stopped by a signal" in printed, printed
+    assert (out / "session.log").read_text().rstrip().endswith("exit status 143")
+    assert (out / "notebook-logs" / "slow.status").read_text().split()[0] == "stopped"
+    with tarfile.open(out / "results.tar.gz") as tar:
+        names = tar.getnames()
+    assert "nbs/runs/E/x/m-0/done.json" in names and "gpu-logs/slow.status" in names, names
+    assert json.loads((nbs / "slow.ipynb").read_text())["cells"][0]["outputs"] == []  # interrupted: not saved
+
+
+def test_gpu_session_refuses_a_bad_resume_archive_before_any_stage(tmp_path):
+    "Cut short, not a .tar.gz, './' paths, or no file under nbs/**/runs/: one line naming --resume, exit 2, at once."
+    _notebook(tmp_path / "a.ipynb", "print('a ran')")
+    good = io.BytesIO()
+    with tarfile.open(fileobj=good, mode="w:gz") as tar:
+        for name in ["done.json", "rows.csv"]:
+            tar.addfile(tarfile.TarInfo(f"nbs/experiments/runs/E/full/m-0/{name}"), io.BytesIO(b""))
+    archives = {"cut.tar.gz": good.getvalue()[: len(good.getvalue()) // 2], "page.tar.gz": b"<html>not found</html>"}
+    for name, prefix in [("dotslash.tar.gz", "./nbs/experiments/"), ("inside.tar.gz", "")]:  # inside nbs/experiments
+        one = io.BytesIO()
+        with tarfile.open(fileobj=one, mode="w:gz") as tar:
+            tar.addfile(tarfile.TarInfo(f"{prefix}runs/E/full/m-0/done.json"), io.BytesIO(b""))
+        archives[name] = one.getvalue()
+    env = {**os.environ, "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": ""}
+    for name, data in archives.items():
+        (tmp_path / name).write_bytes(data)
+        out = tmp_path / f"out-{name}"
+        cmd = ["bash", str(ROOT / "tools" / "gpu_session.sh"), "--out", str(out), "--budget", "300", "--allow-cpu"]
+        cmd += ["--no-tests", "--resume", str(tmp_path / name), str(tmp_path / "a.ipynb")]  # the pilot not skipped
+        t0 = time.monotonic()
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("FAIL: --resume: "), (name, done)
+        assert done.stdout == "" and not (out / "session.log").exists(), (name, done.stdout)  # no stage ran
+        assert time.monotonic() - t0 < 20, name
+    assert "no file under nbs/**/runs/" in subprocess.run(cmd, capture_output=True, text=True, env=env).stderr
+
+
+def test_gpu_session_checks_nbdev_before_any_stage_and_runs_the_notebooks_with_its_python(tmp_path):
+    "nbdev that does not import: failed before the pilot; the notebooks run with the interpreter the session checked."
+    shadow = tmp_path / "shadow" / "nbdev"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('a broken nbdev')")
+    _notebook(tmp_path / "a.ipynb", "print('a ran')")
+    out = tmp_path / "out"
+    cmd = ["bash", str(ROOT / "tools" / "gpu_session.sh"), "--out", str(out), "--budget", "300", "--allow-cpu"]
+    cmd += ["--no-tests", "--no-bench", str(tmp_path / "a.ipynb")]  # the pilot not skipped
+    env = {**os.environ, "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(shadow.parent)}
+    t0 = time.monotonic()
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert done.returncode == 1 and "FAIL: cannot import nbdev, execnb and IPython" in done.stdout, done.stdout
+    assert "pilot" not in done.stdout and time.monotonic() - t0 < 30, done.stdout
+    repo, bin_ = tmp_path / "repo", tmp_path / "bin"  # a repository whose .venv python must not be used
+    shutil.copytree(ROOT / "tools", repo / "tools")
+    (repo / ".venv" / "bin").mkdir(parents=True)
+    bin_.mkdir()
+    (repo / ".venv" / "bin" / "python").write_text(f"#!/bin/sh\ntouch {tmp_path / 'venv-used'}\nexit 1\n")
+    (bin_ / "python3").write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+    for f in [repo / ".venv" / "bin" / "python", bin_ / "python3"]:
+        f.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHON"} | {"CUDA_VISIBLE_DEVICES": ""}
+    env["PATH"] = f"{bin_}:{env['PATH']}"
+    cmd = ["bash", str(repo / "tools" / "gpu_session.sh"), "--out", str(out), "--budget", "200", "--allow-cpu"]
+    cmd += ["--no-tests", "--no-pilot", "--no-bench", str(tmp_path / "a.ipynb")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert done.returncode == 0 and "a: done" in done.stdout, done.stdout
+    assert not (tmp_path / "venv-used").exists()
+
+
+def test_gpu_experiments_pack_even_when_nbdev_clean_fails(tmp_path):
+    "A failing nbdev_clean is reported and makes the exit status 1, but the results are still packed."
+    shadow = tmp_path / "shadow" / "nbdev"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("")
+    (shadow / "clean.py").write_text("def nbdev_clean(fname=None, **kwargs):\n    raise RuntimeError('clean broke')\n")
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    _notebook(nbs / "a.ipynb", "print('a ran')")
+    logs, pack = tmp_path / "logs", tmp_path / "results.tar.gz"
+    cmd = ["bash", str(ROOT / "tools" / "run_gpu_experiments.sh"), "--allow-cpu", "--log-dir", str(logs)]
+    cmd += ["--pack", str(pack), str(nbs / "a.ipynb")]
+    env = {**os.environ, "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(shadow.parent)}
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert out.returncode == 1 and "FAIL: nbdev_clean failed" in out.stderr and "clean broke" in out.stderr, out
+    with tarfile.open(pack) as tar:
+        assert "nbs/a.ipynb" in tar.getnames() and "a ran" in tar.extractfile("nbs/a.ipynb").read().decode()
+
+
+def test_execute_notebooks_does_not_save_a_notebook_interrupted_in_its_last_cell(tmp_path):
+    "SIGINT in the last cell (a deadline), with --keep-going: the notebook is left as it was, and no stray file."
+    nb = tmp_path / "nb.ipynb"
+    _notebook(nb, "x = 1", "from pathlib import Path\nimport time\nPath('last.started').touch()\ntime.sleep(120)")
+    before = nb.read_bytes()
+    cmd = [sys.executable, str(ROOT / "tools" / "execute_notebooks.py"), "--keep-going", "--skip-flags", "--", str(nb)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        t0 = time.monotonic()
+        while not (tmp_path / "last.started").exists():
+            assert time.monotonic() - t0 < 60 and proc.poll() is None, proc.poll()
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        printed, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0 and "the notebook is not saved" in printed, printed
+    assert nb.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.started", "nb.ipynb"]
+
+
+def test_pack_results_gives_the_same_bytes_for_the_same_files(tmp_path):
+    "Two packs of the same files at different times: the same bytes; members in name order, owners and times fixed."
+    repo = tmp_path / "repo"
+    run = repo / "nbs" / "experiments" / "runs" / "E" / "full" / "m-0"
+    run.mkdir(parents=True)
+    for name in ["run.json", "rows.csv", "done.json"]:
+        (run / name).write_text(name)
+    (run / "rows.csv").chmod(0o600)
+    nb, logs = repo / "nbs" / "experiments" / "E.ipynb", tmp_path / "logs"
+    nb.write_text("{}")
+    logs.mkdir()
+    (logs / "E.log").write_text("log")
+    cmd = [sys.executable, str(ROOT / "tools" / "pack_results.py"), "--repo", str(repo), "--logs", str(logs)]
+    cmd += ["--notebooks", str(nb), "--runs-beside", str(nb), "--out"]
+    subprocess.run([*cmd, str(tmp_path / "a.tar.gz")], check=True, capture_output=True)
+    time.sleep(1.1)  # the next second: a gzip header's time, were it kept, would differ
+    for f in [*run.iterdir(), nb, logs / "E.log"]:
+        os.utime(f, (1e9, 1e9))
+    subprocess.run([*cmd, str(tmp_path / "b.tar.gz")], check=True, capture_output=True)
+    assert (tmp_path / "a.tar.gz").read_bytes() == (tmp_path / "b.tar.gz").read_bytes()
+    with tarfile.open(tmp_path / "a.tar.gz") as tar:
+        members = tar.getmembers()
+    names = [m.name for m in members]
+    assert names == sorted(names) and len(names) == 5, names
+    assert {(m.mtime, m.uid, m.gid, m.uname, m.gname) for m in members} == {(1796342400, 0, 0, "", "")}
+    modes = {m.name.rsplit("/", 1)[-1]: m.mode for m in members}
+    assert modes["rows.csv"] == 0o600 and modes["done.json"] == (run / "done.json").stat().st_mode & 0o777, modes
+
+
+def test_build_docs_refuses_jobs_below_one():
+    "`--jobs 0` or `-1`: an argparse error naming --jobs (exit 2), before anything is deleted or started."
+    for jobs in ["0", "-1"]:
+        out = subprocess.run(
+            [sys.executable, str(ROOT / "tools" / "build_docs.py"), "--jobs", jobs], capture_output=True, text=True
+        )
+        assert out.returncode == 2 and out.stderr.strip().splitlines()[-1].endswith(f"--jobs must be >= 1, got {jobs}")

@@ -463,6 +463,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--jobs", type=int, default=2, help="notebooks processed at a time, and Sphinx workers")
     args = ap.parse_args(argv)
+    if args.jobs < 1:  # before anything is deleted or started
+        ap.error(f"--jobs must be >= 1, got {args.jobs}")
     os.chdir(ROOT)  # nbdev finds settings.ini from the working directory
     t0 = time.perf_counter()
     paths = notebooks()

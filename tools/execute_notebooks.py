@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from execnb.nbio import read_nb
+from execnb.nbio import read_nb, write_nb
 from execnb.shell import CaptureShell
 
 KEPT_GOING = 3  # exit status of `--keep-going` when a cell failed: the notebook ran to its end and was saved
@@ -51,7 +51,8 @@ def skip_or_clear(cell, flags):
 class _Interrupt:
     """SIGINT (a deadline's `timeout --signal=INT`) interrupts the running cell, as it would anyway, and stops the
     notebook before its next cell, so that even under `--keep-going` an interrupted notebook is never saved: IPython
-    records a cell's KeyboardInterrupt as that cell's error and would go on to the next."""
+    records a cell's KeyboardInterrupt as that cell's error and would go on to the next. The notebook is executed in
+    memory and written only when no interrupt was seen, so an interrupt in its last cell leaves it unsaved too."""
 
     def __init__(self):
         self.seen = False
@@ -64,6 +65,18 @@ class _Interrupt:
     def check(self):  # before each cell, outside IPython's own handling
         if self.seen:
             raise KeyboardInterrupt("interrupted: the notebook is not saved")
+
+    def save(self, nb, dest: Path):
+        "Write the executed `nb` to `dest` unless an interrupt came (an interrupt during the write waits for its end)."
+        part = dest.with_name(f".{dest.name}.part")  # a complete notebook or none: never half of one
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            self.check()  # an interrupt in the last cell, which IPython recorded as that cell's error
+            write_nb(nb, part)
+            part.replace(dest)
+        finally:
+            part.unlink(missing_ok=True)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def main(argv=None):
@@ -90,10 +103,11 @@ def main(argv=None):
         shell = CaptureShell()
         os.chdir(src.parent)  # as nbdev_test does: relative paths in a notebook (e.g. runs/) are relative to its folder
         try:
+            nb = read_nb(src)  # executed in memory, and written only when no interrupt came, the last cell included
+            shell.set_path(src.parent)
             # with --keep-going execnb records each failure in its cell's outputs and goes on
-            shell.execute(
-                src,
-                dest,
+            shell.run_all(
+                nb,
                 exc_stop=not args.keep_going,
                 preproc=lambda c: interrupt.check() or skip_or_clear(c, args.skip_flags),
             )
@@ -102,6 +116,7 @@ def main(argv=None):
             return 1
         finally:
             os.chdir(home)
+        interrupt.save(nb, dest)
         print(f"{src} -> {dest} ({time.perf_counter() - t0:.1f} s)")
         nb = read_nb(dest)
         for i in failed_cells(nb):  # the error of each failed cell, as a notebook would show it

@@ -16,7 +16,8 @@ it times, with the device synchronised:
   how much running several runs on one device gains;
 - on the FULL MLP, a warm refresh and its pieces (a block product, orthonormalising a block, Rayleigh-Ritz, the angle
   bound, the drift between two bases) and the projection of a gradient: where a refresh's time goes besides products
-  (parts.csv);
+  (parts.csv). Each timed refresh follows an untimed SGD step, so that it starts from parameters that moved, as a
+  refresh in training at T = 1 does (a refresh of an unchanged Hessian converges at once and costs less);
 - `--members` runs (12) of the FULL MLP one after another against the same runs stacked into one batched call
   (`torch.func.vmap` over their parameters): an SGD step each, and a block of 12 Hessian-vector products each on the
   whole data set, with the stacked products' relative difference from the separate ones (stacked.csv) — what runs
@@ -121,8 +122,24 @@ def steps(cfg, repeats: int, ready=None):
 
 def parts(cfg, repeats: int):
     "Milliseconds of a warm refresh, of the pieces it is made of and of a gradient's projection (T = 1 setting)."
-    model, opt, _ = build_run(cfg, cfg.methods[0], 0, task_data(cfg))
-    sub = opt.subspace
+    data = task_data(cfg)
+    model, opt, _ = build_run(cfg, cfg.methods[0], 0, data)
+    sub, (X, y) = opt.subspace, data.train
+    T = prepare_targets(y, cfg.loss, data.n_classes, X.dtype)
+    gen = torch.Generator().manual_seed(0)
+
+    def sgd_step():  # untimed: the parameters move before each refresh, as in training
+        idx = torch.randint(0, len(X), (cfg.batch_size,), generator=gen).to(X.device)
+        opt.zero_grad()
+        _batch_loss(model(X[idx]), T[idx], cfg.loss, len(idx)).backward()
+        opt.base.step()
+
+    def warm_refresh():  # seconds and products of a refresh after a step, as every step at T = 1 pays
+        sgd_step()
+        t0 = _now(model)
+        sub.refresh()
+        return _now(model) - t0, sub.info["n_matvecs"]
+
     sub.update()  # the cold solve: a basis, and the block the warm refreshes start from
     op, b = sub.op, sub.block.shape[1]
     Q = _orth_against(None, torch.randn(op.shape[0], 2 * b, device=op.device, dtype=op.dtype))
@@ -131,9 +148,10 @@ def parts(cfg, repeats: int):
     W = Q[:, :b] + HQ[:, :b]  # a block to orthonormalise
     other = _orth_against(None, sub.basis + 0.01 * torch.randn_like(sub.basis))  # a basis that moved a little
     grads = [torch.randn_like(q) for q in op.parameters()]
-    before = sub.n_matvecs
-    refresh = timed(sub.refresh, model, repeats)
-    blocks = (sub.n_matvecs - before) / (repeats + 1) / b  # the warm-up call included
+    warm_refresh()  # the warm-up
+    refreshes = [warm_refresh() for _ in range(repeats)]
+    refresh = statistics.median(t for t, _ in refreshes)
+    blocks = sum(n for _, n in refreshes) / repeats / b
     ms = {
         f"warm refresh ({blocks:.1f} block products)": refresh,
         f"block product ({b} vectors)": timed(lambda: op @ Q[:, :b], model, repeats),

@@ -25,16 +25,24 @@
 #                    (run_gpu_experiments.sh --deadline), and are run with --keep-going, so a notebook whose checked
 #                    outcome fails at FULL is still saved with its tables and figures. The exit status is 1 too when
 #                    pytest itself ends badly (a crash, its timeout). A stage that ignores its stop is killed 15 s
-#                    later. Stopped by SIGTERM or SIGINT, the script packs the runs finished so far into
-#                    results.tar.gz before it exits.
+#                    later. Stopped by SIGTERM or SIGINT (sent to this script alone or to its whole process group, as
+#                    Ctrl-C, `timeout` or a job runner do), the script interrupts the notebooks, packs the runs
+#                    finished so far into results.tar.gz and exits with status 143; a stage running then is
+#                    waited for.
 #   --reserve S      seconds of the budget the stages must leave to the notebooks (default: half the budget).
 #   --jobs N         notebooks at once (default 2; each already runs several runs at once).
 #   --wheels DIR     a folder of wheels adding nbdev/execnb/IPython (installed with --no-index into a private folder).
+#                    Whether they import, from this folder or without it, is checked before any stage, and so is
+#                    Fashion-MNIST (unless --allow-cpu): a machine that lacks either fails at once.
 #   --data DIR       the folder holding Fashion-MNIST's four IDX .gz files (exported as SUBSPACE_OPT_DATA).
 #   --resume FILE    the results.tar.gz of an earlier run: its finished runs (files under nbs/**/runs/ only; nothing
-#                    else, and nothing outside the repository, is taken from it) are unpacked before the notebooks
-#                    start, so they are reused instead of rerun. A FULL set longer than one machine's time can then be
-#                    finished over several runs, each resuming from the last one's archive.
+#                    else, and nothing outside the repository, is taken from it) are checked and unpacked at once,
+#                    before any stage, so they are reused instead of rerun. An archive that cannot be read, holds a
+#                    path that is not plain and relative, or holds no file under nbs/**/runs/ (say, one made inside
+#                    nbs/experiments) is refused (exit status 2). A FULL set longer than one machine's time can then
+#                    be finished over several runs, each resuming from the last one's archive: only finished runs
+#                    carry over (the archive holds no checkpoints, tens of MB each at FULL), so a run interrupted on
+#                    one machine starts over on the next.
 #   --no-tests, --no-pilot, --no-bench   skip those stages (say, on a second run that only resumes the notebooks).
 #   --allow-cpu      a check of this script on a CPU: no CUDA flag for nbdev_test, the pilot's and the refresh
 #                    benchmark's --small setting (the benchmark on digits only), and
@@ -94,8 +102,41 @@ done
 [ -z "$DATA" ] || [ -e "$DATA/train-images-idx3-ubyte.gz" ] || [ -e "$DATA/fashion-mnist/train-images-idx3-ubyte.gz" ] \
   || { echo "FAIL: --data: no Fashion-MNIST IDX files in $DATA (train-images-idx3-ubyte.gz)" >&2; exit 2; }
 [ ${#NBS[@]} -gt 0 ] || NBS=("$REPO"/nbs/experiments/E*.ipynb)
-exec > >(tee -a "$OUTDIR/session.log") 2>&1
+PY="${PYTHON:-python3}"
+export PYTHON="$PY"  # run_gpu_experiments.sh runs the notebooks with the interpreter checked here
+resumed=""
+if [ -n "$RESUME" ]; then  # at once, before any stage spends the budget; refused whole when anything is amiss
+  resumed="$("$PY" - "$RESUME" "$REPO" <<'PYEOF'
+import gzip, posixpath, sys, tarfile, zlib
+src, repo = sys.argv[1], sys.argv[2]
+def refuse(why):
+    sys.stderr.write(f"FAIL: --resume: {src} {why}\n")
+    sys.exit(2)
+try:
+    with gzip.open(src) as gz:  # read to its end: a cut or damaged file fails its CRC or length here
+        length = sum(iter(lambda: len(gz.read(1 << 20)), 0))
+    tar = tarfile.open(src, "r:gz")
+    members = tar.getmembers()
+except (OSError, EOFError, zlib.error, tarfile.TarError) as e:
+    refuse(f"cannot be read as a .tar.gz ({' '.join(str(e).split())})")
+with tar:
+    if length < tar.offset + 1024:
+        refuse("ends without the end-of-archive marker: cut short")
+    odd = [m.name for m in members if m.name.startswith("/") or posixpath.normpath(m.name) != m.name]
+    if odd:  # only regular files of finished runs, only inside the repository (tarfile's 'data' filter)
+        refuse(f"holds {odd[0]!r}: an archive of this tool's holds plain relative paths only")
+    runs = [m for m in members if m.isfile() and m.name.startswith("nbs/") and "runs" in m.name.split("/")]
+    if not runs:
+        refuse("holds no file under nbs/**/runs/ (its paths must start at the repository root)")
+    tar.extractall(repo, members=runs, filter="data")
+print(f"== resumed {len(runs)} files of finished runs from {src}")
+PYEOF
+)" || { rc=$?; [ "$rc" = 2 ] || echo "FAIL: --resume: could not unpack $RESUME (error above)" >&2; exit "$rc"; }
+fi
+trap '' PIPE  # a write to a closed output fails instead of killing the script, so the signal handler still packs
+exec > >(trap '' INT TERM; exec tee -a "$OUTDIR/session.log") 2>&1  # tee outlives a signal to the process group
 cd "$REPO"
+[ -z "$resumed" ] || echo "$resumed"
 t0=$SECONDS
 status=0  # 1 when a test, the pilot or a notebook failed
 left() { echo $((BUDGET - (SECONDS - t0))); }
@@ -104,7 +145,6 @@ stage_time() {  # seconds a stage may take: its own cap $1, within what is left 
   [ "$t" -lt "$1" ] || t=$1
   echo "$t"
 }
-PY="${PYTHON:-python3}"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 if [ -n "$WHEELS" ] && ! "$PY" -c "import nbdev, execnb, IPython" 2>/dev/null; then
   SITE="$(mktemp -d /tmp/subspace-opt-site.XXXXXX)"
@@ -112,21 +152,40 @@ if [ -n "$WHEELS" ] && ! "$PY" -c "import nbdev, execnb, IPython" 2>/dev/null; t
   export PYTHONPATH="$PYTHONPATH:$SITE"  # after the repository and before the system: only what the system lacks
   export PATH="$SITE/bin:$PATH"
 fi
+"$PY" -c "import nbdev, execnb, IPython" || { echo "FAIL: cannot import nbdev, execnb and IPython (error above)\
+${WHEELS:+, even with the wheels of $WHEELS}: pass --wheels DIR holding their wheels"; exit 1; }
 [ -z "$DATA" ] || export SUBSPACE_OPT_DATA="$DATA"
 "$PY" -c "import torch, subspace_opt; print('torch', torch.__version__, '| cuda', torch.cuda.is_available(), '|', \
 torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU', '| subspace_opt', subspace_opt.__version__)" \
   || { echo "FAIL: cannot import torch and subspace_opt"; exit 1; }
 [ ${#CPU[@]} -gt 0 ] || "$PY" -c "import sys, torch; sys.exit(not torch.cuda.is_available())" \
   || { echo "FAIL: no CUDA device visible to torch (--allow-cpu checks this script on a CPU)"; exit 1; }
+[ ${#CPU[@]} -gt 0 ] || "$PY" -c "from subspace_opt.data import load_fashion_mnist; load_fashion_mnist(n_train=10, \
+n_test=10, device='cpu')" || { echo "FAIL: cannot load Fashion-MNIST (error above): pass --data DIR"; exit 1; }
+running() {  # the notebooks still running: the pids (each `timeout`, leading its own group) in the log folder
+  local f pid
+  for f in "$OUTDIR"/notebook-logs/*.pid; do
+    [ -e "$f" ] && read -r pid < "$f" && kill -0 "$pid" 2>/dev/null && echo "$pid"
+  done
+}
 on_signal() {  # stopped from outside: stop the notebooks, pack what finished, and go (a stage is waited for)
-  trap - TERM INT
+  trap '' TERM INT  # a second signal (say, to the whole group) changes nothing: the packing goes on
   echo "== $((SECONDS - t0)) s: stopped by a signal; packing the finished runs into results.tar.gz"
-  if [ -n "${child:-}" ]; then  # run_gpu_experiments.sh interrupts its notebooks, then packs as at its end
+  local pid i
+  if [ -n "${child:-}" ] && kill -0 "$child" 2>/dev/null; then  # it interrupts its notebooks, then packs
     kill -TERM "$child" 2>/dev/null
-    wait "$child"
+  else  # gone: the notebooks are interrupted from here (SIGINT, as at a deadline)
+    for pid in $(running); do kill -INT "$pid" 2>/dev/null; done
   fi
+  [ -z "${child:-}" ] || wait "$child"
+  for i in $(seq 25); do [ -n "$(running)" ] || break; sleep 1; done
+  for pid in $(running); do  # one that ignored its interrupt: killed, with everything in its group
+    echo "== killing notebook process $pid (it ignored its interrupt)"
+    kill -KILL -- "-$pid" "$pid" 2>/dev/null
+  done
   [ -e "$OUTDIR/results.tar.gz" ] || "$PY" tools/pack_results.py --repo "$REPO" --logs "$OUTDIR/notebook-logs" \
     --out "$OUTDIR/results.tar.gz" --runs-beside "${NBS[@]}"
+  echo "== stopped after $((SECONDS - t0)) s, exit status 143"
   exit 143
 }
 trap on_signal TERM INT
@@ -176,19 +235,6 @@ elif [ "$BENCH" = 1 ]; then
   else
     echo "SKIPPED: benchmark B05 (no time left in the budget)"; status=1
   fi
-fi
-if [ -n "$RESUME" ]; then  # only regular files of finished runs, only inside the repository (tarfile's 'data' filter)
-  "$PY" - "$RESUME" "$REPO" <<'PYEOF' || { echo "FAIL: could not unpack $RESUME"; exit 1; }
-import posixpath, sys, tarfile
-src, repo = sys.argv[1], sys.argv[2]
-with tarfile.open(src) as tar:
-    odd = [m.name for m in tar.getmembers() if m.name.startswith("/") or posixpath.normpath(m.name) != m.name]
-    if odd:
-        sys.exit(f"an archive of this tool's holds plain relative paths, not {odd[0]!r}")
-    runs = [m for m in tar.getmembers() if m.isfile() and m.name.startswith("nbs/") and "runs" in m.name.split("/")]
-    tar.extractall(repo, members=runs, filter="data")
-print(f"== resumed {len(runs)} files of finished runs from {src}")
-PYEOF
 fi
 deadline=$(($(left) - 60))  # 30 s to pack, 20 s for run_gpu_experiments.sh's kill-after, 10 s for its start-up
 echo "== $((SECONDS - t0)) s: ${#NBS[@]} notebooks, $JOBS at once, deadline $deadline s"

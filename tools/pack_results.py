@@ -14,16 +14,20 @@
 
 Paths inside are relative to the repository root (a notebook outside it: relative to its folder's parent), so
 `tar xzf FILE` at the root puts the notebooks in place, and a rerun of the same notebooks reuses the finished runs.
-Links are never followed or packed. Prints what the archive holds and its size.
+Links are never followed or packed. The archive depends only on the files' names, contents and modes: members in
+name order, their times, owners and the gzip header's time fixed, so that packing the same files twice gives the same
+bytes. Prints what the archive holds and its size.
 """
 
 import argparse
+import gzip
 import os
 import sys
 import tarfile
 from pathlib import Path
 
 SKIP = {"checkpoint.pt", ".lock"}  # a finished run needs neither to be reused
+MTIME = 1796342400  # every member's time, 2026-12-04 00:00 UTC (the gzip header's is 0): the same files, the same bytes
 
 
 def _name(path: Path, repo: Path):
@@ -76,9 +80,16 @@ def pack(repo: Path, logs: Path, out: Path, notebooks: list, beside: list):
     if len(set(names)) != len(names):
         raise SystemExit(f"pack_results: two files would share a name in the archive: {sorted(names)}")
     tmp = out.with_name(out.name + ".part")
-    with tarfile.open(tmp, "w:gz") as tar:
-        for path, name in members:
-            tar.add(path, arcname=name, recursive=False)
+    with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
+        with tarfile.open(fileobj=gz, mode="w") as tar:
+            for path, name in sorted(members, key=lambda m: m[1]):
+                info = tar.gettarinfo(path, arcname=name)
+                info.mtime, info.uid, info.gid, info.uname, info.gname = MTIME, 0, 0, "", ""
+                if info.isreg():
+                    with open(path, "rb") as f:
+                        tar.addfile(info, f)
+                else:
+                    tar.addfile(info)
     tmp.replace(out)
     return len(notebooks), n_runs, len(log_files)
 

@@ -16,7 +16,8 @@ import re
 import sys
 from pathlib import Path
 
-DECIMAL = re.compile(r"(?<![\w.])-?\d+\.\d+(?![\w.])")  # a decimal number, not part of a word, version or exponent
+# A decimal number, not part of a word, a version (1.2.3) or an exponent; a full stop ending a sentence may follow it.
+DECIMAL = re.compile(r"(?<![\w.])-?\d+\.\d+(?!\w|\.\d)")
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e[-+]?\d+)?", re.I)  # any number an output prints
 
 

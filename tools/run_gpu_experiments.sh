@@ -13,14 +13,18 @@
 #   --deadline S  stop S seconds after the first notebook starts: none starts later, and one still running then is
 #                 interrupted (SIGINT, then killed 20 s later) and counts as failed, "stopped at the deadline". Its
 #                 finished runs stay under runs/, so a rerun of the same notebook reuses them; its runs in flight
-#                 checkpoint the step they reached (SIGINT is held until the step ends), and a rerun goes on from
-#                 there. Default: no deadline. SIGTERM or SIGINT to this script does the same at once: no
-#                 notebook starts later, those running are interrupted ("stopped by a signal"), and --pack still runs.
+#                 checkpoint the step they reached (SIGINT is held until the step ends), and a rerun on the same
+#                 machine goes on from there. --pack does not carry those checkpoints (tens of MB each at FULL), so
+#                 on another machine such a run starts over. Default: no deadline. SIGTERM or SIGINT to this script
+#                 (or to its whole process group) does the same at once: no notebook starts later, those running are
+#                 interrupted ("stopped by a signal"), and --pack still runs.
 #   --pack FILE   at the end, write one .tar.gz holding the notebooks that finished, the logs and summary.tsv (under
 #                 gpu-logs/), and every finished run beside the notebooks (each folder under runs/ with a done.json:
-#                 its rows and records, not its checkpoint). Paths inside are relative to the repository root (a
-#                 notebook outside it: to its folder's parent), so `tar xzf FILE` there puts the notebooks in place
-#                 and lets a later run reuse the finished runs. For machines that give back only a few files.
+#                 its rows and records, not its checkpoint; an unfinished run is not packed at all). Paths inside are
+#                 relative to the repository root (a notebook outside it: to its folder's parent), so `tar xzf FILE`
+#                 there puts the notebooks in place and lets a later run reuse the finished runs. For machines that
+#                 give back only a few files. The pack is written even when nbdev_clean fails (which makes the exit
+#                 status 1).
 #   --log-dir DIR each notebook's output goes to DIR/NAME.log and its exit status and seconds to DIR/NAME.status
 #                 (default: a new folder under /tmp, printed at the start); a summary table goes to DIR/summary.tsv.
 #   --wheels DIR  optional: a folder of wheels adding nbdev/execnb/IPython, for a GPU machine without network that
@@ -49,6 +53,7 @@
 # each notebook's Parameters section, none measured yet) add up to roughly 12-16 minutes one after another, so the
 # first GPU run's printed wall times are what the FULL settings should be trimmed from.
 set -euo pipefail
+trap '' PIPE  # a write to a closed output fails instead of killing the script before it packs
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 WHEELS="${GPU_WHEELS:-}"
 DATA="${SUBSPACE_OPT_DATA:-}"
@@ -119,15 +124,21 @@ LOGDIR="$(cd "$LOGDIR" && pwd)"
 echo "== ${#NBS[@]} notebooks, up to $JOBS at once; logs in $LOGDIR"
 
 run_one() {  # one notebook, in its own folder, within `left` seconds if given; its log, "status seconds" in NAME.status
-  local nb="$1" left="$2" name t0 rc limit=()
+  local nb="$1" left="$2" name t0 rc pid signalled limit=()
   name="$(basename "$nb" .ipynb)"
   t0=$SECONDS
-  rc=0
   [ -z "$left" ] || limit=(timeout --signal=INT --kill-after=20 "$left")
+  trap 'signalled=1' TERM  # a SIGTERM to the process group: this waits on, to record how the notebook ended
   (cd "$(dirname "$nb")" && exec ${limit[@]+"${limit[@]}"} "$PY" "$REPO/tools/execute_notebooks.py" ${KEEP[@]+"${KEEP[@]}"} "$(basename "$nb")") \
     > "$LOGDIR/$name.log" 2>&1 &
-  echo $! > "$LOGDIR/$name.pid"  # `timeout` (or the notebook's process): what a signal to this script interrupts
-  wait $! || rc=$?
+  pid=$!
+  echo "$pid" > "$LOGDIR/$name.pid"  # `timeout` (or the notebook's process): what a signal to this script interrupts
+  [ ! -e "$LOGDIR/.stopped" ] || kill -INT "$pid" 2>/dev/null || true  # stopped before its pid was written
+  while :; do  # a trapped signal ends `wait` early: wait on
+    signalled=0 rc=0
+    wait "$pid" || rc=$?
+    [ "$signalled" = 1 ] || break
+  done
   rm -f "$LOGDIR/$name.pid"
   if [ -n "$left" ] && { [ "$rc" = 124 ] || [ "$rc" = 137 ]; } && [ $((SECONDS - t0)) -ge "$left" ]; then
     rc=deadline  # `timeout` stopped it
@@ -144,8 +155,9 @@ run_one() {  # one notebook, in its own folder, within `left` seconds if given; 
 }
 
 stop() {  # SIGTERM or SIGINT: interrupt the notebooks as a deadline would (SIGINT), start no other, pack at the end
+  [ ! -e "$LOGDIR/.stopped" ] || return 0  # stopping already (the signal came twice: to the group and from a parent)
   touch "$LOGDIR/.stopped"
-  echo "== stopped by a signal: interrupting the notebooks"
+  echo "== stopped by a signal: interrupting the notebooks" || true
   for f in "$LOGDIR"/*.pid; do [ ! -e "$f" ] || kill -INT "$(cat "$f")" 2>/dev/null || true; done
 }
 rm -f "$LOGDIR/.stopped"
@@ -170,7 +182,7 @@ for nb in "${NBS[@]}"; do
   echo "== $(basename "$nb" .ipynb): started at $((SECONDS - t_all)) s"
   run_one "$nb" "$left" &
 done
-while [ -n "$(jobs -rp)" ]; do wait || true; done  # a trapped signal ends `wait` early: wait on
+until wait; do :; done  # a trapped signal ends `wait` early (a status above 128): wait on
 trap - TERM INT
 total=$((SECONDS - t_all))
 
@@ -184,7 +196,9 @@ for nb in "${NBS[@]}"; do
 done
 printf 'all\t%s\t%s\n' "${#failed[@]}" "$total" >> "$LOGDIR/summary.tsv"
 echo "== all ${#NBS[@]} notebooks: $total s with up to $JOBS at once (summary: $LOGDIR/summary.tsv)"
-"$PY" -c "import sys; from nbdev.clean import nbdev_clean; [nbdev_clean(fname=f) for f in sys.argv[1:]]" "${NBS[@]}"
+cleaned=1  # a failing nbdev_clean still leaves the notebooks and runs to pack
+"$PY" -c "import sys; from nbdev.clean import nbdev_clean; [nbdev_clean(fname=f) for f in sys.argv[1:]]" "${NBS[@]}" \
+  || { cleaned=0; echo "FAIL: nbdev_clean failed (error above): the notebooks are saved but not cleaned" >&2; }
 if [ -n "$PACK" ]; then
   done_nbs=()
   for nb in "${NBS[@]}"; do
@@ -203,4 +217,5 @@ if [ ${#failed[@]} -gt 0 ]; then
   echo "FAIL: ${#failed[@]} of ${#NBS[@]} notebooks failed or did not start: ${failed[*]}" >&2
   exit 1
 fi
+[ "$cleaned" = 1 ] || exit 1
 echo "done: executed notebooks saved in place and cleaned; review with git diff, then commit nbs/experiments/*.ipynb"
