@@ -349,3 +349,21 @@ def test_ctrl_c_is_one_line_and_the_same_command_resumes(tmp_path):
     assert again.returncode == 0 and again.stderr == "", again.stderr
     results = pd.read_csv(tmp_path / "out" / "results.csv")
     assert results.step.tolist() == list(range(0, 1501, 10))  # every logged step once, in order
+
+
+def test_the_command_line_chapter_shows_the_help_the_cli_prints_now():
+    "The help texts saved in nbs/09_cli.ipynb (the docs' Usage section) are those of today's subcommands."
+    nb = json.loads((Path(__file__).resolve().parents[1] / "nbs" / "09_cli.ipynb").read_text())
+    cell = next(c for c in nb["cells"] if c["cell_type"] == "code" and '"--help"' in "".join(c["source"]))
+    saved = "".join("".join(o.get("text", "")) for o in cell["outputs"] if o.get("name") == "stdout")
+    now = ""
+    for sub in ("demo", "run", "sweep", "plot", "spectrum", "compare"):
+        out = subprocess.run(
+            [sys.executable, "-m", "subspace_opt.cli", sub, "--help"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "COLUMNS": "80"},
+        )
+        now += f"$ subspace-opt {sub} --help  # exit status {out.returncode}\n{out.stdout}\n"
+    assert saved == now, "re-execute nbs/09_cli.ipynb: its saved --help outputs are out of date"
