@@ -367,9 +367,9 @@ def run_one(
     with RunFolder(run_dir).lock() as folder:
         all_ranks(lambda: folder.claim(_run_spec(cfg, method, seed)))
         if not folder.is_done:
+            run = Run(cfg, method, seed, folder, data)  # not held: an interruption here loses no step
+            start, t0 = run.start(), time.perf_counter()
             with HeldSignals() as held:  # an interruption waits for the step under way, then for its checkpoint
-                run = Run(cfg, method, seed, folder, data)
-                start, t0 = run.start(), time.perf_counter()
                 desc, quiet = f"{method.name} seed {seed}", not progress or rank() > 0
                 with tqdm(total=cfg.steps, initial=start, desc=desc, disable=quiet) as bar:
                     while not (run.over or held.asked):

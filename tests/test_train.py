@@ -4,6 +4,7 @@ rows that lost lines — with one line and status 2."""
 
 import functools
 import json
+import os
 import pickle
 import shutil
 import signal
@@ -286,3 +287,39 @@ def test_compiled_products_give_the_same_run(tmp_path):
     for col in ("train_loss", "test_loss", "lambda_1", "lambda_6"):
         pd.testing.assert_series_equal(compiled[col], plain[col], rtol=1e-4, atol=0)
     assert_same_rows(run_experiment(compiled_cfg, tmp_path / "plain", progress=False), plain)
+
+
+START_SLOWLY = """import sys, time
+from pathlib import Path
+import subspace_opt.train as train
+from subspace_opt.config import config_from_dict
+from subspace_opt.data import load_digits
+
+slow_start = train.Run.start
+
+
+def start(self):  # a start as slow as a large network's step-0 solve on a CPU
+    Path(sys.argv[1], "starting").write_text("")
+    time.sleep(60)
+    return slow_start(self)
+
+
+train.Run.start = start
+cfg = config_from_dict({"name": "s", "hidden": [8], "steps": 5, "methods": [{"name": "sgd", "lr": 0.1}]})
+train.run_one(cfg, cfg.methods[0], 0, Path(sys.argv[1]) / "run", load_digits(n_train=100, device="cpu"))
+"""
+
+
+def test_a_signal_while_a_run_starts_takes_effect_at_once(tmp_path):
+    "SIGTERM while a run is built or measures its step 0: no step to keep, so it is not held until the start ends."
+    (tmp_path / "slow.py").write_text(START_SLOWLY)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, str(tmp_path / "slow.py"), str(tmp_path)], env=env)
+    deadline = time.time() + 120
+    while not (tmp_path / "starting").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    assert (tmp_path / "starting").exists(), proc.poll()
+    t0 = time.time()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == -signal.SIGTERM and time.time() - t0 < 30  # not after the 60 s start
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()  # nothing to keep, nothing written
