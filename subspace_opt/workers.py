@@ -110,13 +110,15 @@ class _Workers:
     ):
         ctx = mp.get_context("forkserver")
         self.pool = ProcessPoolExecutor(n, mp_context=ctx, initializer=_start_worker, initargs=(threads,))
+        self.seen = {}  # pid -> every worker process seen, kept after a broken pool forgets them
 
     def __enter__(self):
         return self.pool
 
     def processes(self):
         "The worker processes started so far (`multiprocessing.Process`)."
-        return list((getattr(self.pool, "_processes", None) or {}).values())
+        self.seen.update((p.pid, p) for p in list((getattr(self.pool, "_processes", None) or {}).values()))
+        return list(self.seen.values())
 
     def __exit__(self, kind, exc, tb):
         workers = self.processes()
@@ -139,7 +141,10 @@ def _why_ended(codes: list):  # the workers' exit statuses (`Process.exitcode`: 
     if cause == -signal.SIGTERM:
         return "stopped by SIGTERM; a running job checkpointed its step first"
     if cause < 0:
-        return f"killed by {signal.Signals(-cause).name}"
+        try:
+            return f"killed by {signal.Signals(-cause).name}"
+        except ValueError:  # a real-time signal has no name
+            return f"killed by signal {-cause}"
     if cause == 255:
         return "exit status 255: the forkserver process that started it was stopped, or it exited so"
     return f"exit status {cause}: it failed, or could not start: see any error above"
