@@ -331,26 +331,32 @@ def _with_outputs(path: Path, prose: str, printed: str):
     path.write_text(json.dumps(dict(cells=[md, code], metadata={}, nbformat=4, nbformat_minor=5)))
 
 
+def _prose_numbers(tmp_path: Path, prose: str, old: str, new: str, *, against_itself=False):
+    "tools/prose_numbers.py on two notebooks of the same `prose` whose code printed `old` and `new`."
+    _with_outputs(tmp_path / "old.ipynb", prose, old)
+    _with_outputs(tmp_path / "new.ipynb", prose, new)
+    second = tmp_path / ("old.ipynb" if against_itself else "new.ipynb")
+    tool = [sys.executable, str(ROOT / "tools" / "prose_numbers.py")]
+    return subprocess.run([*tool, tmp_path / "old.ipynb", second], capture_output=True, text=True)
+
+
 def test_prose_numbers_lists_the_quoted_numbers_the_new_outputs_lost(tmp_path):
     "Quoted from the old outputs and gone from the new: reported; in both, never printed, or integers: not."
     prose = "Bulk reaches 0.118 (k = 10) and SGD 0.25 in 40 steps; the ratio 2.12 is derived; v1.13 is a version."
-    _with_outputs(tmp_path / "old.ipynb", prose, "final 0.1176 0.2501 steps 40 version 1.13\n")
-    _with_outputs(tmp_path / "new.ipynb", prose, "final 0.1707 0.2499 steps 41 version 1.13\n")
-    tool = [sys.executable, str(ROOT / "tools" / "prose_numbers.py")]
-    out = subprocess.run([*tool, tmp_path / "old.ipynb", tmp_path / "new.ipynb"], capture_output=True, text=True)
+    printed = ("final 0.1176 0.2501 steps 40 version 1.13\n", "final 0.1707 0.2499 steps 41 version 1.13\n")
+    out = _prose_numbers(tmp_path, prose, *printed)
     assert (out.returncode, out.stdout) == (1, "old.ipynb cell 0: 0.118\n"), out
     assert out.stderr == "1 quoted numbers no longer in the outputs\n"
-    same = subprocess.run([*tool, tmp_path / "old.ipynb", tmp_path / "old.ipynb"], capture_output=True, text=True)
+    same = _prose_numbers(tmp_path, prose, *printed, against_itself=True)
     assert (same.returncode, same.stdout) == (0, ""), same
 
 
 def test_prose_numbers_checks_a_decimal_that_ends_a_sentence_but_not_a_version(tmp_path):
     "A decimal before a full stop ('on MSE 0.71.') is quoted; one inside a version string ('1.2.3') is not."
     prose = "Adam needs 0.85 of the steps, and on MSE 0.71. With torch 1.2.3 it also prints 2.4.1."
-    _with_outputs(tmp_path / "old.ipynb", prose, "ratios 0.853 0.712 versions 1.2 2.4\n")
-    _with_outputs(tmp_path / "new.ipynb", prose, "ratios 0.911 0.934 versions 1.3 2.5\n")
-    tool = [sys.executable, str(ROOT / "tools" / "prose_numbers.py")]
-    out = subprocess.run([*tool, tmp_path / "old.ipynb", tmp_path / "new.ipynb"], capture_output=True, text=True)
+    out = _prose_numbers(
+        tmp_path, prose, "ratios 0.853 0.712 versions 1.2 2.4\n", "ratios 0.911 0.934 versions 1.3 2.5\n"
+    )
     assert (out.returncode, out.stdout) == (1, "old.ipynb cell 0: 0.85, 0.71\n"), out
 
 
