@@ -352,13 +352,30 @@ def _refuse_unwritable(opt: ProjectedOptimizer, U: torch.Tensor):
             heavy.append((i, w))
         start += n
     if heavy:
-        names = getattr(getattr(opt.subspace, "op", None), "names", None)
         i, w = heavy[0]
         raise RuntimeError(
-            f"ProjectedOptimizer: parameter {names[i] if names else f'#{i}'!r} has no gradient in this step, but the "
-            f"tracked basis has weight {w:.2g} on it: the step cannot be confined without moving it; give it a zero "
-            "gradient (torch.zeros_like) or leave it out of the operator (requires_grad=False)"
+            f"ProjectedOptimizer: parameter {_name(opt, i)!r} has no gradient in this step, but the tracked basis has "
+            f"weight {w:.2g} on it: the step cannot be confined without moving it; give it a zero gradient "
+            "(torch.zeros_like) or leave it out of the operator (requires_grad=False)"
         )
+
+
+def _name(opt: ProjectedOptimizer, i: int):
+    "The name of the wrapper's i-th tensor, as its operator knows it, else '#i'."
+    names = getattr(getattr(opt.subspace, "op", None), "names", None)
+    return names[i] if names else f"#{i}"
+
+
+def _refuse_nonfinite(opt: ProjectedOptimizer, g: torch.Tensor):
+    "Refuse a projected step on a gradient with a NaN or inf: the projection would spread it to every parameter."
+    if bool(torch.isfinite(g).all()):  # one read from the device per projected step
+        return
+    i = next(i for i, q in enumerate(opt.params) if q.grad is not None and not torch.isfinite(q.grad).all())
+    raise FloatingPointError(
+        f"ProjectedOptimizer: the gradient of parameter {_name(opt, i)!r} is not finite: a projected step would "
+        "spread it to every parameter, so none was taken and nothing changed (skip the batch, or lower the learning "
+        "rate)"
+    )
 
 # %% ../nbs/03_optim.ipynb #885362f8
 def _diagnostics(
@@ -420,6 +437,7 @@ def _projected_step(opt: ProjectedOptimizer):
     "Project the gradient before the base step, or the base step's update after it, on the tracked basis; diagnose."
     U, g, theta0 = opt.subspace.basis, _grad_vector(opt.params), opt._flat_params()
     _refuse_unwritable(opt, U)
+    _refuse_nonfinite(opt, g)
     if opt.mode == "gradient":
         _write(opt.params, project(U, g, opt.dom, opt.bulk), "grad")
         try:

@@ -255,9 +255,16 @@ def _now(model):
     return time.perf_counter()
 
 
+def _stop(run: Run, step: int, lr: float, why: str):
+    "End `run` with a row at the step it would have been, saying why; False."
+    run.reason = why
+    run.folder.append_row({**run.tag, "step": step, "lr": lr, "diverged": True, "reason": why})
+    return False
+
+# %% ../nbs/06_train.ipynb #c77e2150
 @patch
 def step(self: Run):
-    "One optimizer step on the next mini-batch (this rank's slice); False, with a row saying why, if its loss blew up."
+    "One optimizer step on the next mini-batch (this rank's slice); False, with a row saying why, if it blew up."
     cfg, t0, (X, y) = self.cfg, _now(self.model), self.data.train
     idx = _next_batch(self.state, self.gen, len(X), cfg.batch_size)
     local = shard(idx)  # this rank's slice of the global mini-batch
@@ -268,17 +275,18 @@ def step(self: Run):
     if self.targets[0] is not y:  # the whole set's targets, checked once: no read from the device at every step
         self.targets = (y, prepare_targets(y, cfg.loss, out.shape[1], out.dtype))
     loss = _batch_loss(out, self.targets[1][local], cfg.loss, len(idx))
-    self.reason = _batch_trouble(loss, cfg, self.state["initial"])  # before any refresh on a blown-up model
     s, lr = self.state["step"] + 1, self.opt.param_groups[0]["lr"]  # every row names its learning rate
-    if self.reason:
-        self.folder.append_row({**self.tag, "step": s, "lr": lr, "diverged": True, "reason": self.reason})
-        return False
+    if why := _batch_trouble(loss, cfg, self.state["initial"]):  # before any refresh on a blown-up model
+        return _stop(self, s, lr, why)
     t1 = _now(self.model)  # the logging tracker's refresh at a logged step's starting point is logging: not timed
     follow_rank(self.opt, self.log_sub)  # k='auto': the starting point's subspace at the optimizer's rank
     pre = before_step(self.log_sub) if cfg.log_curvature and _logs_at(cfg, s) else None
     t0 += _now(self.model) - t1
     loss.backward()
-    self.opt.step()  # with the tracker's refresh when one is due
+    try:
+        self.opt.step()  # with the tracker's refresh when one is due
+    except FloatingPointError as e:  # a NaN or inf gradient or curvature product: refused, nothing moved
+        return _stop(self, s, lr, str(e))
     self.state["step"] += 1
     self.state["train_seconds"] += _now(self.model) - t0  # steps and refreshes only: no logging, no evaluation
     k = projected_rank(self.opt)  # k='auto' may have chosen its rank in this step: then its leakage is not measured
