@@ -4,7 +4,7 @@
 
 # %% ../nbs/05c_runfolder.ipynb #10b970b5
 from __future__ import annotations
-import fcntl, gzip, hashlib, io, json, os, re, tarfile, tempfile, warnings
+import fcntl, gzip, hashlib, io, json, os, re, tarfile, tempfile, warnings, zlib
 from pathlib import Path
 import pandas as pd
 import torch
@@ -588,6 +588,6 @@ def unpack_runs(
                 out.parent.mkdir(parents=True, exist_ok=True)
                 with tar.extractfile(m) as src, open(out, "xb") as f:
                     f.write(src.read())
-    except (tarfile.TarError, EOFError, OSError) as e:
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:  # zlib.error: a damaged deflate stream
         raise UserError(f"`archive`: {archive} cannot be read as a .tar.gz ({' '.join(str(e).split())})") from None
     return [dest.joinpath(*rel) for _, rel in files]

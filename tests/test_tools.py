@@ -294,9 +294,9 @@ def test_gpu_session_resumes_only_the_finished_runs_of_an_earlier_archive(tmp_pa
     assert done.returncode == 2 and len(refused) == 1 and "--resume" in refused[0] and "escaped.txt" in refused[0]
     assert not (tmp_path / "escaped.txt").exists() and not (repo / "escaped.txt").exists()
     assert not (repo / "nbs" / "experiments" / "runs").exists()  # refused whole: nothing of it unpacked
-    with tarfile.open(archive, "w:gz") as tar:  # the same without the escaping member
+    with tarfile.open(archive, "w:gz") as tar:  # the same without the escaping member ('./' paths are the same paths)
         for name in ["done.json", "rows.csv"]:
-            info = tarfile.TarInfo(f"nbs/experiments/runs/E/full/m-0/{name}")
+            info = tarfile.TarInfo(f"{'./' if name == 'rows.csv' else ''}nbs/experiments/runs/E/full/m-0/{name}")
             tar.addfile(info, io.BytesIO(b""))
         info = tarfile.TarInfo("nbs/experiments/a.ipynb")
         tar.addfile(info, io.BytesIO(b""))
@@ -487,18 +487,18 @@ def test_gpu_session_stopped_by_a_signal_to_its_process_group_packs_and_leaves_n
 
 
 def test_gpu_session_refuses_a_bad_resume_archive_before_any_stage(tmp_path):
-    "Cut short, not a .tar.gz, './' paths, or no file under nbs/**/runs/: one line naming --resume, exit 2, at once."
+    "Cut short, garbled, not a .tar.gz, or no file under nbs/**/runs/: one line naming --resume, exit 2, at once."
     _notebook(tmp_path / "a.ipynb", "print('a ran')")
     good = io.BytesIO()
     with tarfile.open(fileobj=good, mode="w:gz") as tar:
         for name in ["done.json", "rows.csv"]:
             tar.addfile(tarfile.TarInfo(f"nbs/experiments/runs/E/full/m-0/{name}"), io.BytesIO(b""))
     archives = {"cut.tar.gz": good.getvalue()[: len(good.getvalue()) // 2], "page.tar.gz": b"<html>not found</html>"}
-    for name, prefix in [("dotslash.tar.gz", "./nbs/experiments/"), ("inside.tar.gz", "")]:  # inside nbs/experiments
-        one = io.BytesIO()
-        with tarfile.open(fileobj=one, mode="w:gz") as tar:
-            tar.addfile(tarfile.TarInfo(f"{prefix}runs/E/full/m-0/done.json"), io.BytesIO(b""))
-        archives[name] = one.getvalue()
+    one = io.BytesIO()
+    with tarfile.open(fileobj=one, mode="w:gz") as tar:  # paths from inside nbs/experiments
+        tar.addfile(tarfile.TarInfo("runs/E/full/m-0/done.json"), io.BytesIO(b""))
+    archives["garbled.tar.gz"] = good.getvalue()[:20] + bytes(b ^ 0x5A for b in good.getvalue()[20:-8]) + b"\0" * 8
+    archives["inside.tar.gz"] = one.getvalue()  # last: the check after the loop runs it again
     env = {**os.environ, "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": ""}
     for name, data in archives.items():
         (tmp_path / name).write_bytes(data)

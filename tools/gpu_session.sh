@@ -107,28 +107,25 @@ export PYTHON="$PY"  # run_gpu_experiments.sh runs the notebooks with the interp
 resumed=""
 if [ -n "$RESUME" ]; then  # at once, before any stage spends the budget; refused whole when anything is amiss
   resumed="$("$PY" - "$RESUME" "$REPO" <<'PYEOF'
-import gzip, posixpath, sys, tarfile, zlib
+import shutil, sys, tempfile
+from pathlib import Path
 src, repo = sys.argv[1], sys.argv[2]
-def refuse(why):
-    sys.stderr.write(f"FAIL: --resume: {src} {why}\n")
-    sys.exit(2)
-try:
-    with gzip.open(src) as gz:  # read to its end: a cut or damaged file fails its CRC or length here
-        length = sum(iter(lambda: len(gz.read(1 << 20)), 0))
-    tar = tarfile.open(src, "r:gz")
-    members = tar.getmembers()
-except (OSError, EOFError, zlib.error, tarfile.TarError) as e:
-    refuse(f"cannot be read as a .tar.gz ({' '.join(str(e).split())})")
-with tar:
-    if length < tar.offset + 1024:
-        refuse("ends without the end-of-archive marker: cut short")
-    odd = [m.name for m in members if m.name.startswith("/") or posixpath.normpath(m.name) != m.name]
-    if odd:  # only regular files of finished runs, only inside the repository (tarfile's 'data' filter)
-        refuse(f"holds {odd[0]!r}: an archive of this tool's holds plain relative paths only")
-    runs = [m for m in members if m.isfile() and m.name.startswith("nbs/") and "runs" in m.name.split("/")]
+sys.path.insert(0, repo)  # the package of this repository (its checks of untrusted archives)
+from subspace_opt.config import UserError
+from subspace_opt.runfolder import unpack_runs
+with tempfile.TemporaryDirectory() as tmp:
+    try:  # whole or nothing: links, '..', absolute paths, unsafe names, a cut or damaged file are refused
+        files = [f.relative_to(tmp) for f in unpack_runs(src, tmp)]
+    except UserError as e:
+        sys.stderr.write(f"FAIL: --resume: {e}\n")
+        sys.exit(2)
+    runs = [f for f in files if f.parts[0] == "nbs" and "runs" in f.parts[:-1]]  # not its notebooks or logs
     if not runs:
-        refuse("holds no file under nbs/**/runs/ (its paths must start at the repository root)")
-    tar.extractall(repo, members=runs, filter="data")
+        sys.stderr.write(f"FAIL: --resume: {src} holds no file under nbs/**/runs/ (paths start at the repository root)\n")
+        sys.exit(2)
+    for f in runs:
+        Path(repo, f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(Path(tmp, f), Path(repo, f))
 print(f"== resumed {len(runs)} files of finished runs from {src}")
 PYEOF
 )" || { rc=$?; [ "$rc" = 2 ] || echo "FAIL: --resume: could not unpack $RESUME (error above)" >&2; exit "$rc"; }
