@@ -4,6 +4,7 @@
 
 # %% ../nbs/00_curvature.ipynb #20db774d
 from __future__ import annotations
+import contextlib
 import importlib.util
 import shutil
 import time
@@ -119,6 +120,31 @@ def _check_trainable(
         )
     return built
 
+# %% ../nbs/00_curvature.ipynb #e9bfb996
+def _trainable_tensors(model: torch.nn.Module):  # the network
+    "(name, tensor) of its trainable parameters, refusing models whose curvature products would be wrong."
+    trainable = [(n, q) for n, q in model.named_parameters() if q.requires_grad]
+    if not trainable:
+        raise ValueError("`model` has no trainable parameters (none with requires_grad=True)")
+    (n0, q0), odd = trainable[0], next(((n, q) for n, q in trainable if q.dtype != trainable[0][1].dtype), None)
+    if odd is not None:
+        raise ValueError(
+            f"`model` mixes dtypes ({n0!r} is {q0.dtype}, {odd[0]!r} is {odd[1].dtype}): cast it to one "
+            "(model.float() or model.double()) before curvature products"
+        )
+    seen = {}
+    for name, m in model.named_modules(remove_duplicate=False):
+        if next(m.parameters(recurse=False), None) is None and next(m.buffers(recurse=False), None) is None:
+            continue
+        if id(m) in seen:
+            raise ValueError(
+                f"`model` registers its layer {seen[id(m)]!r} again as {name!r}: curvature products would leave it "
+                "holding a plain tensor instead of its Parameter; call the layer through one attribute, or tie its "
+                "parameters to a layer of its own"
+            )
+        seen[id(m)] = name
+    return trainable
+
 # %% ../nbs/00_curvature.ipynb #6f86e503
 class _ModelParameters(TorchLinearOperator):
     "An operator on the trainable parameters of `model`: moves between the flat vector and the named tensors."
@@ -126,9 +152,7 @@ class _ModelParameters(TorchLinearOperator):
     def __init__(self, model: torch.nn.Module):  # network whose trainable parameters span the space
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
-        trainable = [(n, q) for n, q in model.named_parameters() if q.requires_grad]
-        if not trainable:
-            raise ValueError("`model` has no trainable parameters (none with requires_grad=True)")
+        trainable = _trainable_tensors(model)
         self.model, self.names = model, [n for n, _ in trainable]
         self.shapes, self.sizes = [q.shape for _, q in trainable], [q.numel() for _, q in trainable]
         super().__init__((sum(self.sizes),) * 2, trainable[0][1].dtype, trainable[0][1].device)
@@ -304,6 +328,13 @@ def _batched(
     per_sample = max(op.flops_per_sample or 0, 2 * op.shape[0])  # at least 2 flops per parameter and sample
     return op.device.type == "cuda" or len(X) * per_sample <= (CPU_BATCHED_FLOPS if limit is None else limit)
 
+# %% ../nbs/00_curvature.ipynb #e01535a3
+def _no_autocast(device: torch.device):  # the device whose autocast to switch off
+    "A context in which `torch.autocast` does not change dtypes on `device` (where the device has autocast)."
+    if not torch.amp.is_autocast_available(device.type):
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, enabled=False)
+
 # %% ../nbs/00_curvature.ipynb #b49a5658
 class _Reduction(_ShardedData):
     "Products summed over this rank's batches, then over the group's ranks, and divided by the global count n."
@@ -338,7 +369,7 @@ class _Reduction(_ShardedData):
         Vt = V.T.contiguous()  # one contiguous row per vector
         total = torch.zeros_like(Vt)
         check_modes(self.model)  # a model switched to training mode since (`model.train()`) would give noise
-        with torch.enable_grad():
+        with torch.enable_grad(), _no_autocast(self.device):
             for X, t in self.batches:
                 total = total + self._batch_matmat(X, t, Vt)
         return (self._reduce(total) / self.n).T
@@ -481,7 +512,7 @@ def gradient(self: CurvatureOperator):
     "The gradient (p,) of the mean loss over the operator's data (all ranks' shards), at the current parameters."
     live, total = self.parameters(), torch.zeros(self.shape[0], dtype=self.dtype, device=self.device)
     check_modes(self.model)
-    with torch.enable_grad():
+    with torch.enable_grad(), _no_autocast(self.device):
         for X, t in self.batches:
             gs = torch.autograd.grad(
                 loss_sum(self.model(X), t, self.loss), live, allow_unused=True, materialize_grads=True

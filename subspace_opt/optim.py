@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_optim.ipynb #e03dafb3
 from __future__ import annotations
-import collections, inspect, math, numbers, warnings
+import collections, contextlib, inspect, math, numbers, warnings
 import torch
 from fastcore.basics import patch
 from tqdm.auto import tqdm
@@ -12,6 +12,7 @@ from .losses import check_loss, loss_sum, prepare_targets
 from .lanczos import _as_int
 from .subspace import DominantSubspace, _alignment, alignment, project
 from .distributed import same_on_every_rank
+from .curvature import _no_autocast
 
 # %% auto #0
 __all__ = ['MODES', 'SETTINGS', 'ProjectedOptimizer', 'StepDiagnostics', 'dom_sgd', 'bulk_sgd', 'interpolated_sgd',
@@ -316,6 +317,22 @@ def coefficients(self: ProjectedOptimizer):
     waiting = self.switch_step is None and (self.start_step > 0 or self.switch_threshold is not None)
     return (1.0, 1.0) if waiting else (self.dom, self.bulk)
 
+# %% ../nbs/03_optim.ipynb #c4e25d4a
+@contextlib.contextmanager
+def _for_curvature(subspace):  # the tracker, whose operator's model (if it has one) is put in eval mode
+    "The tracker's model in eval mode (each layer's own mode put back after), and autocast off on its device."
+    op = getattr(subspace, "op", None)
+    model, device = getattr(op, "model", None), getattr(op, "device", None)
+    modes = [(m, m.training) for m in model.modules()] if isinstance(model, torch.nn.Module) else []
+    try:
+        if any(training for _, training in modes):
+            model.eval()
+        with _no_autocast(device) if isinstance(device, torch.device) else contextlib.nullcontext():
+            yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
 # %% ../nbs/03_optim.ipynb #0eee73db
 def _check_unchanged(opt: ProjectedOptimizer):
     "Refuse to step once the base moves other tensors than at construction: the subspace would not cover them."
@@ -330,10 +347,11 @@ def _step(opt: ProjectedOptimizer):
     "Count the step, update the tracker if the step uses it, take the plain or projected step; all or nothing."
     kept = opt.n_steps, opt.switch_step, opt.ema
     try:
-        if not _count_step(opt) or (opt.dom == opt.bulk == 1.0) or not _active(opt):
-            opt.base.step()
-        else:
-            _projected_step(opt)
+        with _for_curvature(opt.subspace):  # the tracker's products: on the model in eval mode, without autocast
+            if not _count_step(opt) or (opt.dom == opt.bulk == 1.0) or not _active(opt):
+                opt.base.step()
+            else:
+                _projected_step(opt)
     except BaseException:  # a refused step is no step: the counters stay, and a retry is this step again
         opt.n_steps, opt.switch_step, opt.ema = kept
         raise

@@ -285,3 +285,17 @@ def test_compiled_products_match_dense(case, device, dense_cache):
             op = cls(model, case.loss, data, compile=True)
             assert rel_err(op @ I, _dense(dense_cache, case, name)) <= F64_RTOL, name
             assert op.compile and op.method == "forward", name
+
+
+@pytest.mark.parametrize("name", list(OPERATORS))
+def test_products_and_gradient_ignore_an_enclosing_autocast(name):
+    "Inside `torch.autocast` (bfloat16 on the CPU) products and the gradient keep float32 accuracy."
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    X, y = torch.randn(20, 6), torch.randint(0, 3, (20,))
+    op = OPERATORS[name][0](model, "ce", (X, y))
+    V = torch.randn(op.shape[0], 3)
+    plain, g = op @ V, op.gradient()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        half, g_half = op @ V, op.gradient()
+    assert half.dtype == torch.float32 and rel_err(half, plain) < 1e-6 and rel_err(g_half, g) < 1e-6
