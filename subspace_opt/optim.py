@@ -223,10 +223,10 @@ def _load(opt: _WrapperBase, state: dict):
 
 # %% ../nbs/03_optim.ipynb #7ddb9e1a
 def _warn_unconfined(base: torch.optim.Optimizer, mode: str):
-    "Warn when `'gradient'` mode cannot confine `base`'s steps: per-group learning rates or weight decay."
+    "Warn when `'gradient'` mode cannot confine `base`'s steps (per-group learning rates or weight decay); True if so."
     groups = base.param_groups
     if mode != "gradient":
-        return
+        return False
     rates = {float(g.get("lr", 0)) for g in groups}  # a tensor learning rate as its value
     if len(rates) > 1 or any(g.get("weight_decay", 0) for g in groups):
         warnings.warn(
@@ -235,6 +235,8 @@ def _warn_unconfined(base: torch.optim.Optimizer, mode: str):
             "mode='update' confines them",
             stacklevel=3,
         )
+        return True
+    return False
 
 # %% ../nbs/03_optim.ipynb #07f78aae
 def _same_on_every_rank(opt):  # a `ProjectedOptimizer` being built
@@ -261,7 +263,7 @@ class ProjectedOptimizer(_WrapperBase):
         start_step, switch_threshold, switch_ema = _check_args(
             base, subspace, mode, _as_int(start_step), switch_threshold, switch_ema
         )
-        _warn_unconfined(base, mode)
+        self.warned = _warn_unconfined(base, mode)  # checked again at projected steps: a scheduler may split the rates
         self.base, self.subspace, self.mode = base, subspace, mode
         self.dom, self.bulk = _check_coef("dom", dom), _check_coef("bulk", bulk)
         self.params = _check_params(base, subspace)
@@ -340,6 +342,13 @@ def _check_unchanged(opt: ProjectedOptimizer):
         raise ValueError(
             "the base optimizer's trainable parameters changed since the wrapper was built (a parameter group "
             "added, or a tensor frozen or unfrozen): build a new operator, subspace and optimizer"
+        )
+    op = getattr(opt.subspace, "op", None)
+    live = op.parameters() if callable(getattr(op, "parameters", None)) else opt.params
+    if (i := next((i for i, (a, b) in enumerate(zip(live, opt.params)) if a is not b), None)) is not None:
+        raise ValueError(
+            f"the model's parameter {_name(opt, i)!r} is no longer the tensor the optimizer updates (a new tensor "
+            "assigned to it since the wrapper was built?): build a new operator, subspace and optimizer"
         )
 
 
@@ -457,6 +466,7 @@ def _projected_step(opt: ProjectedOptimizer):
     _refuse_unwritable(opt, U)
     _refuse_nonfinite(opt, g)
     if opt.mode == "gradient":
+        opt.warned = opt.warned or _warn_unconfined(opt.base, opt.mode)  # once, when the groups' rates come apart
         _write(opt.params, project(U, g, opt.dom, opt.bulk), "grad")
         try:
             opt.base.step()
