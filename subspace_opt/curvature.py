@@ -120,6 +120,20 @@ def _check_trainable(
         )
     return built
 
+
+def _check_place(
+    ps: list,  # the trainable tensors now
+    op,  # their operator, with the `dtype` and `device` it was built for
+):
+    "Return `ps`, or raise a `ValueError` if the model was cast to another dtype or moved since `op` was built."
+    q = next((q for q in ps if q.dtype != op.dtype or q.device != op.device), None)
+    if q is not None:
+        raise ValueError(
+            f"the model holds {q.dtype} tensors on {q.device} now, but its operator was built for {op.dtype} on "
+            f"{op.device} (the model was cast or moved since): build a new operator"
+        )
+    return ps
+
 # %% ../nbs/00_curvature.ipynb #e9bfb996
 def _trainable_tensors(model: torch.nn.Module):  # the network
     "(name, tensor) of its trainable parameters, refusing models whose curvature products would be wrong."
@@ -159,7 +173,7 @@ class _ModelParameters(TorchLinearOperator):
 
     def parameters(self):
         "The trainable parameters, in flat-vector order (as when built, or refused): what the optimizer updates."
-        return [self.model.get_parameter(n) for n in _check_trainable(self.names, self.model)]
+        return _check_place([self.model.get_parameter(n) for n in _check_trainable(self.names, self.model)], self)
 
     def _params(self):
         "The trainable parameters by name, detached: the point where `torch.func` differentiates."

@@ -47,7 +47,8 @@ def _check_operator(op):  # what a solver was given as its operator
     if op.dtype in (torch.float16, torch.bfloat16):  # products of relative error ~1e-3 to 1e-2
         raise ValueError(
             f"`op` has dtype {op.dtype}, whose products are too coarse for an eigensolver (ε = "
-            f"{torch.finfo(op.dtype).eps:.1e}): build it on a float32 or float64 copy of the model"
+            f"{torch.finfo(op.dtype).eps:.1e}): build it on a float32 or float64 copy of the model (to train with a "
+            "tracker, keep the model in float32 and take half-precision speed from torch.autocast: products ignore it)"
         )
     if isinstance(op, torch.Tensor) and not torch.isfinite(op).all():
         raise ValueError("`op` must be finite: the tensor holds NaN or inf entries")
