@@ -141,6 +141,8 @@ def _trainable_tensors(model: torch.nn.Module):  # the network
     if not trainable:
         raise ValueError("`model` has no trainable parameters (none with requires_grad=True)")
     (n0, q0), odd = trainable[0], next(((n, q) for n, q in trainable if q.dtype != trainable[0][1].dtype), None)
+    if q0.is_meta:
+        raise ValueError("`model` is on the meta device (shapes without values): give it values first (`to_empty`)")
     if odd is not None:
         raise ValueError(
             f"`model` mixes dtypes ({n0!r} is {q0.dtype}, {odd[0]!r} is {odd[1].dtype}): cast it to one "
@@ -286,10 +288,15 @@ def forward_flops(
 def _probe_forward(model, forward, probe):
     "`forward_flops(model, forward)` on a probe batch; a one-line error naming `data` when it does not fit `model`."
     try:
-        return forward_flops(model, forward)
+        out, flops = forward_flops(model, forward)
     except RuntimeError as e:  # e.g. 64 features into a first layer built for 10, or integer inputs
         why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"`data`: inputs of shape {tuple(probe.shape[1:])} do not fit `model` ({why})") from e
+    if not isinstance(out, torch.Tensor):  # e.g. (logits, extras)
+        raise ValueError(
+            f"`model` must return its outputs as one tensor, got a {type(out).__name__}: wrap it in one that does"
+        )
+    return out, flops
 
 # %% ../nbs/00_curvature.ipynb #100d9471
 class _ShardedData(_ModelParameters):

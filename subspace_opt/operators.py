@@ -4,7 +4,7 @@
 
 # %% ../nbs/00b_operators.ipynb #ce95611a
 from __future__ import annotations
-import math, numbers
+import contextlib, functools, math, numbers
 import numpy as np
 import torch
 from fastcore.basics import patch
@@ -173,3 +173,17 @@ def grad_rows(
             torch.stack(g) for g in zip(*(torch.autograd.grad(ys, inputs, [c[r] for c in cs], **kw) for r in range(b)))
         ]
     return torch.cat([g.reshape(b, -1) for g in gs], 1)
+
+# %% ../nbs/00b_operators.ipynb #003695bf
+def _without_autocast(f):
+    "`f`, run with `torch.autocast` off (on the CPU and on CUDA) where it is on: solvers keep their operator's dtype."
+
+    @functools.wraps(f)
+    def run(*args, **kwargs):
+        with contextlib.ExitStack() as stack:
+            for device in ("cpu", "cuda"):
+                if torch.is_autocast_enabled(device):
+                    stack.enter_context(torch.autocast(device, enabled=False))
+            return f(*args, **kwargs)
+
+    return run

@@ -13,6 +13,7 @@ from fastcore.basics import patch
 from .krylov import _Solve, _accepted, _block_solve, _orth_against, angle_bound
 from .lanczos import _as_int, _check_int, _check_operator, _check_orthonormal, check_symmetric
 from .distributed import same_on_every_rank
+from .operators import _without_autocast
 
 # %% auto #0
 __all__ = ['project', 'project_dom', 'project_bulk', 'alignment', 'choose_k', 'DominantSubspace']
@@ -334,6 +335,7 @@ def basis(self: DominantSubspace):
 
 
 @patch
+@_without_autocast  # a caller's torch.autocast would make the solver's own products half precision
 def refresh(
     self: DominantSubspace,
     op=None,  # operator for this refresh only (default: the subspace's own)

@@ -270,3 +270,16 @@ def test_auto_rank_stops_early_at_the_rank_a_converged_solve_chooses(loss, steps
     assert early.k == full.k == exact
     assert early.info["converged"] and early.info["n_matvecs"] < full.info["n_matvecs"]
     assert principal_cosines(early.basis, full.basis).min() > 0.999
+
+
+def test_a_refresh_inside_autocast_solves_as_outside():
+    "A float32 tracker refreshed inside `torch.autocast` (bfloat16) converges as outside it, to the same eigenvalues."
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    op = HessianOperator(model, "ce", (torch.randn(30, 6), torch.randint(0, 3, (30,))))
+    plain, inside = DominantSubspace(op, k=3), DominantSubspace(op, k=3)
+    plain.refresh()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside.refresh()
+    assert inside.info["converged"] and inside.info["n_matvecs"] == plain.info["n_matvecs"]
+    torch.testing.assert_close(inside.eigenvalues, plain.eigenvalues, rtol=1e-5, atol=0)
