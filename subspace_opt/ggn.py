@@ -171,9 +171,9 @@ class Shares:
         return getattr(self, key) if key in self.keys() else {}[key]
 
 # %% ../nbs/07_ggn.ipynb #540000e5
-def _ratios(parts, total):
-    "Shares of `total`; NaN when it vanishes against its parts (tr(H_F) of a ReLU network cancels to round-off)."
-    return [x / total if abs(total) > 1e-12 * sum(map(abs, parts)) else float("nan") for x in parts]
+def _ratios(parts, total, dtype=torch.float32):
+    "Shares of `total`; NaN below 1024·eps of `dtype` times its parts: round-off of sums formed in `dtype` (see below)."
+    return [x / total if abs(total) > 1024 * torch.finfo(dtype).eps * sum(map(abs, parts)) else math.nan for x in parts]
 
 
 def _check_basis(M, U):
@@ -214,7 +214,7 @@ def trace_shares(
     dom = (U.double() * (M @ U).double()).sum().item()
     bulk = estimate_quadratic(BulkOperator(M, U), "trace", method, n_probes, seed, max_exact)
     parts = (dom, 0.0, bulk.value)
-    d, _, b = _ratios(parts, dom + bulk.value)
+    d, _, b = _ratios(parts, dom + bulk.value, M.dtype)  # a float64 trace keeps its finer cutoff
     return Shares(d, 0.0, b, dom + bulk.value, bulk.stderr, bulk.method, U.shape[1] + bulk.n_matvecs, parts)
 
 # %% ../nbs/07_ggn.ipynb #33b71a2f

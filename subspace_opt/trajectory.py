@@ -4,18 +4,20 @@
 
 # %% ../nbs/07a_trajectory.ipynb #feaad929
 from __future__ import annotations
-import json, pickle, re, warnings
-from dataclasses import dataclass
+import json, numbers, pickle, re, warnings
+from dataclasses import asdict, dataclass
 from pathlib import Path
 import pandas as pd
 import torch
 from .config import ExperimentConfig, UserError, load_experiment_data, make_model
-from .ggn import _operators, curvature_report, slq_density
-from .runfolder import RunFolder, atomic_write
+from .data import check_device
+from .ggn import ESTIMATORS, _check_probes, _operators, _report_blocks, curvature_report, slq_density
+from .lanczos import _check_int
+from .runfolder import RunFolder, _flat, atomic_write
 from .workers import check_workers, run_in_workers
 
 # %% auto #0
-__all__ = ['SETTINGS_FILE', 'TrajectoryCurvature', 'analyze_run']
+__all__ = ['COLUMNS', 'SETTINGS_FILE', 'CURVE_SETTINGS', 'SLQ_SETTINGS', 'TrajectoryCurvature', 'analyze_run']
 
 # %% ../nbs/07a_trajectory.ipynb #88f22fe6
 @dataclass
@@ -27,9 +29,31 @@ class TrajectoryCurvature:
     densities: pd.DataFrame  # method, seed, step, matrix, t, density (only the `density_steps`)
 
 
+COLUMNS = dict(  # the columns of each table, which it has also without rows
+    shares=["matrix", "energy_dom", "energy_cross", "energy_bulk", "frobenius_sq", "frobenius_rel_stderr"]
+    + ["trace_dom", "trace_bulk", "trace", "trace_stderr", "estimator", "n_matvecs", "overlap_HG", "method", "seed"]
+    + ["step"],
+    outliers=["i", "lambda_H", "lambda_G", "H", "G", "H_F", "method", "seed", "step"],
+    densities=["matrix", "t", "density", "method", "seed", "step"],
+)
+
+
+def _read_table(path: Path):
+    "The CSV at `path`, with its whole-number `step` column; a one-line `UserError` naming it if it is not such one."
+    try:
+        df = pd.read_csv(path)
+        if "step" not in df or not (df.empty or pd.api.types.is_integer_dtype(df.step)):
+            raise ValueError("no column `step` of whole numbers")
+    except (OSError, ValueError) as e:  # emptied, cut or edited: pandas' EmptyDataError and ParserError are ValueErrors
+        raise UserError(
+            f"{path} is not a table of this analysis ({' '.join(str(e).split())}): delete it to analyse that run again"
+        ) from None
+    return df
+
+# %% ../nbs/07a_trajectory.ipynb #44a52dfe
 def _done_steps(path):
     "The steps already in the CSV at `path`."
-    return set(pd.read_csv(path).step) if path.exists() else set()
+    return set(_read_table(path).step) if path.exists() else set()
 
 
 def _write_csv(path: Path, df: pd.DataFrame):
@@ -39,12 +63,12 @@ def _write_csv(path: Path, df: pd.DataFrame):
 
 def _append_rows(path, df):
     "Add `df` to the CSV at `path`, rewritten whole, replacing rows of its step left by an interrupted earlier attempt."
-    old = [pd.read_csv(path).query(f"step != {int(df.step.iloc[0])}")] if path.exists() else []
+    old = [_read_table(path).query(f"step != {int(df.step.iloc[0])}")] if path.exists() else []
     _write_csv(path, pd.concat([*old, df], ignore_index=True))
 
 # %% ../nbs/07a_trajectory.ipynb #d9c3dffe
 def _snapshot_jobs(cfg, out):
-    "(method, seed, snapshot file) of every snapshot that the experiment's runs under `out` kept."
+    "(method, seed, snapshot file) of every snapshot that the experiment's runs under `out` kept, one file a step."
     jobs = [
         (m, s, p)
         for m in cfg.methods
@@ -55,13 +79,17 @@ def _snapshot_jobs(cfg, out):
         raise FileNotFoundError(f"no snapshots under {out / 'runs'}: run the experiment with `snapshot_every` set")
     if odd := next((p for _, _, p in jobs if not (re.fullmatch(r"step[0-9]+\.pt", p.name) and p.is_file())), None):
         raise UserError(f"{odd} is not a snapshot (a file step<step>.pt): move it out of {odd.parent}")
+    seen = {}
+    for _, _, p in jobs:
+        if (twin := seen.setdefault((p.parent, int(p.stem[4:])), p)) != p:
+            raise UserError(f"{twin.name} and {p.name} are snapshots of one step: move one of them out of {p.parent}")
     return jobs
 
 
 def _read_tables(cfg, out):
-    "The tables written into the run folders under `out`, concatenated (empty where none was written)."
+    "The tables written into the run folders under `out`, concatenated (no rows, with their columns, where none was)."
     read = lambda pattern: [
-        pd.read_csv(f)
+        _read_table(f)
         for m in cfg.methods
         for s in cfg.seeds
         for f in sorted((out / "runs" / f"{m.name}-seed{s}").glob(pattern))
@@ -75,8 +103,29 @@ def _read_tables(cfg, out):
         )
     }
     return TrajectoryCurvature(
-        **{k: pd.concat(v, ignore_index=True) if v else pd.DataFrame() for k, v in frames.items()}
+        **{k: pd.concat(v, ignore_index=True) if v else pd.DataFrame(columns=COLUMNS[k]) for k, v in frames.items()}
     )
+
+# %% ../nbs/07a_trajectory.ipynb #b9427762
+def _check_runs(
+    cfg: ExperimentConfig,  # the experiment, as given to `analyze_run`
+    jobs: list,  # (method, seed, snapshot file) of the runs to analyse (`_snapshot_jobs`)
+):
+    "A `UserError` naming the first run folder whose run.json records a configuration, method or seed not `cfg`'s."
+    for run, (m, s) in {p.parent.parent: (m, s) for m, s, p in jobs}.items():
+        try:
+            got = _flat(json.loads((run / "run.json").read_text()))
+        except (OSError, ValueError, AttributeError, RecursionError):  # missing, not JSON, not an object
+            raise UserError(
+                f"{run / 'run.json'} cannot be read: nothing says which configuration trained {run}"
+            ) from None
+        want = _flat(json.loads(json.dumps(dict(config=asdict(cfg), method=asdict(m), seed=s), default=str)))
+        differ = [k for k in got if k != "config.device" and got[k] != want.get(k, got[k])]
+        if differ:
+            raise UserError(
+                f"{run} holds a run of another configuration (differs in {', '.join(differ)}): analyse it with the "
+                "configuration it was trained with (the experiment's config.json)"
+            )
 
 # %% ../nbs/07a_trajectory.ipynb #4631f2b3
 def _snapshot_done(run_dir, step, density_steps):
@@ -144,6 +193,8 @@ def _analysed_rank(
 
 # %% ../nbs/07a_trajectory.ipynb #396423b2
 SETTINGS_FILE = "curvature-settings.json"  # in the experiment's folder: what its curvature tables were computed with
+CURVE_SETTINGS = ("n_hessian", "k", "method", "n_probes", "max_exact")  # what the shares and outliers depend on
+SLQ_SETTINGS = ("slq_probes", "slq_steps")  # what the densities depend on, besides n_hessian
 
 
 def _tables(out: Path):  # the experiment's folder
@@ -152,57 +203,130 @@ def _tables(out: Path):  # the experiment's folder
     return sorted(p for p in (out / "runs").glob("*/*.csv") if names(p))
 
 
+def _effective(
+    settings: dict,  # settings as given or recorded
+    n: int,  # the training samples
+):
+    "`settings` less those that change nothing: `n_hessian` None counted as all `n`; probes only where they are drawn."
+    s = dict(settings)
+    if "n_hessian" in s and s["n_hessian"] is None:
+        s["n_hessian"] = n
+    if s.get("method") in ("exact", "hutchinson", "hutch++"):
+        s.pop("max_exact", None)  # it only chooses the estimator of 'auto'
+    if s.get("method") == "exact":
+        s.pop("n_probes", None)
+    return s
+
+# %% ../nbs/07a_trajectory.ipynb #ffe13fe8
 def _check_settings(
     out: Path,  # the experiment's folder
     settings: dict,  # this analysis's settings (JSON values)
+    n: int,  # the training samples
+    densities: bool,  # whether this analysis records densities
 ):
-    "Record `settings` where no tables are yet; refuse settings other than those the tables here were computed with."
-    path, tables = out / SETTINGS_FILE, _tables(out)
-    if not tables:
-        atomic_write(path, lambda f: f.write(json.dumps(settings, indent=1).encode()))
-        return
+    "Refuse settings other than those the tables here depend on; record this analysis's for the tables to come."
+    path, tables, new = out / SETTINGS_FILE, _tables(out), _effective(settings, n)
+    kinds = {"density" if p.name.startswith("density-step") else "curve" for p in tables}
     try:
-        old = json.loads(path.read_text())
+        old = _effective(json.loads(path.read_text()), n) if tables else {}
         assert isinstance(old, dict)
-    except (OSError, ValueError, AssertionError, RecursionError):
+    except (OSError, ValueError, AssertionError, RecursionError, TypeError):
         raise UserError(
             f"{out} holds curvature tables whose settings are not recorded ({path.name} is missing or "
             f"unreadable): delete {tables[0].name} and the other tables under runs/ to analyse again"
         ) from None
-    differ = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
+    keys = set(CURVE_SETTINGS) if "curve" in kinds else set()
+    if "density" in kinds:  # read back with the shares: of the same Hessian data; their SLQ settings where more come
+        keys |= {"n_hessian", *(SLQ_SETTINGS if densities else ())}
+    differ = {
+        k: (old.get(k), new.get(k)) for k in CURVE_SETTINGS + SLQ_SETTINGS if k in keys and old.get(k) != new.get(k)
+    }
     if differ:
         said = ", ".join(f"{k}={was!r} (asked: {now!r})" for k, (was, now) in differ.items())
         raise UserError(
             f"the curvature tables under {out} were computed with {said}: ask for those settings, or "
             "delete the tables under runs/ to analyse again"
         )
+    kept = {k: old[k] for k in SLQ_SETTINGS if k in old and "density" in kinds and not densities}  # not used now
+    atomic_write(path, lambda f: f.write(json.dumps(new | kept, indent=1).encode()))
+
+# %% ../nbs/07a_trajectory.ipynb #c1bec06b
+def _check_options(
+    cfg: ExperimentConfig,  # the experiment
+    data,  # its task (`load_experiment_data`)
+    density_steps,  # as given to `analyze_run`
+    **o,  # its other options: n_hessian, k, method, n_probes, max_exact, slq_probes, slq_steps
+):
+    "(settings, density steps) of `analyze_run`, once every option is checked (one-line errors naming it)."
+    try:
+        steps = None if isinstance(density_steps, (str, bytes)) else tuple(density_steps)
+    except TypeError:  # not a collection, e.g. one int
+        steps = None
+    if steps is None or not all(isinstance(t, numbers.Integral) and not isinstance(t, bool) and t >= 0 for t in steps):
+        raise UserError(f"`density_steps` must be a tuple of snapshot steps (ints >= 0), got {density_steps!r}")
+    if o["method"] not in ESTIMATORS:
+        raise UserError(f"`method` must be one of {ESTIMATORS}, got {o['method']!r}")
+    if o["method"] != "exact":  # the least probes of the randomized estimators ('auto' may be Hutch++)
+        _check_probes(o["n_probes"], 2 if o["method"] == "hutchinson" else 4)
+    for name, low in (("max_exact", 0), ("slq_probes", 1), ("slq_steps", 1)):
+        _check_int(o[name], name, low)
+    o["k"] = _analysed_rank(cfg, o["k"], data.n_classes)
+    _report_blocks(o["k"], sum(q.numel() for q in make_model(cfg, data, cfg.seeds[0]).parameters()))  # fits the net
+    o["n_hessian"] = _check_n_hessian(o["n_hessian"], len(data.train[0]))
+    return o, tuple(int(t) for t in steps)
+
+# %% ../nbs/07a_trajectory.ipynb #f13cd0e3
+def _gaps(
+    cfg: ExperimentConfig,  # the experiment
+    jobs: list,  # its snapshots (`_snapshot_jobs`)
+    density_steps: tuple,  # the steps to record densities at
+):
+    "What the tables will lack, in words: runs that kept no snapshot, density steps that no snapshot or some runs lack."
+    kept = {}
+    for m, s, path in jobs:
+        kept.setdefault(f"{m.name}-seed{s}", set()).add(int(path.stem[4:]))
+    said, anywhere = [], set().union(*kept.values())
+    if none := [r for r in (f"{m.name}-seed{s}" for m in cfg.methods for s in cfg.seeds) if r not in kept]:
+        said.append(f"runs {', '.join(none)} kept no snapshot (not started, or stopped before the first): not analysed")
+    if missing := sorted(set(density_steps) - anywhere):  # e.g. the last step of runs that all diverged before it
+        said.append(f"`density_steps` {missing} match no snapshot (kept every {cfg.snapshot_every}): no density there")
+    short = {r: sorted((set(density_steps) & anywhere) - t) for r, t in kept.items()}  # runs that stopped earlier
+    if short := ", ".join(f"{r} at {v}" for r, v in short.items() if v):
+        said.append(f"`density_steps` that some runs stopped before: no density of {short}")
+    return said
 
 # %% ../nbs/07a_trajectory.ipynb #55579708
 def _analyze_snapshots(job: tuple):  # (config, device, snapshots of one run, its task or None, options)
-    "Analyse snapshots of one run into its folder's tables: a job of `analyze_run` (a worker loads the task itself)."
+    "Analyse snapshots of one run into its folder's tables (a job of `analyze_run`); return the diverged ones skipped."
     cfg, dev, snapshots, data, o = job
     data = data or load_experiment_data(cfg, dev)
     X, y = data.train
     hdata = (X, y) if o["n_hessian"] is None else (X[: o["n_hessian"]], y[: o["n_hessian"]])
+    skipped = []  # (run, step, why)
     for m, s, path in snapshots:
         run_dir, step, tag = path.parent.parent, int(path.stem[4:]), dict(method=m.name, seed=s)
-        done = _snapshot_done(run_dir, step, o["density_steps"])
-        model = None if done else _load_snapshot(cfg, s, data, path, dev)
-        if model is None:
-            continue  # done earlier, or a diverged snapshot, which has no curvature
-        if step not in _done_steps(run_dir / "curvature.csv"):
-            rep = curvature_report(
-                model, cfg.loss, hdata, o["k"], o["method"], o["n_probes"], s, max_exact=o["max_exact"]
-            )
-            _append_rows(run_dir / "outliers.csv", rep.outliers.assign(**tag, step=step))
-            _append_rows(run_dir / "curvature.csv", rep.shares.assign(**tag, step=step))  # last: marks it done
-        if step in o["density_steps"]:
-            dens = _densities(model, cfg.loss, hdata, o["slq_probes"], o["slq_steps"], s)
-            _write_csv(run_dir / f"density-step{step}.csv", dens.assign(**tag, step=step))
+        if _snapshot_done(run_dir, step, o["density_steps"]):
+            continue
+        model = _load_snapshot(cfg, s, data, path, dev)
+        try:
+            if model is None:
+                raise FloatingPointError("weights not finite")
+            if step not in _done_steps(run_dir / "curvature.csv"):
+                rep = curvature_report(
+                    model, cfg.loss, hdata, o["k"], o["method"], o["n_probes"], s, max_exact=o["max_exact"]
+                )
+                _append_rows(run_dir / "outliers.csv", rep.outliers.assign(**tag, step=step))
+                _append_rows(run_dir / "curvature.csv", rep.shares.assign(**tag, step=step))  # last: marks it done
+            if step in o["density_steps"]:
+                dens = _densities(model, cfg.loss, hdata, o["slq_probes"], o["slq_steps"], s)
+                _write_csv(run_dir / f"density-step{step}.csv", dens.assign(**tag, step=step))
+        except FloatingPointError:  # the operators refuse products that overflowed: no curvature either
+            skipped.append((run_dir.name, step, "weights not finite" if model is None else "outputs or loss overflow"))
+    return skipped
 
 # %% ../nbs/07a_trajectory.ipynb #5bfbe3d9
 def analyze_run(
-    cfg: ExperimentConfig,  # the experiment whose runs kept snapshots (`snapshot_every`)
+    cfg: ExperimentConfig,  # the experiment whose runs kept snapshots (`snapshot_every`), as they were trained
     out_dir: str | Path,  # its folder (as given to `run_experiment`)
     n_hessian: int | None = None,  # analyse on the first n training samples (default: all of them)
     k: int | None = None,  # rank of the analysed Dominant subspace (default: the config's; needed with `k: auto`)
@@ -218,24 +342,24 @@ def analyze_run(
 ):
     "Run `curvature_report` at every snapshot of every (method, seed) run of `out_dir`, resumably; return tidy tables."
     out, jobs = Path(out_dir), _snapshot_jobs(cfg, Path(out_dir))
-    dev = torch.device(device or cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    data = load_experiment_data(cfg, dev)
-    k, here = _analysed_rank(cfg, k, data.n_classes), check_workers(workers) == 1
-    n_hessian = _check_n_hessian(n_hessian, len(data.train[0]))
-    missing = sorted(set(density_steps) - {int(path.stem[4:]) for _, _, path in jobs})
-    if missing:  # e.g. the last step of runs that all diverged before it: no density there, said rather than skipped
-        warnings.warn(
-            f"`density_steps` {missing} match no snapshot (kept every {cfg.snapshot_every}): no density there"
-        )
-    settings = dict(n_hessian=n_hessian, k=k, method=method, n_probes=n_probes, max_exact=max_exact)
-    settings |= dict(slq_probes=slq_probes, slq_steps=slq_steps)  # what the tables are computed with
+    _check_runs(cfg, jobs)
+    dev = check_device(cfg.device if device is None else device, "config.device" if device is None else "device")
+    data, here = load_experiment_data(cfg, dev), check_workers(workers) == 1
+    o = dict(n_hessian=n_hessian, k=k, method=method, n_probes=n_probes, max_exact=max_exact, slq_probes=slq_probes)
+    settings, density_steps = _check_options(cfg, data, density_steps, **o, slq_steps=slq_steps)
+    for said in _gaps(cfg, jobs, density_steps):
+        warnings.warn(said)
     with RunFolder(out).lock():  # no run adds snapshots meanwhile, and no other analysis writes these tables
-        _check_settings(out, settings)
+        _check_settings(out, settings, len(data.train[0]), bool(density_steps))
         runs = {}  # run folder -> its snapshots: one worker writes a run's tables
         for m, s, path in jobs:
             runs.setdefault(path.parent.parent, []).append((m, s, path))
         batches = [[j] for j in jobs] if here else list(runs.values())
-        o = settings | dict(density_steps=tuple(density_steps))
-        tasks = [(cfg, dev, snapshots, data if here else None, o) for snapshots in batches]
-        run_in_workers(_analyze_snapshots, tasks, workers, progress, desc="curvature")
+        tasks = [(cfg, dev, b, data if here else None, settings | dict(density_steps=density_steps)) for b in batches]
+        skipped = sorted(
+            x for d in run_in_workers(_analyze_snapshots, tasks, workers, progress, "curvature") for x in d
+        )
+    if skipped:  # no rows of them in the tables
+        said = ", ".join(f"{run} step {step} ({why})" for run, step, why in skipped)
+        warnings.warn(f"diverged snapshots, not analysed: {said}")
     return _read_tables(cfg, out)
