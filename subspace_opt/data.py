@@ -350,6 +350,13 @@ CIFAR_GLOBALS = {  # (module, name): the only globals a CIFAR-10 python batch na
 class CifarUnpickler(pickle.Unpickler):
     "Unpickles CIFAR-10 python batches: numpy arrays, dicts, lists, numbers, strings; refuses every other global."
 
+    def __init__(
+        self,
+        file,  # the batch, opened for reading bytes
+        encoding: str = "bytes",  # how Python 2 `str` objects load: 'bytes' keeps the published batches' keys as bytes
+    ):
+        super().__init__(file, encoding=encoding)
+
     def find_class(self, module, name):
         "The global `module.name` if it is one of `CIFAR_GLOBALS`; else an `UnpicklingError` naming it."
         if (module, name) in CIFAR_GLOBALS:
