@@ -4,7 +4,7 @@
 
 # %% ../nbs/09a_jobs.ipynb #2006646c
 from __future__ import annotations
-import json, math, os, tempfile, time
+import contextlib, json, math, numbers, os, shutil, sys, tempfile, time, uuid
 from datetime import datetime
 from pathlib import Path
 import pandas as pd
@@ -14,7 +14,7 @@ from .data import check_device, environment, load_digits
 from .lanczos import block_lanczos, lanczos, scipy_eigsh
 from .models import mlp
 from .config import ExperimentConfig, UserError, config_from_dict
-from .results import _check_targets, best_vs_best, describe, summarize, time_to_target
+from .results import COSTS, _check_targets, best_vs_best, describe, summarize, time_to_target
 from .runfolder import RunFolder, sweep_grid
 from .optim import sgd_steps
 from .metrics import evaluate
@@ -30,9 +30,15 @@ def _check_writable(
 ):
     "`path` as a `Path` if it is, or can become, a folder this process writes into; else a `UserError` naming `name`."
     path = Path(path)
+    base = next(p for p in (path, *path.parents) if os.path.exists(p))  # the nearest part of the path that exists
+    try:
+        most = os.pathconf(base, "PC_NAME_MAX")  # the bytes a name may have there, which `mkdir` would find too late
+    except (OSError, ValueError):  # not a folder, or no such limit
+        most = 255
+    if long := next((p for p in path.parts[len(base.parts) :] if len(os.fsencode(p)) > most), None):
+        raise UserError(f"`{name}`: the name {long[:12]}... has {len(os.fsencode(long))} bytes, more than {most}")
     if dangling := next((p for p in (path, *path.parents) if p.is_symlink() and not p.exists()), None):
         raise UserError(f"`{name}`: {dangling} is a link to {os.readlink(dangling)}, which does not exist")
-    base = next(p for p in (path, *path.parents) if os.path.exists(p))  # the nearest part of the path that exists
     try:
         if not base.is_dir():
             raise NotADirectoryError(0, "a file, not a folder")
@@ -41,19 +47,27 @@ def _check_writable(
         raise UserError(f"`{name}`: cannot write into {base.absolute()} ({e.strerror or e})") from None
     return path
 
+# %% ../nbs/09a_jobs.ipynb #ae9c556e
+def _is_int(v):  # a value given as a whole number
+    "Whether `v` is an integer: a Python or NumPy one (`numbers.Integral`), but not a bool."
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
 # %% ../nbs/09a_jobs.ipynb #9f3316a7
 def new_run_dir(
     out: str | Path,  # parent folder
     job: str,  # job name, the folder's prefix
 ):
-    "Create and return a fresh folder `out/job-YYYYmmdd-HHMMSS[-N]`."
+    "Create and return a fresh folder `out/job-YYYYmmdd-HHMMSS[-N]`: the first of these names that `mkdir` finds free."
     _check_writable(out, "out")
-    base = Path(out) / f"{job}-{datetime.now():%Y%m%d-%H%M%S}"
-    path, i = base, 1
-    while path.exists():
-        path, i = Path(f"{base}-{i}"), i + 1
-    path.mkdir(parents=True)
-    return path
+    Path(out).mkdir(parents=True, exist_ok=True)
+    base, i = Path(out) / f"{job}-{datetime.now():%Y%m%d-%H%M%S}", 0
+    while True:
+        path = Path(f"{base}-{i}") if i else base
+        try:
+            path.mkdir()  # fails when the name is taken, even by a job that took it a moment ago
+            return path
+        except FileExistsError:
+            i += 1
 
 
 def write_config(
@@ -64,6 +78,28 @@ def write_config(
     "Write `config.json` with the job's arguments and the environment it ran in."
     record = {"config": config, "environment": environment(device)}
     (path / "config.json").write_text(json.dumps(record, indent=2, default=str))
+
+# %% ../nbs/09a_jobs.ipynb #a08336fd
+def _in_run_dir(
+    out: str | Path,  # parent folder of the run folder
+    job: str,  # job name, the run folder's prefix
+    write,  # called with the folder to write the outputs into; what it returns is returned
+):
+    "`write(folder)` into a hidden folder, then renamed to a `new_run_dir` name; (that folder, what `write` returned)."
+    work = _check_writable(out, "out") / f".{job}-{uuid.uuid4().hex[:12]}.incomplete"
+    work.mkdir(parents=True)
+    path = None
+    try:
+        done = write(work)
+        path = new_run_dir(out, job)
+        os.replace(work, path)  # onto the empty folder just made: the outputs appear under its name at once
+    except BaseException:  # an error or Ctrl-C: nothing is left that looks like a result
+        shutil.rmtree(work, ignore_errors=True)
+        if path is not None:
+            with contextlib.suppress(OSError):
+                path.rmdir()  # only while empty
+        raise
+    return path, done
 
 # %% ../nbs/09a_jobs.ipynb #f903d9d9
 def _plots():
@@ -104,9 +140,10 @@ def _largest_k(solver: str, p: int):
 
 
 def _check_steps(train_steps):  # `spectrum`'s SGD steps before measuring
-    "A `UserError` unless `train_steps` is an int >= 0."
-    if isinstance(train_steps, bool) or not isinstance(train_steps, int) or train_steps < 0:
+    "`train_steps` as an int; a `UserError` unless it is an integer >= 0."
+    if not _is_int(train_steps) or train_steps < 0:
         raise UserError(f"`train_steps` must be an int >= 0, got {train_steps!r}")
+    return int(train_steps)
 
 
 def _check_tol(tol):  # the solver's relative residual tolerance
@@ -116,15 +153,16 @@ def _check_tol(tol):  # the solver's relative residual tolerance
 
 
 def _check_k(k, hidden, solver, name):
-    "A `UserError` naming `name` unless `solver` can compute k eigenpairs for the digits MLP with `hidden` widths."
+    "(k, hidden) as ints; a `UserError` naming `name` unless `solver` can compute k eigenpairs of that digits MLP."
     if solver not in SOLVERS:
         raise UserError(f"`solver` must be one of {', '.join(SOLVERS)}, got {solver!r}")
-    ints = lambda v, least: isinstance(v, int) and not isinstance(v, bool) and v >= least  # noqa: E731
+    ints = lambda v, least: _is_int(v) and v >= least  # noqa: E731
     if not (isinstance(hidden, (list, tuple)) and hidden and all(ints(w, 1) for w in hidden)):
         raise UserError(f"`hidden` must be a list of ints >= 1 (the hidden widths), got {hidden!r}")
     p = _mlp_size((64, *hidden, 10))
     if not ints(k, 1) or k > _largest_k(solver, p):
         raise UserError(f"`{name}` must be in [1, {_largest_k(solver, p)}] for solver {solver} (p = {p}), got {k}")
+    return int(k), tuple(map(int, hidden))
 
 # %% ../nbs/09a_jobs.ipynb #c76271ca
 def _train(
@@ -141,6 +179,24 @@ def _train(
     end, factor = evaluate(model, loss, train)[0], ExperimentConfig.diverge_factor
     if not end <= factor * start:
         raise FloatingPointError(f"SGD diverged: the train loss went from {start:.4g} to {end:.4g} (lr={sgd['lr']:g})")
+
+# %% ../nbs/09a_jobs.ipynb #0b529e61
+def _solve(
+    model: torch.nn.Module,  # the trained network
+    loss: str,  # 'mse' or 'ce'
+    train,  # the training (X, y) pair: the Hessian's data
+    k: int,  # number of eigenpairs
+    solver: str,  # one of `SOLVERS`
+    tol: float,  # relative residual tolerance
+    seed: int,  # seed of the solver's start
+    progress: bool,  # say on stderr that the solve starts
+):
+    "The top-`k` Hessian eigenpairs by `solver`, and the seconds the solver took."
+    if progress:
+        print(f"solving for the top {k} Hessian eigenvalues with {solver}...", file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    res = SOLVERS[solver](HessianOperator(model, loss, train), k=k, tol=tol, seed=seed)
+    return res, time.perf_counter() - t0
 
 # %% ../nbs/09a_jobs.ipynb #59a6c91f
 def spectrum(
@@ -160,28 +216,27 @@ def spectrum(
 ):
     "Train a digits MLP, compute the top-`k` Hessian eigenpairs, write table + figure; return (run folder, table)."
     config = dict(locals())
-    _check_k(k, hidden, solver, "k")
-    _check_steps(train_steps)
+    (k, hidden), train_steps = _check_k(k, hidden, solver, "k"), _check_steps(train_steps)  # NumPy ints as Python's
     _check_tol(tol)
     dev, _ = check_device(device, "device"), _check_writable(out, "out")  # refused before the training, not after
+    config.update(k=k, train_steps=train_steps, hidden=hidden)
     data = load_digits(seed=seed, device=dev)
     model = mlp((64, *hidden, data.n_classes), activation=activation, seed=seed, device=dev)
     try:  # a learning rate too large for this network (bad input, not a bug): its loss, or its curvature, overflows
         _train(model, loss, data.train, dict(steps=train_steps, lr=lr, batch_size=batch_size, seed=seed), progress)
-        t0 = time.perf_counter()
-        res = SOLVERS[solver](HessianOperator(model, loss, data.train), k=k, tol=tol, seed=seed)
+        res, seconds = _solve(model, loss, data.train, k, solver, tol, seed, progress)
     except FloatingPointError as e:
         raise UserError(f"{e}: choose a smaller `lr`") from None
-    seconds = time.perf_counter() - t0
-    table, path = _spectrum_table(res, k, lr), new_run_dir(out, "spectrum")
-    table.to_csv(path / "spectrum.csv", index=False)
+    table, title = _spectrum_table(res, k, lr), f"digits MLP, top-{k} Hessian eigenvalues"
     config.update(_solve_record(res, seconds, model, loss, data.train))
-    write_config(path, config, dev)
-    fig = _plots().plot_spectrum(
-        table.eigenvalue, table.rel_residual, lr=lr, title=f"digits MLP, top-{k} Hessian eigenvalues"
-    )
-    fig.savefig(path / "spectrum.png", dpi=120)
-    return path, table
+    fig = _plots().plot_spectrum(table.eigenvalue, table.rel_residual, lr=lr, title=title)
+
+    def write(folder):  # the table, the configuration and the figure, all or none (`_in_run_dir`)
+        table.to_csv(folder / "spectrum.csv", index=False)
+        write_config(folder, config, dev)
+        fig.savefig(folder / "spectrum.png", dpi=120)
+
+    return _in_run_dir(out, "spectrum", write)[0], table
 
 # %% ../nbs/09a_jobs.ipynb #bf899d3b
 DEMO = dict(
@@ -212,12 +267,59 @@ def demo(
     progress: bool = True,  # show progress bars
 ):
     "SGD vs Dom-SGD vs Bulk-SGD vs damped dominant on digits; return (run folder, summary table)."
+    steps = int(steps) if _is_int(steps) else steps  # a NumPy integer as a Python one; the configuration checks all
     cfg = config_from_dict({**DEMO, "steps": steps, "device": device})
-    path = new_run_dir(out, "demo")
-    summary = summarize(run_experiment(cfg, path, progress), DEMO_THRESHOLD)
-    summary.to_csv(path / "summary.csv", index=False)
-    _plots().plot_run(path)
-    return path, summary
+
+    def write(folder):  # the runs, their summary and figures, all or none (`_in_run_dir`)
+        summary = summarize(run_experiment(cfg, folder, progress), DEMO_THRESHOLD)
+        summary.to_csv(folder / "summary.csv", index=False)
+        _plots().plot_run(folder)
+        return summary
+
+    return _in_run_dir(out, "demo", write)
+
+# %% ../nbs/09a_jobs.ipynb #b8820611
+def _check_compare(
+    targets,  # target train losses
+    metrics,  # the clocks: one of `COSTS` or a list of them
+):
+    "The distinct `targets` (each > 0) and `metrics` (each one of `COSTS`) as lists, or a one-line `UserError`."
+    try:
+        ts = _check_targets(targets)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if min(ts) <= 0:
+        raise UserError(f"`targets` must be train losses > 0, got {targets!r}")
+    ms = [metrics] if isinstance(metrics, str) else metrics  # one name, not its letters
+    try:
+        ms = list(ms)
+    except TypeError:
+        ms = []
+    if not ms or not all(isinstance(m, str) and m in COSTS for m in ms):
+        raise UserError(f"`metrics` must be one or more of {', '.join(COSTS)}, got {metrics!r}")
+    return ts, list(dict.fromkeys(ms))
+
+# %% ../nbs/09a_jobs.ipynb #93d742d3
+def _time_to_target(
+    folder: Path,  # a run or sweep folder holding results.csv
+    targets: list,  # checked target train losses
+):
+    "`time_to_target` of the runs in `folder`, told apart by its sweep's grid; a one-line `UserError` naming `run_dir`."
+    table, sweep = folder / "results.csv", folder / "sweep.json"
+    keys, absent = [k for k in sweep_grid(folder) if "." not in str(k)], []  # the top-level grid keys
+    try:
+        results = pd.read_csv(table)
+        absent = [k for k in keys if k not in results.columns]
+        ttt = None if absent else time_to_target(results, targets, keys=keys)
+    except (OSError, ValueError, KeyError, TypeError, pd.errors.ParserError) as e:  # a bad table or target
+        why = " ".join(str(e).split())
+        head, _, fix = why.rpartition(": ")
+        if "`keys`" in fix:  # how to tell runs apart: here the sweep's record says, not an argument
+            why = f"{head}: is {sweep} missing, or from another sweep?"
+        raise UserError(f"`run_dir`: {table}: {why}") from None
+    if absent:
+        raise UserError(f"`run_dir`: {sweep} has grid keys that {table} lacks ({', '.join(absent)}): another sweep's?")
+    return ttt
 
 # %% ../nbs/09a_jobs.ipynb #567f2262
 def compare(
@@ -226,23 +328,19 @@ def compare(
     metrics=("step", "hvps", "train_seconds"),  # the clocks to compare on
 ):
     "Time to each target of every run, into `run_dir/time_to_target.csv`; (that table, each method's best vs the best)."
-    try:
-        targets = _check_targets(targets)
-    except ValueError as e:
-        raise UserError(str(e)) from None
+    targets, metrics = _check_compare(targets, metrics)
     folder = Path(run_dir)
     if not (folder / "results.csv").is_file():
         why = "holds no results.csv" if folder.is_dir() else "is a file" if folder.exists() else "does not exist"
         raise UserError(f"`run_dir` must be a run or sweep folder holding results.csv, but {folder} {why}")
-    keys = [k for k in sweep_grid(folder) if "." not in str(k)]  # a sweep's top-level grid keys (e.g. `steps`) tell
-    try:  # its runs apart, as its dotted ones do
-        ttt = time_to_target(pd.read_csv(folder / "results.csv"), targets, keys=keys)
-    except (OSError, ValueError, KeyError, TypeError, pd.errors.ParserError) as e:  # a bad table or target
-        raise UserError(f"`run_dir`: {folder / 'results.csv'}: {' '.join(str(e).split())}") from None
+    ttt = _time_to_target(folder, targets)
     with RunFolder(folder).lock() as f:
         f.write_csv("time_to_target.csv", ttt)
     texts = []
     for t in ttt.target.unique():
+        if ttt.step[ttt.target == t].isna().all():  # no best configuration to name
+            texts.append(f"train loss {t:g}: no run reached it")
+            continue
         for m in metrics:
             try:
                 texts.append(describe(best_vs_best(ttt, t, m)))

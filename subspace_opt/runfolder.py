@@ -88,6 +88,7 @@ LAYOUT = {  # the files of the folders, and what each holds
     "done.json": "a finished run: its steps, why it stopped, seconds per step",
 }
 LOCK = ".lock"  # the lock file of a folder in use
+_RUN_FILES = ("run.json", "rows.csv", "checkpoint.pt", "done.json")  # a run's own files, which its runner reads back
 
 # %% ../nbs/05c_runfolder.ipynb #23b3c5a5
 class _Layout:
@@ -102,8 +103,9 @@ class _Layout:
     def file(self, name: str):  # a file name in this folder
         "The path of the file `name` in this folder; a `UserError` if something other than a file holds that name."
         path = self._inside(self.path / safe_name(name))
-        if path.exists() and not path.is_file():
-            raise UserError(f"{path} is not a file: delete {self.path} to run it again")
+        if path.exists() and not path.is_file():  # a run's own file: that run starts over; any other: only that path
+            fix = f"delete {self.path} to run it again" if name in _RUN_FILES else "remove or rename it, then run again"
+            raise UserError(f"{path} is not a file: {fix}")
         return path
 
     @property

@@ -213,6 +213,10 @@ def _bad_arguments(tmp):
         (["spectrum", "--out", file], f"`--out`: cannot write into {file} (a file, not a folder)"),
         (["spectrum", "--out", f"{file}/runs"], f"`--out`: cannot write into {file} (a file, not a folder)"),
         (["spectrum", "--out", "/sys/subspace-opt-runs"], "`--out`: cannot write into /sys ("),
+        (
+            ["spectrum", "--out", str(tmp / ("a" * 300))],
+            "`--out`: the name aaaaaaaaaaaa... has 300 bytes, more than 255",
+        ),
         (["spectrum", "--frobnicate"], "unrecognized arguments: --frobnicate"),
         (["demo", "--steps", "0"], "argument --steps: must be an int >= 1, got '0'"),
         (["demo", "--device", "cuda:7"], "`--device` is 'cuda:7', but this machine has"),
@@ -223,6 +227,10 @@ def _bad_arguments(tmp):
         (["run", ok, "--device", "banana"], "`--device` must be cpu, cuda, cuda:<index> or mps"),
         (["run", ok, "--device", "cuda:7"], "`--device` is 'cuda:7', but this machine has"),
         (["run", ok, "--out", file], "`--out`: cannot write into"),
+        (
+            ["run", ok, "--out", f"{tmp}/{'b' * 256}/run"],
+            "`--out`: the name bbbbbbbbbbbb... has 256 bytes, more than 255",
+        ),
         (["sweep", str(tmp / "missing.json")], "does not exist"),
         (["sweep", str(tmp / "nogrid.json")], "missing key `grid`"),
         (["sweep", str(tmp / "sweep.json"), "--workers", "0"], "argument --workers: must be an int >= 1"),
