@@ -10,7 +10,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.collections import PolyCollection
+from matplotlib.lines import Line2D
 from .config import UserError
+from .results import _numbered
 from .runfolder import RunFolder, sweep_grid
 
 # %% auto #0
@@ -43,10 +46,25 @@ def plot_spectrum(
     return fig
 
 # %% ../nbs/08_plots.ipynb #9e5ef1cf
+def _run_columns(results: pd.DataFrame):  # tidy rows
+    "The columns that tell runs apart, where present: method, seed and the grid's columns (those with a dot)."
+    return [c for c in results.columns if c in ("method", "seed") or "." in str(c)]
+
+
 def _runs(results: pd.DataFrame):  # tidy rows with method, seed, step and perhaps a sweep's grid columns
     "Each run's rows in step order: a run is a method, a seed and a point of the grid (the columns with a dot)."
-    keys = [c for c in results.columns if c in ("method", "seed") or "." in str(c)]
-    return results.sort_values("step", kind="stable").groupby(keys, sort=False, dropna=False)
+    return results.sort_values("step", kind="stable").groupby(_run_columns(results), sort=False, dropna=False)
+
+
+def _runs_where(
+    results: pd.DataFrame,  # tidy rows
+    flag: pd.Series,  # a boolean per row
+):
+    "The rows of the runs with `flag` on at least one row: of thousands of runs, the few a mark is looked for in."
+    by = [results[c] for c in _run_columns(results)]
+    if not by:  # no method or seed: one run
+        return results if flag.any() else results.iloc[:0]
+    return results[flag.groupby(by, sort=False, dropna=False).transform("any")]
 
 
 def _divergence_marks(
@@ -57,7 +75,7 @@ def _divergence_marks(
     marks = []
     if "diverged" not in results:  # a table of runs that cannot diverge (or were not checked): nothing to mark
         return pd.DataFrame(marks, columns=["step", metric])
-    for _, r in _runs(results):
+    for _, r in _runs(_runs_where(results, results.diverged.eq(True))):
         bad = r[r.diverged.eq(True)]
         if len(bad):
             row, seen = bad.iloc[0], r[(r.step <= bad.step.iloc[0]) & np.isfinite(r[metric].astype(float))]
@@ -74,13 +92,65 @@ def _switch_marks(
     if "switch_step" not in results:
         return pd.DataFrame(columns=["step", metric])
     marks = []
-    for _, r in _runs(results):
+    for _, r in _runs(_runs_where(results, pd.to_numeric(results.switch_step, errors="coerce") > 1)):
         when = pd.to_numeric(r.switch_step, errors="coerce").dropna()
         seen = r[np.isfinite(r[metric].astype(float))]
         if len(when) and when.iloc[0] > 1 and len(seen):
             s = float(when.iloc[0])
             marks.append({"step": s, metric: np.interp(s, seen.step.astype(float), seen[metric].astype(float))})
     return pd.DataFrame(marks, columns=["step", metric])
+
+# %% ../nbs/08_plots.ipynb #24f038ef
+def _curve_colours(
+    methods: list,  # the methods, in the order drawn
+    palette: dict | None,  # a colour per method, or None for seaborn's
+):
+    "A colour per method: `palette`'s, or seaborn's colour cycle (husl when there are more methods than colours)."
+    if palette is None:
+        return sns.color_palette("husl" if len(methods) > len(sns.color_palette()) else None, len(methods))
+    if lacking := [m for m in methods if m not in palette]:
+        raise UserError(f"`palette` has no colour for the methods {lacking[:5]}")
+    return [palette[m] for m in methods]
+
+
+def _curve_legend(
+    ax,  # axes with a line per method
+    lines: list,  # those lines, in the order drawn
+    marks: list,  # the marks' artists (diverged, switch), after the methods
+    cap: int = 20,  # the most methods listed
+):
+    "The methods' legend, then what the marks mean; of more than `cap` methods the first `cap`, beside the axes."
+    shown, many = lines[:cap], len(lines) > cap
+    if shown or marks:
+        where = dict(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="x-small") if many else {}
+        title = f"method (first {cap} of {len(lines)})" if many else "method"
+        ax.legend(shown + marks, [a.get_label() for a in shown + marks], title=title, **where)
+
+# %% ../nbs/08_plots.ipynb #3c76b05e
+def _draw_curves(
+    ax,  # axes to draw into
+    ok: pd.DataFrame,  # finite rows with method, step, `metric` and perhaps seed and grid columns
+    metric: str,  # the column drawn
+    palette: dict | None,  # a colour per method, or None for seaborn's
+):
+    "Per method a line, the mean over its runs per step, and a band from its lowest to its highest run; the lines."
+    rows = ok.astype({metric: float})
+    per_run = rows.groupby([*_run_columns(rows), "step"], sort=False, dropna=False)[metric].mean()  # logged twice: once
+    stats = per_run.groupby(level=["method", "step"], sort=False).agg(["mean", "min", "max"]).reset_index()
+    methods = list(dict.fromkeys(rows.method))  # in order of appearance, as seaborn's hue
+    code = pd.Categorical(stats.method, categories=methods).codes
+    order = np.lexsort((stats.step.to_numpy(), code))  # by method, then step
+    cuts = np.flatnonzero(np.diff(code[order])) + 1
+    x, mean, lo, hi = (np.split(stats[c].to_numpy()[order], cuts) for c in ("step", "mean", "min", "max"))
+    colours = _curve_colours(methods, palette)
+    bands = [np.column_stack([np.r_[s, s[::-1]], np.r_[a, b[::-1]]]) for s, a, b in zip(x, lo, hi)]
+    ax.add_collection(PolyCollection(bands, facecolors=colours, alpha=0.2, linewidths=0))  # one artist for them all
+    lines = [  # a curve of one point: a dot, or it could not be seen
+        ax.add_line(Line2D(s, y, color=c, label=str(m), marker="o" if len(s) == 1 else "None"))
+        for m, c, s, y in zip(methods, colours, x, mean)
+    ]
+    ax.autoscale_view()
+    return lines
 
 # %% ../nbs/08_plots.ipynb #d734a8e4
 def plot_curves(
@@ -90,7 +160,11 @@ def plot_curves(
     ax=None,  # draw into these axes
     palette: dict | None = None,  # a colour per method (default: seaborn's, in order of appearance)
 ):
-    "Mean over seeds per method against step, with a min–max seed band; diverged runs end in a red x, switches a |."
+    "Mean over seeds per method against step, with a min–max seed band; a diverged run ends in a black ×, a switch a |."
+    if metric not in results:
+        raise UserError(f"`metric` {metric!r} is not a column of `results`; it has {list(map(str, results.columns))}")
+    if missing := [c for c in ("method", "step") if c not in results]:
+        raise UserError(f"`results` lacks the columns {missing}: give tidy rows with method, seed, step and `metric`")
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 3.8))
     gone = np.isinf(results[metric].astype(float))  # an infinite value ends its run, flagged or not (as in `results`)
@@ -98,24 +172,20 @@ def plot_curves(
         gone |= results["diverged"].eq(True)  # a blown-up row: marked, not averaged
     results = results.assign(diverged=gone)
     ok = results[results[metric].notna() & ~gone]
-    if len(ok):
-        sns.lineplot(ok, x="step", y=metric, hue="method", errorbar=("pi", 100), ax=ax, palette=palette)
+    lines = _draw_curves(ax, ok, metric, palette) if len(ok) else []
     marks, switches, extra = _divergence_marks(results, metric), _switch_marks(results, metric), []
-    if len(marks):
+    if len(marks):  # in black: no method's colour (seaborn's first ten are C0 to C9, red among them)
         extra += ax.plot(
-            marks.step, marks[metric].clip(upper=ok[metric].max()), "x", color="red", ms=9, label="diverged"
+            marks.step, marks[metric].clip(upper=ok[metric].max()), "x", color="black", ms=9, label="diverged"
         )
     if len(switches):
         extra += ax.plot(switches.step, switches[metric], "|", color="black", ms=14, mew=1.5, label="switch")
-    old = ax.get_legend()
-    if extra and old is not None:  # the methods' legend (its title too), then what the marks mean
-        labels = [t.get_text() for t in old.get_texts()] + [a.get_label() for a in extra]
-        ax.legend(old.legend_handles + extra, labels, title=old.get_title().get_text() or None)
+    _curve_legend(ax, lines, extra)
     if log if log is not None else metric.endswith("loss"):
         ax.set_yscale("log")
         if hidden := int((ok[metric] <= 0).sum()):  # e.g. a float32 cross-entropy that reached 0.0
             warnings.warn(f"plot_curves: {hidden} values of {metric} <= 0 are left out of a log scale (log=False)")
-    ax.set(title=metric.replace("_", " "))
+    ax.set(title=metric.replace("_", " "), xlabel="step", ylabel=metric)
     ax.figure.tight_layout()
     return ax.figure
 
@@ -125,9 +195,11 @@ def plot_sharpness(
     ax=None,  # draw into these axes
 ):
     "λ₁ against step per method (mean over seeds, min–max band), with the 2/η lines of the learning rates used."
+    if missing := [c for c in ("lambda_1", "lr") if c not in results]:
+        raise UserError(f"`results` lacks the columns {missing}: give rows of runs logged with `log_curvature`")
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 3.8))
-    sns.lineplot(results, x="step", y="lambda_1", hue="method", errorbar=("pi", 100), ax=ax)
+    plot_curves(results, "lambda_1", log=True, ax=ax)  # a diverged run's rows left out and marked, as for the loss
     for lr in sorted(results.lr.dropna().unique()):
         ax.axhline(2 / lr, ls="--", color="grey", lw=1)
         ax.text(0, 2 / lr, f" 2/η, η={lr:g}", va="bottom", fontsize=8)
@@ -140,8 +212,14 @@ def _swept_label(
     by: str,  # the swept column
     v,  # one of its values
 ):
-    "The value's legend label: a number as %g, a null grid value as None, anything else as written ('auto')."
-    return f"{by} = " + ("None" if pd.isna(v) else f"{v:g}" if isinstance(v, numbers.Real) else str(v))
+    "The value's legend label: a number as %g (in full where %g rounds it), a null as None, a word as written."
+    return f"{by} = " + ("None" if pd.isna(v) else _number_label(v) if isinstance(v, numbers.Real) else str(v))
+
+
+def _number_label(v: numbers.Real):  # a value of a swept column
+    "`v` as %g where that reads back as `v` (2, 0.5, 1e-07), else in full: 0.1000001 must not read 0.1."
+    short = f"{v:g}"
+    return short if float(short) == v else str(v)
 
 
 def _grid_value(v):  # a value of a grid column read back from CSV: a number, NaN (null) or text such as 'auto'
@@ -166,6 +244,8 @@ def plot_over_training(
     reference_name: str = "SGD",  # its legend entry
 ):
     "Each metric against step, a panel per learning rate and a line per `by` value, coloured alike in every panel."
+    if "method" in results and len(methods := list(dict.fromkeys(results.method.dropna()))) > 1:
+        raise UserError(f"`results` holds the methods {methods}: a line per `by` value is one method's; select it")
     names = list(dict.fromkeys(_swept_label(by, v) for v in sorted(results[by].unique(), key=_swept_order)))
     palette = dict(zip(names, sns.color_palette("colorblind", len(names)))) | {reference_name: "black"}
     lrs = sorted(results[panel].dropna().unique())
@@ -181,10 +261,28 @@ def plot_over_training(
         ax.set(title=f"η = {lr:g}" if i == 0 else "", xlabel="step", ylabel=metric if j == 0 else "")
     handles = {l: h for ax in axes.flat for h, l in zip(*ax.get_legend_handles_labels())}  # one per label
     [ax.get_legend().remove() for ax in axes.flat if ax.get_legend()]
-    order = [*names, reference_name, "diverged", "2/η"]
+    order = [*names, reference_name, "diverged", "switch", "2/η"]
     fig.legend(*zip(*[(handles[l], l) for l in order if l in handles]), loc="lower center", ncol=len(order))
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     return fig
+
+# %% ../nbs/08_plots.ipynb #6aa21333
+def _one_run_per_cell(
+    rows: pd.DataFrame,  # one method's rows of a sweep
+    keys: list,  # the columns that, with the step, tell its rows apart: seed, x and y
+    value: str,  # the measured column
+):
+    "A one-line `UserError` naming the column in which runs differ that share one value of `keys` at one step."
+    at = list(dict.fromkeys([*keys, "step"]))
+    twice = rows[rows.duplicated(at, keep=False)]
+    if twice.empty:
+        return
+    where = ", ".join(f"{k} = {twice[k].iloc[0]}" for k in at)
+    apart = [c for c in rows.columns if c not in (*at, value) and not rows.duplicated([*at, c]).any()]
+    if not apart:
+        raise UserError(f"`results` has repeated rows of one run at {where}: drop them")
+    c = min(apart, key=lambda c: rows[c].nunique(dropna=False))  # a grid key, not a measured column
+    raise UserError(f"`results` holds runs that differ in {c!r} at {where}: select one {c!r} or draw it as `x` or `y`")
 
 # %% ../nbs/08_plots.ipynb #17640656
 def _heatmap_cells(
@@ -195,6 +293,7 @@ def _heatmap_cells(
     last: int,  # a run's final value: the mean of its last `last` rows
 ):
     "Tables (y × x) of the mean final `value` over seeds and of whether a seed diverged; a null grid value is 'None'."
+    _one_run_per_cell(results, ["seed", x, y], value)
     ordered = results.fillna({x: -np.inf, y: -np.inf}).sort_values("step", kind="stable")  # last rows: by step
     runs = ordered.groupby(["seed", x, y], sort=False)  # numbers and words: ordered below by `_swept_order`
     final = runs.tail(last).groupby(["seed", x, y])[value].mean()  # per run
@@ -206,6 +305,40 @@ def _heatmap_cells(
     table, div = at(table), at(div)  # a null grid value (-inf here) first, then numbers, then words
     none = lambda v: "None" if v == -np.inf else v  # noqa: E731
     return tuple(t.rename(index=none, columns=none) for t in (table, div))
+
+# %% ../nbs/08_plots.ipynb #5fb2b77f
+def _heatmap_colours(
+    table: pd.DataFrame,  # the mean final values (y × x)
+    div: pd.DataFrame,  # whether a seed diverged, per cell
+    log: bool,  # a log colour scale
+):
+    "Per cell its colour (blank where diverged), its number as text, whether it lies off the scale; the scale's ends."
+    shown = table.where(~div.astype(bool))
+    colour = np.log10(shown.where(shown > 0)) if log else shown
+    colour = colour.where(np.isfinite(colour))
+    off = shown.notna() & colour.isna()  # 0 or below on a log scale, or infinite: no colour of its own
+    seen = colour.values[np.isfinite(colour.values)]
+    lo, hi = (seen.min(), seen.max()) if seen.size else (0.0, 1.0)  # from the finite colours only
+    colour = colour.mask(off & (shown > 0), hi).mask(off & ~(shown > 0), lo)  # at the end of the scale it is beyond
+    text = shown.map(lambda v: "" if pd.isna(v) else f"{v:.3g}") + off.map(lambda o: "*" if o else "")
+    return colour, text, off, (lo, hi)
+
+
+def _heatmap_methods(
+    results: pd.DataFrame,  # tidy rows of a sweep
+    columns: list,  # the columns named by the arguments: x, y and value
+    method: str | None,  # one method, or None for all
+    ax,  # the one panel to draw into, or None
+):
+    "The methods to draw, a panel each; a `UserError` for a missing column or method, or several methods on one `ax`."
+    if missing := [c for c in dict.fromkeys(["method", "seed", "step", "diverged", *columns]) if c not in results]:
+        raise UserError(f"`results` lacks the columns {missing} (`x`, `y` and `value` name columns of it)")
+    known = list(dict.fromkeys(results.method))
+    if method is not None and method not in known:
+        raise UserError(f"`method` {method!r} is not a method of `results`: {known}")
+    if ax is not None and method is None and len(known) > 1:
+        raise UserError(f"`ax` holds one panel, but `results` has the methods {known}: choose one with `method`")
+    return known if method is None else [method]
 
 # %% ../nbs/08_plots.ipynb #2f6e3275
 def plot_heatmap(
@@ -220,7 +353,7 @@ def plot_heatmap(
     "Final `value` per (x, y) cell, mean over seeds; a cell where a seed diverged marked ×; one panel per method."
     if isinstance(last, bool) or not isinstance(last, int) or last < 1:
         raise ValueError(f"`last` must be an int >= 1, got {last!r}")
-    methods = [method] if method else list(results.method.unique())
+    methods = _heatmap_methods(results, [x, y, value], method, ax)
     if ax is None:
         fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods), 3.6), squeeze=False)
         axes = axes[0]
@@ -229,15 +362,12 @@ def plot_heatmap(
     for a, m in zip(axes, methods):
         table, div = _heatmap_cells(results[results.method == m], x, y, value, last)
         log = value.endswith("loss")
-        data = np.log10(table.where(~div.astype(bool))) if log else table.where(~div.astype(bool))
-        sns.heatmap(
-            data,
-            ax=a,
-            annot=table.where(~div.astype(bool)),
-            fmt=".3g",
-            cmap="viridis",
-            cbar_kws={"label": f"log10 {value}" if log else value},
-        )
+        colour, text, off, (lo, hi) = _heatmap_colours(table, div, log)
+        if n := int(off.values.sum()):
+            what = "<= 0 or infinite, off a log scale," if log else "infinite"
+            warnings.warn(f"plot_heatmap: {n} cells of {m}'s {value} are {what} drawn at its end and marked *")
+        cbar = {"cbar": colour.notna().values.any(), "cbar_kws": {"label": f"log10 {value}" if log else value}}
+        sns.heatmap(colour, ax=a, annot=text, fmt="", vmin=lo, vmax=hi, cmap="viridis", **cbar)  # none if all diverged
         for i, j in zip(*np.nonzero(div.values.astype(bool))):
             a.text(j + 0.5, i + 0.5, "×", ha="center", va="center", color="red", fontsize=16)
         a.set(title=m)
@@ -302,11 +432,17 @@ def _read_results(run_dir: Path):
     words = [c for c in [*numbers, "lambda_1"] if c in results and not pd.api.types.is_numeric_dtype(results[c])]
     why = f"no column {', '.join(missing)}" if missing else "no rows" if results.empty else ""
     why = why or (f"column {words[0]} holds no numbers" if words else "")
+    if not why:
+        try:  # only the rows `results` accepts: no step of a run twice (a seed counted twice in a mean), none below 0
+            _numbered(results, [k for k in grid if "." not in str(k)])  # a top-level grid key tells runs apart too
+        except ValueError as e:
+            head, _, fix = str(e).rpartition(": ")  # how to tell runs apart: the sweep's record says, not an argument
+            why = f"{head}: a run logged twice, or a sweep without its sweep.json?" if "`keys`" in fix else str(e)
     if why:
         raise UserError(f"{f} is not the results of a run or sweep: {why}")
     return results.assign(**{k: results[k].map(_grid_value) for k in grid if results[k].dtype == object}), grid
 
-
+# %% ../nbs/08_plots.ipynb #e6de0c75
 def plot_run(run_dir: str | Path):  # a run or sweep folder, with results.csv
     "Write loss.png, test_acc.png, sharpness.png (if λ₁ was logged; a 2-key sweep: heatmap.png); return the paths."
     run_dir = Path(run_dir)
