@@ -182,7 +182,7 @@ def _bad_arguments(tmp):
     (tmp / "garbage" / "results.csv").write_text("a,b\n1,2\n")
     ok, file = str(tmp / "ok.json"), str(tmp / "file")
     return [
-        ([], "the following arguments are required: {demo,run,sweep,plot,spectrum,compare}"),
+        ([], "the following arguments are required: {demo,run,sweep,plot,spectrum,compare,analyze}"),
         (["banana"], "invalid choice: 'banana'"),
         (["spectrum", "--k", "0"], "argument --k: must be an int >= 1, got '0'"),
         (["spectrum", "--k", "-3"], "argument --k: must be an int >= 1, got '-3'"),
@@ -279,7 +279,8 @@ def test_bad_input_through_the_console_script(tmp_path):
         (["plot", str(tmp_path / "nowhere")], "subspace-opt plot: error: `run_dir` must be the folder of a run or"),
         (
             ["frobnicate"],
-            "subspace-opt: error: argument {demo,run,sweep,plot,spectrum,compare}: invalid choice: 'frobnicate'",
+            "subspace-opt: error: argument {demo,run,sweep,plot,spectrum,compare,analyze}: invalid choice: "
+            "'frobnicate'",
         ),
     ):
         p = subprocess.run([CLI, *argv], capture_output=True, text=True, timeout=300, cwd=tmp_path)
@@ -365,7 +366,7 @@ def test_the_command_line_chapter_shows_the_help_the_cli_prints_now():
     cell = next(c for c in nb["cells"] if c["cell_type"] == "code" and '"--help"' in "".join(c["source"]))
     saved = "".join("".join(o.get("text", "")) for o in cell["outputs"] if o.get("name") == "stdout")
     now = ""
-    for sub in ("demo", "run", "sweep", "plot", "spectrum", "compare"):
+    for sub in ("demo", "run", "sweep", "plot", "spectrum", "compare", "analyze"):
         out = subprocess.run(
             [sys.executable, "-m", "subspace_opt.cli", sub, "--help"],
             capture_output=True,
