@@ -296,7 +296,7 @@ def _heatmap_cells(
     _one_run_per_cell(results, ["seed", x, y], value)
     ordered = results.fillna({x: -np.inf, y: -np.inf}).sort_values("step", kind="stable")  # last rows: by step
     runs = ordered.groupby(["seed", x, y], sort=False)  # numbers and words: ordered below by `_swept_order`
-    final = runs.tail(last).groupby(["seed", x, y])[value].mean()  # per run
+    final = runs.tail(last).groupby(["seed", x, y], sort=False)[value].mean()  # per run
     per_run = pd.DataFrame({value: final, "diverged": runs.diverged.any()})
     table, div = (
         per_run.groupby([y, x], sort=False)[c].agg(f).unstack() for c, f in ((value, "mean"), ("diverged", "any"))
