@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.collections import PolyCollection
+from matplotlib.colors import ListedColormap
 from matplotlib.lines import Line2D
 from .config import UserError
 from .results import _numbered
@@ -394,8 +395,8 @@ def plot_verdicts(
     fontsize: float = 10,  # size of the words in the cells
 ):
     "The (x, y) grid of `value`'s words, each cell coloured by its kind; returns the axes."
-    from matplotlib.colors import ListedColormap
-
+    if table.duplicated([x, y]).any():  # one verdict a cell
+        raise UserError(f"`table` holds two rows of one ({x}, {y}) cell: give one verdict a cell")
     codes = table.pivot(index=y, columns=x, values=value)
     words = list(VERDICT_COLOURS)
     unknown = sorted(map(repr, {w for w in codes.values.ravel() if not pd.isna(w)} - set(words)))
