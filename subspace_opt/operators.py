@@ -4,7 +4,7 @@
 
 # %% ../nbs/00b_operators.ipynb #ce95611a
 from __future__ import annotations
-import contextlib, functools, math, numbers
+import contextlib, math, numbers
 import numpy as np
 import torch
 from fastcore.basics import patch
@@ -175,15 +175,11 @@ def grad_rows(
     return torch.cat([g.reshape(b, -1) for g in gs], 1)
 
 # %% ../nbs/00b_operators.ipynb #003695bf
-def _without_autocast(f):
-    "`f`, run with `torch.autocast` off (on the CPU and on CUDA) where it is on: solvers keep their operator's dtype."
-
-    @functools.wraps(f)
-    def run(*args, **kwargs):
-        with contextlib.ExitStack() as stack:
-            for device in ("cpu", "cuda"):
-                if torch.is_autocast_enabled(device):
-                    stack.enter_context(torch.autocast(device, enabled=False))
-            return f(*args, **kwargs)
-
-    return run
+@contextlib.contextmanager
+def _autocast_off():
+    "A block in which `torch.autocast` is off (on the CPU and on CUDA) where it was on: solvers keep their dtype."
+    with contextlib.ExitStack() as stack:
+        for device in ("cpu", "cuda"):
+            if torch.is_autocast_enabled(device):
+                stack.enter_context(torch.autocast(device, enabled=False))
+        yield

@@ -13,7 +13,7 @@ from fastcore.basics import patch
 from .krylov import _Solve, _accepted, _block_solve, _orth_against, angle_bound
 from .lanczos import _as_int, _check_int, _check_operator, _check_orthonormal, check_symmetric
 from .distributed import same_on_every_rank
-from .operators import _without_autocast
+from .operators import _autocast_off
 
 # %% auto #0
 __all__ = ['project', 'project_dom', 'project_bulk', 'alignment', 'choose_k', 'DominantSubspace']
@@ -333,9 +333,8 @@ def basis(self: DominantSubspace):
     "The (p, k) orthonormal basis U of the Dominant subspace (None before the first refresh)."
     return None if self.eigvecs is None else self.eigvecs[:, : self.k]
 
-
+# %% ../nbs/02_subspace.ipynb #9a13f808
 @patch
-@_without_autocast  # a caller's torch.autocast would make the solver's own products half precision
 def refresh(
     self: DominantSubspace,
     op=None,  # operator for this refresh only (default: the subspace's own)
@@ -343,14 +342,14 @@ def refresh(
 ):
     "Recompute the top eigenpairs at the current parameters (warm from the carried block, if any); return `info`."
     op, t0, prev = _refresh_operator(self, op), time.perf_counter(), self.basis
-    res, cold, n_mv = _solve(self, op, cold)
-    m, dev = self.n_eigs, op.device
-    V, theta, rel, block = _synced(op, res.V[:, :m], res.theta[:m], res.rel[:m], _next_block(res, m))  # θ: on the host
-    self.eigvecs, self.eigenvalues, self.residuals, self.block = V, theta.to(dev), rel.to(dev), block  # block: H V
-    if self.ahead:  # its first m columns span H V[:, :m] (QR keeps the order)
-        self.eigvecs = self.block[:, :m]
+    with _autocast_off():  # a caller's torch.autocast would make the solver's own products half precision
+        (res, cold, n_mv), m = _solve(self, op, cold), self.n_eigs  # k='auto' may set n_eigs in the solve
+        V, theta, rel, block = _synced(op, res.V[:, :m], res.theta[:m], res.rel[:m], _next_block(res, m))  # θ: host
+        self.eigvecs, self.eigenvalues, self.residuals, self.block = V, theta.to(op.device), rel.to(op.device), block
+        if self.ahead:  # its first m columns span H V[:, :m] (QR keeps the order); `block` is H V
+            self.eigvecs = self.block[:, :m]
+        drift, angle = _drift(prev, self.basis)
     self.n_matvecs, self.n_refreshes, self.last_refresh = self.n_matvecs + n_mv, self.n_refreshes + 1, self.n_updates
-    drift, angle = _drift(prev, self.basis)
     self.period = _next_period(self, angle)
     self.info = dict(
         refresh=self.n_refreshes,
