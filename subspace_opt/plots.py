@@ -507,6 +507,11 @@ def plot_density(
     ax=None,  # draw into these axes
 ):
     "Smoothed spectral densities on a log scale, one line per matrix, with the solver's outlier eigenvalues as ticks."
+    keys = [c for c in ("method", "seed", "step") if c in densities]  # what tells snapshots apart
+    n = len(densities[keys].drop_duplicates()) if keys else int(not densities.empty)
+    why = "no rows" if densities.empty else "no column matrix" if "matrix" not in densities else f"{n} snapshots"
+    if densities.empty or "matrix" not in densities or n > 1:
+        raise UserError(f"`densities` must hold one snapshot's curves (select one, e.g. with .query), got {why}")
     if ax is None:
         _, ax = plt.subplots(figsize=(6.5, 3.6))
     for c, (name, d) in enumerate(densities.groupby("matrix", sort=False)):
