@@ -328,7 +328,7 @@ def _for_curvature(subspace):  # the tracker, whose operator's model (if it has 
     on = [m for m in model.modules() if m.training] if isinstance(model, torch.nn.Module) else []
     autocast = isinstance(device, torch.device) and torch.is_autocast_enabled(device.type)
     try:
-        for m in on:  # `model.eval()` without its recursion: about 15 µs a step instead of 50 for a small MLP
+        for m in on:  # not `model.eval()` (49 µs and back): the whole switch is 11 µs a step on a 784-200-200-10 MLP
             object.__setattr__(m, "training", False)
         with _no_autocast(device) if autocast else contextlib.nullcontext():
             yield
