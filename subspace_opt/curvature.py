@@ -4,7 +4,6 @@
 
 # %% ../nbs/00_curvature.ipynb #20db774d
 from __future__ import annotations
-import contextlib
 import importlib.util
 import shutil
 import time
@@ -17,7 +16,7 @@ from torch.func import functional_call, grad, jvp, vjp, vmap
 from .losses import LOSSES as LOSSES, check_loss, curvature_loss_sum, loss_hessian_product, loss_sum
 from .losses import output_gradient, prepare_targets
 from .operators import LinearCombinationOperator as LinearCombinationOperator, grad_rows
-from .operators import TorchLinearOperator
+from .operators import TorchLinearOperator, _autocast_off
 from .distributed import all_reduce_sum, check_agree, gather_meta, resolve_group
 
 # %% auto #0
@@ -349,13 +348,6 @@ def _batched(
     per_sample = max(op.flops_per_sample or 0, 2 * op.shape[0])  # at least 2 flops per parameter and sample
     return op.device.type == "cuda" or len(X) * per_sample <= (CPU_BATCHED_FLOPS if limit is None else limit)
 
-# %% ../nbs/00_curvature.ipynb #e01535a3
-def _no_autocast(device: torch.device):  # the device whose autocast to switch off
-    "A context in which `torch.autocast` does not change dtypes on `device` (where the device has autocast)."
-    if not torch.amp.is_autocast_available(device.type):
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, enabled=False)
-
 # %% ../nbs/00_curvature.ipynb #b49a5658
 class _Reduction(_ShardedData):
     "Products summed over this rank's batches, then over the group's ranks, and divided by the global count n."
@@ -390,7 +382,7 @@ class _Reduction(_ShardedData):
         Vt = V.T.contiguous()  # one contiguous row per vector
         total = torch.zeros_like(Vt)
         check_modes(self.model)  # a model switched to training mode since (`model.train()`) would give noise
-        with torch.enable_grad(), _no_autocast(self.device):
+        with torch.enable_grad(), _autocast_off():
             for X, t in self.batches:
                 total = total + self._batch_matmat(X, t, Vt)
         return (self._reduce(total) / self.n).T
@@ -533,7 +525,7 @@ def gradient(self: CurvatureOperator):
     "The gradient (p,) of the mean loss over the operator's data (all ranks' shards), at the current parameters."
     live, total = self.parameters(), torch.zeros(self.shape[0], dtype=self.dtype, device=self.device)
     check_modes(self.model)
-    with torch.enable_grad(), _no_autocast(self.device):
+    with torch.enable_grad(), _autocast_off():
         for X, t in self.batches:
             gs = torch.autograd.grad(
                 loss_sum(self.model(X), t, self.loss), live, allow_unused=True, materialize_grads=True
