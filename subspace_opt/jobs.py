@@ -4,7 +4,7 @@
 
 # %% ../nbs/09a_jobs.ipynb #2006646c
 from __future__ import annotations
-import contextlib, io, json, math, numbers, os, shutil, sys, tempfile, time, uuid
+import contextlib, json, math, numbers, os, shutil, sys, tempfile, time, uuid
 from datetime import datetime
 from pathlib import Path
 import pandas as pd
@@ -386,10 +386,7 @@ def analyze(
     tables = analyze_run(cfg, run_dir, **o, progress=progress, workers=workers)
     if tables.shares.empty:
         return tables, []
-    folder, plots = RunFolder(run_dir), _plots()
-    for name in ("energy", "trace"):
-        fig, png = plots.plot_energy(tables.shares, name), io.BytesIO()
-        fig.savefig(png, format="png", dpi=120)
-        plots.plt.close(fig)
-        folder.write_bytes(f"{name}.png", png.getvalue())
-    return tables, [run_dir / "energy.png", run_dir / "trace.png"]
+    plots = _plots()
+    return tables, [
+        plots._write_figure(run_dir, name, plots.plot_energy(tables.shares, name)) for name in ("energy", "trace")
+    ]

@@ -444,6 +444,19 @@ def _read_results(run_dir: Path):
     return results.assign(**{k: results[k].map(_grid_value) for k in grid if results[k].dtype == object}), grid
 
 # %% ../nbs/08_plots.ipynb #e6de0c75
+def _write_figure(
+    run_dir: str | Path,  # the folder to write into
+    name: str,  # the file's name without .png
+    fig,  # the figure, closed once written
+):
+    "`fig` as `run_dir/name.png`, a whole file and none through a link leading out of the folder; its path."
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=120)
+    plt.close(fig)
+    RunFolder(run_dir).write_bytes(f"{name}.png", png.getvalue())
+    return Path(run_dir) / f"{name}.png"
+
+
 def plot_run(run_dir: str | Path):  # a run or sweep folder, with results.csv
     "Write loss.png, test_acc.png, sharpness.png (if λ₁ was logged; a 2-key sweep: heatmap.png); return the paths."
     run_dir = Path(run_dir)
@@ -456,13 +469,7 @@ def plot_run(run_dir: str | Path):  # a run or sweep folder, with results.csv
     elif grid:  # one key, or more than two: a loss curve per method and grid point
         labels = [results[k].map(lambda v, k=k: " " + _swept_label(k, v)) for k in grid]  # "bulk methods.lr = 0.1"
         figs = {"loss": lambda: plot_curves(results.assign(method=sum(labels, results.method.astype(str))))}
-    folder = RunFolder(run_dir)  # whole files, none through a link that leads out of the folder
-    for name, make in figs.items():
-        fig, png = make(), io.BytesIO()
-        fig.savefig(png, format="png", dpi=120)
-        plt.close(fig)
-        folder.write_bytes(f"{name}.png", png.getvalue())
-    return [run_dir / f"{name}.png" for name in figs]
+    return [_write_figure(run_dir, name, make()) for name, make in figs.items()]
 
 # %% ../nbs/08_plots.ipynb #ccc8d4a2
 def plot_energy(
