@@ -14,7 +14,15 @@ from .data import check_device, environment, load_digits
 from .lanczos import block_lanczos, lanczos, scipy_eigsh
 from .models import mlp
 from .config import ExperimentConfig, UserError, config_from_dict
-from .results import COSTS, _check_targets, best_vs_best, describe, summarize, time_to_target
+from subspace_opt.results import (
+    COSTS,
+    RepeatedRows,
+    _check_targets,
+    best_vs_best,
+    describe,
+    summarize,
+    time_to_target,
+)
 from .runfolder import RunFolder, sweep_grid
 from .optim import sgd_steps
 from .metrics import evaluate
@@ -312,12 +320,10 @@ def _time_to_target(
         results = pd.read_csv(table)
         absent = [k for k in keys if k not in results.columns]
         ttt = None if absent else time_to_target(results, targets, keys=keys)
+    except RepeatedRows as e:  # how to tell runs apart: here the sweep's record says, not an argument
+        raise UserError(f"`run_dir`: {table}: {e.what}: is {sweep} missing, or from another sweep?") from None
     except (OSError, ValueError, KeyError, TypeError, pd.errors.ParserError) as e:  # a bad table or target
-        why = " ".join(str(e).split())
-        head, _, fix = why.rpartition(": ")
-        if "`keys`" in fix:  # how to tell runs apart: here the sweep's record says, not an argument
-            why = f"{head}: is {sweep} missing, or from another sweep?"
-        raise UserError(f"`run_dir`: {table}: {why}") from None
+        raise UserError(f"`run_dir`: {table}: {' '.join(str(e).split())}") from None
     if absent:
         raise UserError(f"`run_dir`: {sweep} has grid keys that {table} lacks ({', '.join(absent)}): another sweep's?")
     return ttt

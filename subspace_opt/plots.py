@@ -14,7 +14,7 @@ from matplotlib.collections import PolyCollection
 from matplotlib.colors import ListedColormap
 from matplotlib.lines import Line2D
 from .config import UserError
-from .results import _numbered
+from .results import RepeatedRows, _numbered
 from .runfolder import RunFolder, sweep_grid
 
 # %% auto #0
@@ -436,9 +436,10 @@ def _read_results(run_dir: Path):
     if not why:
         try:  # only the rows `results` accepts: no step of a run twice (a seed counted twice in a mean), none below 0
             _numbered(results, [k for k in grid if "." not in str(k)])  # a top-level grid key tells runs apart too
+        except RepeatedRows as e:  # how to tell runs apart: the sweep's record says, not an argument
+            why = f"{e.what}: a run logged twice, or a sweep without its sweep.json?"
         except ValueError as e:
-            head, _, fix = str(e).rpartition(": ")  # how to tell runs apart: the sweep's record says, not an argument
-            why = f"{head}: a run logged twice, or a sweep without its sweep.json?" if "`keys`" in fix else str(e)
+            why = str(e)
     if why:
         raise UserError(f"{f} is not the results of a run or sweep: {why}")
     return results.assign(**{k: results[k].map(_grid_value) for k in grid if results[k].dtype == object}), grid

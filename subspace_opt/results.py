@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 
 # %% auto #0
-__all__ = ['RUN_COLUMNS', 'COSTS', 'MAX_EXACT_SEEDS', 'SIGN_DRAWS', 'HEADLINE_STATS', 'run_keys', 'time_to_target',
-           'rank_configs', 'sign_flip_pvalue', 'best_vs_best', 'describe', 'summarize', 'stability_numbers',
-           'run_outcomes', 'against_reference', 'best_setting', 'against_best', 'tuned', 'headline', 'against_fastest',
-           'first_to_target', 'paired_control', 'relapses']
+__all__ = ['RUN_COLUMNS', 'COSTS', 'MAX_EXACT_SEEDS', 'SIGN_DRAWS', 'HEADLINE_STATS', 'run_keys', 'RepeatedRows',
+           'time_to_target', 'rank_configs', 'sign_flip_pvalue', 'best_vs_best', 'describe', 'summarize',
+           'stability_numbers', 'run_outcomes', 'against_reference', 'best_setting', 'against_best', 'tuned',
+           'headline', 'against_fastest', 'first_to_target', 'paired_control', 'relapses']
 
 # %% ../nbs/06b_results.ipynb #0000000b
 RUN_COLUMNS = ("method", "seed", "step", "train_loss")  # the columns every results table has
@@ -49,6 +49,14 @@ def _check_targets(
         raise ValueError(f"`{name}` must be a non-empty list of finite train losses, got {targets!r}")
     return list(dict.fromkeys(ts))
 
+# %% ../nbs/06b_results.ipynb #44872ced
+class RepeatedRows(ValueError):
+    "Two rows of one run at one step; `what` names the run and the step, the message adds how to tell runs apart."
+
+    def __init__(self, what: str, fix: str):
+        super().__init__(f"{what}: {fix}")
+        self.what = what
+
 # %% ../nbs/06b_results.ipynb #504fb2a444614c0babb325280ed9130a
 def _numbered(
     results: pd.DataFrame,  # a run's or sweep's rows
@@ -78,7 +86,7 @@ def _numbered(
         run = ", ".join(f"{k}={twice[k].iloc[0]}" for k in keys)
         step = twice.step.iloc[0]
         fix = "name the column that tells them apart in `keys`, or drop repeated rows"
-        raise ValueError(f"`results` has two rows of one run ({run}) at step {step}: {fix}")
+        raise RepeatedRows(f"`results` has two rows of one run ({run}) at step {step}", fix)
     return r, keys
 
 # %% ../nbs/06b_results.ipynb #00000011
