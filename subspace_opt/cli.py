@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_cli.ipynb #1d323c44
 from __future__ import annotations
-import argparse, math, os, re, sys, tempfile, traceback, warnings
+import argparse, math, os, re, signal, sys, tempfile, traceback, warnings
 from pathlib import Path
 import torch
 from .data import check_device
@@ -15,7 +15,7 @@ from .config import ACCEPTED, RANGES, ConfigError, Interval, UserError, _check_n
 from .train import run_experiment
 
 # %% auto #0
-__all__ = ['AFTER_INTERRUPT', 'main']
+__all__ = ['AFTER_INTERRUPT', 'main', 'entry']
 
 # %% ../nbs/09_cli.ipynb #cab41327
 class _Parser(argparse.ArgumentParser):
@@ -327,6 +327,13 @@ def main(argv=None):  # command-line arguments (default: sys.argv[1:])
         finish(code)  # under torchrun: exit without interpreter teardown (`finish`)
     return code
 
+# %% ../nbs/09_cli.ipynb #05631e22
+def entry():
+    "The `subspace-opt` command: `main`'s status as the process's, deaf to Ctrl-C once `main` has answered."
+    code = main()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a late Ctrl-C would interrupt the interpreter's teardown
+    sys.exit(code)
+
 # %% ../nbs/09_cli.ipynb #6fe61703
 if __name__ == "__main__" and "__file__" in globals():
-    sys.exit(main())  # `python -m subspace_opt.cli`, not a notebook
+    entry()  # `python -m subspace_opt.cli`, not a notebook
