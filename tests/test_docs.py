@@ -148,6 +148,27 @@ def test_docs_cover_every_public_name():
 
 
 @needs_site
+def test_public_names_in_prose_link_to_their_entries():
+    "No page shows a qualified public name, a constant or a call of a public function as plain code, outside code."
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        from build_docs import api_entries
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    entries, plain = api_entries(), {}
+    for rel in site_pages():
+        text = (SITE / rel).read_text(encoding="utf-8")
+        text = re.sub(r"<a\b[^>]*>.*?</a>|<pre\b.*?</pre>", "", text, flags=re.S)  # links and code blocks
+        for m in re.finditer(r'<code[^>]*><span class="pre">([^<]+)</span></code>', text):
+            code = re.fullmatch(r"([\w.]+)(\(.*\))?", html.unescape(m[1]))
+            if code and code[1] in entries and ("." in code[1] or code[1].isupper() or code[2]):
+                plain.setdefault(rel, []).append(m[1])
+    assert not plain, f"public names shown as code without a link to their entry: {plain}"
+
+
+@needs_site
 def test_no_page_shows_a_traceback():
     """No page shows a Python traceback: the build executes a notebook's import cells for `show_doc`, and an error it
     caught there must not replace the outputs the notebook saved. Notebooks show expected errors as printed text."""

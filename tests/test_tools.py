@@ -622,3 +622,25 @@ def test_build_docs_refuses_jobs_below_one():
             [sys.executable, str(ROOT / "tools" / "build_docs.py"), "--jobs", jobs], capture_output=True, text=True
         )
         assert out.returncode == 2 and out.stderr.strip().splitlines()[-1].endswith(f"--jobs must be >= 1, got {jobs}")
+
+
+def test_build_docs_links_the_public_names_nbdev_leaves_as_code():
+    "Qualified names, constants and calls get a link to their entry; prose, links, bare names and code blocks do not."
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import build_docs as b
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    host, entries = b.DOC_HOST, {"results.tuned": "results.html#tuned", "tuned": "results.html#tuned"}
+    entries |= {"MAX_EXACT_SEEDS": "results.html#max_exact_seeds", "so.tuned": "results.html#tuned"}
+    text = "`results.tuned(t)`, `so.tuned`, `MAX_EXACT_SEEDS`, `tuned(t, by)`, `tuned`, `results.csv`, [`tuned`](x)\n"
+    assert b.link_names(text + "```\n`results.tuned`\n```\n", entries) == (
+        f"[`results.tuned(t)`]({host}results.html#tuned), [`so.tuned`]({host}results.html#tuned), "
+        f"[`MAX_EXACT_SEEDS`]({host}results.html#max_exact_seeds), [`tuned(t, by)`]({host}results.html#tuned), "
+        "`tuned`, `results.csv`, [`tuned`](x)\n```\n`results.tuned`\n```\n"
+    )
+    found = b.api_entries()  # the package's own index: functions, constants, the top-level names
+    assert found["results.time_to_target"] == "results.html#time_to_target", found.get("results.time_to_target")
+    assert found["results.MAX_EXACT_SEEDS"] == found["MAX_EXACT_SEEDS"] == "results.html#max_exact_seeds"
+    assert found["so.DominantSubspace"] == "subspace.html#dominantsubspace"
+    assert b.relink("`results.tuned`", 1) == "[`results.tuned`](../results.html#tuned)"

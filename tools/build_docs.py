@@ -9,7 +9,8 @@
    Saved outputs are kept as they are: **no notebook is executed**, only the cells `show_doc` needs (exports, imports).
 2. **Translation for Sphinx** into `_proc/site/`: nbdev's frontmatter becomes the page title, the Quarto cell options
    it leaves (`#| echo: false`, `#| output: asis`) become myst-nb tags, its absolute links to the doc host become
-   relative links inside the site, and the home page (`index.ipynb`) gets the navigation: the method
+   relative links inside the site, public names it leaves as plain code (`results.tuned`, `MAX_EXACT_SEEDS`, calls) and
+   those in the changelog get links to their API entries, and the home page (`index.ipynb`) gets the navigation: the method
    (`nbs/method.ipynb`), API reference (`nbs/0*`), experiments (`nbs/experiments/`, landing page first) and benchmarks
    (`nbs/benchmarks/*`), each picked up by glob.
 3. **Sphinx** (`docs/conf.py`) renders saved outputs only (`nb_execution_mode = "off"`), with MathJax served from the
@@ -21,6 +22,7 @@ Exits non-zero on any failure. `--jobs N` processes N notebooks at a time (defau
 """
 
 import argparse
+import functools
 import json
 import multiprocessing
 import os
@@ -196,10 +198,65 @@ def frontmatter(nb):
 _re_private_link = re.compile(r"\[(`[^`\]]+`)\]\(" + re.escape(DOC_HOST) + r"[\w./-]*#_[a-z0-9]\w*\)", re.I)
 
 
+def api_entries():
+    """Where each public name's API entry is, as doc-host URLs: `module.name` for every name in a module's `__all__`
+    (functions and classes from nbdev's index, constants under their own heading) and `so.name` for the names the
+    package itself exports (`import subspace_opt as so`), and each name alone where one module exports it."""
+    import importlib
+    from subspace_opt._modidx import d
+
+    entries, pages, bare = {}, {}, {}
+    for mod, syms in d["syms"].items():
+        for sym, url in syms.items():
+            pages.setdefault(mod, url[0].split("#")[0])
+            if sym.count(".") == 2 and not sym.split(".")[-1].startswith("_"):  # a public module-level name
+                entries[sym.removeprefix("subspace_opt.")] = url[0]
+    for mod, page in pages.items():
+        for name in getattr(importlib.import_module(mod), "__all__", []):
+            short = f"{mod.removeprefix('subspace_opt.')}.{name}"
+            if short not in entries and not callable(getattr(importlib.import_module(mod), name)):
+                entries[short] = f"{page}#{name.lower()}"  # a constant: the heading the docs build writes for it
+            if short in entries:
+                bare.setdefault(name, set()).add(short)
+    top = importlib.import_module("subspace_opt")
+    for name in getattr(top, "__all__", []):
+        home = [k for k in entries if k.endswith("." + name) and k.count(".") == 1]
+        if len(home) == 1:
+            entries[f"so.{name}"] = entries[home[0]]
+    entries.update({name: entries[next(iter(at))] for name, at in bare.items() if len(at) == 1})
+    return entries
+
+
+_api_entries = functools.cache(api_entries)
+
+# a backticked `module.name`, `so.name` or constant, possibly called (`results.time_to_target(r, 0.1)`), not in a link
+_re_qualified = re.compile(r"(?<![\[\w`])`((?:[a-z]\w*\.)?[A-Za-z]\w*)(\([^`\n]*\))?`(?!\]\()")
+_re_fence = re.compile(r"^(```|~~~).*?^\1", re.M | re.S)
+
+
+def link_names(text, entries=None):
+    """Link each backticked public name nbdev leaves unlinked — `results.run_outcomes`, `so.DominantSubspace`, a
+    constant such as `MAX_EXACT_SEEDS`, a call such as `damped_dominant_sgd(alpha)` — to its API entry (a doc-host
+    URL, which `relink` makes relative). A bare function or class name is nbdev's to link (it leaves, e.g., a command's
+    name `compare` on purpose); fenced code blocks and names already inside a link are left as they are."""
+    entries = api_entries() if entries is None else entries
+
+    def sub(m):
+        url = entries.get(m[1])
+        return f"[{m[0]}]({DOC_HOST}{url})" if url and ("." in m[1] or m[1].isupper() or m[2]) else m[0]
+
+    parts, last = [], 0
+    for f in _re_fence.finditer(text):
+        parts += [_re_qualified.sub(sub, text[last : f.start()]), f[0]]
+        last = f.end()
+    return "".join(parts + [_re_qualified.sub(sub, text[last:])])
+
+
 def relink(text, depth):
     """nbdev's absolute links to the doc host -> relative links inside the site; strip pandoc link attributes; a link
-    to a private helper (`_name`, which has no entry) becomes its code name."""
-    text = _re_private_link.sub(r"\1", text)
+    to a private helper (`_name`, which has no entry) becomes its code name; public names nbdev leaves unlinked get a
+    link (`link_names`)."""
+    text = link_names(_re_private_link.sub(r"\1", text), _api_entries())
     up = "../" * depth
     text = re.sub(re.escape(DOC_HOST) + r"([\w./-]*)", lambda m: up + (m.group(1) or "index.html"), text)
     return _re_attrs.sub(r"\1", text)
@@ -420,7 +477,7 @@ def write_sources(paths):
         dst = SRC / (name + ".ipynb")
         dst.parent.mkdir(parents=True, exist_ok=True)
         dst.write_text(json.dumps(out, indent=1, ensure_ascii=False), encoding="utf-8")
-    shutil.copy(ROOT / "CHANGELOG.md", SRC / "changelog.md")
+    (SRC / "changelog.md").write_text(relink((ROOT / "CHANGELOG.md").read_text(encoding="utf-8"), 0), encoding="utf-8")
     copy_mathjax(SRC / "_static" / "mathjax")
     shutil.copy(CONF / "site.css", SRC / "_static" / "site.css")
     return names
