@@ -9,10 +9,10 @@
    Saved outputs are kept as they are: **no notebook is executed**, only the cells `show_doc` needs (exports, imports).
 2. **Translation for Sphinx** into `_proc/site/`: nbdev's frontmatter becomes the page title, the Quarto cell options
    it leaves (`#| echo: false`, `#| output: asis`) become myst-nb tags, its absolute links to the doc host become
-   relative links inside the site, public names it leaves as plain code (`results.tuned`, `MAX_EXACT_SEEDS`, calls) and
-   those in the changelog get links to their API entries, and the home page (`index.ipynb`) gets the navigation: the method
-   (`nbs/method.ipynb`), API reference (`nbs/0*`), experiments (`nbs/experiments/`, landing page first) and benchmarks
-   (`nbs/benchmarks/*`), each picked up by glob.
+   relative links inside the site, public names it leaves as plain code (`results.tuned`, `MAX_EXACT_SEEDS`, calls)
+   and those in the changelog get links to their API entries, and the home page (`index.ipynb`) gets the navigation:
+   the method (`nbs/method.ipynb`), API reference (`nbs/0*`), experiments (`nbs/experiments/`, landing page first)
+   and benchmarks (`nbs/benchmarks/*`), each picked up by glob.
 3. **Sphinx** (`docs/conf.py`) renders saved outputs only (`nb_execution_mode = "off"`), with MathJax served from the
    site itself (copied from the `django-static-mathjax` wheel; no CDN) and Sphinx's own offline search, into `_site/`.
    Sphinx runs with `-W --keep-going`: any warning (a broken reference, an unrenderable output, a page outside the
