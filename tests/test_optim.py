@@ -1,5 +1,7 @@
 """Subspace tracking and projected optimizers across devices, mini-batch Hessian data and checkpoints on disk."""
 
+import copy
+
 import pytest
 import torch
 from cases import CASES, DEVICE_PARAMS
@@ -78,39 +80,55 @@ def test_refresh_on_minibatch_hessian_data():
     assert torch.allclose(sub.eigenvalues.cpu(), full, rtol=1e-6)
 
 
+def _momentum_run(device):
+    "A model, its data and a momentum SGD in 'update' mode tracked with T = 2: the run the checkpoint tests resume."
+    model, data = CASES[1].build(device)
+    sub = DominantSubspace(HessianOperator(model, "ce", data), k=3, refresh_every=2, oversample=1)
+    opt = ProjectedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), sub, 0.1, 1.0, "update")
+    return model, data, opt
+
+
+def _ce_steps(model, data, opt, rng):
+    "One step per seed in `rng`, each on 8 samples drawn with that seed."
+    X, y = torch.cat([b[0] for b in data]), torch.cat([b[1] for b in data])
+    for s in rng:
+        idx = torch.randperm(len(X), generator=torch.Generator().manual_seed(s))[:8].to(X.device)
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(X[idx]), y[idx]).backward()
+        opt.step()
+
+
 @pytest.mark.parametrize("device", DEVICE_PARAMS)
 def test_checkpoint_on_disk_resumes_exactly(device, tmp_path):
     "torch.save of model + optimizer state mid-run, torch.load into fresh objects: the same trajectory, bit for bit."
-
-    def make():
-        model, data = CASES[1].build(device)
-        sub = DominantSubspace(HessianOperator(model, "ce", data), k=3, refresh_every=2, oversample=1)
-        return (
-            model,
-            data,
-            ProjectedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), sub, 0.1, 1.0, "update"),
-        )
-
-    def steps(model, data, opt, rng):
-        X, y = torch.cat([b[0] for b in data]), torch.cat([b[1] for b in data])
-        for s in rng:
-            idx = torch.randperm(len(X), generator=torch.Generator().manual_seed(s))[:8].to(device)
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(model(X[idx]), y[idx]).backward()
-            opt.step()
-
-    model, data, opt = make()
-    steps(model, data, opt, range(7))
+    model, data, opt = _momentum_run(device)
+    _ce_steps(model, data, opt, range(7))
     torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, tmp_path / "ckpt.pt")
-    steps(model, data, opt, range(7, 15))
-    model2, data2, opt2 = make()
+    _ce_steps(model, data, opt, range(7, 15))
+    model2, data2, opt2 = _momentum_run(device)
     ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
     model2.load_state_dict(ckpt["model"])
     opt2.load_state_dict(ckpt["opt"])
-    steps(model2, data2, opt2, range(7, 15))
+    _ce_steps(model2, data2, opt2, range(7, 15))
     for a, b in zip(model.parameters(), model2.parameters()):
         assert torch.equal(a, b)
     assert opt.subspace.n_refreshes == opt2.subspace.n_refreshes == 8
+
+
+def test_rollback_into_the_same_objects_resumes_exactly():
+    "A state loaded back into the same model and optimizer (a step undone in-process): as if the step was never taken."
+    model, data, opt = _momentum_run("cpu")
+    _ce_steps(model, data, opt, range(12))
+    model2, data2, opt2 = _momentum_run("cpu")
+    _ce_steps(model2, data2, opt2, range(7))
+    ckpt = copy.deepcopy({"model": model2.state_dict(), "opt": opt2.state_dict()})
+    _ce_steps(model2, data2, opt2, range(7, 8))  # the step to undo: it updated the tracker at step 8
+    model2.load_state_dict(ckpt["model"])
+    opt2.load_state_dict(ckpt["opt"])
+    _ce_steps(model2, data2, opt2, range(7, 12))  # step 8 again: it must update the tracker again
+    for a, b in zip(model.parameters(), model2.parameters()):
+        assert torch.equal(a, b)
+    assert opt2.subspace.n_updates == opt.subspace.n_updates == 12
 
 
 @pytest.mark.parametrize("refresh_every", [1, 3])
