@@ -428,7 +428,7 @@ def load_checkpoint(self: RunFolder):
             c = torch.load(path, weights_only=True, map_location="cpu")  # a GPU run's file reads on any machine
     except Exception:
         raise UserError(f"{path} does not load as tensors and plain data: delete it to start that run over") from None
-    if not isinstance(c, dict) or not isinstance(c.get("step"), int):
+    if not isinstance(c, dict) or type(c.get("step")) is not int:  # not a bool, a float, a string
         raise UserError(f"{path} is not a checkpoint of this package: delete it to start that run over")
     if c.get("run") != run_identity(self.spec):
         raise UserError(
