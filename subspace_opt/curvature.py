@@ -506,7 +506,8 @@ class CurvatureOperator(_MethodChoice):
             # batches of other shapes (token sequences of other lengths) cannot join the probe
             shape = self.batches[0][0].shape[1:]
             probe = torch.cat([X for X, _ in self.batches[:16] if X.shape[1:] == shape])[:16]  # several small batches
-            check_deterministic(lambda X: self._forward(self._params(), X, copy=True), probe, self.model)
+            params, consts = self._params(), self._consts(copy=True)  # one copy for all passes: drifting buffers show
+            check_deterministic(lambda X: functional_call(self.model, (params, consts), (X,)), probe, self.model)
         self.method = self._pick_method("forward" if compile else method) if self.batches else None
         self.compile = compile
         self._join()
