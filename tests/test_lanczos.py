@@ -248,3 +248,13 @@ def test_eigsh_converged_only_when_its_residuals_meet_tol():
     assert (res.eigenvalues.flip(0) - d[-3:]).abs().max() > 1e-10 * d[-3:].abs().max()  # and the values are off
     good = scipy_eigsh(torch.diag(d), k=3, which="LA", tol=1e-10)
     assert good.converged and (good.residuals <= 1e-10).all()
+
+
+@pytest.mark.parametrize("solver", list(ALL))
+def test_seed_sets_the_start(solver):
+    "The same seed repeats a solve bit for bit; another starts from another vector (or block): other rounding, signs."
+    A = _sym(40)
+    a, b, c = (ALL[solver](A, k=3, seed=seed) for seed in (0, 0, 1))
+    assert a.converged and c.converged
+    assert torch.equal(a.eigenvectors, b.eigenvectors) and not torch.equal(a.eigenvectors, c.eigenvectors)
+    assert (a.eigenvalues - c.eigenvalues).abs().max() <= 1e-9 * a.eigenvalues.abs().max()
