@@ -13,6 +13,7 @@ from .jobs import SOLVERS, _check_k, _check_writable, _last_shares, _plots, anal
 from .sweep import load_sweep, run_sweep
 from .config import ACCEPTED, RANGES, ConfigError, Interval, UserError, _check_name, load_config
 from .train import run_experiment
+from .workers import JobsFailed
 
 # %% auto #0
 __all__ = ['AFTER_INTERRUPT', 'main', 'entry']
@@ -207,7 +208,7 @@ def _sweep_job(a):
     if a.out is None and not isinstance(name, str):  # it names the default folder, whatever the grid sets later
         raise ConfigError(f"`config.name` must be a string, got {name!r}")
     path = _check_writable(a.out or Path("runs") / f"{_check_name(name, 'config.name')}-sweep", "--out")
-    results = run_sweep(base, grid, path, workers=a.workers or workers, progress=_progress())
+    results = run_sweep(base, grid, path, workers=a.workers or workers, progress=_progress() or "lines")
     _plots().plot_run(path)
     last = results.groupby(["method", "seed", *grid], sort=False, dropna=False).tail(1)  # a grid value may be null
     auto = "auto" in [(base.get("subspace") or {}).get("k"), *grid.get("subspace.k", [])]
@@ -286,6 +287,25 @@ def _stdout_gone():
         pass
     return 141
 
+# %% ../nbs/09_cli.ipynb #67627815
+def _failed(
+    prog: str,  # the (sub)command
+    e: Exception,  # what the job raised
+    argv: list,  # the command line, for a saved traceback
+):
+    "Say why the job failed, in one line; the exit status: 2 bad input or out of memory, 1 a bug (traceback saved)."
+    cause = e.__cause__ if isinstance(e, JobsFailed) and e.__cause__ is not None else e  # a sweep's first failure
+    said = f"{e}: " if cause is not e else ""  # the failed runs, named
+    if isinstance(cause, (UserError, OSError)):  # OSError: a data set not installed, a path the file system refused
+        return _say(prog, f"error: {e}", 2)
+    oom = isinstance(cause, RuntimeError) and "can't allocate memory" in str(cause)  # torch's CPU allocator
+    if oom or isinstance(cause, (MemoryError, torch.OutOfMemoryError)):  # sizes this machine cannot hold: no bug
+        what = "the CPU allocator" if oom else type(cause).__name__
+        return _say(prog, f"error: {said}out of memory ({what}): lower the model, data or batch sizes", 2)
+    saved = _save_traceback(argv)
+    what = f"{e}" if said else f"{type(e).__name__}: {e}"
+    return _say(prog, f"internal error: {what} (the full traceback is in {saved})", 1)
+
 # %% ../nbs/09_cli.ipynb #1f422a09
 def _job(a):
     "Run the job that the parsed arguments name; 0 once it is done."
@@ -307,22 +327,12 @@ def main(argv=None):  # command-line arguments (default: sys.argv[1:])
     prog = f"subspace-opt {a.job}"
     try:
         code = _job(a)
-    except (UserError, FileNotFoundError) as e:  # FileNotFoundError: a data set that is not installed
-        code = _say(prog, f"error: {e}", 2)
     except KeyboardInterrupt:
         code = _say(prog, f"interrupted; the same command {AFTER_INTERRUPT[a.job]}", 130)
     except BrokenPipeError:
         code = _stdout_gone()
-    except OSError as e:  # the file system refused a path given (a name too long, a link to nowhere, no permission)
-        code = _say(prog, f"error: {e}", 2)
-    except (MemoryError, torch.OutOfMemoryError) as e:  # sizes this machine cannot hold: bad input, not a bug
-        code = _say(prog, f"error: out of memory ({type(e).__name__}): lower the model, data or batch sizes", 2)
     except Exception as e:
-        if isinstance(e, RuntimeError) and "can't allocate memory" in str(e):  # torch's CPU allocator
-            code = _say(prog, "error: out of memory (the CPU allocator): lower the model, data or batch sizes", 2)
-        else:
-            saved = _save_traceback(argv)
-            code = _say(prog, f"internal error: {type(e).__name__}: {e} (the full traceback is in {saved})", 1)
+        code = _failed(prog, e, argv)
     if getattr(a, "distributed", False):
         finish(code)  # under torchrun: exit without interpreter teardown (`finish`)
     return code

@@ -4,14 +4,14 @@
 
 # %% ../nbs/06a_sweep.ipynb #620b4397
 from __future__ import annotations
-import contextlib, copy, itertools, math
+import contextlib, copy, itertools, json, math, os, sys, time, warnings
 from pathlib import Path
 import pandas as pd
 from .data import default_device, environment
 from .config import ConfigError, UserError, _show, config_from_dict, read_config_file
-from .runfolder import SAFE_NAME, RunFolder, safe_name
-from .train import check_run, run_job, task_data, tracked_rank
-from .workers import check_workers, run_in_workers
+from .runfolder import SAFE_NAME, RunFolder, _flat, safe_name
+from .train import _run_spec, check_run, run_job, task_data, tracked_rank
+from .workers import JobsFailed, check_workers, run_in_workers
 
 # %% auto #0
 __all__ = ['MAX_GRID_POINTS', 'expand_grid', 'run_sweep', 'collect_sweep', 'run_sweeps', 'load_sweep']
@@ -36,6 +36,21 @@ def _set(d: dict, key: str, value, where: str = ""):
     else:
         d[head] = value
 
+# %% ../nbs/06a_sweep.ipynb #6e114c8b
+def _check_values(key: str, values: list):
+    "A `ConfigError` for a list or mapping among a grid key's values: a grid point holds single values."
+    v = next((v for v in values if isinstance(v, (list, dict))), None)
+    if isinstance(v, dict):
+        raise ConfigError(
+            f"`grid.{key}` value {_show(v)} is a mapping, which cannot be a grid value: grid its keys "
+            f"one by one instead, as `{key}.{next(iter(v), 'x')}`"
+        )
+    if v is not None:
+        raise ConfigError(
+            f"`grid.{key}` value {_show(v)} is a list, and a list cannot be a grid value: write a "
+            "config (a sweep) per list instead, or run them into one table with `sweep.run_sweeps`"
+        )
+
 # %% ../nbs/06a_sweep.ipynb #7fb27b941602401d91542211134fc71a
 MAX_GRID_POINTS = 1000  # points one sweep runs (each point: every method and seed)
 
@@ -47,9 +62,13 @@ def _check_grid(grid: dict):
     odd = [k for k in grid if not isinstance(k, str) or not k]
     if odd:
         raise ConfigError(f"`grid` keys must be dotted key names, got {_show(odd[0])}")
+    gap = next((k for k in grid if "" in k.split(".")), None)
+    if gap is not None:
+        raise ConfigError(f"`grid` key {gap!r} has an empty part: name each, as in `subspace.k`")
     if (n := math.prod(map(len, grid.values()))) > MAX_GRID_POINTS:
         raise ConfigError(f"`grid` spans {n:,} points, more than the {MAX_GRID_POINTS:,} one sweep runs: split it up")
     for key, values in grid.items():
+        _check_values(key, values)
         seen = set()
         for i, label in enumerate(f"{key}={v}" for v in values):
             if label in seen:
@@ -60,6 +79,44 @@ def _check_grid(grid: dict):
                 raise ConfigError(f"`grid.{key}` value {values[i]!r} cannot be part of a folder name (use {chars})")
 
 # %% ../nbs/06a_sweep.ipynb #03124c01
+def _point_config(
+    base: dict,  # experiment configuration as plain data
+    point: dict,  # grid key -> this point's value
+    label: str,  # the point's label
+):
+    "The checked configuration of one grid point; an error of a value names the point (not the base's own error)."
+    d = copy.deepcopy(base)
+    for k, v in point.items():
+        _set(d, k, v)
+    try:
+        return config_from_dict(d)
+    except ConfigError as e:
+        try:
+            config_from_dict(copy.deepcopy(base))
+        except ConfigError as b:
+            if str(b) == str(e):  # the base's own error, whatever the grid sets
+                raise e from None
+        raise ConfigError(f"`grid` point {label}: {e}") from None
+
+
+def _same_runs(points: list):  # (point values, label, ExperimentConfig) each
+    "Warn once when grid points train the same runs: the keys they differ in change no run's rows (seconds at most)."
+    seen, twins = {}, {}  # a run's identity (`train._run_spec`) -> the point that trains it; repeated point -> first
+    for point, label, cfg in points:
+        for spec in {json.dumps(_run_spec(cfg, m, s), sort_keys=True) for m in cfg.methods for s in cfg.seeds}:
+            other = seen.setdefault(spec, (point, label))
+            if other[1] != label:
+                twins.setdefault(label, (point, other))
+    if twins:  # e.g. `name`; `device` or `subspace.compile` (a timing comparison); `max_k` beside a fixed k
+        label, (point, (other, other_label)) = next(iter(twins.items()))
+        keys = [f"`{k}`" for k in point if point[k] != other[k]]
+        does = "does" if len(keys) == 1 else "do"
+        warnings.warn(
+            f"`grid` points {other_label} and {label} train the same runs ({len(twins)} point(s) repeat another's): "
+            f"{', '.join(keys)} {does} not change a run's rows, at most its seconds; the work is repeated"
+        )
+
+# %% ../nbs/06a_sweep.ipynb #4fd88dc2
 def expand_grid(
     base: dict,  # experiment configuration as plain data
     grid: dict,  # dotted key -> list of values
@@ -69,19 +126,17 @@ def expand_grid(
     points = []
     for values in itertools.product(*grid.values()):
         point = dict(zip(grid, values))
-        d = copy.deepcopy(base)
-        for k, v in point.items():
-            _set(d, k, v)
         label = ",".join(f"{k}={v}" for k, v in sorted(point.items())) or "base"  # one folder, whatever the key order
         if len(label) > 200:  # `safe_name`'s limit
             single = [k for k, v in grid.items() if len(v) == 1]
             hint = f"; set {', '.join(single)} in the base configuration instead" if single else ""
             raise ConfigError(f"`grid`: a point's folder name has {len(label)} characters, at most 200{hint}")
-        cfg = config_from_dict(d)
+        cfg = _point_config(base, point, label)
         same = next((other for _, other, c in points if c == cfg), None)  # 3 and 3.0: one configuration
         if same is not None:
             raise ConfigError(f"`grid` points {same} and {label} are one configuration: list each value once")
         points.append((point, label, cfg))
+    _same_runs(points)
     return points
 
 # %% ../nbs/06a_sweep.ipynb #25f6c89f
@@ -115,6 +170,30 @@ def _collect(points, out: RunFolder):
     ]
     return pd.concat(frames, ignore_index=True)
 
+# %% ../nbs/06a_sweep.ipynb #9ba8ba32
+def _changed_runs(
+    jobs: list,  # the sweep's jobs (`_jobs`)
+    out: RunFolder,  # the sweep's folder
+):
+    "One `ConfigError` naming all the sweep's run folders that hold a run of another configuration, if any."
+    changed = {}  # run folder -> the keys its run.json differs in
+    for cfg, mi, seed, path in jobs:
+        try:
+            old = _flat(json.loads(RunFolder(path, out.path).file("run.json").read_text()))
+        except (OSError, ValueError, AttributeError, RecursionError):  # no run yet, or unreadable: `check_run` says
+            continue
+        new = _flat(_run_spec(cfg, cfg.methods[mi], seed))
+        if diff := sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k)):
+            changed[path] = diff
+    if changed:
+        keys = ", ".join(sorted(set().union(*changed.values())))
+        shown = ", ".join(os.path.relpath(p, out.path) for p in list(changed)[:3]) + (", …" if len(changed) > 3 else "")
+        raise ConfigError(
+            f"{out.path} holds {len(changed)} of the sweep's {len(jobs)} runs as runs of another configuration "
+            f"(differs in {keys}): {shown}; choose a new folder (`--out`, `out_dir`), or delete "
+            f"{Path(out.path) / 'points'} to run them all afresh"
+        )
+
 # %% ../nbs/06a_sweep.ipynb #8f777677
 def _checked_jobs(
     points: list,  # `expand_grid(base, grid)`, checked before the folder was created
@@ -122,6 +201,7 @@ def _checked_jobs(
 ):
     "The sweep's jobs, once every job's run folder is checked (nothing written)."
     jobs = _jobs(points, out)
+    _changed_runs(jobs, out)
     for cfg, mi, seed, path in jobs:
         check_run(cfg, cfg.methods[mi], seed, RunFolder(path, out.path))
     for _, _, cfg in points:
@@ -146,12 +226,36 @@ def _finish(points, out: RunFolder):
     return results
 
 # %% ../nbs/06a_sweep.ipynb #938c804e27f84196a10c8828c723f798
+def _run_jobs(
+    jobs: list,  # sweeps' jobs (`_checked_jobs`)
+    top: Path,  # the folder their run folders are named from
+    workers: int,  # worker processes
+    progress: bool | str,  # a bar (True), a line per finished run ("lines"), or nothing
+):
+    "Run the jobs not finished yet, every one even when some fail; with `progress`, a line before and after."
+    say = (lambda line: print(f"sweep: {line}", file=sys.stderr, flush=True)) if progress else (lambda line: None)
+    names, done = [os.path.relpath(j[3], top) for j in jobs], [RunFolder(j[3], top).is_done for j in jobs]
+    todo = [i for i, d in enumerate(done) if not d]
+    resume = sum(RunFolder(jobs[i][3], top).file("checkpoint.pt").exists() for i in todo)
+    say(f"{len(jobs)} runs: {sum(done)} finished earlier, {resume} to resume, {len(todo) - resume} new")
+    t0 = time.perf_counter()
+    try:
+        run_in_workers(
+            run_job, [jobs[i] for i in todo], workers, progress, "sweep", [names[i] for i in todo], True, sum(done)
+        )
+    except JobsFailed as e:
+        say(f"{e.finished} of {e.total} runs done, {len(e.failures)} failed ({time.perf_counter() - t0:.1f} s)")
+        then = "; the same command reruns only the runs that did not finish"
+        raise JobsFailed(e.failures, e.finished, e.total, "runs", then) from e.__cause__
+    say(f"all {len(jobs)} runs done ({len(todo)} run now, {time.perf_counter() - t0:.1f} s)")
+
+
 def run_sweep(
     base: dict,  # experiment configuration as plain data
     grid: dict,  # dotted key -> list of values
     out_dir: str | Path,  # the sweep's folder
     workers: int = 1,  # worker processes
-    progress: bool = True,  # a progress bar over jobs
+    progress: bool | str = True,  # a progress bar over runs; "lines": a line on stderr per finished run
 ):
     "Run (or resume) every grid point, method and seed; return the combined rows with one column per grid key."
     out, points = RunFolder(out_dir), expand_grid(base, grid)  # a bad grid is refused before the folder is made
@@ -159,7 +263,7 @@ def run_sweep(
         out.check_kind("sweep")
         jobs = _checked_jobs(points, out)
         _record_sweep(base, grid, out)
-        run_in_workers(run_job, jobs, workers, progress, desc="sweep")
+        _run_jobs(jobs, out.path, workers, progress)
         return _finish(points, out)
 
 # %% ../nbs/06a_sweep.ipynb #8dd0d8092fe74a7c96281538738b07e2
@@ -225,7 +329,7 @@ def run_sweeps(
     sweeps: dict,  # folder name -> {"base": config, "grid": grid, "names": {grid key: {value: method name}}} (optional)
     out_dir: str | Path,  # the folder that holds a folder per sweep
     workers: int = 1,  # worker processes, shared by all the sweeps' jobs
-    progress: bool = False,  # a progress bar over all the jobs
+    progress: bool | str = False,  # a progress bar over all the runs; "lines": a line on stderr per finished run
     finished_only: bool = False,  # read the finished runs and run nothing
 ):
     "Run (or read) several sweeps into one table with a `sweep` column; return (rows, run folders not finished)."
@@ -244,7 +348,7 @@ def run_sweeps(
             jobs = {name: _checked_jobs(points[name], folders[name]) for name in specs}  # all, before any record
             for name, (base, grid, _) in specs.items():
                 _record_sweep(base, grid, folders[name])
-            run_in_workers(run_job, [job for name in specs for job in jobs[name]], workers, progress, desc="sweep")
+            _run_jobs([job for name in specs for job in jobs[name]], Path(out_dir), workers, progress)
             tables = {name: _finish(points[name], folders[name]) for name in specs}
     frames = []
     for name, rows in tables.items():

@@ -4,15 +4,16 @@
 
 # %% ../nbs/05e_workers.ipynb #acae54e37e7d407bbb7b55eff062a284
 from __future__ import annotations
-import multiprocessing as mp, os, pickle, signal, threading, time, traceback
+import multiprocessing as mp, os, pickle, signal, sys, threading, time, traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
+from multiprocessing import forkserver
 import torch
 from tqdm.auto import tqdm
 from .config import UserError
 
 # %% auto #0
-__all__ = ['check_workers', 'threads_per_worker', 'run_in_workers']
+__all__ = ['check_workers', 'threads_per_worker', 'JobsFailed', 'run_in_workers']
 
 # %% ../nbs/05e_workers.ipynb #8763a12b2bbd4a93a75aff182afb95dc
 def check_workers(
@@ -61,20 +62,35 @@ def _stop_with_owner():
         threading.Thread(target=lambda: (owner.join(), os.kill(os.getpid(), signal.SIGTERM)), daemon=True).start()
 
 
-def _start_worker(threads: int):  # torch threads for this worker
+_STARTED = None  # in a worker: the pool's shared array in which a job notes the pid of the worker that started it
+
+
+def _start_worker(
+    threads: int,  # torch threads for this worker
+    started=None,  # `_Workers.started`
+):
     "A worker's set-up: its share of the threads, SIGINT ignored (the owner stops it with SIGTERM), tqdm's lock."
+    global _STARTED
     torch.set_num_threads(threads)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # already, from its start (`_deaf_forkserver`); and here too
     # tqdm takes a process-shared lock (a named semaphore) at its first bar, shown or not; a worker stopped by
     # SIGTERM cannot release it, and the resource tracker reports it leaked: a worker's bars need no such lock
     tqdm.set_lock(threading.RLock())
     _stop_with_owner()  # a killed owner leaves no worker running on
+    _STARTED = started
 
 # %% ../nbs/05e_workers.ipynb #69bdc631
-def _call(fn, job):
-    "`fn(job)` in a worker; an exception that would not survive the trip back as a RuntimeError with its traceback."
+def _call(
+    fn,  # the job function
+    i: int,  # the job's index, noted with this worker's pid (`_STARTED`) as it starts
+    job,  # the job
+):
+    "`(fn(job), seconds)` in a worker; an exception that cannot travel back: a RuntimeError with its traceback."
+    if _STARTED is not None:
+        _STARTED[i] = os.getpid()
+    t = time.perf_counter()
     try:
-        return fn(job)
+        return fn(job), time.perf_counter() - t
     except Exception as e:
         try:
             pickle.loads(pickle.dumps(e))
@@ -99,6 +115,17 @@ def _ended(pid: int):  # a process id
             pass
         return False
 
+# %% ../nbs/05e_workers.ipynb #e80c6699
+def _deaf_forkserver():
+    "Start the forkserver (once per process) ignoring SIGINT, as every worker it forks then does from its start."
+    if threading.current_thread() is not threading.main_thread():  # only the main thread sets handlers
+        return forkserver.ensure_running()
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)  # an ignored signal stays ignored across exec
+    try:
+        forkserver.ensure_running()
+    finally:
+        signal.signal(signal.SIGINT, old)
+
 # %% ../nbs/05e_workers.ipynb #69e285a7
 class _Workers:
     "`n` forkserver worker processes (`_start_worker`); leaving on an exception stops them at once (SIGTERM)."
@@ -107,9 +134,13 @@ class _Workers:
         self,
         n: int,  # worker processes
         threads: int,  # torch threads each
+        jobs: int = 1,  # the jobs' indices are below it (`started`)
     ):
         ctx = mp.get_context("forkserver")
-        self.pool = ProcessPoolExecutor(n, mp_context=ctx, initializer=_start_worker, initargs=(threads,))
+        _deaf_forkserver()
+        self.started = ctx.RawArray("l", max(jobs, 1))  # job index -> pid of the worker that started it, or 0
+        init = (threads, self.started)
+        self.pool = ProcessPoolExecutor(n, mp_context=ctx, initializer=_start_worker, initargs=init)
         self.seen = {}  # pid -> every worker process seen, kept after a broken pool forgets them
 
     def __enter__(self):
@@ -150,26 +181,161 @@ def _why_ended(codes: list):  # the workers' exit statuses (`Process.exitcode`: 
     return f"exit status {cause}: it failed, or could not start: see any error above"
 
 # %% ../nbs/05e_workers.ipynb #59bbdb311c014d738909a11f9e486628
+class JobsFailed(Exception):
+    "Jobs that failed while the others ran to their end: `failures` lists (name, exception); the first is the cause."
+
+    def __init__(
+        self,
+        failures: list,  # (job name, its exception) of each failed job
+        finished: int,  # jobs that finished
+        total: int,  # jobs in all
+        what: str = "jobs",  # what the jobs are, for the message
+        then: str = "",  # what to do next, appended to it
+    ):
+        self.failures, self.finished, self.total = failures, finished, total
+        said = "; ".join(f"{name} ({_first_line(e)})" for name, e in failures[:10])
+        more = f"; and {len(failures) - 10} more" if len(failures) > 10 else ""
+        super().__init__(f"{len(failures)} of {total} {what} failed: {said}{more}; {finished} finished{then}")
+
+
+def _first_line(
+    e: BaseException,  # an exception
+    most: int = 160,  # the characters kept
+):
+    "`Type: the first line of its message`, cut to `most` characters: one failure among others, on one line."
+    said = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+    return said if len(said) <= most else said[: most - 1] + "…"
+
+# %% ../nbs/05e_workers.ipynb #39d8ca10
+class _Tally:
+    "The jobs' results and failures as they come, shown: a bar counting from `earlier`, a line per job, or nothing."
+
+    def __init__(
+        self,
+        names: list,  # a name per job
+        progress: bool | str,  # a bar (True), a line per finished job on stderr ("lines"), or nothing (False)
+        desc: str,  # the label of the bar and the lines
+        earlier: int,  # jobs finished before these
+    ):
+        self.names, self.desc, self.lines = names, desc, progress == "lines"
+        self.results, self.failures, self.done, self.total = {}, [], earlier, earlier + len(names)
+        self.bar = tqdm(total=self.total, initial=earlier, desc=desc, disable=not progress or self.lines)
+
+    def say(self, line: str):
+        "`desc: line` on stderr (above the bar), when progress is shown."
+        if not self.bar.disable:
+            tqdm.write(f"{self.desc}: {line}", file=sys.stderr)
+        elif self.lines:
+            print(f"{self.desc}: {line}", file=sys.stderr, flush=True)
+
+    def ok(
+        self,
+        i: int,  # a job
+        result,  # what it returned
+        seconds: float,  # how long it took
+    ):
+        self.results[i], self.done = result, self.done + 1
+        self.bar.update()
+        if self.lines:
+            self.say(f"{self.done}/{self.total} done ({self.names[i]}, {seconds:.1f} s)")
+
+    def failed(self, i: int, e: Exception):
+        self.failures.append((i, e))
+        self.say(f"{self.names[i]} failed: {_first_line(e)}")
+
+    def settled(self, i: int):
+        "Whether job `i` has finished or failed."
+        return i in self.results or any(j == i for j, _ in self.failures)
+
+# %% ../nbs/05e_workers.ipynb #e1ce3456
+def _take(f, i: int, tally: _Tally, keep_going: bool):
+    "Tally job `i`: its result, or its exception (raised again unless `keep_going`); a broken pool is raised."
+    try:
+        result, seconds = f.result()
+    except BrokenProcessPool:
+        raise
+    except Exception as e:
+        if not keep_going:
+            raise
+        return tally.failed(i, e)
+    tally.ok(i, result, seconds)
+
+
+def _here(fn, i: int, job, tally: _Tally, keep_going: bool):
+    "Job `i` in this process, tallied: its result, or its exception (raised again unless `keep_going`)."
+    t = time.perf_counter()
+    try:
+        result = fn(job)
+    except Exception as e:
+        if not keep_going:
+            raise
+        return tally.failed(i, e)
+    tally.ok(i, result, time.perf_counter() - t)
+
+# %% ../nbs/05e_workers.ipynb #8eb27df7
+def _in_pool(
+    fn,  # the job function
+    jobs: list,  # every job
+    todo: list,  # the indices of those to run
+    workers: int,  # worker processes, at most
+    tally: _Tally,  # where their results and failures go
+    keep_going: bool,  # `run_in_workers`' own
+):
+    "Jobs `todo` in one pool; those left to run after a worker died (with `keep_going`: its own job failed)."
+    team = _Workers(min(workers, len(todo)), threads_per_worker(workers), len(jobs))
+    with team as pool:
+        futures = {pool.submit(_call, fn, i, jobs[i]): i for i in todo}
+        try:
+            for f in as_completed(futures):
+                _take(f, futures[f], tally, keep_going)
+            return []
+        except BrokenProcessPool:  # the others were stopped (SIGTERM, held by a running job until its checkpoint)
+            pass
+    for f, i in futures.items():  # jobs that ended before the pool broke
+        if not tally.settled(i) and f.done() and not f.cancelled() and not isinstance(f.exception(), BrokenProcessPool):
+            _take(f, i, tally, keep_going)
+    codes = {p.pid: p.exitcode for p in team.processes()}
+    died = {pid for pid, c in codes.items() if c not in (None, 0, -signal.SIGTERM, 255)}  # 255: its forkserver's end
+    blamed = [i for i in todo if team.started[i] in died and not tally.settled(i)]
+    if not keep_going or not blamed:
+        running = f" running {', '.join(tally.names[i] for i in blamed)}" if blamed else ""
+        raise UserError(
+            f"a worker process ended abruptly ({_why_ended(list(codes.values()))}){running} with jobs unfinished: "
+            "run again (finished runs are reused)"
+        )
+    for i in blamed:
+        tally.failed(i, UserError(f"its worker process ended abruptly ({_why_ended([codes[team.started[i]]])})"))
+    return [i for i in todo if not tally.settled(i)]
+
+# %% ../nbs/05e_workers.ipynb #7b483d60
 def run_in_workers(
     fn,  # a module-level function of one job (worker processes import it by name)
     jobs: list,  # its jobs, picklable
     workers: int = 1,  # worker processes; 1: this process, in order
-    progress: bool = False,  # a progress bar over the jobs
+    progress: bool | str = False,  # a progress bar over the jobs; "lines": a line on stderr per finished job
     desc: str = "jobs",  # its label
+    names: list | None = None,  # a name per job, for its line and its failure (default: "job <index>")
+    keep_going: bool = False,  # a job that fails: the others still run, then one `JobsFailed` names each failure
+    earlier: int = 0,  # jobs finished before these: where the bar, or the count of the lines, starts
 ):
-    "`fn(job)` for every job: in `workers` forkserver processes (their share of the threads each), or in this one."
-    if check_workers(workers) == 1 or len(jobs) < 2:
-        return [fn(j) for j in tqdm(jobs, desc=desc, disable=not progress)]
-    if getattr(fn, "__module__", "__main__") == "__main__" or "<" in getattr(fn, "__qualname__", "<"):
+    "`fn(job)` for every job, in order: in `workers` forkserver processes (their share of the threads each), or here."
+    names = [f"job {i}" for i in range(len(jobs))] if names is None else [str(n) for n in names]
+    pooled = check_workers(workers) > 1 and len(jobs) > 1
+    if pooled and (getattr(fn, "__module__", "__main__") == "__main__" or "<" in getattr(fn, "__qualname__", "<")):
         raise UserError(f"`fn` must be a module-level function of an importable module for workers, got {fn!r}")
-    team = _Workers(min(workers, len(jobs)), threads_per_worker(workers))
-    with _TermStopsPool(), team as pool:
-        futures = [pool.submit(_call, fn, j) for j in jobs]
-        started = team.processes()  # every worker has started by now: one per job handed over, up to n
-        try:
-            return [f.result() for f in tqdm(as_completed(futures), total=len(jobs), desc=desc, disable=not progress)]
-        except BrokenProcessPool:  # the others were stopped (SIGTERM, held by a running job until its checkpoint)
-            why = _why_ended([p.exitcode for p in started])
-            raise UserError(
-                f"a worker process ended abruptly ({why}) with jobs unfinished: run again (finished runs are reused)"
-            ) from None
+    tally = _Tally(names, progress, desc, earlier)
+    try:
+        if not pooled:
+            for i, job in enumerate(jobs):
+                _here(fn, i, job, tally, keep_going)
+        else:
+            todo = list(range(len(jobs)))
+            with _TermStopsPool():
+                while todo:  # a fresh pool after a worker died running a job (`_in_pool`)
+                    todo = _in_pool(fn, jobs, todo, workers, tally, keep_going)
+    finally:
+        tally.bar.close()
+    if tally.failures:
+        fails = [(names[i], e) for i, e in tally.failures]
+        raise JobsFailed(fails, tally.done, tally.total) from fails[0][1]
+    return [tally.results[i] for i in range(len(jobs))]

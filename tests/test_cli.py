@@ -376,3 +376,37 @@ def test_the_command_line_chapter_shows_the_help_the_cli_prints_now():
         )
         now += f"$ subspace-opt {sub} --help  # exit status {out.returncode}\n{out.stdout}\n"
     assert saved == now, "re-execute nbs/09_cli.ipynb: its saved --help outputs are out of date"
+
+
+@pytest.mark.parametrize("fault", ["memory", "bug"])
+def test_a_sweep_whose_run_fails_runs_the_others_and_exits_as_that_failure(tmp_path, monkeypatch, capsys, fault):
+    """Every other run finishes; one line names the failed run's folder, with status 2 for lack of memory and 1 (its
+    traceback saved) for a bug; off a terminal a line per finished run, and one as the sweep starts and ends."""
+    from subspace_opt import train
+
+    (tmp_path / "sweep.json").write_text(json.dumps({**SMALL, "seeds": [0, 1], "grid": {"methods.lr": [0.1, 0.2]}}))
+    step = train.Run.step
+
+    def faulty(run):  # the run of lr 0.1, seed 0 fails at its step 3
+        if run.tag["seed"] == 0 and run.cfg.methods[0].lr == 0.1 and run.state["step"] == 3:
+            raise MemoryError("no room") if fault == "memory" else ZeroDivisionError("a bug")
+        return step(run)
+
+    monkeypatch.setattr(train.Run, "step", faulty)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where a traceback file goes
+    argv = ["sweep", str(tmp_path / "sweep.json"), "--out", str(tmp_path / "out"), "--device", "cpu"]
+    code = cli.main(argv)
+    err = capsys.readouterr().err.splitlines()
+    runs = len(list((tmp_path / "out" / "points").glob("*/*")))
+    failed = f"1 of {runs} runs failed: points/methods.lr=0.1/sgd-seed0 ("
+    assert err[0] == f"sweep: {runs} runs: 0 finished earlier, 0 to resume, {runs} new", err
+    assert sum(line.startswith("sweep: ") and " done (points/" in line for line in err) == runs - 1, err
+    assert err[-2].startswith(f"sweep: {runs - 1} of {runs} runs done, 1 failed ("), err
+    assert len(list((tmp_path / "out" / "points").glob("*/*/done.json"))) == runs - 1  # the others ran to their end
+    if fault == "memory":
+        assert code == 2 and err[-1].startswith(f"subspace-opt sweep: error: {failed}MemoryError: no room); "), err
+        assert err[-1].endswith("did not finish: out of memory (MemoryError): lower the model, data or batch sizes")
+    else:
+        assert code == 1 and err[-1].startswith(f"subspace-opt sweep: internal error: {failed}ZeroDivisionError"), err
+        saved = Path(err[-1].split("the full traceback is in ")[1].rstrip(")"))
+        assert "ZeroDivisionError: a bug" in saved.read_text() and "in faulty" in saved.read_text()

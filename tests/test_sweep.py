@@ -114,10 +114,12 @@ def test_sweep_over_a_fixed_and_the_auto_rank(tmp_path):
     assert (tmp_path / "out" / "heatmap.png").stat().st_size > 10_000
 
 
-def test_a_job_that_raises_stops_the_sweep_and_a_rerun_resumes_it(tmp_path, monkeypatch):
-    "The finished jobs keep their results, the one that raised its checkpoint; the rerun ends with the same table."
+def test_a_job_that_raises_fails_alone_and_a_rerun_resumes_it(tmp_path, monkeypatch):
+    """The other jobs run to their end; one error names the failed run's folder; the rerun resumes that one run from
+    its checkpoint and ends with the same table."""
     from subspace_opt import train
     from subspace_opt.sweep import run_sweep
+    from subspace_opt.workers import JobsFailed
 
     base = {"data_args": {"n_train": 100}, "hidden": [8], "steps": 10, "log_every": 2, "checkpoint_every": 5}
     base |= {"seeds": [0, 1], "methods": [{"name": "bulk", "dom": 0.0}], "subspace": {"k": 3}}
@@ -125,22 +127,27 @@ def test_a_job_that_raises_stops_the_sweep_and_a_rerun_resumes_it(tmp_path, monk
     whole = run_sweep(base, grid, tmp_path / "whole", progress=False)
     step = train.Run.step
 
-    def faulty(run):  # the last job (lr 0.2, seed 1) fails at its step 8, after its checkpoint at step 5
-        if run.tag["seed"] == 1 and run.cfg.methods[0].lr == 0.2 and run.state["step"] == 7:
+    def faulty(run):  # the first job (lr 0.1, seed 0) fails at its step 8, after its checkpoint at step 5
+        if run.tag["seed"] == 0 and run.cfg.methods[0].lr == 0.1 and run.state["step"] == 7:
             raise RuntimeError("device lost")
         return step(run)
 
     monkeypatch.setattr(train.Run, "step", faulty)
-    with pytest.raises(RuntimeError, match="device lost"):
+    with pytest.raises(JobsFailed) as failed:
         run_sweep(base, grid, tmp_path / "out", progress=False)
+    assert str(failed.value) == (
+        "1 of 4 runs failed: points/methods.lr=0.1/bulk-seed0 (RuntimeError: device lost); 3 finished; "
+        "the same command reruns only the runs that did not finish"
+    )
+    assert isinstance(failed.value.__cause__, RuntimeError)
     runs = sorted((tmp_path / "out" / "points").glob("*/*"))
     assert [(r.parent.name, r.name, (r / "done.json").exists()) for r in runs] == [
-        ("methods.lr=0.1", "bulk-seed0", True),
+        ("methods.lr=0.1", "bulk-seed0", False),
         ("methods.lr=0.1", "bulk-seed1", True),
         ("methods.lr=0.2", "bulk-seed0", True),
-        ("methods.lr=0.2", "bulk-seed1", False),
+        ("methods.lr=0.2", "bulk-seed1", True),
     ]
-    assert pd.read_csv(runs[-1] / "rows.csv").step.max() == 6  # rows up to the failure; the checkpoint is at 5
+    assert pd.read_csv(runs[0] / "rows.csv").step.max() == 6  # rows up to the failure; the checkpoint is at 5
     monkeypatch.setattr(train.Run, "step", step)
     start, starts = train.Run.start, []
     monkeypatch.setattr(train.Run, "start", lambda run: starts.append(start(run)) or starts[-1])
@@ -243,7 +250,7 @@ def test_ctrl_c_with_idle_workers_ends_at_once_in_one_line(tmp_path):
         time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=60)  # a hung pool would pass this
-    first, *rest = err.splitlines()
+    first, *rest = [line for line in err.splitlines() if not line.startswith("sweep: ")]  # not the progress lines
     assert proc.returncode == 130 and first.startswith("subspace-opt sweep: interrupted"), err
     assert "Traceback" not in err and all("resource_tracker" in line or "warnings.warn" in line for line in rest), err
     _assert_group_ends(proc.pid)
@@ -266,9 +273,10 @@ def _group_workers(pgid: int):
     return [pid for pid, (ppid, fs) in procs.items() if fs and procs.get(ppid, (0, False))[1]]
 
 
-def test_a_killed_worker_ends_the_sweep_with_one_line_and_a_rerun_finishes_it(tmp_path):
-    """`kill -9` of a worker (or the kernel's, for lack of memory): the sweep ends at once, status 2, one line — a
-    `multiprocessing.Pool` lost the job and waited forever — and the same command then finishes it exactly."""
+def test_a_killed_worker_fails_its_run_alone_and_a_rerun_finishes_it(tmp_path):
+    """`kill -9` of a worker (or the kernel's, for lack of memory): its run fails, named; the other runs go on to
+    their end in a fresh pool — a `multiprocessing.Pool` lost the job and waited forever — the sweep ends with status
+    2 and one error line, and the same command then finishes it exactly."""
     base = {
         "data_args": {"n_train": 150},
         "hidden": [8],
@@ -295,11 +303,16 @@ def test_a_killed_worker_ends_the_sweep_with_one_line_and_a_rerun_finishes_it(tm
         time.sleep(0.02)
     assert len(workers) == 2, workers
     os.kill(workers[0], signal.SIGKILL)
-    _, err = proc.communicate(timeout=120)  # a pool that lost the job would wait here forever
-    assert proc.returncode == 2 and err.startswith("subspace-opt sweep: error: a worker process ended abruptly"), err
-    assert "Traceback" not in err, err
+    _, err = proc.communicate(timeout=300)  # a pool that lost the job would wait here forever
+    said = [line for line in err.splitlines() if not line.startswith("sweep: ")]  # not the progress lines
+    assert proc.returncode == 2 and len(said) == 1 and "Traceback" not in err, err
+    assert said[0].startswith("subspace-opt sweep: error: 1 of 4 runs failed: points/methods.lr=0."), err
+    assert "/sgd-seed" in said[0] and "(UserError: its worker process ended abruptly (killed by SIGKILL" in said[0]
+    assert said[0].endswith("3 finished; the same command reruns only the runs that did not finish"), err
+    assert len(list((tmp_path / "cut" / "points").glob("*/*/done.json"))) == 3  # the others ran to their end
     _assert_group_ends(proc.pid)
     again = subprocess.run(cmd("cut"), capture_output=True, text=True, timeout=600)
     whole = subprocess.run(cmd("whole"), capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and whole.returncode == 0, again.stderr + whole.stderr
+    assert again.stderr.startswith("sweep: 4 runs: 3 finished earlier, "), again.stderr
     assert_same_rows(pd.read_csv(tmp_path / "whole" / "results.csv"), pd.read_csv(tmp_path / "cut" / "results.csv"))

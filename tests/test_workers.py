@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from subspace_opt.workers import run_in_workers
+from subspace_opt.config import UserError
+from subspace_opt.workers import JobsFailed, run_in_workers
 
 
 class TwoArgs(Exception):
@@ -32,6 +33,29 @@ def test_an_exception_that_does_not_unpickle_comes_back_with_its_cause():
         run_in_workers(fails_with_two_args, [1, 2], workers=2)
     with pytest.raises(ValueError, match="math domain error"):  # one that travels, as it is
         run_in_workers(math.sqrt, [4.0, -1.0], workers=2)
+
+
+def flaky(job):  # (what to do, its value): return the value after a nap, raise, or kill this worker
+    what, value = job
+    if what == "raise":
+        raise ValueError(f"bad value {value}")
+    if what == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(0.2)
+    return value
+
+
+def test_with_keep_going_every_other_job_runs_and_one_error_names_each_failure():
+    "A job that raises and a worker killed mid-job: each fails alone, named; every other job ends, in a fresh pool."
+    jobs = [("ok", 1), ("raise", 2), ("ok", 3), ("kill", 4), ("ok", 5), ("ok", 6), ("ok", 7)]
+    with pytest.raises(JobsFailed) as failed:
+        run_in_workers(flaky, jobs, workers=2, keep_going=True, names=[f"run{v}" for _, v in jobs])
+    e = failed.value
+    assert sorted(name for name, _ in e.failures) == ["run2", "run4"] and (e.finished, e.total) == (5, 7), str(e)
+    assert "run2 (ValueError: bad value 2)" in str(e) and str(e).endswith("; 5 finished"), str(e)
+    killed = dict(e.failures)["run4"]
+    assert isinstance(killed, UserError) and "killed by SIGKILL" in str(killed), killed
+    assert isinstance(e.__cause__, (ValueError, UserError))  # the first failure
 
 
 def test_a_script_without_a_main_guard_fails_fast_and_says_why(tmp_path):
