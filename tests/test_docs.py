@@ -158,7 +158,8 @@ def test_public_names_in_prose_link_to_their_entries():
         text = re.sub(r"<a\b[^>]*>.*?</a>|<pre\b.*?</pre>", "", text, flags=re.S)  # links and code blocks
         for m in re.finditer(r'<code[^>]*><span class="pre">([^<]+)</span></code>', text):
             code = re.fullmatch(r"([\w.]+)(\(.*\))?", html.unescape(m[1]))
-            if code and code[1] in entries and ("." in code[1] or code[1].isupper() or code[2]):
+            bare = rel == "changelog.html"  # which nbdev never processes: its bare names are linked too
+            if code and code[1] in entries and (bare or "." in code[1] or code[1].isupper() or code[2]):
                 plain.setdefault(rel, []).append(m[1])
     assert not plain, f"public names shown as code without a link to their entry: {plain}"
 

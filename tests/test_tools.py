@@ -642,3 +642,4 @@ def test_build_docs_links_the_public_names_nbdev_leaves_as_code():
     assert found["results.MAX_EXACT_SEEDS"] == found["MAX_EXACT_SEEDS"] == "results.html#max_exact_seeds"
     assert found["so.DominantSubspace"] == "subspace.html#dominantsubspace"
     assert b.relink("`results.tuned`", 1) == "[`results.tuned`](../results.html#tuned)"
+    assert b.link_names("`tuned`, `gone`", entries, bare=True) == f"[`tuned`]({host}results.html#tuned), `gone`"

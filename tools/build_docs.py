@@ -234,16 +234,17 @@ _re_qualified = re.compile(r"(?<![\[\w`])`((?:[a-z]\w*\.)?[A-Za-z]\w*)(\([^`\n]*
 _re_fence = re.compile(r"^(```|~~~).*?^\1", re.M | re.S)
 
 
-def link_names(text, entries=None):
+def link_names(text, entries=None, bare=False):
     """Link each backticked public name nbdev leaves unlinked — `results.run_outcomes`, `so.DominantSubspace`, a
     constant such as `MAX_EXACT_SEEDS`, a call such as `damped_dominant_sgd(alpha)` — to its API entry (a doc-host
-    URL, which `relink` makes relative). A bare function or class name is nbdev's to link (it leaves, e.g., a command's
-    name `compare` on purpose); fenced code blocks and names already inside a link are left as they are."""
+    URL, which `relink` makes relative). In a notebook a bare function or class name is nbdev's to link (it leaves,
+    e.g., a command's name `compare` on purpose); where nbdev links nothing (the changelog), `bare` links those too.
+    Fenced code blocks and names already inside a link are left as they are."""
     entries = api_entries() if entries is None else entries
 
     def sub(m):
         url = entries.get(m[1])
-        return f"[{m[0]}]({DOC_HOST}{url})" if url and ("." in m[1] or m[1].isupper() or m[2]) else m[0]
+        return f"[{m[0]}]({DOC_HOST}{url})" if url and (bare or "." in m[1] or m[1].isupper() or m[2]) else m[0]
 
     parts, last = [], 0
     for f in _re_fence.finditer(text):
@@ -477,7 +478,8 @@ def write_sources(paths):
         dst = SRC / (name + ".ipynb")
         dst.parent.mkdir(parents=True, exist_ok=True)
         dst.write_text(json.dumps(out, indent=1, ensure_ascii=False), encoding="utf-8")
-    (SRC / "changelog.md").write_text(relink((ROOT / "CHANGELOG.md").read_text(encoding="utf-8"), 0), encoding="utf-8")
+    changes = link_names((ROOT / "CHANGELOG.md").read_text(encoding="utf-8"), _api_entries(), bare=True)
+    (SRC / "changelog.md").write_text(relink(changes, 0), encoding="utf-8")
     copy_mathjax(SRC / "_static" / "mathjax")
     shutil.copy(CONF / "site.css", SRC / "_static" / "site.css")
     return names
