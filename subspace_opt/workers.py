@@ -248,10 +248,10 @@ class _Tally:
         return i in self.results or any(j == i for j, _ in self.failures)
 
 # %% ../nbs/05e_workers.ipynb #e1ce3456
-def _take(f, i: int, tally: _Tally, keep_going: bool):
-    "Tally job `i`: its result, or its exception (raised again unless `keep_going`); a broken pool is raised."
+def _take(get, i: int, tally: _Tally, keep_going: bool):
+    "Tally job `i` from `get()`: its (result, seconds), or its error (raised unless `keep_going`; a broken pool is)."
     try:
-        result, seconds = f.result()
+        result, seconds = get()
     except BrokenProcessPool:
         raise
     except Exception as e:
@@ -264,13 +264,7 @@ def _take(f, i: int, tally: _Tally, keep_going: bool):
 def _here(fn, i: int, job, tally: _Tally, keep_going: bool):
     "Job `i` in this process, tallied: its result, or its exception (raised again unless `keep_going`)."
     t = time.perf_counter()
-    try:
-        result = fn(job)
-    except Exception as e:
-        if not keep_going:
-            raise
-        return tally.failed(i, e)
-    tally.ok(i, result, time.perf_counter() - t)
+    _take(lambda: (fn(job), time.perf_counter() - t), i, tally, keep_going)
 
 # %% ../nbs/05e_workers.ipynb #8eb27df7
 def _in_pool(
@@ -287,13 +281,13 @@ def _in_pool(
         futures = {pool.submit(_call, fn, i, jobs[i]): i for i in todo}
         try:
             for f in as_completed(futures):
-                _take(f, futures[f], tally, keep_going)
+                _take(f.result, futures[f], tally, keep_going)
             return []
         except BrokenProcessPool:  # the others were stopped (SIGTERM, held by a running job until its checkpoint)
             pass
     for f, i in futures.items():  # jobs that ended before the pool broke
         if not tally.settled(i) and f.done() and not f.cancelled() and not isinstance(f.exception(), BrokenProcessPool):
-            _take(f, i, tally, keep_going)
+            _take(f.result, i, tally, keep_going)
     codes = {p.pid: p.exitcode for p in team.processes()}
     died = {pid for pid, c in codes.items() if c not in (None, 0, -signal.SIGTERM, 255)}  # 255: its forkserver's end
     blamed = [i for i in todo if team.started[i] in died and not tally.settled(i)]
