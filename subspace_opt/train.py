@@ -165,10 +165,13 @@ def _batch_trouble(
     initial: float,  # the initial train loss (NaN: not known yet)
 ):
     "Why the mini-batch loss ends the run (non-finite on a rank, or a mean above diverge_factor × initial), or ''."
-    mine = loss.detach().reshape(1)
-    bad = ~torch.isfinite(mine)
-    total = all_reduce_sum(torch.cat([bad.to(mine.dtype), torch.where(bad, 0.0, mine)]), resolve_group())
-    n_bad, summed = total.tolist()  # one read from the device a step
+    mine, group = loss.detach().reshape(1), resolve_group()
+    if group is None:  # one process: one read from the device a step
+        value = mine.item()
+        n_bad, summed = (0, value) if math.isfinite(value) else (1, 0.0)
+    else:  # the ranks' (non-finite count, finite sum), in one all-reduce and one read
+        bad = ~torch.isfinite(mine)
+        n_bad, summed = all_reduce_sum(torch.cat([bad.to(mine.dtype), torch.where(bad, 0.0, mine)]), group).tolist()
     if n_bad > 0:
         return "non-finite mini-batch loss"
     mean = summed / world_size()  # under DDP the ranks' shares add up to world_size × the mean
@@ -248,9 +251,9 @@ def start(self: Run):
     return 0
 
 # %% ../nbs/06_train.ipynb #43f91283
-def _now(model):
-    "The wall clock once the model's device has done its queued work (CUDA kernels run asynchronously)."
-    if next(model.parameters()).is_cuda:
+def _now(on):
+    "The wall clock once the device of `on` (a model or a tensor) has done its queued work (CUDA kernels are async)."
+    if (on if isinstance(on, torch.Tensor) else next(on.parameters())).is_cuda:
         torch.cuda.synchronize()
     return time.perf_counter()
 
@@ -265,30 +268,34 @@ def _stop(run: Run, step: int, lr: float, why: str):
 @patch
 def step(self: Run):
     "One optimizer step on the next mini-batch (this rank's slice); False, with a row saying why, if it blew up."
-    cfg, t0, (X, y) = self.cfg, _now(self.model), self.data.train
-    idx = _next_batch(self.state, self.gen, len(X), cfg.batch_size)
-    local = shard(idx)  # this rank's slice of the global mini-batch
+    cfg, (X, y) = self.cfg, self.data.train
+    t0, idx = _now(X), _next_batch(self.state, self.gen, len(X), cfg.batch_size)
+    local = torch.tensor(shard(idx), dtype=torch.long, device=X.device)  # this rank's slice of the mini-batch
     if cfg.subspace.hessian_data == "minibatch":
-        self.opt.subspace.set_batch(X[local], y[local])  # an operator on it is built only when a refresh is due
+        self.opt.subspace.set_batch(
+            X.index_select(0, local), y.index_select(0, local)
+        )  # an operator on it is built only when a refresh is due
     self.opt.zero_grad()
-    out = self.net(X[local])
+    out = self.net(X.index_select(0, local))
     if self.targets[0] is not y:  # the whole set's targets, checked once: no read from the device at every step
         self.targets = (y, prepare_targets(y, cfg.loss, out.shape[1], out.dtype))
-    loss = _batch_loss(out, self.targets[1][local], cfg.loss, len(idx))
+    loss = _batch_loss(out, self.targets[1].index_select(0, local), cfg.loss, len(idx))
     s, lr = self.state["step"] + 1, self.opt.param_groups[0]["lr"]  # every row names its learning rate
     if why := _batch_trouble(loss, cfg, self.state["initial"]):  # before any refresh on a blown-up model
         return _stop(self, s, lr, why)
-    t1 = _now(self.model)  # the logging tracker's refresh at a logged step's starting point is logging: not timed
-    follow_rank(self.opt, self.log_sub)  # k='auto': the starting point's subspace at the optimizer's rank
-    pre = before_step(self.log_sub) if cfg.log_curvature and _logs_at(cfg, s) else None
-    t0 += _now(self.model) - t1
+    logs, pre = cfg.log_curvature and _logs_at(cfg, s), None
+    if logs or getattr(self.log_sub, "auto_k", False):  # the logging tracker's work at a step's start: not timed
+        t1 = _now(X)
+        follow_rank(self.opt, self.log_sub)  # k='auto': the starting point's subspace at the optimizer's rank
+        pre = before_step(self.log_sub) if logs else None
+        t0 += _now(X) - t1
     loss.backward()
     try:
         self.opt.step()  # with the tracker's refresh when one is due
     except FloatingPointError as e:  # a NaN or inf gradient or curvature product: refused, nothing moved
         return _stop(self, s, lr, str(e))
     self.state["step"] += 1
-    self.state["train_seconds"] += _now(self.model) - t0  # steps and refreshes only: no logging, no evaluation
+    self.state["train_seconds"] += _now(X) - t0  # steps and refreshes only: no logging, no evaluation
     k = projected_rank(self.opt)  # k='auto' may have chosen its rank in this step: then its leakage is not measured
     same = pre is not None and k in (None, pre.basis.shape[1])
     self.leak = after_step(pre, self.log_sub.op) if same else {}  # a logged step's leakage, from its starting point
