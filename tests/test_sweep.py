@@ -114,9 +114,9 @@ def test_sweep_over_a_fixed_and_the_auto_rank(tmp_path):
     assert (tmp_path / "out" / "heatmap.png").stat().st_size > 10_000
 
 
-def test_a_job_that_raises_fails_alone_and_a_rerun_resumes_it(tmp_path, monkeypatch):
+def test_a_job_that_raises_fails_alone_and_a_rerun_resumes_it(tmp_path, monkeypatch, capsys):
     """The other jobs run to their end; one error names the failed run's folder; the rerun resumes that one run from
-    its checkpoint and ends with the same table."""
+    its checkpoint, says so as it starts, and ends with the same table."""
     from subspace_opt import train
     from subspace_opt.sweep import run_sweep
     from subspace_opt.workers import JobsFailed
@@ -151,8 +151,11 @@ def test_a_job_that_raises_fails_alone_and_a_rerun_resumes_it(tmp_path, monkeypa
     monkeypatch.setattr(train.Run, "step", step)
     start, starts = train.Run.start, []
     monkeypatch.setattr(train.Run, "start", lambda run: starts.append(start(run)) or starts[-1])
-    assert_same_rows(run_sweep(base, grid, tmp_path / "out", progress=False), whole)
+    capsys.readouterr()
+    assert_same_rows(run_sweep(base, grid, tmp_path / "out", progress="lines"), whole)
     assert starts == [5]  # only the failed job ran again, from its checkpoint
+    said = capsys.readouterr().err.splitlines()
+    assert said[0] == "sweep: 4 runs: 3 finished earlier, 1 to resume, 0 new", said
 
 
 def _assert_group_ends(pgid: int):

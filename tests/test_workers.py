@@ -97,13 +97,14 @@ def nap(job):  # (folder, seconds, hold SIGTERM): note this worker's pid, then s
 """
 
 
-def _owner(tmp_path, seconds, hold):
+def _owner(tmp_path, seconds, hold, keep_going=False):
     "A process that runs two `nap` jobs in two workers (its script's folder holds the jobs' module); and their pids."
     (tmp_path / "jobs.py").write_text(JOBS)
     (tmp_path / "owner.py").write_text(
         "from jobs import nap\nfrom subspace_opt.workers import run_in_workers\n"
         "if __name__ == '__main__':\n"
-        f"    run_in_workers(nap, [({str(tmp_path)!r}, {seconds}, {hold})] * 2, workers=2)\n"
+        f"    run_in_workers(nap, [({str(tmp_path)!r}, {seconds}, {hold})] * 2, workers=2, "
+        f"keep_going={keep_going})\n"
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # stderr to a file: the workers hold a pipe open past the owner
     proc = subprocess.Popen([sys.executable, str(tmp_path / "owner.py")], env=env, stderr=(tmp_path / "err").open("w"))
@@ -134,9 +135,11 @@ def test_workers_end_when_their_owner_is_killed(tmp_path):
     assert not any(_running(p) for p in pids), "a worker runs on without its owner"
 
 
-def test_the_owner_waits_for_its_workers_when_the_forkserver_is_stopped(tmp_path):
-    "SIGTERM to the forkserver (a `pkill -f` that matches it): the owner returns only once its workers have ended."
-    proc, pids = _owner(tmp_path, 4, True)
+@pytest.mark.parametrize("keep_going", [False, True])
+def test_the_owner_waits_for_its_workers_when_the_forkserver_is_stopped(tmp_path, keep_going):
+    """SIGTERM to the forkserver (a `pkill -f` that matches it): the owner returns only once its workers have ended;
+    with `keep_going` too, the whole pool's end, not a failure of the jobs its workers ran, nor a fresh pool."""
+    proc, pids = _owner(tmp_path, 4, True, keep_going)
     parents = {int(Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()[1]) for p in pids}
     assert len(parents) == 1, parents  # the forkserver that started both
     os.kill(parents.pop(), signal.SIGTERM)
@@ -145,3 +148,15 @@ def test_the_owner_waits_for_its_workers_when_the_forkserver_is_stopped(tmp_path
     err = (tmp_path / "err").read_text()
     assert proc.returncode == 1 and "a worker process ended abruptly (exit status 255" in err, err
     assert not running, "the owner returned while a worker was running"
+
+
+def nap_then(job):  # (seconds, value): the value, after a nap
+    seconds, value = job
+    time.sleep(seconds)
+    return value
+
+
+def test_results_come_in_job_order_whatever_order_the_jobs_end_in():
+    "The first job ends last, its worker busy while the other takes every other job: its result is still the first."
+    jobs = [(3.0, "a"), (0.0, "b"), (0.0, "c"), (0.0, "d")]
+    assert run_in_workers(nap_then, jobs, workers=2) == ["a", "b", "c", "d"]
