@@ -58,6 +58,18 @@ def test_with_keep_going_every_other_job_runs_and_one_error_names_each_failure()
     assert isinstance(e.__cause__, (ValueError, UserError))  # the first failure
 
 
+def test_a_lambda_or_a_nested_function_is_refused_before_any_worker_starts():
+    "Workers import `fn` by its module and name: one without such a name (in an importable module) is named at once."
+
+    def nested(job):
+        return job
+
+    for fn in (nested, lambda job: job):
+        with pytest.raises(UserError, match=r"^`fn` must be a module-level function of an importable module"):
+            run_in_workers(fn, [1, 2], workers=2)
+    assert run_in_workers(nested, [1, 2]) == [1, 2]  # in this process (one worker), any function does
+
+
 def test_a_script_without_a_main_guard_fails_fast_and_says_why(tmp_path):
     "Workers import the script that started them: unguarded, they fail as they start; both errors say so, no hang."
     script = tmp_path / "unguarded.py"
