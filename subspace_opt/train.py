@@ -271,10 +271,8 @@ def step(self: Run):
     cfg, (X, y) = self.cfg, self.data.train
     t0, idx = _now(X), _next_batch(self.state, self.gen, len(X), cfg.batch_size)
     local = torch.tensor(shard(idx), dtype=torch.long, device=X.device)  # this rank's slice of the mini-batch
-    if cfg.subspace.hessian_data == "minibatch":
-        self.opt.subspace.set_batch(
-            X.index_select(0, local), y.index_select(0, local)
-        )  # an operator on it is built only when a refresh is due
+    if cfg.subspace.hessian_data == "minibatch":  # an operator on the batch is built only when a refresh is due
+        self.opt.subspace.set_batch(X.index_select(0, local), y.index_select(0, local))
     self.opt.zero_grad()
     out = self.net(X.index_select(0, local))
     if self.targets[0] is not y:  # the whole set's targets, checked once: no read from the device at every step
