@@ -172,3 +172,29 @@ def test_results_come_in_job_order_whatever_order_the_jobs_end_in():
     "The first job ends last, its worker busy while the other takes every other job: its result is still the first."
     jobs = [(3.0, "a"), (0.0, "b"), (0.0, "c"), (0.0, "d")]
     assert run_in_workers(nap_then, jobs, workers=2) == ["a", "b", "c", "d"]
+
+
+HANGS = """
+import time
+from subspace_opt.workers import run_in_workers
+
+
+def test_a_job_that_never_ends():
+    run_in_workers(time.sleep, [1e9, 1e9], workers=2)
+"""
+
+
+def test_a_test_that_hangs_in_its_worker_processes_fails_by_the_timeout_naming_itself(tmp_path):
+    """pytest.ini's timeout (pytest-timeout: every thread's stack, then the process ends) turns a pool whose jobs never
+    end into a failed test instead of a suite stalled to CI's limit; the timeout lies above the slowest test."""
+    ini = Path(__file__).parents[1] / "pytest.ini"
+    assert int(dict(l.split(" = ") for l in ini.read_text().splitlines() if " = " in l)["timeout"]) >= 600
+    (tmp_path / "test_hangs.py").write_text(HANGS)
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c", str(ini), "--rootdir", str(tmp_path)]
+    start, env = time.monotonic(), {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(
+        [*cmd, "-o", "timeout=8", "test_hangs.py"], capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env
+    )
+    printed = out.stdout + out.stderr
+    assert out.returncode != 0 and time.monotonic() - start < 90, printed[-3000:]
+    assert "Timeout" in printed and "test_a_job_that_never_ends" in printed, printed[-3000:]
