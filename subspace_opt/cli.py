@@ -256,7 +256,8 @@ AFTER_INTERRUPT = {  # what the same command does after Ctrl-C, per job
     "run": "resumes the run from the step it reached",
     "sweep": "resumes the sweep, keeping the runs it finished and the steps of the others",
     "analyze": "resumes the analysis, keeping the snapshots it analysed",
-    **dict.fromkeys(("demo", "spectrum", "plot", "compare"), "starts it again"),
+    "demo": "resumes the demo, keeping the methods it finished and the others' last checkpoints",
+    **dict.fromkeys(("spectrum", "plot", "compare"), "starts it again"),
 }
 
 

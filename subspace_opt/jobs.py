@@ -4,7 +4,8 @@
 
 # %% ../nbs/09a_jobs.ipynb #2006646c
 from __future__ import annotations
-import contextlib, json, math, numbers, os, shutil, sys, tempfile, time, uuid
+import contextlib, hashlib, json, math, numbers, os, shutil, sys, tempfile, time, uuid
+from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 import pandas as pd
@@ -93,17 +94,21 @@ def _in_run_dir(
     out: str | Path,  # parent folder of the run folder
     job: str,  # job name, the run folder's prefix
     write,  # called with the folder to write the outputs into; what it returns is returned
+    resume: str | None = None,  # a digest of the job's settings: its hidden folder is kept for the same job to go on
 ):
     "`write(folder)` into a hidden folder, then renamed to a `new_run_dir` name; (that folder, what `write` returned)."
-    work = _check_writable(out, "out") / f".{job}-{uuid.uuid4().hex[:12]}.incomplete"
-    work.mkdir(parents=True)
+    work = _check_writable(out, "out") / f".{job}-{resume or uuid.uuid4().hex[:12]}.incomplete"
+    if work.is_symlink() or work.exists() and not work.is_dir():  # not ours to write through, nor to delete
+        raise UserError(f"{work} is not a folder: delete it to run the {job} again")
+    work.mkdir(parents=True, exist_ok=resume is not None)
     path = None
     try:
         done = write(work)
         path = new_run_dir(out, job)
         os.replace(work, path)  # onto the empty folder just made: the outputs appear under its name at once
     except BaseException:  # an error or Ctrl-C: nothing is left that looks like a result
-        shutil.rmtree(work, ignore_errors=True)
+        if resume is None:  # a resumable job's work stays hidden, for the same job to go on in
+            shutil.rmtree(work, ignore_errors=True)
         if path is not None:
             with contextlib.suppress(OSError):
                 path.rmdir()  # only while empty
@@ -278,6 +283,7 @@ def demo(
     "SGD vs Dom-SGD vs Bulk-SGD vs damped dominant on digits; return (run folder, summary table)."
     steps = int(steps) if _is_int(steps) else steps  # a NumPy integer as a Python one; the configuration checks all
     cfg = config_from_dict({**DEMO, "steps": steps, "device": device})
+    key = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True, default=str).encode()).hexdigest()[:12]
 
     def write(folder):  # the runs, their summary and figures, all or none (`_in_run_dir`)
         summary = summarize(run_experiment(cfg, folder, progress), DEMO_THRESHOLD)
@@ -285,7 +291,7 @@ def demo(
         _plots().plot_run(folder)
         return summary
 
-    return _in_run_dir(out, "demo", write)
+    return _in_run_dir(out, "demo", write, resume=key)  # the same settings go on in the same hidden folder
 
 # %% ../nbs/09a_jobs.ipynb #b8820611
 def _check_compare(

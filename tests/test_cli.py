@@ -47,6 +47,42 @@ def test_spectrum_writes_table_figure_and_config(tmp_path):
     assert cfg["config"]["k"] == 4 and cfg["config"]["converged"] and cfg["environment"]["device"] == "cpu"
 
 
+def test_a_demo_stopped_by_ctrl_c_keeps_the_methods_it_finished_and_the_same_command_finishes_it(tmp_path):
+    "SIGINT once SGD's run is done: exit 130 and one line, nothing that looks like a result; the rerun keeps that run."
+    cmd = [CLI, "demo", "--steps", "30", "--out", str(tmp_path), "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(  # with Ctrl-C's default handler, as a terminal gives it (see the run's test below)
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        preexec_fn=functools.partial(signal.signal, signal.SIGINT, signal.SIG_DFL),
+    )
+    deadline = time.time() + 300
+    while (
+        proc.poll() is None and time.time() < deadline and not list(tmp_path.glob(".demo-*/runs/sgd-seed0/done.json"))
+    ):
+        time.sleep(0.01)
+    assert proc.poll() is None, "the demo ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    then = "resumes the demo, keeping the methods it finished and the others' last checkpoints"
+    assert proc.returncode == 130 and err == f"subspace-opt demo: interrupted; the same command {then}\n", err
+    (hidden,) = tmp_path.iterdir()  # no run folder, only the hidden work
+    sgd_rows = hidden / "runs" / "sgd-seed0" / "rows.csv"
+    kept, dom_done = sgd_rows.stat().st_mtime_ns, (hidden / "runs" / "dom-sgd-seed0" / "done.json").exists()
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert again.returncode == 0, again.stderr
+    (run,) = tmp_path.iterdir()
+    assert run.name.startswith("demo-") and f"run folder: {run}" in again.stdout and not dom_done
+    assert (run / "runs" / "sgd-seed0" / "rows.csv").stat().st_mtime_ns == kept  # SGD's run was not trained again
+    results = pd.read_csv(run / "results.csv")
+    assert results.groupby("method").step.max().to_dict() == dict.fromkeys(
+        ["bulk-sgd", "damped-dominant-0.5", "dom-sgd", "sgd"], 30
+    )
+
+
 def test_help_and_bad_arguments():
     help_out = subprocess.run([CLI, "spectrum", "--help"], capture_output=True, text=True)
     assert help_out.returncode == 0 and "--solver" in help_out.stdout
