@@ -389,6 +389,7 @@ def run_one(
                         if run.step():
                             bar.update()
                             run.measure()
+                del bar  # freed while signals are held: a Ctrl-C that lands in its finalizer would be swallowed there
                 step = run.state["step"]
                 if run.over:
                     run.finish(time.perf_counter() - t0, start)

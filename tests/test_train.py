@@ -323,3 +323,42 @@ def test_a_signal_while_a_run_starts_takes_effect_at_once(tmp_path):
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == -signal.SIGTERM and time.time() - t0 < 30  # not after the 60 s start
     assert not (tmp_path / "run" / "checkpoint.pt").exists()  # nothing to keep, nothing written
+
+
+CTRL_C_IN_A_FINALIZER = """
+import signal, sys
+from pathlib import Path
+import subspace_opt.train as train
+from subspace_opt.config import config_from_dict
+from subspace_opt.data import load_digits
+
+
+class Bar(train.tqdm):
+    def __del__(self):  # Ctrl-C just as the progress bar is freed: Python swallows an exception raised in a finalizer
+        signal.raise_signal(signal.SIGINT)
+        super().__del__()
+
+
+signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C's default, whatever this process inherited
+train.tqdm = Bar
+cfg = config_from_dict({"name": "s", "hidden": [8], "steps": 5, "methods": [{"name": "sgd", "lr": 0.1}]})
+try:
+    train.run_one(cfg, cfg.methods[0], 0, Path(sys.argv[1]) / "run", load_digits(n_train=100, device="cpu"), False)
+except KeyboardInterrupt:
+    sys.exit(130)
+"""
+
+
+def test_ctrl_c_as_the_progress_bar_is_freed_still_stops_the_program(tmp_path):
+    "A Ctrl-C that lands in the progress bar's finalizer is held with the run's step, then delivered: never swallowed."
+    (tmp_path / "finalizer.py").write_text(CTRL_C_IN_A_FINALIZER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(
+        [sys.executable, str(tmp_path / "finalizer.py"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert out.returncode == 130 and "Exception ignored" not in out.stderr, (out.returncode, out.stderr[-2000:])
+    assert (tmp_path / "run" / "done.json").exists()  # the run had ended: its rows are whole
