@@ -19,6 +19,20 @@ import subspace_opt.cli as cli
 CLI = shutil.which("subspace-opt", path=str(Path(sys.executable).parent)) or shutil.which("subspace-opt")
 
 
+def _as_from_a_terminal(cmd, env):
+    """Start `cmd` with pipes and Ctrl-C's default handler. A shell without job control starts background commands
+    with SIGINT ignored, and children inherit that (Python then installs no KeyboardInterrupt handler): give the child
+    Ctrl-C's default, as a terminal would."""
+    return subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        preexec_fn=functools.partial(signal.signal, signal.SIGINT, signal.SIG_DFL),
+    )
+
+
 def test_spectrum_writes_table_figure_and_config(tmp_path):
     cmd = [
         CLI,
@@ -51,14 +65,7 @@ def test_a_demo_stopped_by_ctrl_c_keeps_the_methods_it_finished_and_the_same_com
     "SIGINT once SGD's run is done: exit 130 and one line, nothing that looks like a result; the rerun keeps that run."
     cmd = [CLI, "demo", "--steps", "30", "--out", str(tmp_path), "--device", "cpu"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(  # with Ctrl-C's default handler, as a terminal gives it (see the run's test below)
-        cmd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        preexec_fn=functools.partial(signal.signal, signal.SIGINT, signal.SIG_DFL),
-    )
+    proc = _as_from_a_terminal(cmd, env)
     deadline = time.time() + 300
     while (
         proc.poll() is None and time.time() < deadline and not list(tmp_path.glob(".demo-*/runs/sgd-seed0/done.json"))
@@ -370,16 +377,7 @@ def test_ctrl_c_is_one_line_and_the_same_command_resumes(tmp_path):
     (tmp_path / "cfg.json").write_text(json.dumps(INTERRUPTED))
     cmd = [CLI, "run", str(tmp_path / "cfg.json"), "--out", str(tmp_path / "out"), "--device", "cpu"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    # A shell without job control starts background commands with SIGINT ignored, and children inherit that (Python
-    # then installs no KeyboardInterrupt handler): give the child Ctrl-C's default, as a terminal would.
-    proc = subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        preexec_fn=functools.partial(signal.signal, signal.SIGINT, signal.SIG_DFL),
-    )
+    proc = _as_from_a_terminal(cmd, env)
     rows = tmp_path / "out" / "runs" / "sgd-seed0" / "rows.csv"
     deadline = time.time() + 300
     while proc.poll() is None and time.time() < deadline and not (rows.exists() and rows.read_text().count("\n") >= 2):
