@@ -146,7 +146,9 @@ def test_gpu_experiments_stop_at_the_deadline_and_pack_what_finished(tmp_path, k
     nbs = tmp_path / "nbs"
     nbs.mkdir()
     _notebook(nbs / "a.ipynb", FINISHED_RUN)
-    _notebook(nbs / "b.ipynb", "import time\ntime.sleep(300)", "print('after the interrupted cell')")
+    sleep = "import time\ntry:\n    time.sleep(300)\nexcept KeyboardInterrupt:\n"
+    sleep += "    open('b.interrupted', 'w').close()\n    raise"  # what a run's step does: it sees the interrupt
+    _notebook(nbs / "b.ipynb", sleep, "open('b.after', 'w').close()")
     _notebook(nbs / "c.ipynb", "print('c ran')")
     logs, pack = tmp_path / "logs", tmp_path / "results.tar.gz"
     cmd = ["bash", str(ROOT / "tools" / "run_gpu_experiments.sh"), "--allow-cpu", "--log-dir", str(logs)]
@@ -162,6 +164,7 @@ def test_gpu_experiments_stop_at_the_deadline_and_pack_what_finished(tmp_path, k
     assert summary.exit.to_dict() == {"a": "0", "b": "deadline", "c": "not-started", "all": "2"}
     b_cells = json.loads((nbs / "b.ipynb").read_text())["cells"]
     assert [c["outputs"] for c in b_cells] == [[], []]  # an interrupted notebook is not saved
+    assert (nbs / "b.interrupted").exists() and not (nbs / "b.after").exists()  # SIGINT in its cell, no cell after
     with tarfile.open(pack) as tar:
         names = sorted(tar.getnames())
         assert "a ran" in tar.extractfile("nbs/a.ipynb").read().decode()
@@ -225,6 +228,8 @@ def test_gpu_session_runs_the_notebooks_within_its_budget_and_packs_them(tmp_pat
     cmd[-1] = str(nbs / "b.ipynb")
     failed = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert failed.returncode == 1 and failed.stdout.rstrip().endswith("exit status 1"), failed.stdout
+    outputs = json.loads((nbs / "b.ipynb").read_text())["cells"][0]["outputs"]  # --keep-going: saved with its error
+    assert [o["evalue"] for o in outputs if o["output_type"] == "error"] == ["b fails"], outputs
     given = ["--out", str(out), "--budget", "60"]
     for args, message in [
         (["--budget", "60"], "--out DIR is required"),
@@ -265,6 +270,9 @@ def test_gpu_session_packs_the_finished_runs_when_stopped_by_a_signal(tmp_path):
     assert time.monotonic() - t0 < 90, printed  # the notebook was interrupted, not waited for
     with tarfile.open(out / "results.tar.gz") as tar:
         assert "nbs/runs/E/x/m-0/done.json" in tar.getnames(), tar.getnames()
+    _notebook(nbs / "quick.ipynb", "print('quick ran')")  # the next run, with the same --out: its notebooks run
+    again = subprocess.run([*cmd[:-1], str(nbs / "quick.ipynb")], capture_output=True, text=True, timeout=300, env=env)
+    assert again.returncode == 0 and "quick: done" in again.stdout, again.stdout
 
 
 def test_gpu_session_resumes_only_the_finished_runs_of_an_earlier_archive(tmp_path):
@@ -370,7 +378,7 @@ def test_dry_run_full_shrinks_the_full_setting_and_softens_assertions():
         tag="full",
         data_args={"n_train": 5000},
         steps=1500,
-        n_hessian=[500, 2000],
+        n_hessian=[100, 2000],
         seeds=[0, 1, 2],
         lrs=[0.1, 0.2],
         log_curvature=True,
@@ -381,7 +389,7 @@ def test_dry_run_full_shrinks_the_full_setting_and_softens_assertions():
         tag="dryrun",
         data_args={"n_train": 256},
         steps=6,
-        n_hessian=[25, 100],
+        n_hessian=[16, 100],
         seeds=[0, 1, 2],
         lrs=[0.1, 0.2],
         log_curvature=True,
@@ -397,20 +405,25 @@ def test_dry_run_full_shrinks_the_full_setting_and_softens_assertions():
 def test_dry_run_full_runs_the_toy_setting_and_fails_only_on_raised_errors(tmp_path):
     "A toy FULL: `P = FULL` becomes the shrunk setting, a failing assert is counted, a raised error fails the run."
     params = "FULL = dict(tag='full', steps=1000)\nSMALL = dict(FULL, steps=10)\nP = SMALL"
-    _notebook(tmp_path / "ok.ipynb", params, "#| cuda\nP = FULL", "assert P['steps'] > 100, 'toy'", "print(P)")
+    read = "print(open('table.csv').read())"  # a file beside the notebook, copied beside its copy
+    _notebook(tmp_path / "ok.ipynb", params, "#| cuda\nP = FULL", "assert P['steps'] > 100, 'toy'", "print(P)", read)
+    (tmp_path / "table.csv").write_text("a measured table")
     _notebook(tmp_path / "bad.ipynb", params, "#| cuda\nP = FULL", "raise KeyError('no such key in FULL')")
     _notebook(tmp_path / "none.ipynb", params, "P = FULL")
+    _notebook(tmp_path / "two.ipynb", params, "#| cuda\nP = FULL", "#| cuda\nP = FULL")
     cmd = [sys.executable, str(ROOT / "tools" / "dry_run_full.py"), "--out-dir", str(tmp_path / "out")]
     out = subprocess.run([*cmd, str(tmp_path / "ok.ipynb")], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "ok: " in out.stdout and "1 assertions would fail, 0 errors" in out.stdout
-    done = json.loads((tmp_path / "out" / "ok.ipynb").read_text())["cells"][3]["outputs"][0]["text"]
-    assert "'tag': 'dryrun', 'steps': 6" in "".join(done)
+    done = [c["outputs"] for c in json.loads((tmp_path / "out" / "ok.ipynb").read_text())["cells"]]
+    assert "'tag': 'dryrun', 'steps': 6" in "".join(done[3][0]["text"])
+    assert "a measured table" in "".join(done[4][0]["text"]), done[4]
     assert json.loads((tmp_path / "ok.ipynb").read_text())["cells"][1]["source"] == "#| cuda\nP = FULL"  # source kept
     out = subprocess.run([*cmd, str(tmp_path / "bad.ipynb")], capture_output=True, text=True, timeout=300)
     assert out.returncode == 1 and "cell 2: KeyError" in out.stdout and "FAIL: cells raised in bad" in out.stderr
-    out = subprocess.run([*cmd, str(tmp_path / "none.ipynb")], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 1 and "needs exactly one `#| cuda` cell setting P = FULL" in out.stderr
+    for name in ["none", "two"]:
+        out = subprocess.run([*cmd, str(tmp_path / f"{name}.ipynb")], capture_output=True, text=True, timeout=300)
+        assert out.returncode == 1 and "needs exactly one `#| cuda` cell setting P = FULL" in out.stderr, name
 
 
 def test_pack_results_keeps_what_a_rerun_reuses(tmp_path):
@@ -643,3 +656,177 @@ def test_build_docs_links_the_public_names_nbdev_leaves_as_code():
     assert found["so.DominantSubspace"] == "subspace.html#dominantsubspace"
     assert b.relink("`results.tuned`", 1) == "[`results.tuned`](../results.html#tuned)"
     assert b.link_names("`tuned`, `gone`", entries, bare=True) == f"[`tuned`]({host}results.html#tuned), `gone`"
+
+
+STAND_IN = """#!/bin/sh
+# the stages of gpu_session.sh, each at once and failing when $FAILING names it; anything else: the real interpreter
+case "$1 $2" in
+  "-m pytest") [ "$FAILING" = pytest ] && exit 3; echo "1 passed"; exit 0 ;;  # 3: an internal error, no summary
+esac
+case "$1" in
+  -c) case "$2" in *nbdev_test*) [ "$FAILING" != nbdev ]; exit ;; esac ;;
+  tools/gpu_pilot.py) [ "$FAILING" != pilot-slow ] || {{ touch "$PILOT_STARTED"; exec sleep 5; }}
+    sleep 2; [ "$FAILING" != pilot ]; exit ;;
+  tools/refresh_bench.py) [ "$FAILING" != refresh ]; exit ;;
+  tools/execute_notebooks.py) [ "$FAILING" != B05 ]; exit ;;
+esac
+exec {python} "$@"
+"""
+
+
+def _stand_in(tmp_path: Path, failing: str) -> dict:
+    "An environment whose PYTHON runs gpu_session.sh's stages as STAND_IN does, the stage `failing` failing."
+    python = tmp_path / "python"
+    python.write_text(STAND_IN.format(python=sys.executable))
+    python.chmod(0o755)
+    return {**os.environ, "PYTHON": str(python), "CUDA_VISIBLE_DEVICES": "", "FAILING": failing}
+
+
+@pytest.mark.parametrize("failing", ["none", "pytest", "nbdev", "pilot", "refresh", "B05"])
+def test_gpu_session_times_its_stages_from_the_budget_and_fails_when_one_fails(tmp_path, failing):
+    """Each stage runs within its cap and what the budget leaves past the notebooks' reserve (half the budget); the
+    notebooks' deadline is what is left less 60 s, and they run `--jobs` at once; a stage that fails (pytest too when
+    it ends without a summary) is named and makes the exit status 1, and the notebooks still run."""
+    for me, other in [("a", "b"), ("b", "a")]:
+        _notebook(tmp_path / f"{me}.ipynb", RENDEZVOUS.format(me=me, other=other))
+    cmd = ["bash", str(ROOT / "tools" / "gpu_session.sh"), "--out", str(tmp_path / "out"), "--budget", "400"]
+    cmd += ["--allow-cpu", "--jobs", "2", str(tmp_path / "a.ipynb"), str(tmp_path / "b.ipynb")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_stand_in(tmp_path, failing))
+    printed = done.stdout
+    assert done.returncode == (0 if failing == "none" else 1), printed + done.stderr
+    assert re.search(r"CUDA tests \(.*at most 1([5-6]\d|70) s\)", printed), (
+        printed
+    )  # 400 - 200 reserved - 30, less the start
+    deadline = int(re.search(r"notebooks, 2 at once, deadline (\d+) s", printed).group(1))
+    assert 300 <= deadline <= 400 - 60 - 2, printed  # the pilot took 2 s of the budget
+    assert "a: done" in printed and "b: done" in printed, printed
+    named = dict(
+        pytest="FAILED: pytest (see tests.log)",
+        nbdev="FAILED: ",
+        pilot="FAILED: the pilot",
+        refresh="FAILED: the refresh benchmark",
+        B05="FAILED: benchmark B05",
+    )
+    assert failing == "none" or named[failing] in printed, printed
+    assert (failing == "none") == ("FAILED" not in printed), printed
+
+
+def test_gpu_session_skips_a_stage_the_budget_leaves_no_time_for(tmp_path):
+    """A reserve of the whole budget leaves no stage its 20 s: the pilot is skipped, which is a failure, and the
+    notebooks run in the time kept for them; the stages' own caps apply when the budget leaves more."""
+    _notebook(tmp_path / "a.ipynb", "print('a ran')")
+    cmd = ["bash", str(ROOT / "tools" / "gpu_session.sh"), "--out", str(tmp_path / "out"), "--allow-cpu"]
+    cmd += ["--no-tests", "--no-bench", "--budget", "200", "--reserve", "200", str(tmp_path / "a.ipynb")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_stand_in(tmp_path, "none"))
+    assert done.returncode == 1 and "SKIPPED: the pilot (no time left in the budget)" in done.stdout, done.stdout
+    assert "a: done" in done.stdout and done.stdout.rstrip().endswith("exit status 1"), done.stdout
+    cmd = [*cmd[:5], "--no-pilot", "--no-bench", "--budget", "400", "--reserve", "100", str(tmp_path / "a.ipynb")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_stand_in(tmp_path, "none"))
+    assert done.returncode == 0 and "at most 240 s" in done.stdout, done.stdout  # 400 - 100 - 30 > the cap of 240
+
+
+def test_gpu_session_stopped_during_a_stage_packs_the_finished_runs(tmp_path):
+    """A signal to the process group while the pilot runs: the stage is waited for, no notebook starts, and the runs
+    already finished beside the notebooks (say, resumed ones) are packed; exit status 143."""
+    nbs = tmp_path / "nbs"
+    (nbs / "runs" / "E" / "x" / "m-0").mkdir(parents=True)
+    (nbs / "runs" / "E" / "x" / "m-0" / "done.json").write_text("{}")
+    _notebook(nbs / "a.ipynb", "print('a ran')")
+    out = tmp_path / "out"
+    cmd = ["bash", str(ROOT / "tools" / "gpu_session.sh"), "--out", str(out), "--budget", "600", "--allow-cpu"]
+    cmd += ["--no-tests", "--no-bench", str(nbs / "a.ipynb")]
+    env = _stand_in(tmp_path, "pilot-slow") | {"PILOT_STARTED": str(tmp_path / "pilot.started")}
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True
+    )
+    try:
+        t0 = time.monotonic()
+        while not (tmp_path / "pilot.started").exists():
+            assert time.monotonic() - t0 < 60 and proc.poll() is None, proc.poll()
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGTERM)
+        printed, _ = proc.communicate(timeout=60)
+    finally:
+        for row in _session_left(proc.pid):
+            os.kill(int(row[0]), signal.SIGKILL)
+    assert proc.returncode == 143 and "stopped by a signal" in printed and "a: " not in printed, printed
+    with tarfile.open(out / "results.tar.gz") as tar:
+        assert tar.getnames() == ["nbs/runs/E/x/m-0/done.json"], tar.getnames()
+
+
+def test_execute_notebooks_on_a_cpu_skips_cuda_cells_and_clears_stale_outputs(tmp_path):
+    """Without a GPU a `#| cuda` cell is skipped and keeps its outputs; any other cell loses its old outputs even when
+    it now prints nothing; `--out-dir` writes the executed copy there and leaves the notebook as it was."""
+    nb = tmp_path / "src" / "nb.ipynb"
+    nb.parent.mkdir()
+    _notebook(nb, "x = 1", "#| cuda\nraise RuntimeError('a cuda cell ran')", "#| slow\nprint('slow ran')")
+    cells = json.loads(nb.read_text())
+    old = [dict(output_type="stream", name="stdout", text="from the last run\n")]
+    for c in cells["cells"]:
+        c["outputs"] = old
+    nb.write_text(json.dumps(cells))
+    before = nb.read_bytes()
+    cmd = [sys.executable, str(ROOT / "tools" / "execute_notebooks.py"), str(nb), "--out-dir", str(tmp_path / "out")]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert nb.read_bytes() == before
+    outputs = [c["outputs"] for c in json.loads((tmp_path / "out" / "nb.ipynb").read_text())["cells"]]
+    assert outputs[0] == [] and outputs[1] == old and "slow ran" in "".join(outputs[2][0]["text"]), outputs
+
+
+def test_pack_results_packs_no_link_and_refuses_what_it_cannot_pack(tmp_path):
+    """A linked file or linked runs/ folder is left out (an archive holding a link is one `--resume` refuses), and so
+    are the log folder's subfolders; nothing but the archive is left beside it. Two files of one name in the archive,
+    an --out that is no .tar.gz, or a missing notebook: refused, and no archive is written."""
+    repo = tmp_path / "repo"
+    run = repo / "nbs" / "runs" / "E" / "full" / "m-0"
+    run.mkdir(parents=True)
+    for name in ["done.json", "rows.csv"]:
+        (run / name).write_text(name)
+    (run / "linked.csv").symlink_to(run / "rows.csv")
+    (repo / "other").mkdir()
+    (repo / "other" / "runs").symlink_to(repo / "nbs" / "runs")
+    nb, logs = repo / "nbs" / "E.ipynb", tmp_path / "logs"
+    nb.write_text("{}")
+    (logs / "sub").mkdir(parents=True)
+    (logs / "E.log").write_text("log")
+    out = tmp_path / "packed" / "results.tar.gz"
+    out.parent.mkdir()
+    cmd = [sys.executable, str(ROOT / "tools" / "pack_results.py"), "--repo", str(repo), "--logs", str(logs)]
+    cmd += ["--runs-beside", str(nb), str(repo / "other" / "E.ipynb"), "--notebooks", str(nb)]
+    subprocess.run([*cmd, "--out", str(out)], check=True, capture_output=True)
+    with tarfile.open(out) as tar:
+        members = tar.getmembers()
+    assert [m.name for m in members] == [
+        "gpu-logs/E.log",
+        "nbs/E.ipynb",
+        "nbs/runs/E/full/m-0/done.json",
+        "nbs/runs/E/full/m-0/rows.csv",
+    ] and all(m.isfile() for m in members), [m.name for m in members]
+    assert [p.name for p in out.parent.iterdir()] == ["results.tar.gz"]
+    twin = tmp_path / "twin" / "nbs" / "E.ipynb"  # outside the repository: named from its folder's parent, as nb is
+    twin.parent.mkdir(parents=True)
+    twin.write_text("{}")
+    for args, message in [
+        (["--notebooks", str(nb), str(twin)], "two files would share a name in the archive"),
+        (["--notebooks", str(tmp_path / "gone.ipynb")], f"pack_results: no notebook {tmp_path / 'gone.ipynb'}"),
+        (["--out", str(tmp_path / "results.zip")], "pack_results: --out must name a .tar.gz file"),
+    ]:
+        bad = subprocess.run([*cmd, "--out", str(tmp_path / "bad.tar.gz"), *args], capture_output=True, text=True)
+        assert bad.returncode != 0 and message in bad.stderr, (args, bad.stderr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["logs", "packed", "repo", "twin"]
+
+
+def test_prose_numbers_reads_displayed_results_and_a_decimal_above_every_output(tmp_path):
+    """Numbers shown as a cell's result (a table's text) count as outputs; one that moved by less than a unit of the
+    quoted precision (0.5312 to 0.5391) no longer rounds to 0.53; a decimal above every output is no error."""
+    md = dict(cell_type="markdown", source="Bulk reaches 0.53 after 12.5 epochs.", metadata={})
+    for name, shown in [("old", "   loss\n0  0.5312\n"), ("new", "   loss\n0  0.5391\n")]:
+        result = dict(output_type="execute_result", data={"text/plain": shown}, metadata={}, execution_count=1)
+        code = dict(cell_type="code", source="table", metadata={}, outputs=[result], execution_count=1)
+        nb = dict(cells=[md, code], metadata={}, nbformat=4, nbformat_minor=5)
+        (tmp_path / f"{name}.ipynb").write_text(json.dumps(nb))
+    tool = [sys.executable, str(ROOT / "tools" / "prose_numbers.py"), str(tmp_path / "old.ipynb")]
+    out = subprocess.run([*tool, str(tmp_path / "new.ipynb")], capture_output=True, text=True)
+    assert (out.returncode, out.stdout) == (1, "old.ipynb cell 0: 0.53\n"), out
