@@ -217,7 +217,8 @@ def test_gpu_session_runs_the_notebooks_within_its_budget_and_packs_them(tmp_pat
     env = {**os.environ, "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": ""}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert re.search(r"deadline 1[34]\d s", done.stdout) and "a: done" in done.stdout, done.stdout  # 200 s less 60
+    # 200 s less 60, less the start (its checks and imports: seconds, more on a loaded machine)
+    assert re.search(r"deadline 1[0-4]\d s", done.stdout) and "a: done" in done.stdout, done.stdout
     assert done.stdout.rstrip().endswith("exit status 0"), done.stdout
     printed = "".join(json.loads((nbs / "a.ipynb").read_text())["cells"][0]["outputs"][0]["text"])
     assert printed.strip() == f"data at {data}", printed  # absolute: the notebook runs in its own folder
