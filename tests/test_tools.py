@@ -93,6 +93,12 @@ def _notebook(path: Path, *cells: str):
     path.write_text(json.dumps(nb))
 
 
+def _finished_run(folder: Path):
+    "A run folder that counts as finished (it holds a done.json), as a resumed run beside the notebooks does."
+    folder.mkdir(parents=True)
+    (folder / "done.json").write_text("{}")
+
+
 RENDEZVOUS = """import time
 from pathlib import Path
 Path("{me}.started").touch()
@@ -252,8 +258,7 @@ def test_gpu_session_runs_the_notebooks_within_its_budget_and_packs_them(tmp_pat
 def test_gpu_session_packs_the_finished_runs_when_stopped_by_a_signal(tmp_path):
     "SIGTERM while the notebooks run: they are interrupted, and the runs finished so far are packed before it exits."
     nbs = tmp_path / "nbs"
-    (nbs / "runs" / "E" / "x" / "m-0").mkdir(parents=True)
-    (nbs / "runs" / "E" / "x" / "m-0" / "done.json").write_text("{}")
+    _finished_run(nbs / "runs" / "E" / "x" / "m-0")
     _notebook(nbs / "slow.ipynb", "import time\ntime.sleep(120)")
     out = tmp_path / "out"
     cmd = ["bash", str(ROOT / "tools" / "gpu_session.sh"), "--out", str(out), "--budget", "300", "--allow-cpu"]
@@ -466,8 +471,7 @@ def test_gpu_session_stopped_by_a_signal_to_its_process_group_packs_and_leaves_n
     """A signal to the whole process group (Ctrl-C, `timeout`, a job runner): its `tee` outlives it, the notebook is
     interrupted and recorded, the finished runs are packed, and no process of the session is left running."""
     nbs = tmp_path / "nbs"
-    (nbs / "runs" / "E" / "x" / "m-0").mkdir(parents=True)
-    (nbs / "runs" / "E" / "x" / "m-0" / "done.json").write_text("{}")
+    _finished_run(nbs / "runs" / "E" / "x" / "m-0")
     _notebook(
         nbs / "slow.ipynb", "from pathlib import Path\nimport time\nPath('slow.started').touch()\ntime.sleep(120)"
     )
@@ -730,8 +734,7 @@ def test_gpu_session_stopped_during_a_stage_packs_the_finished_runs(tmp_path):
     """A signal to the process group while the pilot runs: the stage is waited for, no notebook starts, and the runs
     already finished beside the notebooks (say, resumed ones) are packed; exit status 143."""
     nbs = tmp_path / "nbs"
-    (nbs / "runs" / "E" / "x" / "m-0").mkdir(parents=True)
-    (nbs / "runs" / "E" / "x" / "m-0" / "done.json").write_text("{}")
+    _finished_run(nbs / "runs" / "E" / "x" / "m-0")
     _notebook(nbs / "a.ipynb", "print('a ran')")
     out = tmp_path / "out"
     cmd = ["bash", str(ROOT / "tools" / "gpu_session.sh"), "--out", str(out), "--budget", "600", "--allow-cpu"]
