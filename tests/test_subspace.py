@@ -4,12 +4,13 @@ Every reference is dense float64: `torch.linalg.eigh` of the same matrix, and pr
 eigenvectors wherever the k boundary has a gap.
 """
 
+import copy
 import math
 
 import pytest
 import torch
 from subspace_opt.curvature import GGNOperator, HessianOperator
-from subspace_opt.dense_reference import dense_ggn
+from subspace_opt.dense_reference import dense_ggn, dense_hessian
 from subspace_opt.lanczos import lanczos, principal_cosines
 from subspace_opt.optim import bulk_sgd, dom_sgd
 from subspace_opt.subspace import DominantSubspace
@@ -247,7 +248,6 @@ def test_auto_rank_stops_early_at_the_rank_a_converged_solve_chooses(loss, steps
     "k='auto' on digits MLP Hessians: the early stop picks the k of the max_k-boundary solve and of eigsh, for less."
     from sklearn.datasets import load_digits
     import subspace_opt.subspace as tracker
-    from subspace_opt.lanczos import scipy_eigsh
     from subspace_opt.losses import loss_sum, prepare_targets
     from subspace_opt.models import mlp
     from subspace_opt.subspace import choose_k
@@ -266,7 +266,8 @@ def test_auto_rank_stops_early_at_the_rank_a_converged_solve_chooses(loss, steps
     monkeypatch.setattr(tracker, "_rank_decider", lambda sub: None)  # the solve that converges the max_k boundary
     full = DominantSubspace(H, k="auto")
     full.refresh()
-    exact = choose_k(scipy_eigsh(H, k=21, tol=1e-8, residuals=False).eigenvalues)
+    dense = dense_hessian(copy.deepcopy(model).double(), loss, (X.double(), y))  # the same weights, in float64
+    exact = choose_k(torch.linalg.eigvalsh(dense).flip(0)[: full.max_k + 1])  # the tracker reads max_k + 1 of them
     assert early.k == full.k == exact
     assert early.info["converged"] and early.info["n_matvecs"] < full.info["n_matvecs"]
     assert principal_cosines(early.basis, full.basis).min() > 0.999
