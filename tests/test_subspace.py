@@ -245,7 +245,7 @@ def test_products_are_counted_across_a_fallback_to_a_cold_solve():
 
 @pytest.mark.parametrize("loss, steps", [("mse", 0), ("mse", 50), ("ce", 0), ("ce", 50)])
 def test_auto_rank_stops_early_at_the_rank_a_converged_solve_chooses(loss, steps, monkeypatch):
-    "k='auto' on digits MLP Hessians: the early stop picks the k of the max_k-boundary solve and of eigsh, for less."
+    "k='auto' on digits MLP Hessians: the early stop picks the k of the max_k-boundary solve and of the dense Hessian."
     from sklearn.datasets import load_digits
     import subspace_opt.subspace as tracker
     from subspace_opt.losses import loss_sum, prepare_targets
