@@ -272,23 +272,43 @@ def _warn_repeated(
     solver: str,  # the single-vector solver that found `vals`
     vals: torch.Tensor,  # its eigenvalues, descending
     tol: float,  # its tolerance
+    rel: torch.Tensor | None = None,  # their relative residuals (`_rel`); None or NaN: `tol`, the most a solve accepts
+    scale=None,  # the scale `rel` is relative to near 0 (`_rel`'s); None: the largest |value|
+    which: str = "LA",  # the end of the spectrum they were wanted from
 ):
-    "Warn when two of `vals` agree to max(√tol, 1e-12) of the largest |value|: a repeated eigenvalue, copies unseen."
-    close = (vals[:-1] - vals[1:]).abs() <= max(math.sqrt(tol), 1e-12) * vals.abs().max()
-    if close.any() and vals.abs().max() > 0:  # all zero: a zero operator, whose null vectors are all found
+    """Warn when two neighbours in `vals` are closer than the sum of their residuals, each at least max(tol, 1e-12)
+    relative: one eigenvalue as far as the solve can tell, whose unseen copies may have let a lesser value in. Not
+    for the cluster at the wanted set's boundary (the least of 'LA'): its unseen copies could only replace its own."""
+    vals = vals.detach().double().cpu()
+    big = vals.abs().max() if len(vals) else vals.new_zeros(())
+    if len(vals) < 2 or not big > 0:  # all zero: a zero operator, whose null vectors are all found
+        return
+    t = max(tol, 1e-12)
+    rel = torch.full_like(vals, t) if rel is None else torch.nan_to_num(rel.detach().double().cpu(), nan=t)
+    floor = (big if scale is None else float(scale)) * max(tol, math.sqrt(torch.finfo(torch.float64).eps))
+    rho = rel.clamp_min(t) * vals.abs().clamp_min(floor)  # absolute residuals: |θ − λ| <= ρ for some eigenvalue λ
+    close = (vals[:-1] - vals[1:]).abs() <= rho[:-1] + rho[1:]
+    lo = hi = {"LA": len(vals) - 1, "SA": 0}.get(which, int(vals.abs().argmin()))  # the boundary value
+    while lo > 0 and close[lo - 1]:
+        lo -= 1
+    while hi < len(close) and close[hi]:
+        hi += 1
+    close[lo:hi] = False  # the boundary's cluster, vals[lo : hi + 1]
+    if close.any():
         i = int(close.nonzero()[0, 0])
         warnings.warn(
             f"{solver}: eigenvalues {i + 1} and {i + 2} agree ({vals[i]:.6g}): probably a repeated eigenvalue, whose "
             "further copies a single start vector cannot see; use block_lanczos or DominantSubspace for its subspace"
         )
 
-
-def _wanted_pairs(op, Q, theta, S, res, idx, tol=0.0, scale=None):
+# %% ../nbs/01_lanczos.ipynb #b9706984
+def _wanted_pairs(op, Q, theta, S, res, idx, tol=0.0, scale=None, which="LA"):
     "The wanted Ritz pairs `idx` in descending order: values, vectors Q S, relative residuals (`_rel` at `scale`)."
     order = idx[torch.argsort(theta[idx], descending=True)]
     vals, U = theta[order], Q @ S[:, order].to(op.dtype).to(op.device)
-    _warn_repeated("lanczos", vals, tol)
-    return vals.to(op.device), U, _rel(res[order], vals, scale, tol).to(op.device)
+    rel = _rel(res[order], vals, scale, tol)
+    _warn_repeated("lanczos", vals, tol, rel, scale, which)
+    return vals.to(op.device), U, rel.to(op.device)
 
 # %% ../nbs/01_lanczos.ipynb #cd21e775
 def _block_product(
@@ -368,7 +388,7 @@ def lanczos(
             start = _restart(Q, T, theta, S, T[m, m - 1].cpu() * S[m - 1], keep, m)
     else:
         _out_of_restarts(rel, tol, max_restarts, n_mv)
-    pairs = _wanted_pairs(op, Q[:, :stop], theta, S, res, idx, tol, theta.abs().max())  # the scale the test used
+    pairs = _wanted_pairs(op, Q[:, :stop], theta, S, res, idx, tol, theta.abs().max(), which)  # the test's scale
     pairs, converged, n_check = _checked(op, pairs, tol, theta.abs().max(), bool((rel <= tol).all()), residuals)
     return LanczosResult(*pairs, n_mv + n_check, converged, cycle)
 
@@ -533,17 +553,18 @@ def _zero_pairs(A, k, seed, mv):
     return np.zeros(k), Q
 
 
-def _eigsh_result(op, vals, vecs, n_mv, tol, residuals, scale=0.0):
+def _eigsh_result(op, vals, vecs, n_mv, tol, residuals, scale=0.0, which="LA"):
     """ARPACK's pairs as a `LanczosResult`, descending; with `residuals`, converged only if they are all <= tol.
     Residuals are relative to max(|λ|, the floor of `_rel`), its scale the larger of max |λ| and `scale` (the largest
     ‖Ax‖/‖x‖ ARPACK's products saw): which='SA' on a null space returns λ ≈ 0, not the spectrum's scale."""
     order = np.argsort(-vals)
     lam = torch.as_tensor(vals[order].astype(np.float64), device=op.device)
-    _warn_repeated("scipy_eigsh", lam, tol)  # ARPACK's single start vector misses copies as `lanczos` does
     U = torch.as_tensor(np.ascontiguousarray(vecs[:, order])).to(op.device, op.dtype)
-    if not residuals:
+    if not residuals:  # ARPACK's single start vector misses copies as `lanczos` does
+        _warn_repeated("scipy_eigsh", lam, tol, scale=max(float(lam.abs().max()), scale), which=which)
         return LanczosResult(lam, U, torch.full_like(lam, float("nan")), n_mv, True, 0)
     res = _pair_rel(_block_product(op, U), U, lam, max(float(lam.abs().max()), scale), tol)
+    _warn_repeated("scipy_eigsh", lam, tol, res, max(float(lam.abs().max()), scale), which)
     converged = bool((res <= tol).all())
     if not converged:
         warnings.warn(f"scipy_eigsh: ARPACK stopped, but the largest relative residual {res.max():.2e} > tol={tol:g}")
@@ -582,4 +603,4 @@ def scipy_eigsh(
         if not str(e).startswith("ARPACK error -9"):
             raise
         vals, vecs = _zero_pairs(A, k, seed, mv)
-    return _eigsh_result(op, vals, vecs, n_mv[0], tol, residuals, scale[0])
+    return _eigsh_result(op, vals, vecs, n_mv[0], tol, residuals, scale[0], which)
