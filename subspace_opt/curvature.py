@@ -232,7 +232,7 @@ def check_deterministic(
     if (forward(X) - out).abs().max() > tol:
         raise ValueError(
             "model is non-deterministic (two identical passes differ at the prediction stage): "
-            "call `model.eval()` or remove Dropout"
+            "call `model.eval()`, remove Dropout, or keep layers from changing their buffers in forward"
         )
     h = len(X) // 2
     if h and (torch.cat([forward(X[:h]), forward(X[h:])]) - out).abs().max() > tol:
@@ -506,8 +506,8 @@ class CurvatureOperator(_MethodChoice):
             # batches of other shapes (token sequences of other lengths) cannot join the probe
             shape = self.batches[0][0].shape[1:]
             probe = torch.cat([X for X, _ in self.batches[:16] if X.shape[1:] == shape])[:16]  # several small batches
-            params, consts = self._params(), self._consts(copy=True)  # one copy for all passes: drifting buffers show
-            check_deterministic(lambda X: functional_call(self.model, (params, consts), (X,)), probe, self.model)
+            state = {**self._params(), **self._consts(copy=True)}  # one dict for all passes: drifting buffers show
+            check_deterministic(lambda X: functional_call(self.model, state, (X,)), probe, self.model)
         self.method = self._pick_method("forward" if compile else method) if self.batches else None
         self.compile = compile
         self._join()
