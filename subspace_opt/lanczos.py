@@ -280,9 +280,9 @@ def _warn_repeated(
     relative: one eigenvalue as far as the solve can tell, whose unseen copies may have let a lesser value in. Not
     for the cluster at the wanted set's boundary (the least of 'LA'): its unseen copies could only replace its own."""
     vals = vals.detach().double().cpu()
-    big = vals.abs().max() if len(vals) else vals.new_zeros(())
-    if len(vals) < 2 or not big > 0:  # all zero: a zero operator, whose null vectors are all found
+    if len(vals) < 2 or not vals.abs().max() > 0:  # all zero: a zero operator, whose null vectors are all found
         return
+    big = vals.abs().max()
     t = max(tol, 1e-12)
     rel = torch.full_like(vals, t) if rel is None else torch.nan_to_num(rel.detach().double().cpu(), nan=t)
     floor = (big if scale is None else float(scale)) * max(tol, math.sqrt(torch.finfo(torch.float64).eps))
@@ -560,11 +560,11 @@ def _eigsh_result(op, vals, vecs, n_mv, tol, residuals, scale=0.0, which="LA"):
     order = np.argsort(-vals)
     lam = torch.as_tensor(vals[order].astype(np.float64), device=op.device)
     U = torch.as_tensor(np.ascontiguousarray(vecs[:, order])).to(op.device, op.dtype)
-    if not residuals:  # ARPACK's single start vector misses copies as `lanczos` does
-        _warn_repeated("scipy_eigsh", lam, tol, scale=max(float(lam.abs().max()), scale), which=which)
+    scale = max(float(lam.abs().max()), scale)
+    res = _pair_rel(_block_product(op, U), U, lam, scale, tol) if residuals else None
+    _warn_repeated("scipy_eigsh", lam, tol, res, scale, which)  # ARPACK's single start vector misses copies too
+    if not residuals:
         return LanczosResult(lam, U, torch.full_like(lam, float("nan")), n_mv, True, 0)
-    res = _pair_rel(_block_product(op, U), U, lam, max(float(lam.abs().max()), scale), tol)
-    _warn_repeated("scipy_eigsh", lam, tol, res, max(float(lam.abs().max()), scale), which)
     converged = bool((res <= tol).all())
     if not converged:
         warnings.warn(f"scipy_eigsh: ARPACK stopped, but the largest relative residual {res.max():.2e} > tol={tol:g}")
