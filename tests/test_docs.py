@@ -351,6 +351,8 @@ def browser():
 _VISIT = """
 const done = arguments[arguments.length - 1];
 (async () => {
+  // the whole page first: a driver may hand over while the document is still loading (chromedriver 150 does)
+  if (document.readyState !== 'complete') await new Promise(r => window.addEventListener('load', r, {once: true}));
   // math: wait for MathJax to typeset, when the page loads it
   let math = document.querySelectorAll('.math').length, typeset = -1;
   if (window.MathJax && MathJax.startup && MathJax.startup.promise) {
