@@ -280,8 +280,10 @@ def _warn_repeated(
     relative: one eigenvalue as far as the solve can tell, whose unseen copies may have let a lesser value in. Not
     for the cluster at the wanted set's boundary (the least of 'LA'): its unseen copies could only replace its own."""
     vals = vals.detach().double().cpu()
-    big = vals.abs().max() if len(vals) else 0.0
-    if len(vals) < 2 or not big > 0:  # all zero: a zero operator, whose null vectors are all found
+    if len(vals) < 2:
+        return
+    big = vals.abs().max()
+    if not big > 0:  # all zero: a zero operator, whose null vectors are all found
         return
     t = max(tol, 1e-12)
     rel = torch.full_like(vals, t) if rel is None else torch.nan_to_num(rel.detach().double().cpu(), nan=t)
