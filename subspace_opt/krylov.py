@@ -113,19 +113,21 @@ def _block_solve(
     n_eigs: int,  # pairs that must be accurate, k <= n_eigs < b
     tol: float,  # target of the boundary test and of the residuals of pairs k+1..n_eigs
     max_blocks: int,  # block products at most
-    depth: int,  # blocks the Krylov basis holds before a thick restart to the b best Ritz vectors
+    depth: int,  # blocks the Krylov basis holds before a thick restart to its `keep` best Ritz vectors
     rank=None,  # optional rank(θ, ‖r‖) -> (k', n_eigs') or None: accept also when the test passes at k'
+    keep: int | None = None,  # Ritz vectors a thick restart keeps (>= b; default b)
 ):
     "Block Krylov from `Q`: Rayleigh–Ritz after every block product, the next block from the residuals, until accepted."
     (p, b), eps = Q.shape, torch.finfo(Q.dtype).eps
     basis, images, n, n_mv = Q, _product(op, Q), 1, b
     while True:
-        theta, V, HV = _rayleigh_ritz(basis, images)
-        theta, V, HV = theta[:b], V[:, :b], HV[:, :b]
+        theta, V_all, HV_all = _rayleigh_ritz(basis, images)  # every Ritz pair of the basis, best first
+        theta, V, HV = theta[:b], V_all[:, :b], HV_all[:, :b]
         check = angle_bound(theta, V, HV, k)
         ok = _accepted(theta, check, k, n_eigs, tol, eps) or _accepted_at_rank(rank, theta, V, HV, check[2], tol, eps)
         if basis.shape[1] + b > min(p, depth * b):
-            basis, images = V, HV  # thick restart: the b best Ritz vectors and their images, no new products
+            # thick restart: the `keep` best Ritz vectors and their images, no new products
+            basis, images = V_all[:, : keep or b], HV_all[:, : keep or b]
         room = min(b, p - basis.shape[1])
         if ok or n >= max_blocks or room == 0:
             rel = _relative(check[2], theta, eps)
