@@ -231,7 +231,8 @@ def _cold_solve(sub: DominantSubspace, op):
     b = min(sub.n_eigs + sub.oversample, op.shape[0])
     Q = _orth_against(None, torch.randn(op.shape[0], b, generator=sub.gen, dtype=op.dtype, device=op.device))
     rank = _rank_decider(sub) if sub.k_pending else None  # k='auto': stop once the rank is clear and converged
-    res = _block_solve(op, Q, sub.k, sub.n_eigs, sub.cold_tol, _COLD_BLOCKS, max(4, 2 + -(-20 // b)), rank)
+    depth = max(6, 2 + -(-20 // b))  # restarts keep 2b Ritz vectors (krylov: "What a restart keeps")
+    res = _block_solve(op, Q, sub.k, sub.n_eigs, sub.cold_tol, _COLD_BLOCKS, depth, rank, keep=2 * b)
     if not res.converged and not sub.k_pending:  # k='auto': judged at the rank it settles on (`_settle_rank`)
         _warn_unconverged(sub, res)
     return res
