@@ -4,7 +4,7 @@
 
 # %% ../nbs/05c_runfolder.ipynb #10b970b5
 from __future__ import annotations
-import fcntl, gzip, hashlib, io, json, os, re, tarfile, tempfile, warnings, zlib
+import fcntl, gzip, hashlib, importlib.util, io, json, os, re, tarfile, tempfile, warnings, zlib
 from pathlib import Path
 import pandas as pd
 import torch
@@ -16,7 +16,7 @@ from .rows import csv_header, row_line, rows_digest, rows_upto
 
 # %% auto #0
 __all__ = ['SAFE_NAME', 'FILE_MODE', 'LAYOUT', 'LOCK', 'KINDS', 'MAX_UNPACKED', 'MAX_MEMBERS', 'safe_name', 'atomic_write',
-           'all_ranks', 'RunFolder', 'sweep_grid', 'run_identity', 'unpack_runs']
+           'all_ranks', 'RunFolder', 'sweep_grid', 'run_identity', 'code_digest', 'unpack_runs']
 
 # %% ../nbs/05c_runfolder.ipynb #43f7b4c5
 SAFE_NAME = re.compile(r"[A-Za-z0-9_=+-][A-Za-z0-9._=,+-]{0,199}")  # a name of a file or folder made from user input
@@ -453,13 +453,24 @@ def _sha256(path: Path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def code_digest():
+    "A digest of this package's modules as they are now (`_modidx.py`, the docs' index, aside), in hex."
+    digest = hashlib.sha256()
+    for path in sorted(Path(importlib.util.find_spec("subspace_opt").origin).parent.glob("*.py")):
+        if path.name != "_modidx.py":
+            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
 @patch
 def mark_done(self: RunFolder, info: dict):  # plain data: steps, reason, seconds per step
-    "Mark the run finished: write done.json, with the run's identity and a digest of its rows, to check on reuse."
+    "Mark the run finished: write done.json, with the run's identity, a digest of its rows and of the package's code."
     spec, rows = getattr(self, "spec", None), self.rows
     _to_disk(rows)
     seal = dict(
-        run=run_identity(spec) if spec is not None else None, rows_sha256=_sha256(rows) if rows.exists() else None
+        run=run_identity(spec) if spec is not None else None,
+        rows_sha256=_sha256(rows) if rows.exists() else None,
+        code=code_digest(),
     )
     self.write_json("done.json", {**info, **seal})
 
@@ -487,6 +498,16 @@ def check_done(self: RunFolder, spec: dict):  # the run's specification (see `cl
         raise UserError(
             f"{self.rows} changed since its run finished (cut or edited): delete {self.path} to run it again"
         )
+
+# %% ../nbs/05c_runfolder.ipynb #ddc9d0ad
+@patch
+def other_code(self: RunFolder, code: str | None = None):  # this package's `code_digest()`, when known already
+    "The code digest this finished run's done.json records when it is not this package's; else None."
+    try:
+        made = json.loads(self.file("done.json").read_text()).get("code")
+    except (OSError, ValueError, AttributeError, RecursionError):  # none, or unreadable: `check_done` says
+        return None
+    return made if isinstance(made, str) and made != (code or code_digest()) else None
 
 # %% ../nbs/05c_runfolder.ipynb #b858a2c1
 @patch

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 from .data import default_device, environment
 from .config import ConfigError, UserError, _show, config_from_dict, read_config_file
-from .runfolder import SAFE_NAME, RunFolder, _flat, safe_name
+from .runfolder import SAFE_NAME, RunFolder, _flat, code_digest, safe_name
 from .train import _run_spec, check_run, run_job, task_data, tracked_rank
 from .workers import JobsFailed, check_workers, run_in_workers
 
@@ -194,6 +194,19 @@ def _changed_runs(
             f"{Path(out.path) / 'points'} to run them all afresh"
         )
 
+# %% ../nbs/06a_sweep.ipynb #ed993bb4
+def _warn_other_code(runs: dict):  # run folder's name -> its `RunFolder`, for a sweep's runs
+    "One warning naming the finished runs made by another version of this package's code, if any."
+    code, finished = code_digest(), [name for name, folder in runs.items() if folder.is_done]
+    if other := [name for name in finished if runs[name].other_code(code)]:
+        shown = ", ".join(other[:3]) + (", …" if len(other) > 3 else "")
+        warnings.warn(
+            f"{len(other)} of the {len(finished)} finished runs reused here were made by another version of this "
+            f"package's code ({shown}): their rows are read as they were made; delete their folders to run them "
+            "again with this code",
+            stacklevel=4,
+        )
+
 # %% ../nbs/06a_sweep.ipynb #8f777677
 def _checked_jobs(
     points: list,  # `expand_grid(base, grid)`, checked before the folder was created
@@ -202,6 +215,7 @@ def _checked_jobs(
     "The sweep's jobs, once every job's run folder is checked (nothing written)."
     jobs = _jobs(points, out)
     _changed_runs(jobs, out)
+    _warn_other_code({os.path.relpath(job[3], out.path): RunFolder(job[3], out.path) for job in jobs})
     for cfg, mi, seed, path in jobs:
         check_run(cfg, cfg.methods[mi], seed, RunFolder(path, out.path))
     for _, _, cfg in points:

@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_train.ipynb #d8e81051
 from __future__ import annotations
-import json, math, signal, threading, time
+import json, math, signal, threading, time, warnings
 from dataclasses import asdict
 from pathlib import Path
 import pandas as pd
@@ -22,7 +22,7 @@ from .data import check_device, default_device as default_device, environment
 from .distributed import barrier, local_loss_scale, rank, shard, world_size
 from .config import ConfigError, ExperimentConfig, MethodConfig, UserError
 from .config import load_experiment_data, make_base_optimizer, make_model
-from .runfolder import RunFolder, all_ranks
+from .runfolder import RunFolder, all_ranks, code_digest
 from .metrics import _diverged, evaluate as evaluate, measure  # both still importable from here
 from .metrics import follow_rank, projected_rank
 from .workers import check_workers, run_in_workers
@@ -379,6 +379,13 @@ def run_one(
     "Train one (method, seed) run resumably in `run_dir`, holding its lock; return its rows (`rows.csv`)."
     with RunFolder(run_dir).lock() as folder:
         all_ranks(lambda: folder.claim(_run_spec(cfg, method, seed)))
+        if rank() == 0 and (made := folder.other_code()):  # finished by other code: read back all the same, said
+            warnings.warn(
+                f"{folder.path} holds a run finished by another version of this package's code ({made}, this one "
+                f"{code_digest()}): its rows are read as they were made; delete that folder to run it again with "
+                "this code",
+                stacklevel=2,
+            )
         if not folder.is_done:
             run = Run(cfg, method, seed, folder, data)  # not held: an interruption here loses no step
             start, t0 = run.start(), time.perf_counter()
