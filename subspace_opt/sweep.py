@@ -170,6 +170,11 @@ def _collect(points, out: RunFolder):
     ]
     return pd.concat(frames, ignore_index=True)
 
+# %% ../nbs/06a_sweep.ipynb #3f1c7a52
+def _first_three(names: list) -> str:
+    "The first three of `names`, comma-separated, with an ellipsis when there are more: how a message lists runs."
+    return ", ".join(names[:3]) + (", …" if len(names) > 3 else "")
+
 # %% ../nbs/06a_sweep.ipynb #9ba8ba32
 def _changed_runs(
     jobs: list,  # the sweep's jobs (`_jobs`)
@@ -187,7 +192,7 @@ def _changed_runs(
             changed[path] = diff
     if changed:
         keys = ", ".join(sorted(set().union(*changed.values())))
-        shown = ", ".join(os.path.relpath(p, out.path) for p in list(changed)[:3]) + (", …" if len(changed) > 3 else "")
+        shown = _first_three([os.path.relpath(p, out.path) for p in changed])
         raise ConfigError(
             f"{out.path} holds {len(changed)} of the sweep's {len(jobs)} runs as runs of another configuration "
             f"(differs in {keys}): {shown}; choose a new folder (`--out`, `out_dir`), or delete "
@@ -199,7 +204,7 @@ def _warn_other_code(runs: dict):  # run folder's name -> its `RunFolder`, for a
     "One warning naming the finished runs made by another version of this package's code, if any."
     code, finished = code_digest(), [name for name, folder in runs.items() if folder.is_done]
     if other := [name for name in finished if runs[name].other_code(code)]:
-        shown = ", ".join(other[:3]) + (", …" if len(other) > 3 else "")
+        shown = _first_three(other)
         warnings.warn(
             f"{len(other)} of the {len(finished)} finished runs reused here were made by another version of this "
             f"package's code ({shown}): their rows are read as they were made; delete their folders to run them "
