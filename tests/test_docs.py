@@ -450,10 +450,14 @@ def test_internal_links_resolve(visited, server):
 @needs_site
 @needs_browser
 def test_search_finds_api_names(server, browser):
+    from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.support.ui import WebDriverWait
 
+    links = lambda d: d.execute_script("return [...document.querySelectorAll('#search-results li a')].map(a => a.href)")
     browser.get(server + "search.html?q=lanczos")
-    found = WebDriverWait(browser, PAGE_LOAD_S).until(
-        lambda d: d.execute_script("return [...document.querySelectorAll('#search-results li a')].map(a => a.href)")
-    )
-    assert any(h.split("#")[0].endswith("lanczos.html") for h in found), found
+    try:  # the search page adds its results one by one: wait for the page sought, not for the first result
+        WebDriverWait(browser, PAGE_LOAD_S).until(
+            lambda d: any(h.split("#")[0].endswith("lanczos.html") for h in links(d))
+        )
+    except TimeoutException:
+        raise AssertionError(f"no result links to lanczos.html: {links(browser)}") from None
