@@ -14,6 +14,7 @@ def pytest_configure(config):
     cannot even trap a signal ignored when it started)."""
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
+
 _SECONDS = defaultdict(float)  # test file -> seconds of its tests' phases, as reported (by the workers under xdist)
 
 
