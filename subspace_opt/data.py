@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_data.ipynb #5d7cdb2a
 from __future__ import annotations
-import gzip, inspect, math, numbers, os, pickle, platform, zlib
+import functools, gzip, importlib.util, inspect, math, numbers, os, pickle, platform, zlib
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
@@ -102,6 +102,23 @@ class TaskData:
         "The test pair (X_test, y_test)."
         return self.X_test, self.y_test
 
+# %% ../nbs/04_data.ipynb #324656ad
+@functools.cache
+def _digits_arrays():
+    "The 1,797 digits as scikit-learn's `load_digits(return_X_y=True)` gives them (read-only): (X float64, y int)."
+    spec = importlib.util.find_spec("sklearn")
+    path = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz" if spec and spec.origin else None
+    if path is not None and path.is_file():
+        data = np.loadtxt(path, delimiter=",")
+        X, y = data[:, :-1], data[:, -1].astype(int)
+    else:
+        from sklearn.datasets import load_digits as _sk_digits
+
+        X, y = _sk_digits(return_X_y=True)
+    for a in (X, y):
+        a.setflags(write=False)  # cached: shared by every load of this process
+    return X, y
+
 # %% ../nbs/04_data.ipynb #cb59a2b8
 def load_digits(
     n_train: int | None = None,  # keep the first n training samples (None: all)
@@ -112,13 +129,11 @@ def load_digits(
     dtype: torch.dtype = torch.float32,  # floating dtype of the inputs
 ):
     "scikit-learn's bundled digits as a `TaskData`, split and scaled to [0, 1], on `device`."
-    from sklearn.datasets import load_digits as _sk_digits
-
     if isinstance(test_fraction, bool) or not isinstance(test_fraction, numbers.Real) or not 0 < test_fraction < 1:
         raise _user_error(f"`test_fraction` must lie in (0, 1), got {test_fraction!r}")
     _check_dtype(dtype)
     _check_sizes(dict(seed=(seed, 0)))
-    X, y = _sk_digits(return_X_y=True)
+    X, y = _digits_arrays()
     perm = np.random.default_rng(seed).permutation(len(X))
     n_test = int(round(test_fraction * len(X)))
     if not 1 <= n_test < len(X):

@@ -6,6 +6,8 @@ import os
 import pickle
 import re
 import struct
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -166,3 +168,11 @@ def test_loader_arguments_are_user_errors():
         with pytest.raises(UserError) as e:
             call()
         assert message in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_loading_digits_imports_no_scikit_learn():
+    "A process that trains on digits (a sweep's worker, a command) reads the bundled file and spares that import."
+    code = "import sys; from subspace_opt.data import load_task; load_task('digits', device='cpu')\n"
+    code += "assert 'sklearn' not in sys.modules, sorted(m for m in sys.modules if m.startswith('sklearn'))[:5]"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
