@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from .config import UserError
 
 # %% auto #0
-__all__ = ['check_workers', 'threads_per_worker', 'JobsFailed', 'run_in_workers']
+__all__ = ['PRELOAD', 'check_workers', 'threads_per_worker', 'JobsFailed', 'run_in_workers']
 
 # %% ../nbs/05e_workers.ipynb #8763a12b2bbd4a93a75aff182afb95dc
 def check_workers(
@@ -115,9 +115,19 @@ def _ended(pid: int):  # a process id
             pass
         return False
 
+# %% ../nbs/05e_workers.ipynb #304c85a2
+PRELOAD = ("subspace_opt", "torch._dynamo")  # what the forkserver imports for its workers
+
+
+def _preload_forkserver():
+    "Add `PRELOAD` to the modules the forkserver imports as it starts, after those asked for already."
+    asked = list(getattr(forkserver._forkserver, "_preload_modules", None) or ["__main__"])
+    forkserver.set_forkserver_preload(asked + [m for m in PRELOAD if m not in asked])
+
 # %% ../nbs/05e_workers.ipynb #e80c6699
 def _deaf_forkserver():
     "Start the forkserver (once per process) ignoring SIGINT, as every worker it forks then does from its start."
+    _preload_forkserver()
     if threading.current_thread() is not threading.main_thread():  # only the main thread sets handlers
         return forkserver.ensure_running()
     old = signal.signal(signal.SIGINT, signal.SIG_IGN)  # an ignored signal stays ignored across exec

@@ -198,3 +198,21 @@ def test_a_test_that_hangs_in_its_worker_processes_fails_by_the_timeout_naming_i
     printed = out.stdout + out.stderr
     assert out.returncode != 0 and time.monotonic() - start < 90, printed[-3000:]
     assert "Timeout" in printed and "test_a_job_that_never_ends" in printed, printed[-3000:]
+
+
+def modules_loaded(names):  # in a worker: which of these modules were imported before its job came
+    return [name in sys.modules for name in names]
+
+
+def test_workers_start_with_the_package_and_torchs_compiler_front_end_imported(tmp_path):
+    "The forkserver imports them once (`workers.PRELOAD`): no worker pays for them, not even the first job's."
+    script = tmp_path / "probe.py"  # a fresh process, whose forkserver starts with this module's list
+    script.write_text(
+        f"import sys\nsys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from test_workers import modules_loaded\nfrom subspace_opt.workers import PRELOAD, run_in_workers\n"
+        "if __name__ == '__main__':\n"
+        "    print(run_in_workers(modules_loaded, [['subspace_opt.train', 'torch._dynamo']] * 2, workers=2))\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[[True, True], [True, True]]", done.stdout
