@@ -63,7 +63,7 @@ def test_spectrum_writes_table_figure_and_config(tmp_path):
 
 def test_a_demo_stopped_by_ctrl_c_keeps_the_methods_it_finished_and_the_same_command_finishes_it(tmp_path):
     "SIGINT once SGD's run is done: exit 130 and one line, nothing that looks like a result; the rerun keeps that run."
-    cmd = [CLI, "demo", "--steps", "30", "--out", str(tmp_path), "--device", "cpu"]
+    cmd = [CLI, "demo", "--steps", "4", "--out", str(tmp_path), "--device", "cpu"]  # the others' runs: seconds
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = _as_from_a_terminal(cmd, env)
     deadline = time.time() + 300
@@ -86,7 +86,7 @@ def test_a_demo_stopped_by_ctrl_c_keeps_the_methods_it_finished_and_the_same_com
     assert (run / "runs" / "sgd-seed0" / "rows.csv").stat().st_mtime_ns == kept  # SGD's run was not trained again
     results = pd.read_csv(run / "results.csv")
     assert results.groupby("method").step.max().to_dict() == dict.fromkeys(
-        ["bulk-sgd", "damped-dominant-0.5", "dom-sgd", "sgd"], 30
+        ["bulk-sgd", "damped-dominant-0.5", "dom-sgd", "sgd"], 4
     )
 
 
@@ -99,7 +99,7 @@ def test_help_and_bad_arguments():
 
 def test_demo_at_reduced_size(tmp_path):
     out = subprocess.run(
-        [CLI, "demo", "--steps", "10", "--out", str(tmp_path), "--device", "cpu"],
+        [CLI, "demo", "--steps", "3", "--out", str(tmp_path), "--device", "cpu"],
         capture_output=True,
         text=True,
         timeout=600,
