@@ -834,3 +834,37 @@ def test_prose_numbers_reads_displayed_results_and_a_decimal_above_every_output(
     tool = [sys.executable, str(ROOT / "tools" / "prose_numbers.py"), str(tmp_path / "old.ipynb")]
     out = subprocess.run([*tool, str(tmp_path / "new.ipynb")], capture_output=True, text=True)
     assert (out.returncode, out.stdout) == (1, "old.ipynb cell 0: 0.53\n"), out
+
+
+def test_build_docs_runs_only_the_imports_of_a_cell_of_imports_and_other_code(tmp_path):
+    "nbdev would run it whole (a test that trains, starts processes): only its imports run, its saved output stays."
+    saved = dict(output_type="stream", name="stdout", text=["the saved output\n"])
+    cells = [
+        dict(cell_type="code", source='#| export\ndef f():\n    "A function."\n    return 1', metadata={}),
+        dict(
+            cell_type="code",
+            source=f"import json\nfrom pathlib import Path\nPath({str(tmp_path / 'ran')!r}).touch()\nprint('new')",
+            metadata={},
+            outputs=[saved],
+        ),
+        dict(cell_type="code", source="import not_a_module_anywhere\nx = 1", metadata={}),
+        dict(cell_type="code", source="#| export\ndef g(a=json.dumps(1)):  # needs the import above\n    return a"),
+    ]
+    for c in cells:
+        c.setdefault("outputs", [])
+        c.update(execution_count=None, metadata={})
+    (tmp_path / "nb.ipynb").write_text(json.dumps(dict(cells=cells, metadata={}, nbformat=4, nbformat_minor=5)))
+    code = (
+        "import json, runpy, sys; from pathlib import Path\n"
+        f"b = runpy.run_path({str(ROOT / 'tools' / 'build_docs.py')!r})\n"
+        "b['nbdev_process'].__globals__['ROOT'] = Path(sys.argv[1])  # the notebook's folder, not the repository\n"
+        "print(json.dumps(b['nbdev_process'](Path(sys.argv[1]) / 'nb.ipynb', Path(sys.argv[1]) / 'out.ipynb')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert not (tmp_path / "ran").exists()  # the cell's other code did not run
+    assert any(": its imports failed" in w and "not_a_module_anywhere" in w for w in found), found  # reported
+    out = json.loads((tmp_path / "out.ipynb").read_text())["cells"]
+    shown = [c for c in out if "Path(" in "".join(c["source"])]
+    assert [o.get("text") for o in shown[0]["outputs"]] in ([["the saved output\n"]], [("the saved output\n")]), shown

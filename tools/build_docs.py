@@ -59,19 +59,25 @@ def notebooks():
 # --- 1. nbdev's processing ------------------------------------------------------------------------------------------
 
 
+SHOW_DIRECTIVES = {"export", "exports", "exporti", "exec_doc"}  # cells nbdev runs whole for `show_doc`
+
+
 def nbdev_process(src, dst):
     """Run nbdev's docs processors on notebook `src`, write the result to `dst`; return warnings (list of str).
 
     Runs in a worker process, as nbdev's own `proc_nbs` does. One
-    deviation from nbdev: a cell that nbdev executes only because it holds an import *and other code* (nbdev warns
-    about those, see its FAQ) may fail there — it ran with the cells before it that nbdev does not execute — and
-    that failure is reported instead of stopping the build; its saved outputs are what the page shows anyway. A
-    failing export or `show_doc` cell still stops the build, since its page would be wrong.
+    deviation from nbdev: of a cell that nbdev executes only because it holds an import *and other code* (nbdev warns
+    about those, see its FAQ: a test below a function, an example) only the imports run — `show_doc` needs the names,
+    and the rest, tests that start processes or train models, took most of the build's seconds — and the cell keeps
+    its saved outputs, as every cell does. Should those imports fail, the failure is reported instead of stopping the
+    build. A failing export or `show_doc` cell still stops the build, since its page would be wrong.
     """
     t0, main_module = time.perf_counter(), sys.modules["__main__"]
     os.environ["IN_TEST"] = "1"
+    import ast
     import warnings as _w
     from execnb.nbio import read_nb, write_nb
+    from fastcore.basics import str2bool
     from nbdev import processors as P
 
     found = []
@@ -79,20 +85,20 @@ def nbdev_process(src, dst):
 
     class TolerantExecShowDocs(P.exec_show_docs):
         def __call__(self, cell):
-            saved = list(cell.get("outputs", []))
-            try:
-                super().__call__(cell)
-            except Exception:
-                if cell.directives_.keys() & {"export", "exports", "exporti", "exec_doc"} or P._show_docs(
-                    cell.parsed_() or []
-                ):
-                    raise
+            trees = (cell.parsed_() or []) if cell.cell_type == "code" and cell.source else []
+            if not P._do_eval(cell) or cell.directives_.keys() & SHOW_DIRECTIVES or P._show_docs(trees):
+                return super().__call__(cell)  # not run at all, or needed whole: as nbdev does
+            imports = [t for t in trees if isinstance(t, (ast.Import, ast.ImportFrom))]  # why nbdev runs it
+            skip = str2bool(getattr(self.nb, "frontmatter_", {}).get("skip_showdoc", False))
+            if not hasattr(self, "k") or not self.nb.has_docs_ or skip or len(imports) == len(trees):
+                return super().__call__(cell)  # what nbdev does with it: nothing, or the imports it is made of
+            self.k.run("\n".join(ast.unparse(t) for t in imports))  # its outputs are not kept: the saved ones stay
+            if self.k.exc is not None:
                 found.append(
-                    f"{src.relative_to(ROOT)}: cell {cell.idx_} (imports + other code) failed in nbdev's "
-                    f"show_doc pass: {self.k.exc!r}; its saved outputs are shown"
+                    f"{src.relative_to(ROOT)}: cell {cell.idx_}: its imports failed in nbdev's show_doc pass: "
+                    f"{self.k.exc!r}"
                 )
                 self.k.exc = None
-                cell["outputs"] = saved  # the error this pass caught is not the page's: the saved outputs are
 
     class Procs(P.FilterDefaults):
         def base_procs(self):
